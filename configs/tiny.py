@@ -1,0 +1,20 @@
+"""A seconds-long configuration for tests and smoke runs (SYNTHETIC faces, tiny trunk).
+
+Command:
+  python -m pdsn_jax.main --config=configs/tiny.py --workdir=/tmp/pdsn_tiny
+
+Cost: about a minute on a 2-core CPU, most of it compilation.
+"""
+
+from configs import pdsn
+
+
+def get_config():
+  c = pdsn.get_config()
+  c.data.synthetic.update(num_identities=12, images_per_identity=4, eval_identities=6,
+                          eval_images_per_identity=4)
+  c.model.update(depth=18, width=0.0625, embedding_dim=32)
+  c.trunk.update(batch_size=8, num_steps=6, warmup_steps=2, log_every=2, eval_every=-1,
+                 checkpoint_every=2)
+  c.eval.update(num_pairs=40, batch_size=8)
+  return c

@@ -1,0 +1,43 @@
+"""Checks config values up front, naming the key and the allowed values."""
+
+import ml_collections
+
+_CHOICES = {
+    "data.source": ("synthetic", "folders"),
+    "model.dtype": ("float32", "bfloat16"),
+    "model.depth": (18, 34, 50, 100),
+    "trunk.schedule": ("cosine", "step", "constant"),
+}
+_POSITIVE = ("model.width", "model.embedding_dim", "trunk.batch_size", "trunk.log_every",
+             "trunk.checkpoint_every", "trunk.keep_checkpoints", "eval.batch_size",
+             "eval.num_pairs", "cosface.scale")
+_NON_NEGATIVE = ("trunk.learning_rate", "trunk.weight_decay", "trunk.momentum",
+                 "trunk.warmup_steps", "model.dropout", "cosface.margin", "data.num_workers")
+
+
+def _get(config, dotted: str):
+  node = config
+  for part in dotted.split("."):
+    node = node[part]
+  return node
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first bad key and what it allows."""
+  for key, allowed in _CHOICES.items():
+    value = _get(config, key)
+    if value not in allowed:
+      raise ValueError(f"config.{key}={value!r} is not one of {allowed}")
+  for key in _POSITIVE:
+    if not _get(config, key) > 0:
+      raise ValueError(f"config.{key}={_get(config, key)!r} must be > 0")
+  for key in _NON_NEGATIVE:
+    if not _get(config, key) >= 0:
+      raise ValueError(f"config.{key}={_get(config, key)!r} must be >= 0")
+  if not 0 <= config.model.dropout < 1:
+    raise ValueError(f"config.model.dropout={config.model.dropout!r} must be in [0, 1)")
+  size = tuple(config.data.image_size)
+  if len(size) != 2 or min(size) < 16:
+    raise ValueError(f"config.data.image_size={size!r} must be (height, width), each >= 16")
+  from pdsn_jax.stages import parse_stages  # pylint: disable=g-import-not-at-top
+  parse_stages(config.stages)

@@ -1,0 +1,1 @@
+"""Face sources (built-in synthetic, real folders), alignment, grain pipelines, pairs."""

@@ -1,0 +1,80 @@
+"""5-point similarity alignment to the 112x96 template (numpy; used in data transforms)."""
+
+import numpy as np
+
+# The 112x112 ArcFace template shifted 8 px left: eye centres (image left, image
+# right), nose tip, mouth corners (image left, image right), in (x, y) pixels.
+TEMPLATE_112x96 = np.array(
+    [[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366],
+     [33.5493, 92.3655], [62.7299, 92.2041]], dtype=np.float64)
+TEMPLATE_SIZE = (112, 96)  # (height, width)
+
+
+def template_for(image_size: tuple[int, int]) -> np.ndarray:
+  """The template scaled to ``image_size`` = (height, width)."""
+  h, w = image_size
+  return TEMPLATE_112x96 * np.array([w / TEMPLATE_SIZE[1], h / TEMPLATE_SIZE[0]])
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+  """Least-squares similarity (rotation, uniform scale, translation) mapping src to dst.
+
+  Umeyama's closed form. Args: (N, 2) point arrays, N >= 2. Returns the 2x3
+  matrix A with dst ~= A @ [x, y, 1].
+  """
+  src = np.asarray(src, np.float64)
+  dst = np.asarray(dst, np.float64)
+  if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or len(src) < 2:
+    raise ValueError(f"need two (N>=2, 2) point arrays, got {src.shape} and {dst.shape}")
+  mu_s, mu_d = src.mean(0), dst.mean(0)
+  s, d = src - mu_s, dst - mu_d
+  cov = d.T @ s / len(src)
+  u, sig, vt = np.linalg.svd(cov)
+  sign = np.eye(2)
+  if np.linalg.det(u) * np.linalg.det(vt) < 0:
+    sign[1, 1] = -1.0
+  rot = u @ sign @ vt
+  scale = np.trace(np.diag(sig) @ sign) / max((s**2).sum() / len(src), 1e-12)
+  t = mu_d - scale * rot @ mu_s
+  return np.concatenate([scale * rot, t[:, None]], axis=1)
+
+
+def warp_affine(image: np.ndarray, matrix: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
+  """Bilinear warp of an HxWxC image by the forward 2x3 ``matrix``; border replicated."""
+  h, w = out_size
+  full = np.vstack([matrix, [0.0, 0.0, 1.0]])
+  inv = np.linalg.inv(full)[:2]
+  ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+  sx = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]
+  sy = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
+  img = image.astype(np.float32)
+  if img.ndim == 2:
+    img = img[..., None]
+  ih, iw = img.shape[:2]
+  sx = np.clip(sx, 0, iw - 1)
+  sy = np.clip(sy, 0, ih - 1)
+  x0 = np.floor(sx).astype(np.int64)
+  y0 = np.floor(sy).astype(np.int64)
+  x1 = np.minimum(x0 + 1, iw - 1)
+  y1 = np.minimum(y0 + 1, ih - 1)
+  fx = (sx - x0)[..., None].astype(np.float32)
+  fy = (sy - y0)[..., None].astype(np.float32)
+  top = img[y0, x0] * (1 - fx) + img[y0, x1] * fx
+  bot = img[y1, x0] * (1 - fx) + img[y1, x1] * fx
+  out = top * (1 - fy) + bot * fy
+  if np.issubdtype(image.dtype, np.integer):
+    out = np.clip(np.rint(out), 0, 255).astype(image.dtype)
+  return out
+
+
+def align_face(image: np.ndarray, landmarks: np.ndarray | None, image_size: tuple[int, int]):
+  """Aligns a face by its 5 landmarks; without landmarks, a centre crop to the aspect, resized."""
+  if landmarks is not None:
+    m = similarity_transform(np.asarray(landmarks).reshape(5, 2), template_for(image_size))
+    return warp_affine(image, m, image_size)
+  h, w = image.shape[:2]
+  th, tw = image_size
+  ch, cw = (h, int(round(h * tw / th))) if w * th >= h * tw else (int(round(w * th / tw)), w)
+  y0, x0 = (h - ch) / 2, (w - cw) / 2
+  m = np.array([[tw / cw, 0, -x0 * tw / cw], [0, th / ch, -y0 * th / ch]])
+  return warp_affine(image, m, image_size)

@@ -1,0 +1,131 @@
+"""Real faces from folder-per-identity image trees, aligned by 5-point landmarks."""
+
+import logging
+import os
+
+import numpy as np
+from PIL import Image
+
+from pdsn_jax.data.alignment import align_face
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp")
+
+
+def read_landmarks(path: str) -> dict[str, np.ndarray | None]:
+  """Reads ``path<TAB>x1 y1 ... x5 y5[<TAB>...]`` rows; a ``relative_path`` header is skipped.
+
+  Keys are absolute paths (relative ones are taken from the TSV's folder);
+  ``NA`` gives None. A row without exactly 10 numbers raises with file and line.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"landmarks file not found: {path}")
+  base = os.path.dirname(os.path.abspath(path))
+  out: dict[str, np.ndarray | None] = {}
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      line = line.rstrip("\n\r")
+      if not line.strip() or line.startswith("#"):
+        continue
+      fields = line.split("\t")
+      if lineno == 1 and fields[0] == "relative_path":
+        continue
+      if len(fields) < 2:
+        raise ValueError(f"{path}:{lineno}: expected 'path<TAB>x1 y1 ... x5 y5', got {line!r}")
+      rel, values = fields[0], fields[1].split()
+      key = os.path.normpath(os.path.join(base, rel))
+      if values == ["NA"]:
+        out[key] = None
+        continue
+      if len(values) != 10:
+        raise ValueError(f"{path}:{lineno}: landmarks for {rel!r} have {len(values)} values, "
+                         "expected 10 (x1 y1 ... x5 y5) or NA")
+      try:
+        out[key] = np.array([float(v) for v in values], np.float64).reshape(5, 2)
+      except ValueError as e:
+        raise ValueError(f"{path}:{lineno}: non-numeric landmark in {rel!r}: {e}") from None
+  return out
+
+
+def _readable(path: str) -> bool:
+  try:
+    with Image.open(path) as im:
+      im.verify()
+    return True
+  except Exception:  # noqa: BLE001 - any decoder error means unreadable
+    return False
+
+
+def load_rgb(path: str) -> np.ndarray:
+  """Decodes an image file to uint8 HxWx3 (grey images are replicated), naming the file on error."""
+  try:
+    with Image.open(path) as im:
+      return np.asarray(im.convert("RGB"))
+  except FileNotFoundError:
+    raise FileNotFoundError(f"image not found: {path}") from None
+  except Exception as e:  # noqa: BLE001
+    raise ValueError(f"cannot read image {path}: {e}") from None
+
+
+class FolderFaces:
+  """grain random-access source over ``root/<identity>/<image>``; labels by sorted folder name.
+
+  Args:
+    root: folder with one sub-folder per identity.
+    landmarks: optional TSV (see ``read_landmarks``); images listed there are
+      aligned to the 112x96 template, others centre-cropped and resized.
+    image_size: (height, width) of the aligned output.
+    skip_bad_images: check every image at start-up and drop unreadable ones
+      (logging the count) instead of failing on first use.
+    min_images: identities with fewer images are dropped (logged).
+  """
+
+  def __init__(self, root: str, landmarks: str | None = None,
+               image_size: tuple[int, int] = (112, 96), skip_bad_images: bool = False,
+               min_images: int = 1):
+    if not os.path.isdir(root):
+      raise FileNotFoundError(f"face folder root not found: {root}")
+    self.root = os.path.abspath(root)
+    self.image_size = tuple(image_size)
+    self.landmarks = read_landmarks(landmarks) if landmarks else {}
+    names = sorted(d for d in os.listdir(self.root) if os.path.isdir(os.path.join(self.root, d)))
+    if not names:
+      raise ValueError(f"{self.root} has no identity sub-folders")
+    paths, labels, self.identities, dropped = [], [], [], 0
+    for name in names:
+      folder = os.path.join(self.root, name)
+      files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+      if not files:
+        raise ValueError(f"identity folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS)})")
+      files = [os.path.join(folder, f) for f in files]
+      if skip_bad_images:
+        good = [f for f in files if _readable(f)]
+        dropped += len(files) - len(good)
+        files = good
+      if len(files) < min_images:
+        continue
+      label = len(self.identities)
+      self.identities.append(name)
+      paths += files
+      labels += [label] * len(files)
+    if dropped:
+      logging.warning("skipped %d unreadable images under %s", dropped, self.root)
+    self.skipped_images = dropped
+    self.paths = paths
+    self.labels = np.asarray(labels, np.int32)
+    self.description = f"folders:{self.root}"
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.identities)
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def __getitem__(self, index: int) -> dict:
+    path = self.paths[int(index)]
+    image = load_rgb(path)
+    return {"image": align_face(image, self.landmarks.get(os.path.normpath(path)), self.image_size),
+            "label": self.labels[int(index)]}
+
+  def __repr__(self) -> str:
+    return f"FolderFaces({self.root}, {self.num_classes} ids, {len(self)} images)"

@@ -1,0 +1,56 @@
+"""Entry point: ``python -m pdsn_jax.main --config=configs/pdsn.py [--workdir=DIR]``.
+
+Runs the stages listed in ``config.stages`` in order; each resumes from its own
+checkpoints under the workdir and is skipped quickly when already complete.
+"""
+
+import json
+import logging
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None,
+                               "Output folder (default: ./runs/<config file name>).")
+_COORD = flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-process).")
+_NPROC = flags.DEFINE_integer("num_processes", 0, "Number of processes (multi-process).")
+_PID = flags.DEFINE_integer("process_id", -1, "This process's index (multi-process).")
+flags.mark_flags_as_required(["config"])
+
+
+def default_workdir(config_path: str) -> str:
+  name = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
+  return os.path.join("runs", name)
+
+
+def main(argv):
+  del argv
+  # Imported here so --help is fast and jax starts after flags (device count flags, etc.).
+  import jax  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import distributed, stages  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.config_validation import validate  # pylint: disable=g-import-not-at-top
+
+  # orbax and grain log every save at INFO through absl; keep the console to our progress lines.
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  config = _CONFIG.value
+  validate(config)
+  distributed.maybe_initialize(_COORD.value, _NPROC.value, _PID.value)
+  workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  logging.info("workdir %s; devices: %s", os.path.abspath(workdir), jax.devices())
+  summaries = {}
+  for name in stages.parse_stages(config.stages):
+    summaries[name] = stages.STAGES[name](config, workdir)
+  if jax.process_index() == 0:
+    print(json.dumps(summaries, indent=2))
+
+
+if __name__ == "__main__":
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+  app.run(main)

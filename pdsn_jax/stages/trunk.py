@@ -1,0 +1,237 @@
+"""Stage 0: the trunk CNN trained with the large-margin cosine loss (CosFace)."""
+
+import functools
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from pdsn_jax import checkpointing, metrics as metrics_lib, parallel, training
+from pdsn_jax.data import pipeline, sources
+from pdsn_jax.data.pairs import generate_pairs
+from pdsn_jax.evaluation import verification
+from pdsn_jax.models import CosFaceHead, IResNet
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+STAGE = "trunk"
+
+
+def normalize(images: jax.Array) -> jax.Array:
+  """uint8 RGB -> float32 in about [-1, 1] (insightface's (x - 127.5) / 128)."""
+  return (images.astype(jnp.float32) - 127.5) / 128.0
+
+
+def build_backbone(config: ml_collections.ConfigDict, train: bool) -> IResNet:
+  m = config.model
+  if m.dtype not in DTYPES:
+    raise ValueError(f"model.dtype={m.dtype!r} is not one of {tuple(DTYPES)}")
+  return IResNet(depth=m.depth, width=m.width, embedding_dim=m.embedding_dim,
+                 dropout=m.dropout, bn_axis_name=parallel.AXIS if train else None,
+                 dtype=DTYPES[m.dtype])
+
+
+def build_head(config: ml_collections.ConfigDict, num_classes: int) -> CosFaceHead:
+  return CosFaceHead(num_classes, config.cosface.scale, config.cosface.margin)
+
+
+def init_fn(config, backbone: IResNet, head: CosFaceHead, tx: optax.GradientTransformation):
+  """A function of no arguments returning the initial TrainState (for eval_shape / jit)."""
+
+  def init() -> training.TrainState:
+    root = training.root_key(config)
+    k_backbone, k_head, k_run = jax.random.split(root, 3)
+    x = jnp.zeros((1, *config.data.image_size, 3), jnp.float32)
+    variables = backbone.init({"params": k_backbone, "dropout": k_backbone}, x)
+    head_params = head.init(k_head, jnp.zeros((1, backbone.embedding_dim)))["params"]
+    params = {"backbone": variables["params"], "classifier": head_params}
+    return training.TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables["batch_stats"],
+        opt_state=tx.init(params), rng=jax.random.key_data(k_run))
+
+  return init
+
+
+def train_step(state: training.TrainState, batch: dict, rng: jax.Array, *, backbone: IResNet,
+               head: CosFaceHead, tx: optax.GradientTransformation,
+               schedule: optax.Schedule) -> tuple[training.TrainState, dict]:
+  """Per-device CosFace step; gradients and BatchNorm statistics averaged over the mesh."""
+  rng = parallel.per_device_rng(rng)
+  images, labels = normalize(batch["image"]), batch["label"]
+
+  def loss_fn(params):
+    emb, updates = backbone.apply(
+        {"params": params["backbone"], "batch_stats": state.batch_stats}, images, train=True,
+        rngs={"dropout": rng}, mutable=["batch_stats"])
+    logits, cosine = head.apply({"params": params["classifier"]}, emb, labels)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return loss, (updates["batch_stats"], cosine)
+
+  (loss, (batch_stats, cosine)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads = jax.lax.pmean(grads, parallel.AXIS)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  accuracy = jnp.mean(jnp.argmax(cosine, -1) == labels)
+  out = jax.lax.pmean({"loss": loss, "accuracy": accuracy}, parallel.AXIS)
+  out["learning_rate"] = schedule(state.step)
+  # Non-finite if any parameter is: checked on the host before every save.
+  out["param_norm"] = optax.tree.norm(params)
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state)
+  return new_state, out
+
+
+def embed_step(variables: dict, batch: dict, rng: jax.Array, *, backbone: IResNet):
+  """Per-device embeddings in inference mode (the 'state' slot holds the variables)."""
+  del rng
+  emb = backbone.apply(variables, normalize(batch["image"]))
+  return variables, emb
+
+
+class Verifier:
+  """Held-out pair verification: images rendered/decoded once, embedded data-parallel."""
+
+  def __init__(self, config, heldout_source, mesh, backbone: IResNet):
+    self.mesh = mesh
+    self.batch = config.eval.batch_size
+    pipeline.check_batch_size(self.batch, mesh.size, jax.process_count(), "eval.batch_size")
+    pairs, self.issame = generate_pairs(heldout_source.labels, config.eval.num_pairs,
+                                        config.eval.seed)
+    used, inverse = np.unique(pairs.reshape(-1), return_inverse=True)
+    self.pairs = inverse.reshape(-1, 2)
+    self.images = np.stack([heldout_source[int(i)]["image"] for i in used])
+    self.embed = parallel.data_parallel(functools.partial(embed_step, backbone=backbone), mesh,
+                                        donate_state=False, batch_out=True)
+
+  def embeddings(self, variables: dict) -> np.ndarray:
+    out, key = [], jax.random.key(0)
+    for local, real in pipeline.eval_batches(self.images, self.batch, jax.process_index(),
+                                             jax.process_count()):
+      _, emb = self.embed(variables, parallel.put_batch({"image": local}, self.mesh), key)
+      out.append(np.asarray(parallel.fetch(emb))[:real])
+    return np.concatenate(out)
+
+  def __call__(self, variables: dict) -> dict:
+    emb = self.embeddings(variables)
+    scores = verification.cosine_scores(emb[self.pairs[:, 0]], emb[self.pairs[:, 1]])
+    res = verification.ten_fold_accuracy(scores, self.issame)
+    res["tar_at_far_1e-3"] = verification.tar_at_far(scores, self.issame, 1e-3)
+    return res
+
+
+def inference_variables(state: training.TrainState) -> dict:
+  return {"params": state.params["backbone"], "batch_stats": state.batch_stats}
+
+
+def total_steps(cfg: ml_collections.ConfigDict, num_train: int) -> int:
+  if cfg.num_steps > 0:
+    return int(cfg.num_steps)
+  return max(1, int(cfg.num_epochs * num_train // cfg.batch_size))
+
+
+def _merge_init_from(state: training.TrainState, loaded: dict) -> training.TrainState:
+  """Takes the backbone (and classifier when shapes agree) from another run."""
+  params = dict(state.params)
+  src = loaded["params"]
+  params["backbone"] = jax.tree.map(lambda new, old: jnp.asarray(old, new.dtype).reshape(new.shape),
+                                    state.params["backbone"], src["backbone"])
+  if jax.tree.map(np.shape, src.get("classifier")) == jax.tree.map(np.shape,
+                                                                   state.params["classifier"]):
+    params["classifier"] = src["classifier"]
+  batch_stats = jax.tree.map(lambda new, old: jnp.asarray(old, new.dtype), state.batch_stats,
+                             loaded["batch_stats"])
+  return state.replace(params=params, batch_stats=batch_stats)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or resumes) the trunk; returns and writes ``<workdir>/trunk/summary.json``."""
+  stage_dir = os.path.join(workdir, STAGE)
+  cfg = config.trunk
+  mesh = parallel.make_mesh()
+  pcount, pindex = jax.process_count(), jax.process_index()
+  pipeline.check_batch_size(cfg.batch_size, mesh.size, pcount, "trunk.batch_size")
+  train_src, heldout_src = sources.build(config.data)
+  steps = total_steps(cfg, len(train_src))
+  logging.info("[trunk] %s: %d images, %d identities; held-out %d images; %d steps of %d on "
+               "%d devices (%d processes)", getattr(train_src, "description", ""),
+               len(train_src), train_src.num_classes, len(heldout_src), steps, cfg.batch_size,
+               mesh.size, pcount)
+
+  backbone, head = build_backbone(config, True), build_head(config, train_src.num_classes)
+  schedule = training.learning_rate_schedule(cfg, steps)
+  tx = training.sgd(cfg, steps)
+  init = init_fn(config, build_backbone(config, False), head, tx)
+
+  transforms = (pipeline.RandomFlip(),) if config.data.flip else ()
+  ds = pipeline.train_dataset(train_src, cfg.batch_size, config.seed, pindex, pcount, transforms)
+  data_iter = pipeline.to_iterator(ds, config.data.num_workers)
+  mgr = checkpointing.manager(os.path.join(stage_dir, "checkpoints"), cfg.keep_checkpoints,
+                              cfg.checkpoint_every)
+  state, start, origin = checkpointing.restore_or_init(
+      mgr, init, mesh, data_iter, cfg.init_from, _merge_init_from)
+  logging.info("[trunk] starting at step %d (%s)", start, origin)
+
+  verifier = Verifier(config, heldout_src, mesh, build_backbone(config, False))
+  writer = metrics_lib.MetricWriter(os.path.join(stage_dir, "logs"), STAGE)
+  step_fn = parallel.data_parallel(
+      functools.partial(train_step, backbone=backbone, head=head, tx=tx, schedule=schedule), mesh)
+  # A copy: the state's buffers are donated to the step.
+  root = jax.random.wrap_key_data(parallel.put_replicated(jax.device_get(state.rng), mesh),
+                                  impl=config.prng_impl)
+  clock = metrics_lib.Throughput(steps, cfg.batch_size, start)
+  t_start = time.time()
+  eval_result, untrained = None, None
+  try:
+    if start == 0 and origin == "scratch":  # the untrained net's accuracy, for reference
+      untrained = _evaluate(verifier, state, 0, writer)
+    for step in range(start, steps):
+      batch = parallel.put_batch(next(data_iter), mesh)
+      state, out = step_fn(state, batch, jax.random.fold_in(root, step))
+      done = step + 1
+      is_log = done % cfg.log_every == 0 or done == steps or done == start + 1
+      is_ckpt = mgr.should_save(done) or done == steps
+      if is_log or is_ckpt:
+        out = jax.device_get(out)
+        training.finite_or_raise({"loss": out["loss"], "param_norm": out["param_norm"]}, done)
+      if is_log:
+        img_s, eta = clock.update(done)
+        metrics_lib.log_line(STAGE, done, steps, out, img_s, eta)
+        writer.write(done, {**out, "images_per_sec": img_s} if np.isfinite(img_s) else out)
+      if cfg.eval_every > 0 and (done % cfg.eval_every == 0) and done != steps:
+        eval_result = _evaluate(verifier, state, done, writer)
+      if is_ckpt:
+        checkpointing.save(mgr, done, state, data_iter, force=done == steps)
+    mgr.wait_until_finished()
+    eval_result = _evaluate(verifier, state, steps, writer)
+  finally:
+    mgr.close()
+    writer.close()
+  summary = {"stage": STAGE, "data": getattr(train_src, "description", ""), "steps": steps,
+             "train_seconds_this_run": round(time.time() - t_start, 1),
+             "heldout_verification": {k: eval_result[k] for k in
+                                      ("accuracy", "std", "tar_at_far_1e-3")}}
+  if untrained is not None:
+    summary["heldout_verification_untrained"] = {
+        k: untrained[k] for k in ("accuracy", "std", "tar_at_far_1e-3")}
+  if pindex == 0:
+    with open(os.path.join(stage_dir, "summary.json"), "w", encoding="utf-8") as f:
+      json.dump(summary, f, indent=2)
+  return summary
+
+
+def _evaluate(verifier: Verifier, state: training.TrainState, step: int, writer) -> dict:
+  t = time.time()
+  res = verifier(inference_variables(state))
+  writer.write(step, {"verification_accuracy": res["accuracy"], "verification_std": res["std"],
+                      "tar_at_far_1e-3": res["tar_at_far_1e-3"]}, prefix="eval")
+  if jax.process_index() == 0:
+    logging.info("[trunk] step %d held-out verification: %.2f%% +- %.2f (10-fold), "
+                 "TAR@FAR=1e-3 %.2f%% (%.1fs)", step, 100 * res["accuracy"], 100 * res["std"],
+                 100 * res["tar_at_far_1e-3"], time.time() - t)
+  return res

@@ -1,0 +1,80 @@
+"""Train state, optimizer and learning-rate schedules shared by every training stage."""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+SCHEDULES = ("cosine", "step", "constant")
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training stage checkpoints except the data iterator.
+
+  ``rng`` is the raw data of the stage's root key: the key of step s is
+  ``fold_in(rng, s)``, so a resumed run draws the same randomness.
+  """
+
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+PRNG_IMPLS = ("rbg", "threefry2x32", "unsafe_rbg")
+
+
+def root_key(config: ml_collections.ConfigDict) -> jax.Array:
+  """The run's one root key. 'rbg' by default: XLA compiles initialisers drawn with it
+  about 4x faster on CPU than threefry (5 s vs 20 s for an IResNet-18), and it is
+  deterministic for a given jax version and backend."""
+  if config.prng_impl not in PRNG_IMPLS:
+    raise ValueError(f"config.prng_impl={config.prng_impl!r} is not one of {PRNG_IMPLS}")
+  return jax.random.key(config.seed, impl=config.prng_impl)
+
+
+def learning_rate_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+  """Linear warm-up to ``cfg.learning_rate``, then cosine / step decay / constant."""
+  if cfg.schedule not in SCHEDULES:
+    raise ValueError(f"schedule={cfg.schedule!r} is not one of {SCHEDULES}")
+  warmup = min(int(cfg.warmup_steps), max(total_steps - 1, 0))
+  rest = max(total_steps - warmup, 1)
+  if cfg.schedule == "cosine":
+    after = optax.cosine_decay_schedule(cfg.learning_rate, rest)
+  elif cfg.schedule == "step":
+    bounds = {int(b * total_steps) - warmup: cfg.step_decay for b in cfg.step_boundaries}
+    after = optax.piecewise_constant_schedule(cfg.learning_rate, bounds)
+  else:
+    after = optax.constant_schedule(cfg.learning_rate)
+  if warmup == 0:
+    return after
+  return optax.join_schedules(
+      [optax.linear_schedule(cfg.learning_rate / max(warmup, 1), cfg.learning_rate, warmup),
+       after], [warmup])
+
+
+def sgd(cfg: ml_collections.ConfigDict, total_steps: int,
+        trainable: Any = None) -> optax.GradientTransformation:
+  """SGD with momentum and decoupled-from-loss L2 weight decay (as in insightface)."""
+  tx = optax.chain(
+      optax.add_decayed_weights(cfg.weight_decay),
+      optax.sgd(learning_rate_schedule(cfg, total_steps), momentum=cfg.momentum or None,
+                nesterov=bool(cfg.get("nesterov", False))),
+  )
+  if trainable is not None:
+    tx = optax.masked(tx, trainable)
+  return tx
+
+
+def finite_or_raise(metrics: dict, step: int) -> None:
+  """Raises FloatingPointError naming the step and the offending metric."""
+  for k, v in metrics.items():
+    if not jnp.isfinite(jnp.asarray(v)).all():
+      raise FloatingPointError(
+          f"non-finite {k}={v} at step {step}; stopping before the next checkpoint "
+          "(the last saved checkpoint is intact). Lower the learning rate or check the data.")

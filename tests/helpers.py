@@ -1,0 +1,31 @@
+"""Helpers for tests that run the entry point in subprocesses."""
+
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
+
+
+def env_with_devices(n: int) -> dict:
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n}"
+  env["PYTHONUNBUFFERED"] = "1"
+  env.pop("JAX_NUM_CPU_DEVICES", None)
+  return env
+
+
+def main_cmd(workdir: str, *overrides: str, config: str = "configs/tiny.py") -> list[str]:
+  return [sys.executable, "-m", "pdsn_jax.main", f"--config={config}", f"--workdir={workdir}",
+          *overrides]
+
+
+def run_main(workdir: str, *overrides: str, devices: int = 1, timeout: int = 600,
+             config: str = "configs/tiny.py") -> subprocess.CompletedProcess:
+  proc = subprocess.run(main_cmd(workdir, *overrides, config=config), cwd=REPO,
+                        env=env_with_devices(devices), capture_output=True, text=True,
+                        timeout=timeout, check=False)
+  if proc.returncode != 0:
+    raise AssertionError(f"main failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
+  return proc

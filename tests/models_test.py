@@ -1,0 +1,69 @@
+"""Trunk shapes, per-channel PReLU and the CosFace head."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pdsn_jax.models import CosFaceHead, IResNet, PReLU, cosface_logits
+
+
+def _shapes(depth, width, size):
+  m = IResNet(depth=depth, width=width)
+  x = jnp.zeros((2, *size, 3))
+  v = jax.eval_shape(lambda: m.init(jax.random.key(0), x))
+  u = jax.eval_shape(lambda v: m.apply(v, x, method="features"), v)
+  e = jax.eval_shape(lambda v, u: m.apply(v, u, method="head"), v, u)
+  return v, u, e
+
+
+def test_paper_trunk_top_feature_is_512x7x6():
+  v, u, e = _shapes(50, 1.0, (112, 96))
+  chex.assert_shape(u, (2, 7, 6, 512))
+  chex.assert_shape(e, (2, 512))
+  n = sum(x.size for x in jax.tree.leaves(v["params"]))
+  assert 40e6 < n < 45e6, n  # LResNet50E-IR at 112x96: 41.8M
+
+
+@pytest.mark.parametrize("depth", [18, 34, 100])
+def test_depths_and_width(depth):
+  _, u, _ = _shapes(depth, 0.5, (112, 96))
+  chex.assert_shape(u, (2, 7, 6, 256))
+
+
+def test_bad_depth_names_allowed():
+  with pytest.raises(ValueError, match=r"\[18, 34, 50, 100\]"):
+    _shapes(42, 1.0, (112, 96))
+
+
+def test_head_runs_on_masked_u_like_full_forward():
+  m = IResNet(depth=18, width=0.0625, embedding_dim=16)
+  x = jax.random.normal(jax.random.key(1), (3, 112, 96, 3))
+  v = m.init(jax.random.key(0), x)
+  u = m.apply(v, x, method="features")
+  chex.assert_trees_all_close(m.apply(v, u, method="head"), m.apply(v, x), rtol=1e-6)
+
+
+def test_prelu_has_one_slope_per_channel():
+  p = PReLU()
+  x = jnp.array([[-1.0, -2.0, 3.0]])
+  v = p.init(jax.random.key(0), x)
+  chex.assert_shape(v["params"]["alpha"], (3,))
+  v = {"params": {"alpha": jnp.array([0.1, 0.5, 0.9])}}
+  chex.assert_trees_all_close(p.apply(v, x), jnp.array([[-0.1, -1.0, 3.0]]))
+
+
+def test_cosface_logits_match_hand_computation():
+  e = np.array([[3.0, 4.0], [1.0, 0.0]], np.float32)
+  w = np.array([[1.0, 0.0, 0.6], [0.0, 1.0, 0.8]], np.float32)  # unit columns
+  labels = np.array([1, 2])
+  head = CosFaceHead(3, scale=30.0, margin=0.35)
+  logits, cos = head.apply({"params": {"kernel": w}}, e, labels)
+  # cos for row 0: e/|e| = (0.6, 0.8) -> (0.6, 0.8, 1.0); row 1: (1, 0, 0.6)
+  expected_cos = np.array([[0.6, 0.8, 1.0], [1.0, 0.0, 0.6]])
+  chex.assert_trees_all_close(cos, expected_cos, atol=1e-6)
+  expected = 30.0 * (expected_cos - 0.35 * np.eye(3)[labels])
+  chex.assert_trees_all_close(logits, expected, atol=1e-5)
+  chex.assert_trees_all_close(cosface_logits(jnp.asarray(expected_cos), labels, 30.0, 0.35),
+                              expected, atol=1e-5)

@@ -1,0 +1,81 @@
+"""End-to-end trunk runs in subprocesses: smoke, SIGKILL resume, NaN stop, skip when complete."""
+
+import json
+import os
+import signal
+import subprocess
+
+import jax
+import numpy as np
+import pytest
+
+from pdsn_jax import checkpointing
+from tests import helpers
+
+
+def _params(workdir):
+  return checkpointing.load_variables(os.path.join(workdir, "trunk", "checkpoints"))
+
+
+def test_trunk_smoke_run_and_skip_when_complete(tmp_path):
+  wd = str(tmp_path / "run")
+  proc = helpers.run_main(wd)
+  summary = json.load(open(os.path.join(wd, "trunk", "summary.json")))
+  assert summary["steps"] == 6
+  assert 0.0 <= summary["heldout_verification"]["accuracy"] <= 1.0
+  assert "img/s" in proc.stderr and "held-out verification" in proc.stderr
+  assert os.listdir(os.path.join(wd, "trunk", "logs"))  # TensorBoard events + metrics.jsonl
+  again = helpers.run_main(wd)
+  assert "starting at step 6 (checkpoint)" in again.stderr
+  assert "step 1/6" not in again.stderr
+
+
+def test_sigkill_resume_equals_uninterrupted(tmp_path):
+  steps = ("--config.trunk.num_steps=8", "--config.trunk.log_every=1",
+           "--config.trunk.checkpoint_every=2")
+  ref = str(tmp_path / "ref")
+  helpers.run_main(ref, *steps)
+  wd = str(tmp_path / "killed")
+  proc = subprocess.Popen(helpers.main_cmd(wd, *steps), cwd=helpers.REPO,
+                          env=helpers.env_with_devices(1), stderr=subprocess.PIPE,
+                          stdout=subprocess.DEVNULL, text=True)
+  killed_after = None
+  for line in proc.stderr:
+    if "step 5/8" in line:
+      proc.send_signal(signal.SIGKILL)
+      killed_after = line
+      break
+  proc.wait(timeout=120)
+  assert killed_after is not None and proc.returncode == -signal.SIGKILL
+  resumed = helpers.run_main(wd, *steps)
+  assert "(checkpoint)" in resumed.stderr  # it resumed, not restarted
+  a, b = _params(ref), _params(wd)
+  jax.tree.map(np.testing.assert_array_equal, a, b)  # bit for bit
+
+
+def test_nan_loss_stops_with_last_good_checkpoint(tmp_path):
+  wd = str(tmp_path / "nan")
+  proc = subprocess.run(
+      helpers.main_cmd(wd, "--config.trunk.learning_rate=1e12", "--config.trunk.warmup_steps=0",
+                       "--config.trunk.checkpoint_every=1", "--config.trunk.num_steps=6"),
+      cwd=helpers.REPO, env=helpers.env_with_devices(1), capture_output=True, text=True,
+      timeout=600, check=False)
+  assert proc.returncode != 0
+  assert "non-finite" in proc.stderr
+  ckpt = os.path.join(wd, "trunk", "checkpoints")
+  steps = [d for d in os.listdir(ckpt) if d.isdigit()] if os.path.isdir(ckpt) else []
+  if steps:  # whatever was saved is finite
+    for leaf in jax.tree.leaves(_params(wd)):
+      assert np.isfinite(leaf).all()
+
+
+def test_bad_config_value_names_key_and_choices(tmp_path):
+  proc = subprocess.run(helpers.main_cmd(str(tmp_path), "--config.trunk.schedule=linear"),
+                        cwd=helpers.REPO, env=helpers.env_with_devices(1), capture_output=True,
+                        text=True, timeout=300, check=False)
+  assert proc.returncode != 0
+  assert "trunk.schedule='linear'" in proc.stderr and "cosine" in proc.stderr
+  proc = subprocess.run(helpers.main_cmd(str(tmp_path), "--config.stages=trunk,nope"),
+                        cwd=helpers.REPO, env=helpers.env_with_devices(1), capture_output=True,
+                        text=True, timeout=300, check=False)
+  assert proc.returncode != 0 and "nope" in proc.stderr and "allowed" in proc.stderr
