@@ -15,7 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.prng_impl = "rbg"  # or "threefry2x32"; see pdsn_jax.training.root_key
-  c.stages = "trunk"  # comma-separated, run in order
+  c.stages = "trunk,pdsn,dictionary"  # comma-separated, run in order
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "synthetic"  # "synthetic" (built-in, no files) or "folders"
@@ -56,4 +56,27 @@ def get_config() -> ml_collections.ConfigDict:
   c.trunk.init_from = ""  # a checkpoints/ folder of another run (params + BN stats)
 
   c.eval = ml_collections.ConfigDict(dict(num_pairs=600, batch_size=64, seed=1))
+
+  # Occlusion synthesis (pdsn_jax/data/occlusion.py).
+  c.occlusion = ml_collections.ConfigDict(dict(
+      occluder_dir="",  # folder of <category>/**/*.png; "" = built-in procedural set only
+      procedural=True,  # include the built-in occluders
+      neighbour_prob=0.5,  # also occlude one 4-neighbour of the target block
+      min_overlap=0.5,  # block counts as occluded at this overlap
+      overlap="coverage",  # "coverage" (intersection / block area) or "iou"
+  ))
+
+  # Stage I: the 9 mask generators (trunk frozen).
+  c.pdsn = ml_collections.ConfigDict(dict(
+      batch_size=16, num_epochs=1.0, num_steps=-1, learning_rate=0.01, momentum=0.9,
+      nesterov=False, weight_decay=5e-4, warmup_steps=10, schedule="cosine",
+      step_boundaries=(0.5, 0.75), step_decay=0.1,
+      lambda_l1=10.0,  # paper, Eq. 5
+      loss="paper",  # "paper": CE(occluded) + lambda*L1; "released": 0.5 CE(clean) + 0.5 CE(occ)
+      differential=True,  # False: Table 3's ablation (input U(x_j), set lambda_l1=0 too)
+      log_every=10, checkpoint_every=25, keep_checkpoints=2))
+
+  # Stage II: the dictionary of binary Feature Discarding Masks.
+  c.dictionary = ml_collections.ConfigDict(dict(
+      pairs_per_block=1024, batch_size=32, tau=0.25, log_every=8))
   return c

@@ -17,4 +17,6 @@ def get_config():
   c.trunk.update(batch_size=8, num_steps=6, warmup_steps=2, log_every=2, eval_every=-1,
                  checkpoint_every=2)
   c.eval.update(num_pairs=40, batch_size=8)
+  c.pdsn.update(batch_size=8, num_steps=4, warmup_steps=1, log_every=1, checkpoint_every=2)
+  c.dictionary.update(pairs_per_block=16, batch_size=8, log_every=1)
   return c

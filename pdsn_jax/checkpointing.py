@@ -62,9 +62,10 @@ def load_variables(directory: str, keys=("params", "batch_stats")) -> dict:
   """Host numpy ``{key: tree}`` from the latest checkpoint under ``directory`` (init_from)."""
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"init_from checkpoint folder not found: {directory}")
-  mgr = manager(directory, read_only=True)
-  step = mgr.latest_step()
-  mgr.close()
+  # Finished checkpoints are folders named by their step; unfinished saves carry a
+  # temporary suffix until orbax renames them.
+  steps = [int(d) for d in os.listdir(directory) if d.isdigit()]
+  step = max(steps) if steps else None
   if step is None:
     raise FileNotFoundError(f"no finished checkpoint under {directory}")
   # Target from the saved metadata, placed on this process's first device, so a

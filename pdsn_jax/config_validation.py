@@ -7,10 +7,14 @@ _CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "model.depth": (18, 34, 50, 100),
     "trunk.schedule": ("cosine", "step", "constant"),
+    "pdsn.schedule": ("cosine", "step", "constant"),
+    "pdsn.loss": ("paper", "released"),
+    "occlusion.overlap": ("coverage", "iou"),
 }
 _POSITIVE = ("model.width", "model.embedding_dim", "trunk.batch_size", "trunk.log_every",
              "trunk.checkpoint_every", "trunk.keep_checkpoints", "eval.batch_size",
-             "eval.num_pairs", "cosface.scale")
+             "eval.num_pairs", "cosface.scale", "pdsn.batch_size", "dictionary.batch_size",
+             "dictionary.pairs_per_block")
 _NON_NEGATIVE = ("trunk.learning_rate", "trunk.weight_decay", "trunk.momentum",
                  "trunk.warmup_steps", "model.dropout", "cosface.margin", "data.num_workers")
 
@@ -34,6 +38,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in _NON_NEGATIVE:
     if not _get(config, key) >= 0:
       raise ValueError(f"config.{key}={_get(config, key)!r} must be >= 0")
+  if not 0 <= config.dictionary.tau < 1:
+    raise ValueError(f"config.dictionary.tau={config.dictionary.tau!r} must be in [0, 1)")
   if not 0 <= config.model.dropout < 1:
     raise ValueError(f"config.model.dropout={config.model.dropout!r} must be in [0, 1)")
   size = tuple(config.data.image_size)

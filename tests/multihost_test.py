@@ -15,7 +15,8 @@ from tests import helpers
 # A small learning rate keeps training out of the chaotic regime in which float
 # rounding differences between the two reduction orders would grow step by step.
 _STEPS = ("--config.trunk.num_steps=4", "--config.trunk.checkpoint_every=2",
-          "--config.data.synthetic.num_identities=16", "--config.trunk.learning_rate=0.01")
+          "--config.data.synthetic.num_identities=16", "--config.trunk.learning_rate=0.01",
+          "--config.stages=trunk")
 
 
 def _losses(workdir):

@@ -19,20 +19,20 @@ def _params(workdir):
 
 def test_trunk_smoke_run_and_skip_when_complete(tmp_path):
   wd = str(tmp_path / "run")
-  proc = helpers.run_main(wd)
+  proc = helpers.run_main(wd, "--config.stages=trunk")
   summary = json.load(open(os.path.join(wd, "trunk", "summary.json")))
   assert summary["steps"] == 6
   assert 0.0 <= summary["heldout_verification"]["accuracy"] <= 1.0
   assert "img/s" in proc.stderr and "held-out verification" in proc.stderr
   assert os.listdir(os.path.join(wd, "trunk", "logs"))  # TensorBoard events + metrics.jsonl
-  again = helpers.run_main(wd)
+  again = helpers.run_main(wd, "--config.stages=trunk")
   assert "starting at step 6 (checkpoint)" in again.stderr
   assert "step 1/6" not in again.stderr
 
 
 def test_sigkill_resume_equals_uninterrupted(tmp_path):
   steps = ("--config.trunk.num_steps=8", "--config.trunk.log_every=1",
-           "--config.trunk.checkpoint_every=2")
+           "--config.trunk.checkpoint_every=2", "--config.stages=trunk")
   ref = str(tmp_path / "ref")
   helpers.run_main(ref, *steps)
   wd = str(tmp_path / "killed")
@@ -57,7 +57,8 @@ def test_nan_loss_stops_with_last_good_checkpoint(tmp_path):
   wd = str(tmp_path / "nan")
   proc = subprocess.run(
       helpers.main_cmd(wd, "--config.trunk.learning_rate=1e12", "--config.trunk.warmup_steps=0",
-                       "--config.trunk.checkpoint_every=1", "--config.trunk.num_steps=6"),
+                       "--config.trunk.checkpoint_every=1", "--config.trunk.num_steps=6",
+                       "--config.stages=trunk"),
       cwd=helpers.REPO, env=helpers.env_with_devices(1), capture_output=True, text=True,
       timeout=600, check=False)
   assert proc.returncode != 0

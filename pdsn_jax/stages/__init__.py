@@ -1,8 +1,8 @@
 """The method's stages, run in order by ``pdsn_jax.main``; each resumes from its own checkpoints."""
 
-from pdsn_jax.stages import trunk
+from pdsn_jax.stages import dictionary, pdsn, trunk
 
-STAGES = {"trunk": trunk.run}
+STAGES = {"trunk": trunk.run, "pdsn": pdsn.run, "dictionary": dictionary.run}
 
 
 def parse_stages(spec: str) -> list[str]:

@@ -1,0 +1,159 @@
+"""Stage II: the mask dictionary, 9 binary Feature Discarding Masks (FDMs).
+
+P occluded/clean pairs per block go through the trained generators; each mask is
+min-max normalised on its own and folded into a running mean (per-batch means
+combined by counts, so float32 stays exact-enough for P up to 10^6); then for
+each block the floor(tau*K) smallest mean entries (K = elements of U) become 0
+and the rest 1, ties broken by element index.
+
+Outputs in ``<workdir>/dictionary/``: ``state/`` (orbax: mean masks, FDMs,
+count) and ``dictionary.npz`` (bit-packed FDMs, float16 mean masks, JSON
+metadata), which ``load_dictionary`` reads.
+"""
+
+import functools
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from pdsn_jax import checkpointing, parallel
+from pdsn_jax.data import occlusion, pipeline, sources
+from pdsn_jax.stages import pdsn as pdsn_stage
+from pdsn_jax.stages import trunk as trunk_stage
+
+STAGE = "dictionary"
+EXPORT = "dictionary.npz"
+
+
+def minmax(masks: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """Normalises every mask (the trailing 3 axes) to [0, 1] on its own."""
+  lo = masks.min(axis=(-3, -2, -1), keepdims=True)
+  hi = masks.max(axis=(-3, -2, -1), keepdims=True)
+  return (masks - lo) / jnp.maximum(hi - lo, eps)
+
+
+def merge_mean(mean: jax.Array, count: jax.Array, batch_mean: jax.Array, n) -> tuple:
+  """Running mean update by counts: exact combination of two means."""
+  total = count + n
+  return mean + (batch_mean - mean) * (n / jnp.maximum(total, 1.0)), total
+
+
+def binarize(mean_masks: jax.Array, tau: float) -> jax.Array:
+  """Zeros the floor(tau*K) smallest entries of each (h, w, c) mask, ones elsewhere.
+
+  Ties: the element with the lower flat index is discarded first (stable sort).
+  """
+  j = mean_masks.shape[0]
+  flat = mean_masks.reshape(j, -1)
+  k = int(np.floor(tau * flat.shape[1]))
+  order = jnp.argsort(flat, axis=1, stable=True)
+  ranks = jnp.argsort(order, axis=1, stable=True)
+  return (ranks >= k).astype(jnp.uint8).reshape(mean_masks.shape)
+
+
+def mask_step(carry: dict, batch: dict, rng: jax.Array, *, backbone, gens, differential: bool):
+  """Per-device: generator masks for the batch, min-max, psum-ed sum into the running mean."""
+  del rng
+  state = carry["state"]
+  u_clean, u_occ = pdsn_stage.frozen_features(state["trunk"], batch, backbone)
+  gen_in = jnp.abs(u_occ - u_clean[None]) if differential else u_occ
+  masks = gens.apply({"params": state["params"], "batch_stats": state["batch_stats"]}, gen_in,
+                     False)  # (J, B, h, w, c)
+  local_sum = minmax(masks).sum(axis=1)
+  n = jax.lax.psum(jnp.float32(masks.shape[1]), parallel.AXIS)
+  batch_mean = jax.lax.psum(local_sum, parallel.AXIS) / n
+  mean, count = merge_mean(carry["mean"], carry["count"], batch_mean, n)
+  return {**carry, "mean": mean, "count": count}, count
+
+
+def load_generators(workdir: str) -> dict:
+  path = os.path.join(workdir, pdsn_stage.STAGE, "checkpoints")
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"stage '{STAGE}' needs trained generators: {path} does not exist; "
+                            "run the 'pdsn' stage first (config.stages)")
+  return checkpointing.load_variables(path, keys=("params", "batch_stats", "trunk"))
+
+
+def export(path: str, mean_masks: np.ndarray, fdms: np.ndarray, meta: dict) -> None:
+  """Bit-packed FDMs + float16 means + metadata in one .npz (written atomically)."""
+  tmp = path + ".tmp.npz"
+  np.savez_compressed(tmp, fdm_bits=np.packbits(fdms.astype(bool).reshape(-1)),
+                      fdm_shape=np.asarray(fdms.shape), mean_masks=mean_masks.astype(np.float16),
+                      metadata=np.asarray(json.dumps(meta)))
+  os.replace(tmp, path)
+
+
+def load_dictionary(path: str) -> tuple[np.ndarray, np.ndarray, dict]:
+  """(fdms uint8 (J, h, w, c), mean masks float32, metadata) from ``dictionary.npz``."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"FDM dictionary not found: {path}")
+  with np.load(path) as z:
+    shape = tuple(z["fdm_shape"])
+    fdms = np.unpackbits(z["fdm_bits"])[:int(np.prod(shape))].reshape(shape)
+    return fdms, z["mean_masks"].astype(np.float32), json.loads(str(z["metadata"]))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  cfg = config.dictionary
+  stage_dir = os.path.join(workdir, STAGE)
+  out_path = os.path.join(stage_dir, EXPORT)
+  if os.path.isfile(out_path):
+    _, _, meta = load_dictionary(out_path)
+    if meta.get("tau") == cfg.tau and meta.get("pairs_per_block_requested") == cfg.pairs_per_block:
+      logging.info("[dictionary] complete, skipping: %s", out_path)
+      return {"stage": STAGE, "skipped": True, **meta}
+  mesh = parallel.make_mesh()
+  pcount, pindex = jax.process_count(), jax.process_index()
+  pipeline.check_batch_size(cfg.batch_size, mesh.size, pcount, "dictionary.batch_size")
+  train_src, _ = sources.build(config.data)
+  gen_vars = load_generators(workdir)
+  backbone, _, gens = pdsn_stage.build(config, train_src.num_classes, train=False)
+  o = config.occlusion
+  transform = occlusion.OccludeEveryBlock(pdsn_stage.occluder_library(config),
+                                          occlusion.CENTRAL_BLOCKS, o.neighbour_prob,
+                                          o.min_overlap, o.overlap)
+  num_batches = max(1, cfg.pairs_per_block // cfg.batch_size)
+  ds = pipeline.train_dataset(train_src, cfg.batch_size, config.seed + 2, pindex, pcount,
+                              (transform,))
+  data_iter = pipeline.to_iterator(ds, config.data.num_workers)
+  shape = pdsn_stage.u_shape(config)
+  carry = parallel.put_replicated({
+      "state": gen_vars, "mean": np.zeros((gens.num, *shape), np.float32),
+      "count": np.zeros((), np.float32)}, mesh)
+  step = parallel.data_parallel(functools.partial(
+      mask_step, backbone=backbone, gens=gens, differential=bool(config.pdsn.differential)), mesh)
+  key = jax.random.key(0)
+  t0 = time.time()
+  for b in range(num_batches):
+    carry, count = step(carry, parallel.put_batch(next(data_iter), mesh), key)
+    if (b + 1) % cfg.log_every == 0 or b + 1 == num_batches:
+      c = float(jax.device_get(count))
+      dt = time.time() - t0
+      logging.info("[dictionary] %d/%d pairs per block | %.1f pairs/s (x9 blocks)", int(c),
+                   num_batches * cfg.batch_size, c / max(dt, 1e-9))
+  mean = carry["mean"]
+  fdms = jax.jit(functools.partial(binarize, tau=cfg.tau))(mean)
+  mean, fdms, count = map(np.asarray, jax.device_get((mean, fdms, carry["count"])))
+  meta = {"tau": cfg.tau, "pairs_per_block": int(count),
+          "pairs_per_block_requested": cfg.pairs_per_block,
+          "blocks": list(occlusion.CENTRAL_BLOCKS), "grid": occlusion.GRID,
+          "image_size": list(config.data.image_size), "u_shape": list(shape),
+          "trunk_checkpoint": os.path.abspath(os.path.join(workdir, "trunk", "checkpoints")),
+          "zeros_per_item": [int((f == 0).sum()) for f in fdms]}
+  ckptr = ocp.StandardCheckpointer()
+  ckptr.save(os.path.abspath(os.path.join(stage_dir, "state")),
+             {"mean_masks": mean, "fdms": fdms, "count": count}, force=True)
+  ckptr.wait_until_finished()
+  if pindex == 0:
+    export(out_path, mean, fdms, meta)
+  logging.info("[dictionary] wrote %s: %d pairs per block, %d of %d elements discarded per item",
+               out_path, int(count), meta["zeros_per_item"][0], int(np.prod(shape)))
+  return {"stage": STAGE, **meta, "seconds": round(time.time() - t0, 1)}
+

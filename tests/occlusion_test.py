@@ -1,0 +1,94 @@
+"""Occlusion synthesis, block assignment and FDM composition."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pdsn_jax import fdm
+from pdsn_jax.data import occlusion
+from pdsn_jax.data.synthetic import SyntheticFaces
+
+SIZE = (112, 96)
+
+
+def test_occlusion_is_deterministic_and_mask_is_exactly_the_changed_pixels():
+  face = SyntheticFaces(2, 1, seed=0)[0]["image"]
+  lib = occlusion.OccluderLibrary()
+  t = occlusion.OccludeEveryBlock(lib, neighbour_prob=0.5)
+  a = t({"image": face}, np.random.default_rng(5))
+  b = t({"image": face}, np.random.default_rng(5))
+  np.testing.assert_array_equal(a["occluded"], b["occluded"])
+  np.testing.assert_array_equal(a["occlusion_mask"], b["occlusion_mask"])
+  c = t({"image": face}, np.random.default_rng(6))
+  assert not np.array_equal(a["occluded"], c["occluded"])
+  blocks = occlusion.block_pixel_masks(SIZE)
+  for j, blk in enumerate(occlusion.CENTRAL_BLOCKS):
+    img, mask = a["occluded"][j], a["occlusion_mask"][j]
+    changed = np.any(img != face, axis=-1)
+    assert not np.any(changed & ~mask)  # nothing changed outside the mask
+    assert changed[mask].mean() > 0.95  # and (colour coincidences aside) all of it changed
+    assert occlusion.block_overlap(mask, blocks[blk:blk + 1])[0] >= 0.5
+
+
+def test_neighbour_augmentation_covers_a_4_neighbour():
+  face = SyntheticFaces(1, 1)[0]["image"]
+  lib = occlusion.OccluderLibrary()
+  blocks = occlusion.block_pixel_masks(SIZE)
+  _, mask = occlusion.occlude_block(face, 12, np.random.default_rng(0), lib, neighbour_prob=1.0)
+  cov = occlusion.block_overlap(mask, blocks)
+  assert cov[12] >= 0.5 and max(cov[7], cov[17], cov[11], cov[13]) >= 0.5
+
+
+def test_block_assignment_on_hand_made_masks():
+  h, w = SIZE
+  none = np.zeros(SIZE, bool)
+  assert not fdm.occluded_blocks(none, SIZE).any()
+  # block (2,2) is rows 44.8..67.2, cols 38.4..57.6 -> pixel rows 45..66, cols 38..57
+  half = np.zeros(SIZE, bool)
+  half[45:67, 38:48] = True  # ~half of the central block
+  flags = np.asarray(fdm.occluded_blocks(half, SIZE, threshold=0.5))
+  cov = occlusion.block_overlap(half, occlusion.block_pixel_masks(SIZE))[12]
+  assert flags[4] == (cov >= 0.5)
+  two = np.zeros(SIZE, bool)
+  two[45:67, 19:58] = True  # blocks (2,1) and (2,2) fully
+  flags = np.asarray(fdm.occluded_blocks(two, SIZE))
+  np.testing.assert_array_equal(np.flatnonzero(flags), [3, 4])
+  # literal IoU: each of the two blocks has IoU ~0.5 with the two-block mask, none with 4 blocks
+  four = np.zeros(SIZE, bool)
+  four[23:67, 19:58] = True
+  assert np.asarray(fdm.occluded_blocks(four, SIZE)).sum() == 4
+  assert np.asarray(fdm.occluded_blocks(four, SIZE, overlap="iou")).sum() == 0
+
+
+def test_fdm_composition_is_and_of_items_and_all_ones_without_occlusion():
+  rng = np.random.default_rng(0)
+  items = rng.integers(0, 2, (9, 7, 6, 4)).astype(np.uint8)
+  flags = np.zeros((3, 9), bool)
+  flags[1, 2] = True
+  flags[2, [0, 4, 8]] = True
+  out = np.asarray(jax.jit(fdm.compose)(flags, items))
+  np.testing.assert_array_equal(out[0], 1)
+  np.testing.assert_array_equal(out[1], items[2])
+  np.testing.assert_array_equal(out[2], items[0] & items[4] & items[8])
+  masks = np.zeros((2, *SIZE), bool)
+  masks[1, 45:67, 38:58] = True
+  f = fdm.fdm_from_pixel_mask(masks, items, SIZE)
+  chex.assert_shape(f, (2, 7, 6, 4))
+  np.testing.assert_array_equal(np.asarray(f[1]), items[4])
+
+
+def test_occluder_library_reads_pngs_and_names_bad_dir(tmp_path):
+  from PIL import Image
+  d = tmp_path / "occ" / "glasses" / "src"
+  d.mkdir(parents=True)
+  rgba = np.zeros((10, 20, 4), np.uint8)
+  rgba[2:8, 3:17] = [10, 20, 30, 255]
+  Image.fromarray(rgba).save(d / "a.png")
+  lib = occlusion.OccluderLibrary(str(tmp_path / "occ"), procedural=False)
+  assert lib.available() == ("sunglasses",)
+  cat, img = lib.sample(np.random.default_rng(0))
+  assert cat == "sunglasses" and img.shape == (6, 14, 4)
+  with pytest.raises(FileNotFoundError, match="nowhere"):
+    occlusion.OccluderLibrary(str(tmp_path / "nowhere"))
