@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from pdsn_jax import checkpointing, parallel
+from pdsn_jax import checkpointing, parallel, visualize
 from pdsn_jax.data import occlusion, pipeline, sources
 from pdsn_jax.stages import pdsn as pdsn_stage
 from pdsn_jax.stages import trunk as trunk_stage
@@ -71,6 +71,17 @@ def mask_step(carry: dict, batch: dict, rng: jax.Array, *, backbone, gens, diffe
   batch_mean = jax.lax.psum(local_sum, parallel.AXIS) / n
   mean, count = merge_mean(carry["mean"], carry["count"], batch_mean, n)
   return {**carry, "mean": mean, "count": count}, count
+
+
+def median_relative_change(backbone, trunk: dict, local_batch: dict) -> np.ndarray:
+  """MED (paper Eq. 1) per block and channel: median over faces of the relative change
+  mean|U(x_j) - U(x)| / mean|U(x)| of each channel of U. (num_blocks, C)."""
+  u_clean, u_occ = jax.jit(functools.partial(pdsn_stage.frozen_features, backbone=backbone))(
+      trunk, {"image": local_batch["image"], "occluded": local_batch["occluded"]})
+  u_clean, u_occ = np.asarray(u_clean), np.asarray(u_occ)
+  num = np.abs(u_occ - u_clean[None]).mean(axis=(2, 3))  # (J, B, C)
+  den = np.abs(u_clean).mean(axis=(1, 2))[None] + 1e-6
+  return np.median(num / den, axis=1)
 
 
 def load_generators(workdir: str) -> dict:
@@ -131,8 +142,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       mask_step, backbone=backbone, gens=gens, differential=bool(config.pdsn.differential)), mesh)
   key = jax.random.key(0)
   t0 = time.time()
+  med = None
   for b in range(num_batches):
-    carry, count = step(carry, parallel.put_batch(next(data_iter), mesh), key)
+    local = next(data_iter)
+    if b == 0 and pindex == 0:
+      med = median_relative_change(backbone, gen_vars["trunk"], local)
+    carry, count = step(carry, parallel.put_batch(local, mesh), key)
     if (b + 1) % cfg.log_every == 0 or b + 1 == num_batches:
       c = float(jax.device_get(count))
       dt = time.time() - t0
@@ -151,8 +166,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ckptr.save(os.path.abspath(os.path.join(stage_dir, "state")),
              {"mean_masks": mean, "fdms": fdms, "count": count}, force=True)
   ckptr.wait_until_finished()
+  centroids = visualize.discard_centroids(fdms)
+  meta["discard_centroid_in_u"] = [[round(r, 2), round(c, 2)] for r, c in centroids]
+  meta["block_centre_in_u"] = [[round(v, 2) for v in visualize.block_centre_in_u(b, shape[:2])]
+                               for b in occlusion.CENTRAL_BLOCKS]
   if pindex == 0:
     export(out_path, mean, fdms, meta)
+    visualize.dictionary_figure(mean, fdms, os.path.join(stage_dir, "dictionary.png"))
+    visualize.med_figure(med, os.path.join(stage_dir, "med.png"))
+    logging.info("[dictionary] figures: %s, %s", os.path.join(stage_dir, "dictionary.png"),
+                 os.path.join(stage_dir, "med.png"))
   logging.info("[dictionary] wrote %s: %d pairs per block, %d of %d elements discarded per item",
                out_path, int(count), meta["zeros_per_item"][0], int(np.prod(shape)))
   return {"stage": STAGE, **meta, "seconds": round(time.time() - t0, 1)}

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from pdsn_jax import checkpointing, metrics as metrics_lib, parallel, training
+from pdsn_jax import checkpointing, metrics as metrics_lib, parallel, training, visualize
 from pdsn_jax.data import occlusion, pipeline, sources
 from pdsn_jax.models.generator import StackedMaskGenerators
 from pdsn_jax.stages import trunk as trunk_stage
@@ -180,6 +180,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                           o.neighbour_prob, o.min_overlap, o.overlap)
   ds = pipeline.train_dataset(train_src, cfg.batch_size, config.seed + 1, pindex, pcount,
                               (transform,))
+  if pindex == 0:
+    os.makedirs(stage_dir, exist_ok=True)
+    sheet = visualize.occlusion_sheet([train_src[i]["image"] for i in range(4)],
+                                      transform.library, os.path.join(stage_dir, "occlusions.png"),
+                                      o.neighbour_prob, config.seed)
+    logging.info("[pdsn] occlusion contact sheet: %s", sheet)
   data_iter = pipeline.to_iterator(ds, config.data.num_workers)
   mgr = checkpointing.manager(os.path.join(stage_dir, "checkpoints"), cfg.keep_checkpoints,
                               cfg.checkpoint_every)

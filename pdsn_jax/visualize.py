@@ -1,0 +1,132 @@
+"""Figures as PNG (PIL only): occlusion contact sheets, the mask dictionary, MED per channel.
+
+Command-line use (a contact sheet of every block's occlusions on a few faces):
+  python -m pdsn_jax.visualize --out=occlusions.png [--occluder_dir=../shared/data/occluders]
+"""
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from pdsn_jax.data import occlusion
+
+_GRID_COLOUR = (255, 255, 0)
+
+
+def _heat(values: np.ndarray, scale: int) -> np.ndarray:
+  """2-D values in [0, 1] -> RGB uint8 (dark blue -> yellow), nearest-upsampled."""
+  v = np.clip(values, 0, 1)
+  rgb = np.stack([v, v ** 0.5 * 0.9, 0.5 * (1 - v)], -1)
+  img = (rgb * 255).astype(np.uint8)
+  return np.kron(img, np.ones((scale, scale, 1), np.uint8))
+
+
+def _pad(img: np.ndarray, p: int = 2, value: int = 255) -> np.ndarray:
+  return np.pad(img, ((p, p), (p, p), (0, 0)), constant_values=value)
+
+
+def _label(img: np.ndarray, text: str) -> np.ndarray:
+  bar = Image.new("RGB", (img.shape[1], 12), (255, 255, 255))
+  ImageDraw.Draw(bar).text((2, 0), text, fill=(0, 0, 0))
+  return np.concatenate([np.asarray(bar), img], 0)
+
+
+def draw_grid(image: np.ndarray, grid: int = occlusion.GRID) -> np.ndarray:
+  out = image.copy()
+  h, w = out.shape[:2]
+  for k in range(1, grid):
+    out[int(round(k * h / grid)) - 1 if k * h // grid else 0, :] = _GRID_COLOUR
+    out[:, int(round(k * w / grid)) - 1] = _GRID_COLOUR
+  return out
+
+
+def occlusion_sheet(faces: list[np.ndarray], library: occlusion.OccluderLibrary, path: str,
+                    neighbour_prob: float = 0.5, seed: int = 0) -> str:
+  """Rows: faces; columns: the clean face with its 5x5 grid, then each generator block occluded."""
+  t = occlusion.OccludeEveryBlock(library, neighbour_prob=neighbour_prob)
+  rows = []
+  for i, face in enumerate(faces):
+    rec = t({"image": face}, np.random.default_rng([seed, i]))
+    cells = [_pad(draw_grid(face))] + [_pad(draw_grid(o)) for o in rec["occluded"]]
+    rows.append(np.concatenate(cells, 1))
+  header = ["clean"] + [f"block {b // 5},{b % 5}" for b in occlusion.CENTRAL_BLOCKS]
+  sheet = np.concatenate(rows, 0)
+  bar = Image.new("RGB", (sheet.shape[1], 12), (255, 255, 255))
+  cw = sheet.shape[1] // len(header)
+  for k, txt in enumerate(header):
+    ImageDraw.Draw(bar).text((k * cw + 3, 0), txt, fill=(0, 0, 0))
+  Image.fromarray(np.concatenate([np.asarray(bar), sheet], 0)).save(path)
+  return path
+
+
+def dictionary_figure(mean_masks: np.ndarray, fdms: np.ndarray, path: str,
+                      channels: int = 4, scale: int = 12) -> str:
+  """Per block (rows): discarded share per U position (mean over channels of 1 - FDM), then
+  mean mask and binary FDM for the first ``channels`` channels (the paper's Figs. 5 and 7)."""
+  rows = []
+  for j, blk in enumerate(occlusion.CENTRAL_BLOCKS):
+    discard = 1.0 - fdms[j].astype(np.float32).mean(-1)
+    cells = [_label(_pad(_heat(discard / max(discard.max(), 1e-9), scale)),
+                    f"{blk // 5},{blk % 5} discarded")]
+    for c in range(min(channels, mean_masks.shape[-1])):
+      cells.append(_label(_pad(_heat(mean_masks[j, ..., c], scale)), f"mean c{c}"))
+      cells.append(_label(_pad(_heat(fdms[j, ..., c].astype(np.float32), scale)), f"FDM c{c}"))
+    rows.append(np.concatenate(cells, 1))
+  Image.fromarray(np.concatenate(rows, 0)).save(path)
+  return path
+
+
+def discard_centroids(fdms: np.ndarray) -> list[tuple[float, float]]:
+  """(row, col) in U's map of each item's discarded elements (mean over channels)."""
+  out = []
+  for f in fdms:
+    d = 1.0 - f.astype(np.float32).mean(-1)
+    tot = max(d.sum(), 1e-9)
+    rr, cc = np.mgrid[0:d.shape[0], 0:d.shape[1]]
+    out.append((float((d * rr).sum() / tot), float((d * cc).sum() / tot)))
+  return out
+
+
+def block_centre_in_u(block: int, u_hw: tuple[int, int], grid: int = occlusion.GRID):
+  """Where block ``block``'s centre falls in U's (h, w) map, in U cell coordinates."""
+  r, c = divmod(block, grid)
+  return ((r + 0.5) / grid * u_hw[0] - 0.5, (c + 0.5) / grid * u_hw[1] - 0.5)
+
+
+def med_figure(med: np.ndarray, path: str, height: int = 60) -> str:
+  """Bar rows of the per-channel median relative change of U (paper Eq. 1, Fig. 3).
+
+  ``med``: (num_blocks, C); one row of bars per block, tallest bar = row max.
+  """
+  nb, c = med.shape
+  bw = max(1, 600 // c)
+  img = Image.new("RGB", (c * bw + 80, nb * (height + 6)), (255, 255, 255))
+  d = ImageDraw.Draw(img)
+  for j in range(nb):
+    y0 = j * (height + 6)
+    blk = occlusion.CENTRAL_BLOCKS[j]
+    d.text((2, y0 + height // 2 - 5), f"blk {blk // 5},{blk % 5}", fill=(0, 0, 0))
+    top = max(med[j].max(), 1e-9)
+    for k in range(c):
+      hh = int(height * med[j, k] / top)
+      d.rectangle([80 + k * bw, y0 + height - hh, 80 + (k + 1) * bw - 1, y0 + height],
+                  fill=(40, 90, 200))
+  img.save(path)
+  return path
+
+
+def main(argv=None) -> None:
+  import argparse  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data.synthetic import SyntheticFaces  # pylint: disable=g-import-not-at-top
+  p = argparse.ArgumentParser(description=__doc__)
+  p.add_argument("--out", default="occlusions.png")
+  p.add_argument("--occluder_dir", default="")
+  p.add_argument("--faces", type=int, default=4)
+  p.add_argument("--seed", type=int, default=0)
+  a = p.parse_args(argv)
+  src = SyntheticFaces(a.faces, 1, seed=a.seed)
+  faces = [src[i]["image"] for i in range(a.faces)]
+  print(occlusion_sheet(faces, occlusion.OccluderLibrary(a.occluder_dir), a.out, seed=a.seed))
+
+
+if __name__ == "__main__":
+  main()
