@@ -87,7 +87,7 @@ def _write_tree(root, n_ids=3, n_imgs=2):
 
 
 def test_folder_source_reads_and_aligns(tmp_path):
-  paths = _write_tree(str(tmp_path / "faces"))
+  _write_tree(str(tmp_path / "faces"))
   tsv = tmp_path / "landmarks.tsv"
   lm = " ".join(f"{v:.1f}" for v in (alignment.TEMPLATE_112x96 * 0.5).reshape(-1))
   tsv.write_text("relative_path\tlandmarks_5pt\tbbox\n"

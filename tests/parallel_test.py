@@ -33,7 +33,6 @@ def test_eight_devices_equal_one_device():
   config.model.dropout = 0.0
   init, step = _setup(config)
   state0 = init()
-  batch = _batch()
   results = []
   for devices in (jax.devices(), jax.devices()[:1]):
     mesh = parallel.make_mesh(devices)

@@ -1,7 +1,6 @@
 """Stage I: the stacked 9-generator step equals 9 single-generator steps; end-to-end stages."""
 
 import functools
-import json
 import os
 import signal
 import subprocess

@@ -7,7 +7,6 @@ import subprocess
 
 import jax
 import numpy as np
-import pytest
 
 from pdsn_jax import checkpointing
 from tests import helpers

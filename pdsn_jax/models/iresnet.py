@@ -6,7 +6,7 @@ the embedding, BN. ``__call__`` is ``head(features(x))``. PDSN masks U and runs
 F, so both are exposed as methods sharing one parameter tree.
 """
 
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp

@@ -26,7 +26,6 @@ import orbax.checkpoint as ocp
 from pdsn_jax import checkpointing, parallel, visualize
 from pdsn_jax.data import occlusion, pipeline, sources
 from pdsn_jax.stages import pdsn as pdsn_stage
-from pdsn_jax.stages import trunk as trunk_stage
 
 STAGE = "dictionary"
 EXPORT = "dictionary.npz"

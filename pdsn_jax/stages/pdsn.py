@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from pdsn_jax import checkpointing, metrics as metrics_lib, parallel, training, visualize
+from pdsn_jax import checkpointing, loop, metrics as metrics_lib, parallel, training, visualize
 from pdsn_jax.data import occlusion, pipeline, sources
 from pdsn_jax.models.generator import StackedMaskGenerators
 from pdsn_jax.stages import trunk as trunk_stage
@@ -182,7 +182,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                               (transform,))
   if pindex == 0:
     os.makedirs(stage_dir, exist_ok=True)
-    sheet = visualize.occlusion_sheet([train_src[i]["image"] for i in range(4)],
+    sheet = visualize.occlusion_sheet([train_src[i]["image"] for i in
+                                       range(0, len(train_src), max(1, len(train_src) // 4))][:4],
                                       transform.library, os.path.join(stage_dir, "occlusions.png"),
                                       o.neighbour_prob, config.seed)
     logging.info("[pdsn] occlusion contact sheet: %s", sheet)
@@ -199,36 +200,24 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   step_fn = parallel.data_parallel(functools.partial(
       train_step, backbone=backbone, head=head, gens=gens, tx=tx, schedule=schedule, cfg=cfg),
                                    mesh)
-  root = jax.random.wrap_key_data(parallel.put_replicated(jax.device_get(state.rng), mesh),
-                                  impl=config.prng_impl)
-  clock = metrics_lib.Throughput(steps, cfg.batch_size * 10, start)  # images incl. occluded
-  first, last, t0 = None, None, time.time()
+  root = loop.stage_root_key(state, mesh, config.prng_impl)
+  logged, t0 = [], time.time()
+
+  def per_generator(done, out):
+    per_gen = out.pop("per_generator_loss")
+    logged.append(per_gen)
+    return {f"loss_block{b}": v for b, v in zip(occlusion.CENTRAL_BLOCKS, per_gen)}
+
   try:
-    for step in range(start, steps):
-      batch = parallel.put_batch(next(data_iter), mesh)
-      state, out = step_fn(state, batch, jax.random.fold_in(root, step))
-      done = step + 1
-      is_log = done % cfg.log_every == 0 or done == steps or done == start + 1
-      is_ckpt = mgr.should_save(done) or done == steps
-      if is_log or is_ckpt:
-        out = jax.device_get(out)
-        training.finite_or_raise({"loss": out["loss"], "param_norm": out["param_norm"]}, done)
-        per_gen = out.pop("per_generator_loss")
-        first = per_gen if first is None else first
-        last = per_gen
-      if is_log:
-        img_s, eta = clock.update(done)
-        metrics_lib.log_line(STAGE, done, steps, out, img_s, eta)
-        writer.write(done, {**out, **{f"loss_block{b}": v for b, v in
-                                      zip(occlusion.CENTRAL_BLOCKS, per_gen)}})
-      if is_ckpt:
-        checkpointing.save(mgr, done, state, data_iter, force=done == steps)
-    mgr.wait_until_finished()
+    state = loop.train_loop(stage=STAGE, state=state, step_fn=step_fn, data_iter=data_iter,
+                            mesh=mesh, mgr=mgr, writer=writer, root=root, start=start,
+                            total=steps, images_per_step=cfg.batch_size * 10,  # incl. occluded
+                            log_every=cfg.log_every, on_metrics=per_generator)
   finally:
     mgr.close()
     writer.close()
   summary = {"stage": STAGE, "steps": steps, "seconds_this_run": round(time.time() - t0, 1)}
-  if first is not None:
-    summary["per_generator_loss_first_logged"] = [round(float(v), 4) for v in first]
-    summary["per_generator_loss_last"] = [round(float(v), 4) for v in last]
+  if logged:
+    summary["per_generator_loss_first_logged"] = [round(float(v), 4) for v in logged[0]]
+    summary["per_generator_loss_last"] = [round(float(v), 4) for v in logged[-1]]
   return summary

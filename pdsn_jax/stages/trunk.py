@@ -5,7 +5,6 @@ import json
 import logging
 import os
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +12,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from pdsn_jax import checkpointing, metrics as metrics_lib, parallel, training
+from pdsn_jax import checkpointing, loop, metrics as metrics_lib, parallel, training
 from pdsn_jax.data import pipeline, sources
 from pdsn_jax.data.pairs import generate_pairs
 from pdsn_jax.evaluation import verification
@@ -181,33 +180,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer = metrics_lib.MetricWriter(os.path.join(stage_dir, "logs"), STAGE)
   step_fn = parallel.data_parallel(
       functools.partial(train_step, backbone=backbone, head=head, tx=tx, schedule=schedule), mesh)
-  # A copy: the state's buffers are donated to the step.
-  root = jax.random.wrap_key_data(parallel.put_replicated(jax.device_get(state.rng), mesh),
-                                  impl=config.prng_impl)
-  clock = metrics_lib.Throughput(steps, cfg.batch_size, start)
+  root = loop.stage_root_key(state, mesh, config.prng_impl)
   t_start = time.time()
-  eval_result, untrained = None, None
+  evals = {}
+
+  def periodic_eval(done, state):
+    if cfg.eval_every > 0 and done % cfg.eval_every == 0 and done != steps:
+      _evaluate(verifier, state, done, writer)
+
   try:
     if start == 0 and origin == "scratch":  # the untrained net's accuracy, for reference
-      untrained = _evaluate(verifier, state, 0, writer)
-    for step in range(start, steps):
-      batch = parallel.put_batch(next(data_iter), mesh)
-      state, out = step_fn(state, batch, jax.random.fold_in(root, step))
-      done = step + 1
-      is_log = done % cfg.log_every == 0 or done == steps or done == start + 1
-      is_ckpt = mgr.should_save(done) or done == steps
-      if is_log or is_ckpt:
-        out = jax.device_get(out)
-        training.finite_or_raise({"loss": out["loss"], "param_norm": out["param_norm"]}, done)
-      if is_log:
-        img_s, eta = clock.update(done)
-        metrics_lib.log_line(STAGE, done, steps, out, img_s, eta)
-        writer.write(done, {**out, "images_per_sec": img_s} if np.isfinite(img_s) else out)
-      if cfg.eval_every > 0 and (done % cfg.eval_every == 0) and done != steps:
-        eval_result = _evaluate(verifier, state, done, writer)
-      if is_ckpt:
-        checkpointing.save(mgr, done, state, data_iter, force=done == steps)
-    mgr.wait_until_finished()
+      evals["untrained"] = _evaluate(verifier, state, 0, writer)
+    state = loop.train_loop(stage=STAGE, state=state, step_fn=step_fn, data_iter=data_iter,
+                            mesh=mesh, mgr=mgr, writer=writer, root=root, start=start,
+                            total=steps, images_per_step=cfg.batch_size,
+                            log_every=cfg.log_every, on_step=periodic_eval)
     eval_result = _evaluate(verifier, state, steps, writer)
   finally:
     mgr.close()
@@ -216,9 +203,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
              "train_seconds_this_run": round(time.time() - t_start, 1),
              "heldout_verification": {k: eval_result[k] for k in
                                       ("accuracy", "std", "tar_at_far_1e-3")}}
-  if untrained is not None:
+  if "untrained" in evals:
     summary["heldout_verification_untrained"] = {
-        k: untrained[k] for k in ("accuracy", "std", "tar_at_far_1e-3")}
+        k: evals["untrained"][k] for k in ("accuracy", "std", "tar_at_far_1e-3")}
   if pindex == 0:
     with open(os.path.join(stage_dir, "summary.json"), "w", encoding="utf-8") as f:
       json.dump(summary, f, indent=2)
