@@ -104,8 +104,9 @@ def med_figure(med: np.ndarray, path: str, height: int = 60) -> str:
   for j in range(nb):
     y0 = j * (height + 6)
     blk = occlusion.CENTRAL_BLOCKS[j]
-    d.text((2, y0 + height // 2 - 5), f"blk {blk // 5},{blk % 5}", fill=(0, 0, 0))
     top = max(med[j].max(), 1e-9)
+    d.text((2, y0 + height // 2 - 10), f"blk {blk // 5},{blk % 5}", fill=(0, 0, 0))
+    d.text((2, y0 + height // 2 + 2), f"max {top:.3g}", fill=(90, 90, 90))
     for k in range(c):
       hh = int(height * med[j, k] / top)
       d.rectangle([80 + k * bw, y0 + height - hh, 80 + (k + 1) * bw - 1, y0 + height],
