@@ -73,7 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
       step_boundaries=(0.5, 0.75), step_decay=0.1,
       lambda_l1=10.0,  # paper, Eq. 5
       loss="paper",  # "paper": CE(occluded) + lambda*L1; "released": 0.5 CE(clean) + 0.5 CE(occ)
-      differential=True,  # False: Table 3's ablation (input U(x_j), set lambda_l1=0 too)
+      differential=True,  # False: Table 3's ablation, input U(x_j) and lambda taken as 0
       log_every=10, checkpoint_every=25, keep_checkpoints=2))
 
   # Stage II: the dictionary of binary Feature Discarding Masks.

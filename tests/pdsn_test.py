@@ -94,3 +94,25 @@ def test_stages_end_to_end_trunk_frozen_and_pdsn_resumes_after_sigkill(tmp_path)
   fa, _, _ = dictionary.load_dictionary(os.path.join(ref, "dictionary", "dictionary.npz"))
   fb, _, _ = dictionary.load_dictionary(os.path.join(wd, "dictionary", "dictionary.npz"))
   np.testing.assert_array_equal(fa, fb)
+
+
+def test_no_differential_ablation_drops_l1_and_feeds_occluded_u():
+  config = tiny.get_config()
+  backbone, head, tv = _trunk_vars(config)
+  gens = StackedMaskGenerators(2)
+  rng = np.random.default_rng(0)
+  u_clean = jnp.asarray(rng.normal(size=(4, *pdsn.u_shape(config))), jnp.float32)
+  u_occ = jnp.asarray(rng.normal(size=(2, 4, *pdsn.u_shape(config))), jnp.float32)
+  v = gens.init(jax.random.key(0), u_occ)
+  labels = jnp.arange(4) % 12
+  args = (v["params"], v["batch_stats"], tv, u_clean, u_occ, labels)
+  kw = dict(backbone=backbone, head=head, gens=gens, train=False)
+  paper, (_, ce_p, l1_p, _) = pdsn.pdsn_losses(*args, cfg=config.pdsn, **kw)
+  chex.assert_trees_all_close(paper, ce_p + 10.0 * l1_p, rtol=1e-6)
+  config.pdsn.differential = False
+  abl, (_, ce_a, l1_a, _) = pdsn.pdsn_losses(*args, cfg=config.pdsn, **kw)
+  chex.assert_trees_all_close(abl, ce_a, rtol=1e-6)  # lambda taken as 0
+  assert not np.allclose(np.asarray(ce_a), np.asarray(ce_p))  # the input changed the masks
+  config.pdsn.differential, config.pdsn.loss = True, "released"
+  rel, (_, ce_r, l1_r, _) = pdsn.pdsn_losses(*args, cfg=config.pdsn, **kw)
+  assert not np.allclose(np.asarray(rel), np.asarray(paper))

@@ -48,6 +48,11 @@ def trunk_variables(trunk: dict) -> dict:
   return {"params": trunk["params"]["backbone"], "batch_stats": trunk["batch_stats"]}
 
 
+def effective_lambda(cfg) -> float:
+  """Table 3's ablation switch: without differential input there is no L1 term either."""
+  return float(cfg.lambda_l1) if cfg.differential else 0.0
+
+
 def pdsn_losses(gen_params, gen_stats, trunk, clean_u, occ_u, labels, *, backbone, head, gens,
                 cfg, train: bool):
   """Per-generator losses (J,) and aux; ``occ_u`` is (J, B, h, w, c), ``clean_u`` (B, h, w, c)."""
@@ -71,7 +76,7 @@ def pdsn_losses(gen_params, gen_stats, trunk, clean_u, occ_u, labels, *, backbon
   ce_occ = ce(m_occ)
   l1 = jnp.mean(jnp.abs(m_clean - m_occ), axis=(1, 2, 3, 4))
   ce_term = 0.5 * ce(m_clean) + 0.5 * ce_occ if cfg.loss == "released" else ce_occ
-  per_gen = ce_term + cfg.lambda_l1 * l1
+  per_gen = ce_term + effective_lambda(cfg) * l1
   return per_gen, (new_stats, ce_occ, l1, jnp.mean(masks, axis=(1, 2, 3, 4)))
 
 
@@ -195,7 +200,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = state.replace(trunk=parallel.put_replicated(trunk, mesh))
   logging.info("[pdsn] %d generators x %d steps of %d faces (each + 9 occluded copies), "
                "lambda=%g, loss=%s, differential=%s; starting at step %d (%s)", gens.num,
-               steps, cfg.batch_size, cfg.lambda_l1, cfg.loss, cfg.differential, start, origin)
+               steps, cfg.batch_size, effective_lambda(cfg), cfg.loss, cfg.differential, start,
+               origin)
   writer = metrics_lib.MetricWriter(os.path.join(stage_dir, "logs"), STAGE)
   step_fn = parallel.data_parallel(functools.partial(
       train_step, backbone=backbone, head=head, gens=gens, tx=tx, schedule=schedule, cfg=cfg),
