@@ -11,8 +11,10 @@ the block that is covered (intersection over the block's area);
 ``overlap="iou"`` gives the literal definition.
 """
 
+import functools
 import os
 
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
@@ -20,6 +22,13 @@ GRID = 5
 CENTRAL_BLOCKS = tuple(r * GRID + c for r in (1, 2, 3) for c in (1, 2, 3))  # the 9 generators
 CATEGORIES = ("sunglasses", "mask", "hand", "object")
 OVERLAPS = ("coverage", "iou")
+
+
+@functools.lru_cache(maxsize=16)
+def _block_masks_cached(image_size: tuple[int, int], grid: int) -> np.ndarray:
+  out = block_pixel_masks(image_size, grid)
+  out.flags.writeable = False
+  return out
 
 
 def block_boxes(image_size: tuple[int, int], grid: int = GRID) -> np.ndarray:
@@ -42,7 +51,7 @@ def block_pixel_masks(image_size: tuple[int, int], grid: int = GRID) -> np.ndarr
 
 def block_overlap(mask: np.ndarray, blocks: np.ndarray, overlap: str = "coverage") -> np.ndarray:
   """Overlap of (..., H, W) pixel masks with every block: (..., num_blocks). numpy or jnp."""
-  xp = np if isinstance(mask, np.ndarray) else __import__("jax.numpy", fromlist=["_"])
+  xp = np if isinstance(mask, np.ndarray) else jnp
   m = mask.astype(xp.float32)
   inter = xp.einsum("...hw,khw->...k", m, blocks)
   area = blocks.sum(axis=(1, 2))
@@ -203,7 +212,7 @@ def occlude_block(image: np.ndarray, block: int, rng: np.random.Generator,
   """
   size = image.shape[:2]
   boxes = block_boxes(size, grid)
-  blocks = block_pixel_masks(size, grid)
+  blocks = _block_masks_cached(tuple(size), grid)  # per face x 9 blocks: build once
   targets = [block]
   if neighbour_prob > 0 and rng.uniform() < neighbour_prob:
     r, c = divmod(block, grid)

@@ -6,6 +6,7 @@ to every gallery face; gallery U is computed once, and gallery embeddings once
 per distinct block pattern (at most 2^9), never once per probe.
 """
 
+import functools
 from typing import Callable
 
 import jax
@@ -36,14 +37,15 @@ def identification_scores(head_fn, gallery_u: jax.Array, probe_u: jax.Array,
   probe_flags = np.asarray(probe_flags, bool)
   patterns, inverse = np.unique(probe_flags, axis=0, return_inverse=True)
   inverse = np.asarray(inverse).reshape(-1)
-  embed = jax.jit(lambda u, m: masked_embeddings(head_fn, u, m))
+  embed = jax.jit(functools.partial(masked_embeddings, head_fn))
+  # All probes in one call (each under its own FDM); the gallery once per pattern, always
+  # the same shapes, so one compilation each.
+  probes = np.asarray(embed(probe_u, fdm.compose(jnp.asarray(probe_flags), dictionary)))
   scores = np.zeros((len(probe_u), len(gallery_u)), np.float32)
   for k, pattern in enumerate(patterns):
-    mask = fdm.compose(jnp.asarray(pattern), dictionary)
-    gallery = embed(gallery_u, mask)
+    gallery = np.asarray(embed(gallery_u, fdm.compose(jnp.asarray(pattern), dictionary)))
     rows = np.flatnonzero(inverse == k)
-    probes = embed(probe_u[rows], mask)
-    scores[rows] = np.asarray(probes @ gallery.T)
+    scores[rows] = probes[rows] @ gallery.T
   return scores
 
 
