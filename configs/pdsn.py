@@ -16,11 +16,15 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.prng_impl = "rbg"  # or "threefry2x32"; see pdsn_jax.training.root_key
-  c.stages = "trunk,pdsn,dictionary"  # comma-separated, run in order
+  # comma-separated, run in order: stage 0, I, II, the Baseline, stage III fine-tuning,
+  # Table 3's lambda=0 generators, the occlusion detector, then every protocol and
+  # ablation into results.md
+  c.stages = "trunk,pdsn,dictionary,baseline,finetune,lambda0,detector,evaluate"
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "synthetic"  # "synthetic" (built-in, no files) or "folders"
   c.data.image_size = (112, 96)  # (height, width) of the aligned face
+  c.data.alignment = "arcface"  # 5-point template: "arcface" (112x96) or "dlib_chip" (150x150)
   c.data.flip = True
   c.data.num_workers = 0  # grain worker processes (0: load in the main process)
   c.data.synthetic = ml_collections.ConfigDict(dict(
@@ -28,8 +32,12 @@ def get_config() -> ml_collections.ConfigDict:
       eval_images_per_identity=6, seed=0, cache=True))
   c.data.folders = ml_collections.ConfigDict(dict(
       root="", landmarks="", skip_bad_images=False, min_images=2, heldout_identities=50))
+  # insightface RecordIO (train.rec + train.idx, e.g. faces_webface_112x112), no mxnet needed
+  c.data.recordio = ml_collections.ConfigDict(dict(path="", index="", heldout_identities=50))
 
   c.model = ml_collections.ConfigDict()
+  c.model.kind = "iresnet"  # or "dlib": dlib's pretrained ResNet (configs/dlib_trunk.py)
+  c.model.dlib_u = "4x4"  # model.kind="dlib": U = the 4x4x256 or the 8x8x128 map
   c.model.depth = 18
   c.model.width = 0.25  # stage widths 16-32-64-128
   c.model.embedding_dim = 256
@@ -54,9 +62,28 @@ def get_config() -> ml_collections.ConfigDict:
   c.trunk.eval_every = 100  # <= 0: only at the end
   c.trunk.checkpoint_every = 50
   c.trunk.keep_checkpoints = 3
-  c.trunk.init_from = ""  # a checkpoints/ folder of another run (params + BN stats)
+  c.trunk.init_from = ""  # a checkpoints/ folder of another run (params + BN stats); with
+  # model.kind="dlib" a dlib .dat file, or "dlib" for face_recognition_models' one
+  c.trunk.freeze_backbone = False  # True: only the CosFace classifier trains
 
-  c.eval = ml_collections.ConfigDict(dict(num_pairs=600, batch_size=64, seed=1))
+  c.eval = ml_collections.ConfigDict(dict(
+      num_pairs=600, batch_size=64, seed=1,
+      pairs_file="",  # an LFW-format pairs.txt (data.source="folders"); "" = generated pairs
+      pairs_root="",  # folder the pairs file's images are under; "" = data.folders.root
+      pairs_pattern="{name}/{name}_{num:04d}.jpg",  # image path of (name, number) in pairs_root
+      pairs_landmarks="",  # landmarks TSV of the pairs' images; "" = data.folders.landmarks
+      pairs_bin="",  # an insightface verification .bin (lfw.bin, cfp_fp.bin, agedb_30.bin)
+      conditions=("sunglasses", "mask", "hand", "object", "blocks"),  # occluded verification
+      ar_gallery_images=3,  # AR protocol 1 gallery images per subject (protocol 2: one)
+      identification_root="",  # subjects for the AR-style protocols; "" = held-out identities
+      identification_landmarks="",  # its landmarks TSV ("" = centre crop)
+      num_distractors=500,  # MegaFace-style identification: gallery + N other identities
+      occluder_dir="",  # occluders of the test probes; "" = those of config.occlusion
+      procedural=True,  # with occluder_dir: also the built-in occluders
+      occlusion_source="ground_truth",  # where test-time occlusion masks come from; rows
+      # located by the detector are added whenever the 'detector' stage has run
+      ablations=True,  # Tables 1-3 on the trunk + dictionary
+      tau_sweep=(0.0, 0.05, 0.15, 0.25, 0.35, 0.45)))
 
   # Occlusion synthesis (pdsn_jax/data/occlusion.py).
   c.occlusion = ml_collections.ConfigDict(dict(
@@ -69,7 +96,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Stage I: the 9 mask generators (trunk frozen).
   c.pdsn = ml_collections.ConfigDict(dict(
-      batch_size=16, num_epochs=1.0, num_steps=-1, learning_rate=0.01, momentum=0.9,
+      batch_size=16, num_epochs=0.6, num_steps=-1, learning_rate=0.01, momentum=0.9,
       nesterov=False, weight_decay=5e-4, warmup_steps=10, schedule="cosine",
       step_boundaries=(0.5, 0.75), step_decay=0.1,
       lambda_l1=10.0,  # paper, Eq. 5
@@ -77,7 +104,29 @@ def get_config() -> ml_collections.ConfigDict:
       differential=True,  # False: Table 3's ablation, input U(x_j) and lambda taken as 0
       log_every=10, checkpoint_every=25, keep_checkpoints=2))
 
+  # Stage III fine-tuning and the Baseline: same budget, same occluded faces (finetune.py).
+  c.finetune = ml_collections.ConfigDict(dict(
+      batch_size=32, num_epochs=0.67, num_steps=-1, learning_rate=0.01, momentum=0.9,
+      nesterov=False, weight_decay=5e-4, warmup_steps=5, schedule="cosine",
+      step_boundaries=(0.5, 0.75), step_decay=0.1, log_every=10, eval_every=-1,
+      checkpoint_every=25, keep_checkpoints=2,
+      clean_prob=0.25,  # share of clean faces (under the all-ones mask)
+      conditions=("sunglasses", "mask", "hand", "object", "blocks")))
+
+  # The occlusion detector (stages/detector.py): a U-Net-style FCN on occluded faces.
+  c.detector = ml_collections.ConfigDict(dict(
+      widths=(16, 32, 64, 96),  # encoder channels per scale (decoder mirrors them)
+      input_scale=0.5,  # the net sees the face at this scale; logits are upsampled back
+      batch_size=32, num_epochs=1.6, num_steps=-1, learning_rate=0.003, momentum=0.9,
+      optimizer="adam", nesterov=False, weight_decay=1e-4, warmup_steps=10, schedule="cosine",
+      step_boundaries=(0.5, 0.75), step_decay=0.1, log_every=10, checkpoint_every=25,
+      keep_checkpoints=2,
+      clean_prob=0.15,  # share of faces without occluder
+      threshold=0.5,  # probability above which a pixel counts as occluded
+      heldout_every=4,  # every 4th occluder file per folder is held out of training
+      eval_images=400))
+
   # Stage II: the dictionary of binary Feature Discarding Masks.
   c.dictionary = ml_collections.ConfigDict(dict(
-      pairs_per_block=1024, batch_size=32, tau=0.25, log_every=8))
+      pairs_per_block=512, batch_size=32, tau=0.25, log_every=8))
   return c

@@ -19,4 +19,9 @@ def get_config():
   c.eval.update(num_pairs=40, batch_size=8)
   c.pdsn.update(batch_size=8, num_steps=4, warmup_steps=1, log_every=1, checkpoint_every=2)
   c.dictionary.update(pairs_per_block=16, batch_size=8, log_every=1)
+  c.finetune.update(batch_size=8, num_steps=4, warmup_steps=1, log_every=1, checkpoint_every=2)
+  c.detector.update(widths=(4, 8), batch_size=8, num_steps=4, warmup_steps=1, log_every=1,
+                   checkpoint_every=2, eval_images=16)
+  c.eval.update(num_distractors=10, ar_gallery_images=2, tau_sweep=(0.0, 0.25))
+  c.stages = "trunk,pdsn,dictionary"  # tests ask for the later stages explicitly
   return c

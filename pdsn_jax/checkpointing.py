@@ -85,7 +85,8 @@ def load_variables(directory: str, keys=("params", "batch_stats")) -> dict:
 
 def restore_or_init(mgr: ocp.CheckpointManager, init_fn: Callable[[], Any], mesh,
                     data_iter: Any = None, init_from: str = "",
-                    merge_fn: Callable[[Any, dict], Any] | None = None):
+                    merge_fn: Callable[[Any, dict], Any] | None = None,
+                    loader: Callable[[str], dict] = None):
   """Returns (state, start_step, origin) following the resume order in the module docstring."""
   abstract = abstract_replicated(jax.eval_shape(init_fn), mesh)
   restored = restore_latest(mgr, abstract, data_iter)
@@ -95,6 +96,6 @@ def restore_or_init(mgr: ocp.CheckpointManager, init_fn: Callable[[], Any], mesh
   if init_from:
     if merge_fn is None:
       raise ValueError("this stage does not support init_from")
-    state = merge_fn(state, load_variables(init_from))
+    state = merge_fn(state, (loader or load_variables)(init_from))
     return state, 0, f"init_from:{init_from}"
   return state, 0, "scratch"

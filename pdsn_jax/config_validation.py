@@ -3,20 +3,29 @@
 import ml_collections
 
 _CHOICES = {
-    "data.source": ("synthetic", "folders"),
+    "data.source": ("synthetic", "folders", "recordio"),
+    "data.alignment": ("arcface", "dlib_chip"),
+    "model.kind": ("iresnet", "dlib"),
+    "model.dlib_u": ("4x4", "8x8"),
     "model.dtype": ("float32", "bfloat16"),
     "model.depth": (18, 34, 50, 100),
     "trunk.schedule": ("cosine", "step", "constant"),
     "pdsn.schedule": ("cosine", "step", "constant"),
     "pdsn.loss": ("paper", "released"),
     "occlusion.overlap": ("coverage", "iou"),
+    "finetune.schedule": ("cosine", "step", "constant"),
+    "eval.occlusion_source": ("ground_truth", "detector"),
+    "detector.schedule": ("cosine", "step", "constant"),
 }
 _POSITIVE = ("model.width", "model.embedding_dim", "trunk.batch_size", "trunk.log_every",
              "trunk.checkpoint_every", "trunk.keep_checkpoints", "eval.batch_size",
              "eval.num_pairs", "cosface.scale", "pdsn.batch_size", "dictionary.batch_size",
-             "dictionary.pairs_per_block")
+             "dictionary.pairs_per_block", "finetune.batch_size", "finetune.log_every",
+             "finetune.checkpoint_every", "eval.ar_gallery_images", "detector.batch_size",
+             "detector.input_scale", "detector.heldout_every", "detector.eval_images")
 _NON_NEGATIVE = ("trunk.learning_rate", "trunk.weight_decay", "trunk.momentum",
-                 "trunk.warmup_steps", "model.dropout", "cosface.margin", "data.num_workers")
+                 "trunk.warmup_steps", "model.dropout", "cosface.margin", "data.num_workers",
+                 "finetune.learning_rate", "eval.num_distractors")
 
 
 def _get(config, dotted: str):
@@ -42,6 +51,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.dictionary.tau={config.dictionary.tau!r} must be in [0, 1)")
   if not 0 <= config.model.dropout < 1:
     raise ValueError(f"config.model.dropout={config.model.dropout!r} must be in [0, 1)")
+  for key in ("finetune.clean_prob", "detector.clean_prob", "detector.threshold"):
+    if not 0 <= _get(config, key) <= 1:
+      raise ValueError(f"config.{key}={_get(config, key)!r} must be in [0, 1]")
+  for key in ("eval.conditions", "finetune.conditions"):
+    from pdsn_jax.data.placement import CONDITIONS  # pylint: disable=g-import-not-at-top
+    bad = [c for c in _get(config, key) if c not in CONDITIONS]
+    if bad or not _get(config, key):
+      raise ValueError(f"config.{key}={tuple(_get(config, key))!r}: allowed values {CONDITIONS}")
+  for tau in config.eval.tau_sweep:
+    if not 0 <= tau < 1:
+      raise ValueError(f"config.eval.tau_sweep has {tau!r}; every tau must be in [0, 1)")
   size = tuple(config.data.image_size)
   if len(size) != 2 or min(size) < 16:
     raise ValueError(f"config.data.image_size={size!r} must be (height, width), each >= 16")

@@ -17,7 +17,7 @@ def occluded_blocks(pixel_masks: jax.Array, image_size: tuple[int, int],
                     overlap: str = "coverage") -> jax.Array:
   """(..., H, W) bool -> (..., len(blocks)) bool: which dictionary blocks are occluded."""
   block_px = jnp.asarray(occlusion.block_pixel_masks(image_size)[np.asarray(blocks)])
-  return occlusion.block_overlap(jnp.asarray(pixel_masks), block_px, overlap) >= threshold
+  return occlusion.blocks_occluded(jnp.asarray(pixel_masks), block_px, threshold, overlap)
 
 
 def compose(flags: jax.Array, dictionary: jax.Array) -> jax.Array:

@@ -71,6 +71,19 @@ def sgd(cfg: ml_collections.ConfigDict, total_steps: int,
   return tx
 
 
+OPTIMIZERS = ("sgd", "adam")
+
+
+def optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+  """``cfg.optimizer``: "sgd" (momentum, L2 decay) or "adam" (AdamW, decoupled decay)."""
+  name = cfg.get("optimizer", "sgd")
+  if name == "sgd":
+    return sgd(cfg, total_steps)
+  if name == "adam":
+    return optax.adamw(learning_rate_schedule(cfg, total_steps), weight_decay=cfg.weight_decay)
+  raise ValueError(f"optimizer={name!r} is not one of {OPTIMIZERS}")
+
+
 def finite_or_raise(metrics: dict, step: int) -> None:
   """Raises FloatingPointError naming the step and the offending metric."""
   for k, v in metrics.items():

@@ -30,6 +30,16 @@ def _label(img: np.ndarray, text: str) -> np.ndarray:
   return np.concatenate([np.asarray(bar), img], 0)
 
 
+def save_with_header(sheet: np.ndarray, header: list[str], path: str) -> str:
+  """Saves a contact sheet of equal-width columns under a bar naming each column."""
+  bar = Image.new("RGB", (sheet.shape[1], 12), (255, 255, 255))
+  cw = sheet.shape[1] // len(header)
+  for k, txt in enumerate(header):
+    ImageDraw.Draw(bar).text((k * cw + 3, 0), txt, fill=(0, 0, 0))
+  Image.fromarray(np.concatenate([np.asarray(bar), sheet], 0)).save(path)
+  return path
+
+
 def draw_grid(image: np.ndarray, grid: int = occlusion.GRID) -> np.ndarray:
   out = image.copy()
   h, w = out.shape[:2]
@@ -49,13 +59,7 @@ def occlusion_sheet(faces: list[np.ndarray], library: occlusion.OccluderLibrary,
     cells = [_pad(draw_grid(face))] + [_pad(draw_grid(o)) for o in rec["occluded"]]
     rows.append(np.concatenate(cells, 1))
   header = ["clean"] + [f"block {b // 5},{b % 5}" for b in occlusion.CENTRAL_BLOCKS]
-  sheet = np.concatenate(rows, 0)
-  bar = Image.new("RGB", (sheet.shape[1], 12), (255, 255, 255))
-  cw = sheet.shape[1] // len(header)
-  for k, txt in enumerate(header):
-    ImageDraw.Draw(bar).text((k * cw + 3, 0), txt, fill=(0, 0, 0))
-  Image.fromarray(np.concatenate([np.asarray(bar), sheet], 0)).save(path)
-  return path
+  return save_with_header(np.concatenate(rows, 0), header, path)
 
 
 def dictionary_figure(mean_masks: np.ndarray, fdms: np.ndarray, path: str,
@@ -113,6 +117,33 @@ def med_figure(med: np.ndarray, path: str, height: int = 60) -> str:
                   fill=(40, 90, 200))
   img.save(path)
   return path
+
+
+def detection_sheet(images: np.ndarray, pred: np.ndarray, path: str, true_masks=None,
+                    min_overlap: float = 0.5, overlap: str = "coverage",
+                    names: list[str] | None = None) -> str:
+  """Rows of (image, predicted mask in red, assigned generator blocks outlined[, true mask])."""
+  from pdsn_jax.data import placement  # pylint: disable=g-import-not-at-top
+  boxes = occlusion.block_boxes(images.shape[1:3])
+  flags = placement.occluded_block_flags(np.asarray(pred, bool), min_overlap, overlap)
+  rows = []
+  for i, img in enumerate(images):
+    over = img.astype(np.float32).copy()
+    over[pred[i]] = 0.45 * over[pred[i]] + 0.55 * np.array([255, 0, 0])
+    blocks = Image.fromarray(img.copy())
+    d = ImageDraw.Draw(blocks)
+    for k, b in enumerate(occlusion.CENTRAL_BLOCKS):
+      if flags[i, k]:
+        y0, x0, y1, x1 = boxes[b]
+        d.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(255, 0, 0), width=2)
+    cells = [img, over.astype(np.uint8), np.asarray(blocks)]
+    if true_masks is not None:
+      cells.append(np.repeat((np.asarray(true_masks[i], np.uint8) * 255)[..., None], 3, -1))
+    row = np.concatenate([_pad(c) for c in cells], 1)
+    rows.append(_label(row, names[i][-40:]) if names else row)
+  header = ["image", "predicted mask", "assigned blocks"] + (["true mask"] if true_masks is not None
+                                                             else [])
+  return save_with_header(np.concatenate(rows, 0), header, path)
 
 
 def main(argv=None) -> None:

@@ -29,3 +29,21 @@ def run_main(workdir: str, *overrides: str, devices: int = 1, timeout: int = 600
   if proc.returncode != 0:
     raise AssertionError(f"main failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
   return proc
+
+
+def run_until(workdir: str, marker: str, *overrides: str, devices: int = 1,
+              config: str = "configs/tiny.py") -> None:
+  """Runs the entry point and SIGKILLs it as soon as a stderr line contains ``marker``."""
+  import signal  # pylint: disable=g-import-not-at-top
+  proc = subprocess.Popen(main_cmd(workdir, *overrides, config=config), cwd=REPO,
+                          env=env_with_devices(devices), stderr=subprocess.PIPE,
+                          stdout=subprocess.DEVNULL, text=True)
+  killed = False
+  for line in proc.stderr:
+    if marker in line:
+      proc.send_signal(signal.SIGKILL)
+      killed = True
+      break
+  proc.wait(timeout=120)
+  if not killed or proc.returncode != -signal.SIGKILL:
+    raise AssertionError(f"{marker!r} never appeared (exit {proc.returncode})")

@@ -2,8 +2,6 @@
 
 import functools
 import os
-import signal
-import subprocess
 
 import chex
 import jax
@@ -78,14 +76,7 @@ def test_stages_end_to_end_trunk_frozen_and_pdsn_resumes_after_sigkill(tmp_path)
 
   # kill during stage I, then resume: same generators as the uninterrupted run
   wd = str(tmp_path / "killed")
-  proc = subprocess.Popen(helpers.main_cmd(wd), cwd=helpers.REPO, env=helpers.env_with_devices(1),
-                          stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-  for line in proc.stderr:
-    if "[pdsn] step 3/4" in line:
-      proc.send_signal(signal.SIGKILL)
-      break
-  proc.wait(timeout=120)
-  assert proc.returncode == -signal.SIGKILL
+  helpers.run_until(wd, "[pdsn] step 3/4")
   resumed = helpers.run_main(wd)
   assert "[pdsn]" in resumed.stderr and "(checkpoint)" in resumed.stderr
   a = checkpointing.load_variables(os.path.join(ref, "pdsn", "checkpoints"), keys=("params",))

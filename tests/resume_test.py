@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import subprocess
 
 import jax
@@ -35,17 +34,7 @@ def test_sigkill_resume_equals_uninterrupted(tmp_path):
   ref = str(tmp_path / "ref")
   helpers.run_main(ref, *steps)
   wd = str(tmp_path / "killed")
-  proc = subprocess.Popen(helpers.main_cmd(wd, *steps), cwd=helpers.REPO,
-                          env=helpers.env_with_devices(1), stderr=subprocess.PIPE,
-                          stdout=subprocess.DEVNULL, text=True)
-  killed_after = None
-  for line in proc.stderr:
-    if "step 5/8" in line:
-      proc.send_signal(signal.SIGKILL)
-      killed_after = line
-      break
-  proc.wait(timeout=120)
-  assert killed_after is not None and proc.returncode == -signal.SIGKILL
+  helpers.run_until(wd, "step 5/8", *steps)
   resumed = helpers.run_main(wd, *steps)
   assert "(checkpoint)" in resumed.stderr  # it resumed, not restarted
   a, b = _params(ref), _params(wd)

@@ -9,11 +9,25 @@ TEMPLATE_112x96 = np.array(
      [33.5493, 92.3655], [62.7299, 92.2041]], dtype=np.float64)
 TEMPLATE_SIZE = (112, 96)  # (height, width)
 
+# Where the same 5 points (eye centres, nose tip, mouth corners) land in dlib's
+# 150x150 face chip (padding 0.25, cut from dlib's own 5-point predictor): the
+# mean over 1,500 LFW faces of ../shared/data/lfw, fitted by
+# benchmarks/fit_dlib_chip.py (per-point std 2.8-7.3 px: the two landmark
+# models disagree that much face to face).
+DLIB_CHIP_TEMPLATE_150 = np.array(
+    [[47.5476, 46.3294], [100.3063, 45.9795], [74.0379, 81.3230],
+     [51.9898, 103.9618], [96.7743, 103.7377]], dtype=np.float64)
+TEMPLATES = {"arcface": (TEMPLATE_112x96, TEMPLATE_SIZE),
+             "dlib_chip": (DLIB_CHIP_TEMPLATE_150, (150, 150))}
 
-def template_for(image_size: tuple[int, int]) -> np.ndarray:
-  """The template scaled to ``image_size`` = (height, width)."""
+
+def template_for(image_size: tuple[int, int], kind: str = "arcface") -> np.ndarray:
+  """The ``kind`` template ("arcface" 112x96, "dlib_chip" 150x150) scaled to ``image_size``."""
+  if kind not in TEMPLATES:
+    raise ValueError(f"data.alignment={kind!r} is not one of {tuple(TEMPLATES)}")
+  pts, (th, tw) = TEMPLATES[kind]
   h, w = image_size
-  return TEMPLATE_112x96 * np.array([w / TEMPLATE_SIZE[1], h / TEMPLATE_SIZE[0]])
+  return pts * np.array([w / tw, h / th])
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -67,10 +81,13 @@ def warp_affine(image: np.ndarray, matrix: np.ndarray, out_size: tuple[int, int]
   return out
 
 
-def align_face(image: np.ndarray, landmarks: np.ndarray | None, image_size: tuple[int, int]):
-  """Aligns a face by its 5 landmarks; without landmarks, a centre crop to the aspect, resized."""
+def align_face(image: np.ndarray, landmarks: np.ndarray | None, image_size: tuple[int, int],
+               template: str = "arcface"):
+  """Aligns a face by its 5 landmarks to ``template``; without landmarks, a centre crop to the
+  aspect, resized."""
   if landmarks is not None:
-    m = similarity_transform(np.asarray(landmarks).reshape(5, 2), template_for(image_size))
+    m = similarity_transform(np.asarray(landmarks).reshape(5, 2), template_for(image_size,
+                                                                               template))
     return warp_affine(image, m, image_size)
   h, w = image.shape[:2]
   th, tw = image_size

@@ -81,11 +81,12 @@ class FolderFaces:
 
   def __init__(self, root: str, landmarks: str | None = None,
                image_size: tuple[int, int] = (112, 96), skip_bad_images: bool = False,
-               min_images: int = 1):
+               min_images: int = 1, template: str = "arcface"):
     if not os.path.isdir(root):
       raise FileNotFoundError(f"face folder root not found: {root}")
     self.root = os.path.abspath(root)
     self.image_size = tuple(image_size)
+    self.template = template
     self.landmarks = read_landmarks(landmarks) if landmarks else {}
     names = sorted(d for d in os.listdir(self.root) if os.path.isdir(os.path.join(self.root, d)))
     if not names:
@@ -124,7 +125,8 @@ class FolderFaces:
   def __getitem__(self, index: int) -> dict:
     path = self.paths[int(index)]
     image = load_rgb(path)
-    return {"image": align_face(image, self.landmarks.get(os.path.normpath(path)), self.image_size),
+    return {"image": align_face(image, self.landmarks.get(os.path.normpath(path)), self.image_size,
+                                self.template),
             "label": self.labels[int(index)]}
 
   def __repr__(self) -> str:

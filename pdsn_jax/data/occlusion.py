@@ -63,6 +63,22 @@ def block_overlap(mask: np.ndarray, blocks: np.ndarray, overlap: str = "coverage
   raise ValueError(f"occlusion.overlap={overlap!r} is not one of {OVERLAPS}")
 
 
+def blocks_occluded(mask, blocks, threshold: float = 0.5, overlap: str = "coverage"):
+  """(..., num_blocks) bool: overlap >= threshold, compared as ``inter >= t * denominator``
+  so that numpy and XLA agree exactly on integer pixel counts (a quotient may round
+  differently on either side of the threshold)."""
+  xp = np if isinstance(mask, np.ndarray) else jnp
+  m = mask.astype(xp.float32)
+  inter = xp.einsum("...hw,khw->...k", m, blocks)
+  area = blocks.sum(axis=(1, 2))
+  if overlap == "coverage":
+    return inter >= xp.float32(threshold) * area
+  if overlap == "iou":
+    union = m.sum(axis=(-2, -1))[..., None] + area - inter
+    return (inter >= xp.float32(threshold) * union) & (union > 0)
+  raise ValueError(f"occlusion.overlap={overlap!r} is not one of {OVERLAPS}")
+
+
 # ---------------------------------------------------------------- occluders
 
 
@@ -118,9 +134,16 @@ class OccluderLibrary:
   """
 
   _ALIASES = {"glasses": "sunglasses", "hat": "object", "scarf": "mask"}
+  SPLITS = ("all", "train", "heldout")
 
-  def __init__(self, root: str = "", procedural: bool = True, categories=CATEGORIES):
+  def __init__(self, root: str = "", procedural: bool = True, categories=CATEGORIES,
+               split: str = "all", heldout_every: int = 4, face_template: str = "arcface"):
+    """``split``: "train" drops every ``heldout_every``-th file of each folder (sorted by
+    path), "heldout" keeps only those, so a detector can be scored on unseen occluders."""
+    if split not in self.SPLITS:
+      raise ValueError(f"occluder split {split!r} is not one of {self.SPLITS}")
     self.images: dict[str, list[np.ndarray]] = {}
+    self.face_template = face_template  # the alignment of the faces it occludes (placement.py)
     self.procedural = procedural
     self.categories = tuple(categories)
     if root:
@@ -131,16 +154,18 @@ class OccluderLibrary:
         if not os.path.isdir(path):
           continue
         cat = self._ALIASES.get(folder, folder)
-        for dirpath, _, files in sorted(os.walk(path)):
-          for f in sorted(files):
-            if f.lower().endswith(".png"):
-              full = os.path.join(dirpath, f)
-              try:
-                with Image.open(full) as im:
-                  rgba = np.asarray(im.convert("RGBA"))
-              except Exception as e:  # noqa: BLE001
-                raise ValueError(f"cannot read occluder {full}: {e}") from None
-              self.images.setdefault(cat, []).append(_crop_to_alpha(rgba))
+        pngs = sorted(os.path.join(d, f) for d, _, files in os.walk(path) for f in files
+                      if f.lower().endswith(".png"))
+        if split != "all":
+          held = lambda i: i % heldout_every == heldout_every - 1  # noqa: E731
+          pngs = [p for i, p in enumerate(pngs) if held(i) == (split == "heldout")]
+        for full in pngs:
+          try:
+            with Image.open(full) as im:
+              rgba = np.asarray(im.convert("RGBA"))
+          except Exception as e:  # noqa: BLE001
+            raise ValueError(f"cannot read occluder {full}: {e}") from None
+          self.images.setdefault(cat, []).append(_crop_to_alpha(rgba))
       if not self.images:
         raise ValueError(f"no PNG occluders under {root}")
     if not procedural and not self.images:

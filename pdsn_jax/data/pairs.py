@@ -28,3 +28,43 @@ def generate_pairs(labels: np.ndarray, num_pairs: int, seed: int) -> tuple[np.nd
     same.append(False)
   order = rng.permutation(num_pairs)
   return np.asarray(pairs, np.int64)[order], np.asarray(same, bool)[order]
+
+
+OFFICIAL_LFW = "{name}/{name}_{num:04d}.jpg"  # lfw/ and lfw-deepfunneled/ layouts
+FLAT_LFW = "lfw/{name}_{num:04d}.jpg"  # ../shared/data/lfw
+
+
+def read_lfw_pairs(path: str, pattern: str = OFFICIAL_LFW) -> tuple[list[tuple[str, str]],
+                                                                 np.ndarray]:
+  """Official LFW ``pairs.txt``: ([(relative image path a, b)], issame).
+
+  Lines are ``name i j`` (matched) or ``name1 i name2 j`` (mismatched); an
+  optional header line ``folds n`` (or just a count) is skipped. Image paths
+  follow ``pattern``. Malformed lines raise naming file and line.
+  """
+  import os  # pylint: disable=g-import-not-at-top
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"pairs file not found: {path}")
+  img = lambda name, i: pattern.format(name=name, num=int(i))  # noqa: E731
+  pairs, same = [], []
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      parts = line.split()
+      if not parts:
+        continue
+      try:
+        if len(parts) == 3:
+          pairs.append((img(parts[0], parts[1]), img(parts[0], parts[2])))
+          same.append(True)
+        elif len(parts) == 4:
+          pairs.append((img(parts[0], parts[1]), img(parts[2], parts[3])))
+          same.append(False)
+        elif lineno == 1 and all(p.isdigit() for p in parts):
+          continue  # header: number of folds and pairs per fold
+        else:
+          raise ValueError(f"{len(parts)} fields")
+      except ValueError as e:
+        raise ValueError(f"{path}:{lineno}: not a pairs.txt line ({e}): {line.strip()!r}") from None
+  if not pairs:
+    raise ValueError(f"{path}: no pairs")
+  return pairs, np.asarray(same, bool)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pdsn_jax import fdm
+from pdsn_jax import fdm, parallel
 
 
 def masked_embeddings(head_fn: Callable[[jax.Array], jax.Array], u: jax.Array,
@@ -53,3 +53,122 @@ def rank1(scores: np.ndarray, probe_labels: np.ndarray, gallery_labels: np.ndarr
   """Fraction of probes whose best-scoring gallery face has their identity."""
   best = np.argmax(scores, axis=1)
   return float(np.mean(np.asarray(gallery_labels)[best] == np.asarray(probe_labels)))
+
+
+# ------------------------------------------------------- data-parallel engine
+
+
+class Embedder:
+  """Data-parallel U(x) and masked embeddings F(M * U) for one trunk architecture.
+
+  ``variables`` and ``table`` (the (J, h, w, c) dictionary items the flags
+  select, binary or soft) are passed already replicated (``parallel.put_replicated``).
+  A row with no flagged block gets the all-ones mask, i.e. the plain embedding.
+  """
+
+  def __init__(self, backbone, mesh, batch_size: int, normalize_fn: Callable):
+    self.mesh, self.batch = mesh, batch_size
+
+    def features_step(variables, batch, rng):
+      del rng
+      return variables, backbone.apply(variables, normalize_fn(batch["image"]),
+                                       method="features")
+
+    def embed_step(state, batch, rng):
+      del rng
+      masks = fdm.compose(batch["flags"], state["table"])
+      head = functools.partial(backbone.apply, state["variables"], method="head")
+      return state, masked_embeddings(head, batch["u"], masks)
+
+    self._features = parallel.data_parallel(features_step, mesh, donate_state=False,
+                                            batch_out=True)
+    self._embed = parallel.data_parallel(embed_step, mesh, donate_state=False, batch_out=True)
+    self._key = jax.random.key(0)
+
+  def _batches(self, arrays: dict):
+    n = len(next(iter(arrays.values())))
+    pc, pi = jax.process_count(), jax.process_index()
+    local = self.batch // pc
+    for start in range(0, n, self.batch):
+      real = min(self.batch, n - start)
+      chunk = {}
+      for k, a in arrays.items():
+        c = a[start:start + self.batch]
+        if real < self.batch:
+          c = np.concatenate([c, np.zeros((self.batch - real,) + c.shape[1:], c.dtype)])
+        chunk[k] = c[pi * local:(pi + 1) * local]
+      yield parallel.put_batch(chunk, self.mesh), real
+
+  def features(self, variables, images: np.ndarray) -> np.ndarray:
+    """U of ``images`` (uint8), as host float32."""
+    out = []
+    for batch, real in self._batches({"image": images}):
+      _, u = self._features(variables, batch, self._key)
+      out.append(np.asarray(parallel.fetch(u))[:real])
+    return np.concatenate(out)
+
+  def embed_device(self, variables, table, u: np.ndarray, flags: np.ndarray):
+    """Yields (embeddings split over the mesh, number of real rows) per global batch."""
+    flags = np.broadcast_to(np.asarray(flags, bool), (len(u), np.shape(flags)[-1]))
+    state = {"variables": variables, "table": table}
+    for batch, real in self._batches({"u": u, "flags": np.ascontiguousarray(flags)}):
+      _, e = self._embed(state, batch, self._key)
+      yield e, real
+
+  def embed(self, variables, table, u: np.ndarray, flags: np.ndarray) -> np.ndarray:
+    """L2-normalised F(M * U) per row, M composed from the row's flags; host float32."""
+    return np.concatenate([np.asarray(parallel.fetch(e))[:real]
+                           for e, real in self.embed_device(variables, table, u, flags)])
+
+
+def _top1_step(probes: jax.Array, gallery: jax.Array, valid: jax.Array):
+  """Per device: best gallery row of its shard for every probe, then the best over devices."""
+  s = jnp.where(valid[None, :], probes @ gallery.T, -jnp.inf)
+  best = jnp.max(s, axis=1)
+  idx = jnp.argmax(s, axis=1) + jax.lax.axis_index(parallel.AXIS) * gallery.shape[0]
+  all_best = jax.lax.all_gather(best, parallel.AXIS)  # (devices, P)
+  all_idx = jax.lax.all_gather(idx, parallel.AXIS)
+  k = jnp.argmax(all_best, axis=0)
+  return (jnp.take_along_axis(all_best, k[None], 0)[0],
+          jnp.take_along_axis(all_idx, k[None], 0)[0])
+
+
+@functools.lru_cache(maxsize=8)
+def _top1_fn(mesh):
+  from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  return jax.jit(jax.shard_map(_top1_step, mesh=mesh,
+                               in_specs=(P(), P(parallel.AXIS), P(parallel.AXIS)),
+                               out_specs=(P(), P()), check_vma=False))
+
+
+def top1_search(embedder: Embedder, variables, table, gallery_u: np.ndarray,
+                probe_u: np.ndarray, probe_flags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(best score, best gallery index) per probe under the probe's FDM, gallery sharded.
+
+  Probes are grouped by block pattern; for each pattern the gallery's U streams
+  through in global batches, is embedded under that pattern on the devices that
+  hold it, and only each probe's running best leaves the devices: the gallery
+  can be as large as the cluster's throughput allows.
+  """
+  top1 = _top1_fn(embedder.mesh)
+  probe_flags = np.asarray(probe_flags, bool)
+  probe_emb = embedder.embed(variables, table, probe_u, probe_flags)
+  best = np.full(len(probe_u), -np.inf, np.float32)
+  arg = np.zeros(len(probe_u), np.int64)
+  patterns, inverse = np.unique(probe_flags, axis=0, return_inverse=True)
+  inverse = np.asarray(inverse).reshape(-1)
+  for k, pattern in enumerate(patterns):
+    rows = np.flatnonzero(inverse == k)
+    probes = parallel.put_replicated(probe_emb[rows], embedder.mesh)
+    offset = 0
+    for emb, real in embedder.embed_device(variables, table, gallery_u, pattern[None]):
+      valid = np.arange(embedder.batch) < real
+      pc, pi = jax.process_count(), jax.process_index()
+      local = embedder.batch // pc
+      valid = parallel.put_batch(valid[pi * local:(pi + 1) * local], embedder.mesh)
+      s, i = jax.device_get(top1(probes, emb, valid))
+      better = s > best[rows]
+      best[rows[better]] = s[better]
+      arg[rows[better]] = offset + np.asarray(i)[better]
+      offset += real
+  return best, arg

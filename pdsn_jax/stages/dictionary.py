@@ -7,7 +7,7 @@ each block the floor(tau*K) smallest mean entries (K = elements of U) become 0
 and the rest 1, ties broken by element index.
 
 Outputs in ``<workdir>/dictionary/``: ``state/`` (orbax: mean masks, FDMs,
-count) and ``dictionary.npz`` (bit-packed FDMs, float16 mean masks, JSON
+count) and ``dictionary.npz`` (bit-packed FDMs, float32 mean masks, JSON
 metadata), which ``load_dictionary`` reads.
 """
 
@@ -83,8 +83,8 @@ def median_relative_change(backbone, trunk: dict, local_batch: dict) -> np.ndarr
   return np.median(num / den, axis=1)
 
 
-def load_generators(workdir: str) -> dict:
-  path = os.path.join(workdir, pdsn_stage.STAGE, "checkpoints")
+def load_generators(workdir: str, generators: str = pdsn_stage.STAGE) -> dict:
+  path = os.path.join(workdir, generators, "checkpoints")
   if not os.path.isdir(path):
     raise FileNotFoundError(f"stage '{STAGE}' needs trained generators: {path} does not exist; "
                             "run the 'pdsn' stage first (config.stages)")
@@ -92,10 +92,10 @@ def load_generators(workdir: str) -> dict:
 
 
 def export(path: str, mean_masks: np.ndarray, fdms: np.ndarray, meta: dict) -> None:
-  """Bit-packed FDMs + float16 means + metadata in one .npz (written atomically)."""
+  """Bit-packed FDMs + float32 means (the tau sweep re-binarises them) + metadata in one .npz."""
   tmp = path + ".tmp.npz"
   np.savez_compressed(tmp, fdm_bits=np.packbits(fdms.astype(bool).reshape(-1)),
-                      fdm_shape=np.asarray(fdms.shape), mean_masks=mean_masks.astype(np.float16),
+                      fdm_shape=np.asarray(fdms.shape), mean_masks=mean_masks.astype(np.float32),
                       metadata=np.asarray(json.dumps(meta)))
   os.replace(tmp, path)
 
@@ -110,20 +110,22 @@ def load_dictionary(path: str) -> tuple[np.ndarray, np.ndarray, dict]:
     return fdms, z["mean_masks"].astype(np.float32), json.loads(str(z["metadata"]))
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def run(config: ml_collections.ConfigDict, workdir: str, name: str = STAGE,
+        generators: str = pdsn_stage.STAGE) -> dict:
+  """Builds ``<workdir>/<name>/dictionary.npz`` from the generators in ``<workdir>/<generators>``."""
   cfg = config.dictionary
-  stage_dir = os.path.join(workdir, STAGE)
+  stage_dir = os.path.join(workdir, name)
   out_path = os.path.join(stage_dir, EXPORT)
   if os.path.isfile(out_path):
     _, _, meta = load_dictionary(out_path)
     if meta.get("tau") == cfg.tau and meta.get("pairs_per_block_requested") == cfg.pairs_per_block:
-      logging.info("[dictionary] complete, skipping: %s", out_path)
-      return {"stage": STAGE, "skipped": True, **meta}
+      logging.info("[%s] complete, skipping: %s", name, out_path)
+      return {"stage": name, "skipped": True, **meta}
   mesh = parallel.make_mesh()
   pcount, pindex = jax.process_count(), jax.process_index()
   pipeline.check_batch_size(cfg.batch_size, mesh.size, pcount, "dictionary.batch_size")
   train_src, _ = sources.build(config.data)
-  gen_vars = load_generators(workdir)
+  gen_vars = load_generators(workdir, generators)
   backbone, _, gens = pdsn_stage.build(config, train_src.num_classes, train=False)
   o = config.occlusion
   transform = occlusion.OccludeEveryBlock(pdsn_stage.occluder_library(config),
@@ -150,7 +152,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if (b + 1) % cfg.log_every == 0 or b + 1 == num_batches:
       c = float(jax.device_get(count))
       dt = time.time() - t0
-      logging.info("[dictionary] %d/%d pairs per block | %.1f pairs/s (x9 blocks)", int(c),
+      logging.info("[%s] %d/%d pairs per block | %.1f pairs/s (x9 blocks)", name, int(c),
                    num_batches * cfg.batch_size, c / max(dt, 1e-9))
   mean = carry["mean"]
   fdms = jax.jit(functools.partial(binarize, tau=cfg.tau))(mean)
@@ -173,9 +175,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     export(out_path, mean, fdms, meta)
     visualize.dictionary_figure(mean, fdms, os.path.join(stage_dir, "dictionary.png"))
     visualize.med_figure(med, os.path.join(stage_dir, "med.png"))
-    logging.info("[dictionary] figures: %s, %s", os.path.join(stage_dir, "dictionary.png"),
+    logging.info("[%s] figures: %s, %s", name, os.path.join(stage_dir, "dictionary.png"),
                  os.path.join(stage_dir, "med.png"))
-  logging.info("[dictionary] wrote %s: %d pairs per block, %d of %d elements discarded per item",
+  logging.info("[%s] wrote %s: %d pairs per block, %d of %d elements discarded per item", name,
                out_path, int(count), meta["zeros_per_item"][0], int(np.prod(shape)))
-  return {"stage": STAGE, **meta, "seconds": round(time.time() - t0, 1)}
+  return {"stage": name, **meta, "seconds": round(time.time() - t0, 1)}
 

@@ -138,7 +138,8 @@ def build(config, num_classes: int, train: bool):
 
 def occluder_library(config) -> occlusion.OccluderLibrary:
   o = config.occlusion
-  return occlusion.OccluderLibrary(o.occluder_dir, o.procedural)
+  return occlusion.OccluderLibrary(o.occluder_dir, o.procedural,
+                                   face_template=config.data.alignment)
 
 
 def init_fn(config, trunk: dict, gens, tx, u_shape):
@@ -163,12 +164,12 @@ def u_shape(config) -> tuple[int, ...]:
   return tuple(jax.eval_shape(lambda v: backbone.apply(v, x, method="features"), v).shape[1:])
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (or resumes) the 9 generators against the frozen trunk."""
+def run(config: ml_collections.ConfigDict, workdir: str, name: str = STAGE) -> dict:
+  """Trains (or resumes) the 9 generators against the frozen trunk into ``<workdir>/<name>``."""
   cfg = config.pdsn
   if cfg.loss not in LOSSES:
     raise ValueError(f"config.pdsn.loss={cfg.loss!r} is not one of {LOSSES}")
-  stage_dir = os.path.join(workdir, STAGE)
+  stage_dir = os.path.join(workdir, name)
   mesh = parallel.make_mesh()
   pcount, pindex = jax.process_count(), jax.process_index()
   pipeline.check_batch_size(cfg.batch_size, mesh.size, pcount, "pdsn.batch_size")
@@ -191,18 +192,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                        range(0, len(train_src), max(1, len(train_src) // 4))][:4],
                                       transform.library, os.path.join(stage_dir, "occlusions.png"),
                                       o.neighbour_prob, config.seed)
-    logging.info("[pdsn] occlusion contact sheet: %s", sheet)
+    logging.info("[%s] occlusion contact sheet: %s", name, sheet)
   data_iter = pipeline.to_iterator(ds, config.data.num_workers)
   mgr = checkpointing.manager(os.path.join(stage_dir, "checkpoints"), cfg.keep_checkpoints,
                               cfg.checkpoint_every)
   state, start, origin = checkpointing.restore_or_init(mgr, init, mesh, data_iter)
   if origin == "scratch":
     state = state.replace(trunk=parallel.put_replicated(trunk, mesh))
-  logging.info("[pdsn] %d generators x %d steps of %d faces (each + 9 occluded copies), "
-               "lambda=%g, loss=%s, differential=%s; starting at step %d (%s)", gens.num,
+  logging.info("[%s] %d generators x %d steps of %d faces (each + 9 occluded copies), "
+               "lambda=%g, loss=%s, differential=%s; starting at step %d (%s)", name, gens.num,
                steps, cfg.batch_size, effective_lambda(cfg), cfg.loss, cfg.differential, start,
                origin)
-  writer = metrics_lib.MetricWriter(os.path.join(stage_dir, "logs"), STAGE)
+  writer = metrics_lib.MetricWriter(os.path.join(stage_dir, "logs"), name)
   step_fn = parallel.data_parallel(functools.partial(
       train_step, backbone=backbone, head=head, gens=gens, tx=tx, schedule=schedule, cfg=cfg),
                                    mesh)
@@ -215,14 +216,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return {f"loss_block{b}": v for b, v in zip(occlusion.CENTRAL_BLOCKS, per_gen)}
 
   try:
-    state = loop.train_loop(stage=STAGE, state=state, step_fn=step_fn, data_iter=data_iter,
+    state = loop.train_loop(stage=name, state=state, step_fn=step_fn, data_iter=data_iter,
                             mesh=mesh, mgr=mgr, writer=writer, root=root, start=start,
                             total=steps, images_per_step=cfg.batch_size * 10,  # incl. occluded
                             log_every=cfg.log_every, on_metrics=per_generator)
   finally:
     mgr.close()
     writer.close()
-  summary = {"stage": STAGE, "steps": steps, "seconds_this_run": round(time.time() - t0, 1)}
+  summary = {"stage": name, "steps": steps, "seconds_this_run": round(time.time() - t0, 1)}
   if logged:
     summary["per_generator_loss_first_logged"] = [round(float(v), 4) for v in logged[0]]
     summary["per_generator_loss_last"] = [round(float(v), 4) for v in logged[-1]]

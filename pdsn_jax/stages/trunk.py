@@ -12,11 +12,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from pdsn_jax import checkpointing, loop, metrics as metrics_lib, parallel, training
+from pdsn_jax import checkpointing, fdm, loop, metrics as metrics_lib, parallel, training
 from pdsn_jax.data import pipeline, sources
 from pdsn_jax.data.pairs import generate_pairs
 from pdsn_jax.evaluation import verification
-from pdsn_jax.models import CosFaceHead, IResNet
+from pdsn_jax.models import CosFaceHead, IResNet, dlib_files, dlib_resnet
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 STAGE = "trunk"
@@ -27,10 +27,20 @@ def normalize(images: jax.Array) -> jax.Array:
   return (images.astype(jnp.float32) - 127.5) / 128.0
 
 
-def build_backbone(config: ml_collections.ConfigDict, train: bool) -> IResNet:
+KINDS = ("iresnet", "dlib")
+
+
+def build_backbone(config: ml_collections.ConfigDict, train: bool):
+  """The trunk: IResNet (trained here) or dlib's pretrained ResNet (``model.kind="dlib"``)."""
   m = config.model
   if m.dtype not in DTYPES:
     raise ValueError(f"model.dtype={m.dtype!r} is not one of {tuple(DTYPES)}")
+  if m.kind == "dlib":
+    if m.dlib_u not in dlib_resnet.U_BLOCKS:
+      raise ValueError(f"model.dlib_u={m.dlib_u!r} is not one of {tuple(dlib_resnet.U_BLOCKS)}")
+    return dlib_resnet.DlibResNet(dlib_resnet.U_BLOCKS[m.dlib_u], dtype=DTYPES[m.dtype])
+  if m.kind != "iresnet":
+    raise ValueError(f"model.kind={m.kind!r} is not one of {KINDS}")
   return IResNet(depth=m.depth, width=m.width, embedding_dim=m.embedding_dim,
                  dropout=m.dropout, bn_axis_name=parallel.AXIS if train else None,
                  dtype=DTYPES[m.dtype])
@@ -59,15 +69,34 @@ def init_fn(config, backbone: IResNet, head: CosFaceHead, tx: optax.GradientTran
 
 def train_step(state: training.TrainState, batch: dict, rng: jax.Array, *, backbone: IResNet,
                head: CosFaceHead, tx: optax.GradientTransformation,
-               schedule: optax.Schedule) -> tuple[training.TrainState, dict]:
-  """Per-device CosFace step; gradients and BatchNorm statistics averaged over the mesh."""
+               schedule: optax.Schedule, dictionary: jax.Array | None = None,
+               frozen: bool = False) -> tuple[training.TrainState, dict]:
+  """Per-device CosFace step; gradients and BatchNorm statistics averaged over the mesh.
+
+  With a ``dictionary`` (stage III fine-tuning) the loss is on F(M * U(x)), M the
+  FDM composed from the batch's ``blocks`` flags (all ones for a clean face).
+  ``frozen``: the backbone is fixed (a pretrained trunk) and only the classifier trains.
+  """
   rng = parallel.per_device_rng(rng)
   images, labels = normalize(batch["image"]), batch["label"]
+  masks = None if dictionary is None else fdm.compose(batch["blocks"], dictionary)
+
+  def forward(module, x, train):
+    u = module.features(x, train)
+    return module.head(u if masks is None else u * masks.astype(u.dtype), train)
+
+  if frozen:  # only the classifier learns: embeddings in inference mode, no backward pass
+    frozen_emb = jax.lax.stop_gradient(backbone.apply(
+        {"params": state.params["backbone"], "batch_stats": state.batch_stats}, images,
+        False, method=forward))
 
   def loss_fn(params):
-    emb, updates = backbone.apply(
-        {"params": params["backbone"], "batch_stats": state.batch_stats}, images, train=True,
-        rngs={"dropout": rng}, mutable=["batch_stats"])
+    if frozen:
+      emb, updates = frozen_emb, {"batch_stats": state.batch_stats}
+    else:
+      emb, updates = backbone.apply(
+          {"params": params["backbone"], "batch_stats": state.batch_stats}, images, train=True,
+          rngs={"dropout": rng}, mutable=["batch_stats"], method=forward)
     logits, cosine = head.apply({"params": params["classifier"]}, emb, labels)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return loss, (updates["batch_stats"], cosine)
@@ -128,6 +157,23 @@ def inference_variables(state: training.TrainState) -> dict:
   return {"params": state.params["backbone"], "batch_stats": state.batch_stats}
 
 
+def _loader(config):
+  """init_from loader: orbax checkpoints, or (``model.kind="dlib"``) a dlib network file,
+  ``"dlib"`` meaning the one installed by face_recognition_models."""
+  if config.model.kind != "dlib":
+    return None
+
+  def load(path: str) -> dict:
+    if path != "dlib" and not path.endswith(".dat"):  # another run's checkpoints
+      return checkpointing.load_variables(path)
+    path = dlib_files.path() if path == "dlib" else path
+    v = dlib_resnet.to_variables(dlib_resnet.read_network(path))
+    logging.info("loaded dlib's ResNet from %s", path)
+    return {"params": {"backbone": v["params"]}, "batch_stats": v["batch_stats"]}
+
+  return load
+
+
 def total_steps(cfg: ml_collections.ConfigDict, num_train: int) -> int:
   if cfg.num_steps > 0:
     return int(cfg.num_steps)
@@ -150,75 +196,94 @@ def _merge_init_from(state: training.TrainState, loaded: dict) -> training.Train
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the trunk; returns and writes ``<workdir>/trunk/summary.json``."""
-  stage_dir = os.path.join(workdir, STAGE)
-  cfg = config.trunk
+  return train(config, workdir, stage=STAGE, cfg=config.trunk, init_from=config.trunk.init_from)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, stage: str,
+          cfg: ml_collections.ConfigDict, transforms: tuple = (),
+          dictionary: np.ndarray | None = None, init_from: str = "") -> dict:
+  """Trains (or resumes) a trunk with CosFace; shared by the trunk, baseline and fine-tune stages.
+
+  ``transforms`` run after the flip (e.g. occlusion), ``dictionary`` turns on the
+  masked loss, ``init_from`` names the checkpoints/ folder the run starts from.
+  Writes ``<workdir>/<stage>/summary.json``.
+  """
+  stage_dir = os.path.join(workdir, stage)
   mesh = parallel.make_mesh()
   pcount, pindex = jax.process_count(), jax.process_index()
-  pipeline.check_batch_size(cfg.batch_size, mesh.size, pcount, "trunk.batch_size")
+  pipeline.check_batch_size(cfg.batch_size, mesh.size, pcount, f"{stage}.batch_size")
   train_src, heldout_src = sources.build(config.data)
   steps = total_steps(cfg, len(train_src))
-  logging.info("[trunk] %s: %d images, %d identities; held-out %d images; %d steps of %d on "
-               "%d devices (%d processes)", getattr(train_src, "description", ""),
+  logging.info("[%s] %s: %d images, %d identities; held-out %d images; %d steps of %d on "
+               "%d devices (%d processes)", stage, getattr(train_src, "description", ""),
                len(train_src), train_src.num_classes, len(heldout_src), steps, cfg.batch_size,
                mesh.size, pcount)
 
   backbone, head = build_backbone(config, True), build_head(config, train_src.num_classes)
   schedule = training.learning_rate_schedule(cfg, steps)
-  tx = training.sgd(cfg, steps)
+  frozen = bool(cfg.get("freeze_backbone", False))
+  trainable = None
+  if frozen:
+    trainable = lambda p: {"backbone": jax.tree.map(lambda _: False, p["backbone"]),  # noqa: E731
+                           "classifier": jax.tree.map(lambda _: True, p["classifier"])}
+  tx = training.sgd(cfg, steps, trainable)
   init = init_fn(config, build_backbone(config, False), head, tx)
 
-  transforms = (pipeline.RandomFlip(),) if config.data.flip else ()
-  ds = pipeline.train_dataset(train_src, cfg.batch_size, config.seed, pindex, pcount, transforms)
+  flip = (pipeline.RandomFlip(),) if config.data.flip else ()
+  ds = pipeline.train_dataset(train_src, cfg.batch_size, config.seed, pindex, pcount,
+                              flip + tuple(transforms))
   data_iter = pipeline.to_iterator(ds, config.data.num_workers)
   mgr = checkpointing.manager(os.path.join(stage_dir, "checkpoints"), cfg.keep_checkpoints,
                               cfg.checkpoint_every)
   state, start, origin = checkpointing.restore_or_init(
-      mgr, init, mesh, data_iter, cfg.init_from, _merge_init_from)
-  logging.info("[trunk] starting at step %d (%s)", start, origin)
+      mgr, init, mesh, data_iter, init_from, _merge_init_from, _loader(config))
+  logging.info("[%s] starting at step %d (%s)", stage, start, origin)
 
   verifier = Verifier(config, heldout_src, mesh, build_backbone(config, False))
-  writer = metrics_lib.MetricWriter(os.path.join(stage_dir, "logs"), STAGE)
+  writer = metrics_lib.MetricWriter(os.path.join(stage_dir, "logs"), stage)
+  table = None if dictionary is None else jnp.asarray(dictionary, jnp.float32)
   step_fn = parallel.data_parallel(
-      functools.partial(train_step, backbone=backbone, head=head, tx=tx, schedule=schedule), mesh)
+      functools.partial(train_step, backbone=backbone, head=head, tx=tx, schedule=schedule,
+                        dictionary=table, frozen=frozen), mesh)
   root = loop.stage_root_key(state, mesh, config.prng_impl)
   t_start = time.time()
   evals = {}
 
   def periodic_eval(done, state):
     if cfg.eval_every > 0 and done % cfg.eval_every == 0 and done != steps:
-      _evaluate(verifier, state, done, writer)
+      _evaluate(stage, verifier, state, done, writer)
 
   try:
-    if start == 0 and origin == "scratch":  # the untrained net's accuracy, for reference
-      evals["untrained"] = _evaluate(verifier, state, 0, writer)
-    state = loop.train_loop(stage=STAGE, state=state, step_fn=step_fn, data_iter=data_iter,
+    if start == 0:  # the starting net's accuracy, for reference
+      evals["start"] = _evaluate(stage, verifier, state, 0, writer)
+    state = loop.train_loop(stage=stage, state=state, step_fn=step_fn, data_iter=data_iter,
                             mesh=mesh, mgr=mgr, writer=writer, root=root, start=start,
                             total=steps, images_per_step=cfg.batch_size,
                             log_every=cfg.log_every, on_step=periodic_eval)
-    eval_result = _evaluate(verifier, state, steps, writer)
+    eval_result = _evaluate(stage, verifier, state, steps, writer)
   finally:
     mgr.close()
     writer.close()
-  summary = {"stage": STAGE, "data": getattr(train_src, "description", ""), "steps": steps,
+  keys = ("accuracy", "std", "tar_at_far_1e-3")
+  summary = {"stage": stage, "data": getattr(train_src, "description", ""), "steps": steps,
              "train_seconds_this_run": round(time.time() - t_start, 1),
-             "heldout_verification": {k: eval_result[k] for k in
-                                      ("accuracy", "std", "tar_at_far_1e-3")}}
-  if "untrained" in evals:
-    summary["heldout_verification_untrained"] = {
-        k: evals["untrained"][k] for k in ("accuracy", "std", "tar_at_far_1e-3")}
+             "heldout_verification": {k: eval_result[k] for k in keys}}
+  if "start" in evals:
+    summary["heldout_verification_at_start"] = {k: evals["start"][k] for k in keys}
   if pindex == 0:
     with open(os.path.join(stage_dir, "summary.json"), "w", encoding="utf-8") as f:
       json.dump(summary, f, indent=2)
   return summary
 
 
-def _evaluate(verifier: Verifier, state: training.TrainState, step: int, writer) -> dict:
+def _evaluate(stage: str, verifier: Verifier, state: training.TrainState, step: int,
+              writer) -> dict:
   t = time.time()
   res = verifier(inference_variables(state))
   writer.write(step, {"verification_accuracy": res["accuracy"], "verification_std": res["std"],
                       "tar_at_far_1e-3": res["tar_at_far_1e-3"]}, prefix="eval")
   if jax.process_index() == 0:
-    logging.info("[trunk] step %d held-out verification: %.2f%% +- %.2f (10-fold), "
-                 "TAR@FAR=1e-3 %.2f%% (%.1fs)", step, 100 * res["accuracy"], 100 * res["std"],
+    logging.info("[%s] step %d held-out verification: %.2f%% +- %.2f (10-fold), "
+                 "TAR@FAR=1e-3 %.2f%% (%.1fs)", stage, step, 100 * res["accuracy"], 100 * res["std"],
                  100 * res["tar_at_far_1e-3"], time.time() - t)
   return res

@@ -1,0 +1,37 @@
+"""Real faces with the pretrained dlib trunk: CelebA for the classifier and stages I-III, LFW
+pairs for verification, AR for identification, the real occluders of ../shared/data.
+
+  pip install dlib-bin face_recognition_models
+  python -m pdsn_jax.main --config=configs/real_dlib.py --workdir=runs/real_dlib
+
+Data root: ``--config.data.folders.root`` etc. default to ../shared/data; a missing
+folder fails naming it. Cost measured on a 2-core CPU: see docs/results.md.
+AR images are 60x43 grayscale crops without landmarks: read as RGB (channels
+replicated) and upsampled to the 150x150 chip by a centre crop to the aspect.
+"""
+
+import os
+
+from configs import dlib_trunk
+
+ROOT = os.environ.get("PDSN_DATA", "../shared/data")
+
+
+def get_config():
+  c = dlib_trunk.get_config()
+  c.stages = "trunk,pdsn,dictionary,baseline,finetune,evaluate"
+  c.data.source = "folders"
+  c.data.num_workers = 0
+  c.data.folders.update(root=f"{ROOT}/celeba/images", landmarks=f"{ROOT}/celeba/landmarks.tsv",
+                        min_images=2, heldout_identities=30, skip_bad_images=False)
+  c.occlusion.occluder_dir = f"{ROOT}/occluders"
+  c.trunk.update(num_epochs=1.0, batch_size=32, log_every=20, checkpoint_every=100)
+  c.pdsn.update(num_epochs=0.3, log_every=10)
+  # dlib's net has no batch norm and an unnormalised descriptor: fine-tune gently
+  c.finetune.update(num_epochs=0.3, log_every=10, learning_rate=1e-4)
+  c.eval.update(pairs_file=f"{ROOT}/lfw/pairs.txt", pairs_root=f"{ROOT}/lfw",
+                pairs_pattern="lfw/{name}_{num:04d}.jpg",
+                pairs_landmarks=f"{ROOT}/lfw/landmarks.tsv", num_pairs=6000, batch_size=64,
+                conditions=("sunglasses", "mask"), identification_root=f"{ROOT}/ar_clean",
+                ar_gallery_images=3, num_distractors=500, tau_sweep=(0.0, 0.15, 0.25, 0.35))
+  return c

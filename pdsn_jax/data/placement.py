@@ -1,0 +1,88 @@
+"""Occluders placed where they occur on real faces, for evaluation probes and fine-tuning.
+
+On an aligned face the template's landmarks say where the eyes and mouth are,
+so sunglasses go over the eyes, masks and scarves over nose, mouth and chin, a
+hand over the lower or side face, an object anywhere, and "blocks" covers one
+or two random generator blocks (the stage I occlusions). Every function takes
+the ``np.random.Generator`` it draws from, so a protocol is reproducible from
+its seed.
+"""
+
+import numpy as np
+
+from pdsn_jax.data import occlusion
+from pdsn_jax.data.alignment import template_for
+
+CONDITIONS = ("sunglasses", "mask", "hand", "object", "blocks")
+
+
+def _paste_scaled(image, occ, rng, cy, cx, width, height=None, angle=8.0):
+  aspect = occ.shape[1] / occ.shape[0]
+  height = width / aspect if height is None else height
+  return occlusion.paste(image, occ, (cy - height / 2, cx - width / 2, cy + height / 2,
+                                      cx + width / 2), rng.uniform(-angle, angle))
+
+
+def occlude(image: np.ndarray, rng: np.random.Generator, library: occlusion.OccluderLibrary,
+            condition: str) -> tuple[np.ndarray, np.ndarray]:
+  """Occludes an aligned face with ``condition`` (one of CONDITIONS): (image, HxW bool mask)."""
+  if condition not in CONDITIONS:
+    raise ValueError(f"occlusion condition {condition!r} is not one of {CONDITIONS}")
+  h, w = image.shape[:2]
+  pts = template_for((h, w), library.face_template)
+  eyes, nose, mouth = pts[:2].mean(0), pts[2], pts[3:].mean(0)
+  ed = float(np.linalg.norm(pts[1] - pts[0]))  # eye distance, the face's scale
+  if condition == "blocks":
+    block = occlusion.CENTRAL_BLOCKS[rng.integers(len(occlusion.CENTRAL_BLOCKS))]
+    return occlusion.occlude_block(image, block, rng, library, neighbour_prob=0.5)
+  if condition == "object":
+    return occlusion.random_occlusion(image, rng, library, "object", area=(0.2, 0.45))
+  _, occ = library.sample(rng, condition)
+  if condition == "sunglasses":
+    width = ed * rng.uniform(2.2, 2.6)
+    cy = eyes[1] + rng.uniform(-0.08, 0.08) * ed
+    return _paste_scaled(image, occ, rng, cy, eyes[0] + rng.uniform(-0.05, 0.05) * ed, width,
+                         height=width * rng.uniform(0.33, 0.45))
+  if condition == "mask":
+    top = nose[1] - rng.uniform(0.1, 0.35) * ed
+    bottom = min(h + 0.1 * ed, mouth[1] + rng.uniform(0.8, 1.1) * ed)
+    width = ed * rng.uniform(2.1, 2.6)
+    return _paste_scaled(image, occ, rng, (top + bottom) / 2, mouth[0], width,
+                         height=bottom - top, angle=5.0)
+  # hand: over the lower face or a cheek, palm-sized
+  width = ed * rng.uniform(1.8, 2.4)
+  cy = rng.uniform(nose[1], mouth[1] + 0.5 * ed)
+  cx = mouth[0] + rng.choice([-1.0, 0.0, 1.0]) * rng.uniform(0.4, 0.9) * ed
+  return _paste_scaled(image, occ, rng, cy, cx, width, height=width * rng.uniform(0.9, 1.2),
+                       angle=25.0)
+
+
+def occluded_block_flags(mask: np.ndarray, threshold: float = 0.5,
+                         overlap: str = "coverage") -> np.ndarray:
+  """(..., H, W) bool pixel masks -> (..., 9) bool flags of the generator blocks (numpy)."""
+  blocks = occlusion.block_pixel_masks(mask.shape[-2:])[np.asarray(occlusion.CENTRAL_BLOCKS)]
+  return occlusion.blocks_occluded(np.asarray(mask), blocks, threshold, overlap)
+
+
+class RandomOcclusion:
+  """grain transform for fine-tuning: with probability ``1 - clean_prob`` the face is occluded
+  by a random condition; adds ``blocks`` (9 bool flags: all False for clean faces) and
+  ``occluded_fraction`` (picklable)."""
+
+  def __init__(self, library: occlusion.OccluderLibrary, clean_prob: float = 0.25,
+               conditions=CONDITIONS, threshold: float = 0.5, overlap: str = "coverage"):
+    bad = [c for c in conditions if c not in CONDITIONS]
+    if bad or not conditions:
+      raise ValueError(f"finetune.conditions={tuple(conditions)!r}: allowed {CONDITIONS}")
+    self.library, self.clean_prob, self.conditions = library, clean_prob, tuple(conditions)
+    self.threshold, self.overlap = threshold, overlap
+
+  def __call__(self, rec: dict, rng: np.random.Generator) -> dict:
+    h, w = rec["image"].shape[:2]
+    mask = np.zeros((h, w), bool)
+    if rng.uniform() >= self.clean_prob:
+      cond = self.conditions[rng.integers(len(self.conditions))]
+      rec["image"], mask = occlude(rec["image"], rng, self.library, cond)
+    rec["blocks"] = occluded_block_flags(mask, self.threshold, self.overlap)
+    rec["occluded_fraction"] = np.float32(mask.mean())
+    return rec

@@ -1,0 +1,62 @@
+"""Runs a trained occlusion detector on a folder of photos and writes a contact sheet.
+
+  python -m pdsn_jax.detect --config=configs/pdsn.py --workdir=runs/pdsn \\
+      --images=DIR [--landmarks=TSV] [--out=detections.png] [--limit=24]
+
+Images are aligned to the 112x96 template with the 5-point landmarks TSV when
+given (the format of ``data.folders.landmarks``), otherwise centre-cropped and
+resized. Each row: the face, the predicted mask, the generator blocks it
+assigns (what the FDM would discard), so a person can judge real occlusions.
+"""
+
+import logging
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a run with a 'detector' stage.")
+_IMAGES = flags.DEFINE_string("images", None, "Folder of images (searched recursively).")
+_LANDMARKS = flags.DEFINE_string("landmarks", "", "Optional 5-point landmarks TSV.")
+_OUT = flags.DEFINE_string("out", "detections.png", "Output PNG.")
+_LIMIT = flags.DEFINE_integer("limit", 24, "At most this many images.")
+flags.mark_flags_as_required(["config", "workdir", "images"])
+
+_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm")
+
+
+def main(argv):
+  del argv
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import visualize  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data.alignment import align_face  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data.folders import load_rgb, read_landmarks  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.stages import detector  # pylint: disable=g-import-not-at-top
+
+  config = _CONFIG.value
+  if not os.path.isdir(_IMAGES.value):
+    raise FileNotFoundError(f"--images folder not found: {_IMAGES.value}")
+  variables = detector.load_variables(_WORKDIR.value)
+  if variables is None:
+    raise FileNotFoundError(f"no detector checkpoint under {_WORKDIR.value}/detector/checkpoints;"
+                            " run the 'detector' stage first")
+  paths = sorted(os.path.join(d, f) for d, _, files in os.walk(_IMAGES.value) for f in files
+                 if f.lower().endswith(_EXT))[:_LIMIT.value]
+  if not paths:
+    raise ValueError(f"no images ({', '.join(_EXT)}) under {_IMAGES.value}")
+  marks = read_landmarks(_LANDMARKS.value) if _LANDMARKS.value else {}
+  size = tuple(config.data.image_size)
+  faces = np.stack([align_face(load_rgb(p), marks.get(os.path.normpath(os.path.abspath(p))), size)
+                    for p in paths])
+  pred = detector.predictor(config, variables)(faces)
+  visualize.detection_sheet(faces, pred, _OUT.value, min_overlap=config.occlusion.min_overlap,
+                            overlap=config.occlusion.overlap,
+                            names=[os.path.relpath(p, _IMAGES.value) for p in paths])
+  logging.info("wrote %s (%d images; mean predicted occluded area %.1f%%)", _OUT.value,
+               len(paths), 100 * float(pred.mean()))
+
+
+if __name__ == "__main__":
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+  app.run(main)

@@ -1,0 +1,180 @@
+"""results.md / results.json and the evaluation figures (PIL only) from the evaluate stage."""
+
+import json
+import os
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from pdsn_jax.data import occlusion
+
+RESULTS_MD, RESULTS_JSON = "results.md", "results.json"
+_COLOURS = [(90, 90, 90), (230, 150, 40), (40, 110, 200), (40, 170, 90), (180, 60, 160)]
+
+
+def _pct(x: float) -> str:
+  return f"{100 * x:.2f}"
+
+
+def _occ_mean(res: dict) -> float:
+  return float(np.mean([v["accuracy"] for v in res["occluded"].values()]))
+
+
+def one_line(res: dict) -> str:
+  occ = ", ".join(f"{c} {_pct(v['accuracy'])}" for c, v in res["occluded"].items())
+  ar = ", ".join(f"{p}/{c} {_pct(v)}" for p in ("ar_p1", "ar_p2") for c, v in res[p].items())
+  return f"clean {_pct(res['clean']['accuracy'])}% | occluded {occ} | rank-1 {ar}"
+
+
+def _verification_table(models: dict) -> list[str]:
+  conds = list(next(iter(models.values()))["occluded"])
+  head = ["Model", "clean", "clean TAR@FAR=1e-3"] + conds + ["occluded mean"]
+  rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for name, r in models.items():
+    cells = [name, f"{_pct(r['clean']['accuracy'])} ± {_pct(r['clean']['std'])}",
+             _pct(r["clean"]["tar_at_far_1e-3"])]
+    cells += [f"{_pct(r['occluded'][c]['accuracy'])} ± {_pct(r['occluded'][c]['std'])}"
+              for c in conds]
+    cells.append(_pct(_occ_mean(r)))
+    rows.append("| " + " | ".join(cells) + " |")
+  return rows
+
+
+def _identification_table(models: dict) -> list[str]:
+  first = next(iter(models.values()))
+  conds = list(first["ar_p1"])
+  head = ["Model"] + [f"AR P1 {c}" for c in conds] + [f"AR P2 {c}" for c in conds]
+  dist = [k for k in first.get("distractors", {}) if k != "num_distractors"]
+  if dist:
+    n = first["distractors"]["num_distractors"]
+    head += [f"+{n} distractors: {c}" for c in dist]
+  rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for name, r in models.items():
+    cells = [name] + [_pct(r["ar_p1"][c]) for c in conds] + [_pct(r["ar_p2"][c]) for c in conds]
+    cells += [_pct(r["distractors"][c]) for c in dist] if dist else []
+    rows.append("| " + " | ".join(cells) + " |")
+  return rows
+
+
+def _ablation_table(label: str, entries: dict) -> list[str]:
+  first = next(iter(entries.values()))
+  conds = list(first["occluded"])
+  ar = list(first["ar_p1"])
+  head = [label, "clean", "occluded mean"] + conds + [f"AR P1 {c}" for c in ar] + \
+      [f"AR P2 {c}" for c in ar]
+  rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for key, r in entries.items():
+    cells = [key, _pct(r["clean"]["accuracy"]), _pct(_occ_mean(r))]
+    cells += [_pct(r["occluded"][c]["accuracy"]) for c in conds]
+    cells += [_pct(r["ar_p1"][c]) for c in ar] + [_pct(r["ar_p2"][c]) for c in ar]
+    rows.append("| " + " | ".join(cells) + " |")
+  return rows
+
+
+def markdown(results: dict) -> str:
+  m = results["models"]
+  lines = ["# Results", "", f"Data: {results['data']}. Occlusion located from: "
+           f"{results['occlusion_source']}. Test occluders: {results.get('test_occluders', '')}. All numbers in %; verification is 10-fold accuracy "
+           "(threshold chosen on the other 9 folds) ± std over folds; the second image of "
+           "every pair is occluded in the occluded columns; identification is rank-1.", ""]
+  if results.get("missing"):
+    lines += [f"Left out (their stage did not run): {', '.join(results['missing'])}.", ""]
+  if m:
+    lines += ["## Verification", ""] + _verification_table(m) + [""]
+    lines += ["## Identification", ""] + _identification_table(m) + [""]
+  det = results.get("detector_on_probes")
+  if det:
+    lines += ["## The occlusion detector on the evaluation probes", "",
+              "Rows \"(detector)\" above locate the occlusion with the trained detector instead "
+              "of the synthesizer's masks. Its agreement with those masks:", "",
+              "| probes | mean IU | pixel accuracy | block accuracy | whole pattern right |",
+              "|---|---|---|---|---|"]
+    for k, r in det.items():
+      lines.append(f"| {k} | {_pct(r['mean_iu'])} | {_pct(r['pixel_accuracy'])} | "
+                   f"{_pct(r['block_accuracy'])} | {_pct(r['image_block_pattern_accuracy'])} |")
+    lines.append("")
+  ab = results.get("ablations") or {}
+  if ab.get("tau"):
+    lines += ["## Table 1: tau (share of U discarded per dictionary item), PDSN on the trunk", ""]
+    lines += _ablation_table("tau", ab["tau"]) + [""]
+  if ab.get("mask_kind"):
+    lines += ["## Table 2: mask kind", ""] + _ablation_table("mask", ab["mask_kind"]) + [""]
+  if ab.get("lambda"):
+    lines += ["## Table 3: differential supervision", ""]
+    lines += _ablation_table("generators", ab["lambda"]) + [""]
+  lines += ["Figures: `evaluate/probes.png` (probes per condition, blocks marked occluded in "
+            "red), `evaluate/occluded_verification.png`, `dictionary/dictionary.png`.",
+            f"Evaluation took {results.get('seconds', 0)} s.", ""]
+  return "\n".join(lines)
+
+
+def summary(results: dict) -> str:
+  out = ["", "=" * 30 + " results " + "=" * 30]
+  for name, r in results["models"].items():
+    out.append(f"{name:>18}: {one_line(r)}")
+  return "\n".join(out)
+
+
+def probes_figure(sets, flags: dict, path: str, num: int = 4) -> str:
+  """Rows: pairs; columns: the clean first face, then the second face under every condition
+  with the generator blocks counted as occluded outlined in red."""
+  boxes = occlusion.block_boxes(sets.pair_faces.shape[1:3])
+  rows = []
+  for i in range(min(num, len(sets.pairs))):
+    cells = [sets.pair_faces[sets.pairs[i, 0]]]
+    for cond, occ in sets.occluded_second.items():
+      img = Image.fromarray(occ.images[i])
+      d = ImageDraw.Draw(img)
+      for k, b in enumerate(occlusion.CENTRAL_BLOCKS):
+        if flags["second"][cond][i, k]:
+          y0, x0, y1, x1 = boxes[b]
+          d.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(255, 0, 0))
+      cells.append(np.asarray(img))
+    rows.append(np.concatenate([np.pad(c, ((2, 2), (2, 2), (0, 0)), constant_values=255)
+                                for c in cells], 1))
+  from pdsn_jax.visualize import save_with_header  # pylint: disable=g-import-not-at-top
+  return save_with_header(np.concatenate(rows, 0), ["clean"] + list(sets.occluded_second), path)
+
+
+def bar_figure(models: dict, path: str, lo: float = 0.5) -> str:
+  """Grouped bars: verification accuracy per condition (clean + occluded), one bar per model."""
+  conds = ["clean"] + list(next(iter(models.values()))["occluded"])
+  names = list(models)
+  gw, bw, h, top = 20 + 16 * len(names), 14, 220, 30
+  img = Image.new("RGB", (60 + gw * len(conds), h + 60 + 14 * len(names)), (255, 255, 255))
+  d = ImageDraw.Draw(img)
+  for t in range(5):  # y grid from lo to 1
+    v = lo + (1 - lo) * t / 4
+    y = top + h - int((v - lo) / (1 - lo) * h)
+    d.line([50, y, img.width - 5, y], fill=(225, 225, 225))
+    d.text((5, y - 6), f"{100 * v:.0f}%", fill=(0, 0, 0))
+  for ci, c in enumerate(conds):
+    x0 = 60 + ci * gw
+    for mi, n in enumerate(names):
+      r = models[n]["clean"] if c == "clean" else models[n]["occluded"][c]
+      y = top + h - int((max(r["accuracy"], lo) - lo) / (1 - lo) * h)
+      d.rectangle([x0 + mi * (bw + 2), y, x0 + mi * (bw + 2) + bw, top + h],
+                  fill=_COLOURS[mi % len(_COLOURS)])
+    d.text((x0, top + h + 4), c, fill=(0, 0, 0))
+  d.text((5, 5), "verification accuracy, second image occluded", fill=(0, 0, 0))
+  for mi, n in enumerate(names):
+    y = top + h + 22 + 14 * mi
+    d.rectangle([60, y, 70, y + 10], fill=_COLOURS[mi % len(_COLOURS)])
+    d.text((76, y - 1), n, fill=(0, 0, 0))
+  img.save(path)
+  return path
+
+
+def write(results: dict, sets, flags: dict, workdir: str) -> list[str]:
+  """results.json, results.md (workdir) and the figures (workdir/evaluate); returns the paths."""
+  os.makedirs(os.path.join(workdir, "evaluate"), exist_ok=True)
+  paths = [os.path.join(workdir, RESULTS_JSON), os.path.join(workdir, RESULTS_MD)]
+  for p, text in zip(paths, (json.dumps(results, indent=2), markdown(results))):
+    with open(p + ".tmp", "w", encoding="utf-8") as f:
+      f.write(text)
+    os.replace(p + ".tmp", p)
+  paths.append(probes_figure(sets, flags, os.path.join(workdir, "evaluate", "probes.png")))
+  if results["models"]:
+    paths.append(bar_figure(results["models"],
+                            os.path.join(workdir, "evaluate", "occluded_verification.png")))
+  return paths

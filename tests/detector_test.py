@@ -1,0 +1,96 @@
+"""Occlusion detector: shapes and range, overfitting a tiny batch, block assignment, resume."""
+
+import functools
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from configs import tiny
+from pdsn_jax import checkpointing, fdm, parallel, training
+from pdsn_jax.data import occlusion, placement
+from pdsn_jax.data.synthetic import SyntheticFaces
+from pdsn_jax.stages import detector
+from tests import helpers
+
+FACES = np.stack([SyntheticFaces(4, 1, 0, 700)[i]["image"] for i in range(4)])
+
+
+def _batch(n=8):
+  t = detector.DetectorOcclusion(occlusion.OccluderLibrary("", True), clean_prob=0.0)
+  recs = [t({"image": FACES[i % 4]}, np.random.default_rng(i)) for i in range(n)]
+  return {"image": np.stack([r["image"] for r in recs]), "mask": np.stack([r["mask"] for r in recs])}
+
+
+def test_output_shape_and_range_at_full_resolution():
+  config = tiny.get_config()
+  model = detector.build(config, False)
+  v = detector.init_fn(config, model, optax.sgd(0.1))()
+  logits = detector.logits_fn(model, {"params": v.params, "batch_stats": v.batch_stats},
+                              jnp.asarray(FACES), config.detector.input_scale)
+  chex.assert_shape(logits, (4, 112, 96))
+  assert logits.dtype == jnp.float32
+  pred = detector.predictor(config, {"params": v.params, "batch_stats": v.batch_stats})(FACES)
+  assert pred.shape == (4, 112, 96) and pred.dtype == bool
+
+
+def test_loss_decreases_when_overfitting_a_tiny_batch():
+  config = tiny.get_config()
+  config.detector.update(widths=(8, 16), learning_rate=0.1, warmup_steps=0, schedule="constant")
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  tx = training.sgd(config.detector, 40)
+  state = jax.device_put(detector.init_fn(config, detector.build(config, False), tx)(),
+                         parallel.replicated(mesh))
+  step = parallel.data_parallel(functools.partial(
+      detector.train_step, model=detector.build(config, True), tx=tx,
+      schedule=training.learning_rate_schedule(config.detector, 40), scale=0.5), mesh)
+  batch = parallel.put_batch(_batch(), mesh)
+  losses = []
+  for i in range(40):
+    state, out = step(state, batch, jax.random.key(i))
+    losses.append(float(out["loss"]))
+  assert losses[-1] < 0.5 * losses[0], losses[::8]
+  assert float(out["pixel_accuracy"]) > 0.85
+
+
+def test_block_assignment_from_a_perfect_mask_equals_the_fdm_api():
+  masks = _batch(16)["mask"] > 0
+  ours = placement.occluded_block_flags(masks)
+  api = np.asarray(fdm.occluded_blocks(jnp.asarray(masks), (112, 96)))
+  np.testing.assert_array_equal(ours, api)
+  assert ours.any()
+  m = detector.segmentation_metrics(masks, masks)
+  assert m["mean_iu"] == m["pixel_accuracy"] == m["block_accuracy"] == 1.0
+  empty = detector.segmentation_metrics(np.zeros_like(masks), masks)
+  assert empty["iou_occluded"] == 0.0 and empty["block_accuracy"] < 1.0
+
+
+def test_heldout_occluder_files_are_never_in_training(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  for k in range(8):
+    os.makedirs(tmp_path / "mask", exist_ok=True)
+    a = np.zeros((10, 10 + k, 4), np.uint8)
+    a[..., 3] = 255
+    Image.fromarray(a).save(tmp_path / "mask" / f"m{k}.png")
+  train = occlusion.OccluderLibrary(str(tmp_path), False, split="train", heldout_every=4)
+  held = occlusion.OccluderLibrary(str(tmp_path), False, split="heldout", heldout_every=4)
+  widths = lambda lib: {im.shape[1] for im in lib.images["mask"]}  # noqa: E731
+  assert widths(held) == {13, 17} and not widths(held) & widths(train)
+  assert len(train.images["mask"]) == 6
+
+
+def test_detector_stage_resumes_after_sigkill(tmp_path):
+  args = ("--config.stages=detector", "--config.detector.num_steps=6")
+  ref = str(tmp_path / "ref")
+  helpers.run_main(ref, *args)
+  wd = str(tmp_path / "killed")
+  helpers.run_until(wd, "[detector] step 5/6", *args)
+  resumed = helpers.run_main(wd, *args)
+  assert "(checkpoint)" in resumed.stderr and "mean IU" in resumed.stderr
+  a = checkpointing.load_variables(os.path.join(ref, "detector", "checkpoints"))
+  b = checkpointing.load_variables(os.path.join(wd, "detector", "checkpoints"))
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  assert os.path.getsize(os.path.join(wd, "detector", "detections.png")) > 1000

@@ -1,0 +1,136 @@
+"""Evaluation protocols: placement, AR split, pairs files, sharded top-1, the data-parallel embedder."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import tiny
+from pdsn_jax import fdm, parallel
+from pdsn_jax.data import occlusion, pairs, placement
+from pdsn_jax.data.synthetic import SyntheticFaces
+from pdsn_jax.evaluation import masked, protocols
+from pdsn_jax.evaluation.verification import cosine_scores
+from pdsn_jax.stages import trunk
+
+LIB = occlusion.OccluderLibrary("", True)
+FACES = np.stack([SyntheticFaces(8, 1, 0, 900)[i]["image"] for i in range(8)])
+B = {b: k for k, b in enumerate(occlusion.CENTRAL_BLOCKS)}  # block id -> flag column
+
+
+def _flags(condition, n=8, seed=0):
+  occ = protocols.occlude_all(FACES[:n], condition, LIB, seed, 0)
+  return occ, placement.occluded_block_flags(occ.masks)
+
+
+def test_sunglasses_cover_the_eye_row_and_masks_the_nose_row():
+  # 5x5 grid on the 112x96 template: eyes (y 52) in block row 2, nose tip (y 72) in row 3
+  _, f = _flags("sunglasses")
+  eye_row, nose_row = [B[b] for b in (11, 12, 13)], [B[b] for b in (16, 17, 18)]
+  assert f[:, eye_row].mean() > 0.6 and f[:, nose_row].sum() == 0
+  _, f = _flags("mask")
+  assert f[:, nose_row].mean() > 0.6 and f[:, eye_row].sum() == 0
+
+
+def test_occlusion_sets_are_seeded_and_masks_are_the_changed_pixels():
+  a, _ = _flags("hand", seed=3)
+  b, _ = _flags("hand", seed=3)
+  c, _ = _flags("hand", seed=4)
+  np.testing.assert_array_equal(a.images, b.images)
+  assert not np.array_equal(a.images, c.images)
+  changed = np.any(a.images != FACES, axis=-1)
+  assert np.all(a.masks[changed])  # every changed pixel is in the mask
+
+
+def test_unknown_condition_and_source_fail_clearly():
+  with pytest.raises(ValueError, match="not one of"):
+    placement.occlude(FACES[0], np.random.default_rng(0), LIB, "umbrella")
+  occ, _ = _flags("mask", 2)
+  with pytest.raises(ValueError, match="occlusion_source"):
+    protocols.locate(occ, "oracle")
+  with pytest.raises(ValueError, match="detector"):
+    protocols.locate(occ, "detector")
+
+
+def test_ar_split_protocols():
+  labels = np.repeat(np.arange(3), 5)
+  g1, g2, probes = protocols.ar_split(labels, 3)
+  assert len(g1) == 9 and len(g2) == 3 and len(probes) == 6
+  assert set(g2) <= set(g1) and not set(g1) & set(probes)
+  assert sorted(labels[g2].tolist()) == [0, 1, 2]
+
+
+def test_random_occlusion_transform_flags_clean_faces_as_unoccluded():
+  t = placement.RandomOcclusion(LIB, clean_prob=0.5)
+  recs = [t({"image": FACES[i % 8].copy()}, np.random.default_rng(i)) for i in range(40)]
+  clean = [r for r in recs if r["occluded_fraction"] == 0]
+  occluded = [r for r in recs if r["occluded_fraction"] > 0]
+  assert 8 < len(clean) < 32 and all(not r["blocks"].any() for r in clean)
+  assert np.mean([r["blocks"].any() for r in occluded]) > 0.8
+  with pytest.raises(ValueError, match="allowed"):
+    placement.RandomOcclusion(LIB, conditions=("rain",))
+
+
+def test_lfw_pairs_file_both_line_kinds(tmp_path):
+  p = tmp_path / "pairs.txt"
+  p.write_text("10\t300\nAbel_Pacheco\t1\t4\nAbel_Pacheco\t2\tAkhmed_Zakayev\t3\n")
+  named, same = pairs.read_lfw_pairs(str(p))
+  assert named == [("Abel_Pacheco/Abel_Pacheco_0001.jpg", "Abel_Pacheco/Abel_Pacheco_0004.jpg"),
+                   ("Abel_Pacheco/Abel_Pacheco_0002.jpg", "Akhmed_Zakayev/Akhmed_Zakayev_0003.jpg")]
+  assert same.tolist() == [True, False]
+  p.write_text("10\t300\nAbel_Pacheco\t1\nx\n")
+  with pytest.raises(ValueError, match=r"pairs.txt:2"):
+    pairs.read_lfw_pairs(str(p))
+  with pytest.raises(FileNotFoundError, match="nope.txt"):
+    pairs.read_lfw_pairs(str(tmp_path / "nope.txt"))
+
+
+def _embedder():
+  config = tiny.get_config()
+  backbone = trunk.build_backbone(config, False)
+  v = backbone.init(jax.random.key(0), jnp.zeros((1, 112, 96, 3)))
+  mesh = parallel.make_mesh()
+  return backbone, v, masked.Embedder(backbone, mesh, 16, trunk.normalize), mesh
+
+
+def test_embedder_matches_single_device_and_all_ones_is_plain_embedding():
+  backbone, v, emb, mesh = _embedder()
+  assert mesh.size == 8
+  rv = parallel.put_replicated(v, mesh)
+  u = emb.features(rv, FACES[:5])  # 5 rows: padded to one global batch of 16
+  chex.assert_shape(u, (5, 7, 6, 32))
+  ref_u = backbone.apply(v, trunk.normalize(jnp.asarray(FACES[:5])), method="features")
+  chex.assert_trees_all_close(u, np.asarray(ref_u), atol=1e-4)
+  table = np.random.default_rng(0).integers(0, 2, (9, 7, 6, 32)).astype(np.float32)
+  none = np.zeros((5, 9), bool)
+  plain = backbone.apply(v, trunk.normalize(jnp.asarray(FACES[:5])))
+  e = emb.embed(rv, parallel.put_replicated(table, mesh), u, none)
+  chex.assert_trees_all_close(np.sum(e * e, 1), np.ones(5), atol=1e-5)
+  chex.assert_trees_all_close(cosine_scores(e, np.asarray(plain)), np.ones(5), atol=1e-5)
+  flags = np.eye(9, dtype=bool)[:5]
+  head = functools.partial(backbone.apply, v, method="head")
+  ref = masked.masked_embeddings(head, jnp.asarray(u), fdm.compose(jnp.asarray(flags),
+                                                                  jnp.asarray(table)))
+  chex.assert_trees_all_close(emb.embed(rv, parallel.put_replicated(table, mesh), u, flags),
+                              np.asarray(ref), atol=1e-5)
+
+
+def test_sharded_top1_equals_full_score_matrix_argmax():
+  backbone, v, emb, mesh = _embedder()
+  rv = parallel.put_replicated(v, mesh)
+  rng = np.random.default_rng(1)
+  gallery_u = rng.normal(size=(37, 7, 6, 32)).astype(np.float32)  # 3 batches, last one short
+  probe_u = rng.normal(size=(11, 7, 6, 32)).astype(np.float32)
+  flags = rng.uniform(size=(11, 9)) < 0.25
+  flags[:4] = flags[4]  # shared patterns
+  table = rng.integers(0, 2, (9, 7, 6, 32)).astype(np.float32)
+  best, arg = masked.top1_search(emb, rv, parallel.put_replicated(table, mesh), gallery_u,
+                                 probe_u, flags)
+  head = functools.partial(backbone.apply, v, method="head")
+  full = masked.identification_scores(head, jnp.asarray(gallery_u), jnp.asarray(probe_u), flags,
+                                      jnp.asarray(table))
+  np.testing.assert_array_equal(arg, np.argmax(full, 1))
+  chex.assert_trees_all_close(best, full.max(1), atol=1e-5)

@@ -1,0 +1,84 @@
+"""insightface formats: RecordIO sets and verification .bin files written here, read back."""
+
+import io
+import pickle
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pdsn_jax.data import insightface
+from pdsn_jax.data.synthetic import SyntheticFaces
+
+FACES = SyntheticFaces(3, 2, 0, 400, (112, 112))
+
+
+def _jpeg(a):
+  buf = io.BytesIO()
+  Image.fromarray(a).save(buf, format="PNG")  # lossless, so pixels can be compared
+  return buf.getvalue()
+
+
+def _write_set(tmp_path):
+  images = [FACES[i]["image"] for i in range(6)]  # identities 0,0,1,1,2,2
+  payloads = [insightface.pack([7.0, 10.0])]  # header: images 1..6, identities 7..9
+  payloads += [insightface.pack(float(i // 2), _jpeg(im)) for i, im in enumerate(images)]
+  payloads += [insightface.pack([1 + 2 * k, 3 + 2 * k]) for k in range(3)]
+  rec, idx = str(tmp_path / "train.rec"), str(tmp_path / "train.idx")
+  insightface.write_recordio(rec, idx, payloads)
+  return rec, idx, images
+
+
+def test_recordio_round_trip_with_identity_ranges(tmp_path):
+  rec, idx, images = _write_set(tmp_path)
+  src = insightface.RecordIOFaces(rec)
+  assert len(src) == 6 and src.num_classes == 3
+  assert src.labels.tolist() == [0, 0, 1, 1, 2, 2]
+  for i in range(6):
+    np.testing.assert_array_equal(src[i]["image"], images[i])
+  cropped = insightface.RecordIOFaces(rec, idx, (112, 96))[0]["image"]
+  np.testing.assert_array_equal(cropped, images[0][:, 8:104])
+  pickle.loads(pickle.dumps(src))[1]  # picklable for grain workers
+
+
+def test_recordio_errors_name_file_and_offset(tmp_path):
+  rec, idx, _ = _write_set(tmp_path)
+  data = open(rec, "rb").read()
+  offsets = insightface.read_index(idx)
+  # bad magic at record 2
+  bad = bytearray(data)
+  bad[offsets[2]] ^= 0xFF
+  open(rec, "wb").write(bytes(bad))
+  src = insightface.RecordIOFaces(rec)
+  with pytest.raises(ValueError, match=rf"train.rec: bad magic .* at byte offset {offsets[2]}"):
+    src[1]
+  # truncated: the file ends inside record 6
+  open(rec, "wb").write(data[:offsets[6] + 20])
+  with pytest.raises(ValueError, match=rf"truncated|past the end"):
+    insightface.RecordIOFaces(rec)
+  # index past the end of the file
+  open(rec, "wb").write(data)
+  with open(idx, "a", encoding="ascii") as f:
+    f.write(f"99\t{len(data) + 100}\n")
+  src = insightface.RecordIOFaces(rec)
+  with pytest.raises(ValueError, match=rf"record 99 at byte offset {len(data) + 100} is past"):
+    src.read(99)
+  with pytest.raises(FileNotFoundError, match="nope.rec"):
+    insightface.RecordIOFaces(str(tmp_path / "nope.rec"))
+
+
+def test_verification_bin_round_trip(tmp_path):
+  images = [FACES[i]["image"] for i in range(4)]
+  path = tmp_path / "lfw.bin"
+  with open(path, "wb") as f:
+    pickle.dump(([_jpeg(a) for a in images], [True, False]), f)
+  got, pairs, issame = insightface.read_verification_bin(str(path))
+  np.testing.assert_array_equal(got, np.stack(images))
+  assert pairs.tolist() == [[0, 1], [2, 3]] and issame.tolist() == [True, False]
+  with open(path, "wb") as f:
+    pickle.dump(([_jpeg(images[0])], [True]), f)
+  with pytest.raises(ValueError, match="1 images for 1 pairs"):
+    insightface.read_verification_bin(str(path))
+  path.write_bytes(b"garbage")
+  with pytest.raises(ValueError, match="not an insightface verification"):
+    insightface.read_verification_bin(str(path))

@@ -1,0 +1,77 @@
+"""Stage III end to end: Baseline and fine-tune stages resume after SIGKILL, evaluate writes tables."""
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from pdsn_jax import checkpointing
+from tests import helpers
+
+ALL = "--config.stages=trunk,pdsn,dictionary,baseline,finetune,lambda0,evaluate"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp("stage3") / "ref")
+  proc = helpers.run_main(wd, ALL)
+  return wd, proc
+
+
+def _params(workdir, stage):
+  return checkpointing.load_variables(os.path.join(workdir, stage, "checkpoints"))
+
+
+def test_default_stage_list_ends_with_tables_for_all_models(reference):
+  wd, proc = reference
+  results = json.load(open(os.path.join(wd, "results.json")))
+  assert list(results["models"]) == ["Trunk", "Baseline", "PDSN", "PDSN + fine-tune"]
+  for r in results["models"].values():
+    assert set(r["occluded"]) == {"sunglasses", "mask", "hand", "object", "blocks"}
+    assert set(r["ar_p1"]) == set(r["ar_p2"]) == {"sunglasses", "mask"}
+    assert r["distractors"]["num_distractors"] == 10
+    assert 0 <= r["clean"]["accuracy"] <= 1
+  ab = results["ablations"]
+  assert list(ab["tau"]) == ["0", "0.25"]
+  assert set(ab["mask_kind"]) == {"binary", "soft", "soft+binary"}
+  assert len(ab["lambda"]) == 2
+  # tau = 0 discards nothing: exactly the Trunk; the dictionary's own tau: exactly PDSN
+  trunk, pdsn = results["models"]["Trunk"], results["models"]["PDSN"]
+  for key in ("clean", "occluded", "ar_p1", "ar_p2"):
+    assert ab["tau"]["0"][key] == trunk[key]
+    assert ab["tau"]["0.25"][key] == pdsn[key]
+  # masks only act on occluded faces: clean verification of PDSN equals the Trunk's
+  assert pdsn["clean"] == trunk["clean"]
+  md = open(os.path.join(wd, "results.md")).read()
+  for title in ("## Verification", "## Identification", "Table 1", "Table 2", "Table 3"):
+    assert title in md
+  for fig in ("probes.png", "occluded_verification.png"):
+    assert os.path.getsize(os.path.join(wd, "evaluate", fig)) > 1000
+  assert "results" in proc.stdout  # the summary printed at the end
+
+
+def test_finetune_and_baseline_start_from_the_trunk_and_move(reference):
+  wd, _ = reference
+  t = _params(wd, "trunk")
+  for stage in ("baseline", "finetune"):
+    p = _params(wd, stage)
+    diff = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), p["params"], t["params"])
+    assert 0 < max(jax.tree.leaves(diff)) < 1.0  # small learning rate, few steps
+  b, f = _params(wd, "baseline"), _params(wd, "finetune")
+  diff = jax.tree.map(lambda a, c: float(np.abs(a - c).max()), b["params"], f["params"])
+  assert max(jax.tree.leaves(diff)) > 0  # the masks change the fine-tuning
+
+
+@pytest.mark.parametrize("stage", ["baseline", "finetune"])
+def test_sigkill_resume_equals_uninterrupted(reference, tmp_path, stage):
+  ref, _ = reference
+  wd = str(tmp_path / "killed")
+  for done in ("trunk", "pdsn", "dictionary"):
+    shutil.copytree(os.path.join(ref, done), os.path.join(wd, done))
+  helpers.run_until(wd, f"[{stage}] step 3/4", f"--config.stages={stage}")
+  resumed = helpers.run_main(wd, f"--config.stages={stage}")
+  assert "(checkpoint)" in resumed.stderr
+  jax.tree.map(np.testing.assert_array_equal, _params(ref, stage), _params(wd, stage))
