@@ -3,10 +3,13 @@
 Command:
   python -m pdsn_jax.main --config=configs/pdsn.py --workdir=runs/pdsn
 
-Cost on a 2-core CPU (measured): 14.5 minutes in all - trunk 8 min (IResNet-18
-at width 0.25, 112x96 input, 300 steps of 32), stage I 3.7 min (150 steps of
-16 faces x 10 images), stage II 1.7 min (1024 pairs per block). Every field can be overridden,
-e.g. --config.trunk.num_epochs=2 --config.model.width=0.5.
+Cost on a 2-core CPU (measured, 26.1 min in all before later stages reused the
+rendered faces, ~24 min now): trunk 8.4 min (IResNet-18 at width 0.25, 112x96,
+300 steps of 32), stage I 2.6 (90 steps of 16 faces x 10 images), stage II 1.2
+(512 pairs per block), Baseline 2.3 and fine-tune 2.4 (50 steps of 32 each),
+Table 3's generators 3.7, detector 2.2 (120 steps), evaluation 3.4 (every
+protocol, 3 checkpoints, ablations). Every field can be overridden, e.g.
+--config.trunk.num_epochs=2 --config.model.width=0.5.
 """
 
 import ml_collections

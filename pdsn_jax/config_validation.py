@@ -16,6 +16,7 @@ _CHOICES = {
     "finetune.schedule": ("cosine", "step", "constant"),
     "eval.occlusion_source": ("ground_truth", "detector"),
     "detector.schedule": ("cosine", "step", "constant"),
+    "detector.optimizer": ("sgd", "adam"),
 }
 _POSITIVE = ("model.width", "model.embedding_dim", "trunk.batch_size", "trunk.log_every",
              "trunk.checkpoint_every", "trunk.keep_checkpoints", "eval.batch_size",

@@ -148,7 +148,9 @@ def top1_search(embedder: Embedder, variables, table, gallery_u: np.ndarray,
   Probes are grouped by block pattern; for each pattern the gallery's U streams
   through in global batches, is embedded under that pattern on the devices that
   hold it, and only each probe's running best leaves the devices: the gallery
-  can be as large as the cluster's throughput allows.
+  can be as large as the cluster's throughput allows. ``gallery_u`` is host
+  memory (about 86 KB per face for a 512x7x6 U); for millions of distractors
+  pass a memory-mapped array.
   """
   top1 = _top1_fn(embedder.mesh)
   probe_flags = np.asarray(probe_flags, bool)

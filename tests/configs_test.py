@@ -1,0 +1,35 @@
+"""Every config file builds and passes validation; bad values name the key."""
+
+import glob
+import importlib
+import os
+
+import pytest
+
+from pdsn_jax.config_validation import validate
+from tests import helpers
+
+CONFIGS = sorted(os.path.splitext(os.path.basename(p))[0]
+                 for p in glob.glob(os.path.join(helpers.REPO, "configs", "*.py"))
+                 if not p.endswith("__init__.py"))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_is_valid(name):
+  validate(importlib.import_module(f"configs.{name}").get_config())
+
+
+def test_bad_values_name_key_and_allowed_values():
+  from configs import pdsn  # pylint: disable=g-import-not-at-top
+  c = pdsn.get_config()
+  c.eval.conditions = ("sunglasses", "rain")
+  with pytest.raises(ValueError, match=r"eval.conditions.*allowed"):
+    validate(c)
+  c = pdsn.get_config()
+  c.model.kind = "vgg"
+  with pytest.raises(ValueError, match=r"model.kind='vgg'.*iresnet"):
+    validate(c)
+  c = pdsn.get_config()
+  c.eval.tau_sweep = (0.25, 1.5)
+  with pytest.raises(ValueError, match="tau_sweep"):
+    validate(c)
