@@ -47,8 +47,10 @@ def main(argv):
     raise ValueError(f"no images ({', '.join(_EXT)}) under {_IMAGES.value}")
   marks = read_landmarks(_LANDMARKS.value) if _LANDMARKS.value else {}
   size = tuple(config.data.image_size)
-  faces = np.stack([align_face(load_rgb(p), marks.get(os.path.normpath(os.path.abspath(p))), size)
-                    for p in paths])
+  def landmarks(p):  # the TSV names files by path; the folder may hold links to them
+    return marks.get(os.path.normpath(os.path.abspath(p)), marks.get(os.path.realpath(p)))
+
+  faces = np.stack([align_face(load_rgb(p), landmarks(p), size) for p in paths])
   pred = detector.predictor(config, variables)(faces)
   visualize.detection_sheet(faces, pred, _OUT.value, min_overlap=config.occlusion.min_overlap,
                             overlap=config.occlusion.overlap,
