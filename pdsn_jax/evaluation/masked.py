@@ -161,7 +161,10 @@ def top1_search(embedder: Embedder, variables, table, gallery_u: np.ndarray,
   inverse = np.asarray(inverse).reshape(-1)
   for k, pattern in enumerate(patterns):
     rows = np.flatnonzero(inverse == k)
-    probes = parallel.put_replicated(probe_emb[rows], embedder.mesh)
+    # pad to a power of two: one compilation per size bucket, not per pattern's probe count
+    padded = np.zeros((1 << int(np.ceil(np.log2(len(rows)))), probe_emb.shape[1]), np.float32)
+    padded[:len(rows)] = probe_emb[rows]
+    probes = parallel.put_replicated(padded, embedder.mesh)
     offset = 0
     for emb, real in embedder.embed_device(variables, table, gallery_u, pattern[None]):
       valid = np.arange(embedder.batch) < real
@@ -169,6 +172,7 @@ def top1_search(embedder: Embedder, variables, table, gallery_u: np.ndarray,
       local = embedder.batch // pc
       valid = parallel.put_batch(valid[pi * local:(pi + 1) * local], embedder.mesh)
       s, i = jax.device_get(top1(probes, emb, valid))
+      s, i = s[:len(rows)], np.asarray(i)[:len(rows)]
       better = s > best[rows]
       best[rows[better]] = s[better]
       arg[rows[better]] = offset + np.asarray(i)[better]
