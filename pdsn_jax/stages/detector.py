@@ -179,11 +179,12 @@ def heldout_sets(config) -> dict:
   return out
 
 
-def evaluate(config, variables: dict, mesh=None) -> dict:
+def evaluate(config, variables: dict, mesh=None, sets: dict | None = None) -> dict:
+  """Segmentation metrics per held-out set (``sets`` from ``heldout_sets``, built if None)."""
   predict = predictor(config, variables, mesh)
   o = config.occlusion
   return {name: segmentation_metrics(predict(images), masks, o.min_overlap, o.overlap)
-          for name, (images, masks) in heldout_sets(config).items()}
+          for name, (images, masks) in (sets or heldout_sets(config)).items()}
 
 
 def load_variables(workdir: str) -> dict | None:
@@ -232,7 +233,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mgr.close()
   variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
   t = time.time()
-  results = evaluate(config, variables, mesh)
+  sets = heldout_sets(config)  # built once: metrics and the contact sheet
+  results = evaluate(config, variables, mesh, sets)
   for name, r in results.items():
     writer.write(steps, {f"{name.replace(' ', '_')}/{k}": v for k, v in r.items()},
                  prefix="eval")
@@ -245,13 +247,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if pindex == 0:
     with open(os.path.join(stage_dir, "summary.json"), "w", encoding="utf-8") as f:
       json.dump(summary, f, indent=2)
-    _sheet(config, variables, os.path.join(stage_dir, "detections.png"))
+    _sheet(config, variables, sets, os.path.join(stage_dir, "detections.png"))
   return summary
 
 
-def _sheet(config, variables, path: str, num: int = 8) -> str:
+def _sheet(config, variables, sets: dict, path: str, num: int = 8) -> str:
   from pdsn_jax import visualize  # pylint: disable=g-import-not-at-top
-  images, masks = next(iter(heldout_sets(config).values()))
+  images, masks = next(iter(sets.values()))
   pred = predictor(config, variables)(images[:num])
   return visualize.detection_sheet(images[:num], pred, path, true_masks=masks[:num],
                                    min_overlap=config.occlusion.min_overlap,
