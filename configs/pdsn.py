@@ -19,6 +19,9 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.prng_impl = "rbg"  # or "threefry2x32"; see pdsn_jax.training.root_key
+  # a training stage stops, before saving, when its parameter norm exceeds this many times
+  # the starting one (divergence; <= 0: only non-finite values stop it)
+  c.max_param_norm_growth = 10.0
   # comma-separated, run in order: stage 0, I, II, the Baseline, stage III fine-tuning,
   # Table 3's lambda=0 generators, the occlusion detector, then every protocol and
   # ablation into results.md
@@ -34,9 +37,13 @@ def get_config() -> ml_collections.ConfigDict:
       num_identities=200, images_per_identity=12, eval_identities=100,
       eval_images_per_identity=6, seed=0, cache=True))
   c.data.folders = ml_collections.ConfigDict(dict(
-      root="", landmarks="", skip_bad_images=False, min_images=2, heldout_identities=50))
+      root="", landmarks="", skip_bad_images=False, min_images=2, heldout_identities=50,
+      distractor_identities=0,  # identities set aside (not trained on) for distractors
+      require_landmarks=False,  # an image without a landmarks row: error (else centre crop)
+      strict_landmarks=False))  # a landmarks row naming a missing file: error (else logged)
   # insightface RecordIO (train.rec + train.idx, e.g. faces_webface_112x112), no mxnet needed
-  c.data.recordio = ml_collections.ConfigDict(dict(path="", index="", heldout_identities=50))
+  c.data.recordio = ml_collections.ConfigDict(dict(path="", index="", heldout_identities=50,
+                                                   distractor_identities=0))
 
   c.model = ml_collections.ConfigDict()
   c.model.kind = "iresnet"  # or "dlib": dlib's pretrained ResNet (configs/dlib_trunk.py)
@@ -83,6 +90,7 @@ def get_config() -> ml_collections.ConfigDict:
       num_distractors=500,  # MegaFace-style identification: gallery + N other identities
       occluder_dir="",  # occluders of the test probes; "" = those of config.occlusion
       procedural=True,  # with occluder_dir: also the built-in occluders
+      procedural_categories=("sunglasses", "mask", "hand", "object"),  # ... of these kinds
       occlusion_source="ground_truth",  # where test-time occlusion masks come from; rows
       # located by the detector are added whenever the 'detector' stage has run
       ablations=True,  # Tables 1-3 on the trunk + dictionary
@@ -95,16 +103,23 @@ def get_config() -> ml_collections.ConfigDict:
       neighbour_prob=0.5,  # also occlude one 4-neighbour of the target block
       min_overlap=0.5,  # block counts as occluded at this overlap
       overlap="coverage",  # "coverage" (intersection / block area) or "iou"
+      # globs (relative to occluder_dir) of files no training stage sees; evaluation occludes
+      # its test faces with exactly these (plus eval.procedural_categories' drawings)
+      exact_blocks=True,  # a "block j" sample flags exactly j (+ the neighbour), nothing else
+      heldout=(),
+      procedural_categories=("sunglasses", "mask", "hand", "object"),  # training's drawings
   ))
 
   # Stage I: the 9 mask generators (trunk frozen).
   c.pdsn = ml_collections.ConfigDict(dict(
       batch_size=16, num_epochs=0.6, num_steps=-1, learning_rate=0.01, momentum=0.9,
+      optimizer="sgd",  # or "adam" (AdamW): per-element gradients of the mean L1/CE are tiny
       nesterov=False, weight_decay=5e-4, warmup_steps=10, schedule="cosine",
       step_boundaries=(0.5, 0.75), step_decay=0.1,
       lambda_l1=10.0,  # paper, Eq. 5
       loss="paper",  # "paper": CE(occluded) + lambda*L1; "released": 0.5 CE(clean) + 0.5 CE(occ)
       differential=True,  # False: Table 3's ablation, input U(x_j) and lambda taken as 0
+      mask_bias_init=0.0,  # generators' last BN shift at start: first masks ~sigmoid(this)
       log_every=10, checkpoint_every=25, keep_checkpoints=2))
 
   # Stage III fine-tuning and the Baseline: same budget, same occluded faces (finetune.py).
@@ -114,7 +129,13 @@ def get_config() -> ml_collections.ConfigDict:
       step_boundaries=(0.5, 0.75), step_decay=0.1, log_every=10, eval_every=-1,
       checkpoint_every=25, keep_checkpoints=2,
       clean_prob=0.25,  # share of clean faces (under the all-ones mask)
-      conditions=("sunglasses", "mask", "hand", "object", "blocks")))
+      conditions=("sunglasses", "mask", "hand", "object", "blocks"),
+      optimizer="sgd",  # or "adam" (AdamW)
+      loss="cosface",  # or "distill": toward the frozen trunk's embedding of the clean face
+      trainable="all",  # or "head": only F (the layers after U)
+      # evaluation: pairs/probes with no occluded block use the trunk's own F (their FDM is
+      # all ones), the fine-tuned F only under an FDM; applies to Baseline and fine-tune alike
+      trunk_head_when_clean=False))
 
   # The occlusion detector (stages/detector.py): a U-Net-style FCN on occluded faces.
   c.detector = ml_collections.ConfigDict(dict(

@@ -23,7 +23,10 @@ def get_config():
   c.data.source = "folders"
   c.data.num_workers = 0
   c.data.folders.update(root=f"{ROOT}/celeba/images", landmarks=f"{ROOT}/celeba/landmarks.tsv",
-                        min_images=2, heldout_identities=30, skip_bad_images=False)
+                        min_images=2, heldout_identities=30, skip_bad_images=False,
+                        # distractors come from identities no stage trains on (before this
+                        # was added they were training images: docs/results.md's dlib run)
+                        distractor_identities=40)
   c.occlusion.occluder_dir = f"{ROOT}/occluders"
   c.trunk.update(num_epochs=1.0, batch_size=32, log_every=20, checkpoint_every=100)
   c.pdsn.update(num_epochs=0.3, log_every=10)

@@ -9,6 +9,12 @@ Every process calls the same manager; orbax writes each array shard once and
 grain writes one iterator-state file per process. Saves are atomic (written to
 a temporary folder, then renamed), so a crash mid-save leaves the previous
 checkpoint as the latest.
+
+A checkpoint that cannot be restored (a truncated or deleted file, missing
+metadata) is reported in one line (step, path, root cause), renamed to
+``<step>.unreadable`` so that the step can be written again, and the next older
+finished step is tried; with none left the run fails with those lines and what
+to delete.
 """
 
 import logging
@@ -46,16 +52,54 @@ def abstract_replicated(tree: Any, mesh) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), tree)
 
 
+def root_cause(e: BaseException) -> str:
+  """The innermost exception of a chain, as 'Type: first line of its message'."""
+  while (e.__cause__ or e.__context__) is not None:
+    e = e.__cause__ or e.__context__
+  msg = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {msg[0] if msg else ''}"[:300]
+
+
+class NoReadableCheckpoint(RuntimeError):
+  pass
+
+
+def _set_aside(directory: str, step: int) -> None:
+  if jax.process_index() == 0:
+    src = os.path.join(directory, str(step))
+    dst = f"{src}.unreadable"
+    if os.path.exists(dst):
+      dst = f"{dst}.{os.getpid()}"
+    os.rename(src, dst)
+
+
 def restore_latest(mgr: ocp.CheckpointManager, abstract_state: Any, data_iter: Any = None):
-  """(state, step) from the latest checkpoint, restoring ``data_iter`` in place; None if none."""
-  step = mgr.latest_step()
-  if step is None:
-    return None
-  items = {"state": ocp.args.StandardRestore(abstract_state)}
-  if data_iter is not None:
-    items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-  restored = mgr.restore(step, args=ocp.args.Composite(**items))
-  return restored["state"], step
+  """(state, step) from the latest readable checkpoint, restoring ``data_iter`` in place; None
+  if there is none at all (see the module docstring for unreadable ones)."""
+  failures = []
+  directory = str(mgr.directory)
+  for step in sorted(mgr.all_steps(), reverse=True):
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    try:
+      restored = mgr.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # noqa: BLE001  (orbax/tensorstore raise many kinds)
+      line = (f"checkpoint step {step} at {os.path.join(directory, str(step))} cannot be "
+              f"restored: {root_cause(e)}")
+      logging.warning("%s; trying the previous one", line)
+      failures.append(line)
+      _set_aside(directory, step)
+      continue
+    if failures:
+      mgr.reload()
+      logging.warning("resuming from checkpoint step %d (%d newer unreadable, kept as "
+                      "<step>.unreadable)", step, len(failures))
+    return restored["state"], step
+  if failures:
+    raise NoReadableCheckpoint("\n".join(failures) + f"\nno readable checkpoint left under "
+                               f"{directory}: delete that folder to start the stage again")
+  return None
 
 
 def load_variables(directory: str, keys=("params", "batch_stats")) -> dict:
@@ -64,23 +108,36 @@ def load_variables(directory: str, keys=("params", "batch_stats")) -> dict:
     raise FileNotFoundError(f"init_from checkpoint folder not found: {directory}")
   # Finished checkpoints are folders named by their step; unfinished saves carry a
   # temporary suffix until orbax renames them.
-  steps = [int(d) for d in os.listdir(directory) if d.isdigit()]
-  step = max(steps) if steps else None
-  if step is None:
+  steps = sorted((int(d) for d in os.listdir(directory) if d.isdigit()), reverse=True)
+  if not steps:
     raise FileNotFoundError(f"no finished checkpoint under {directory}")
+  failures = []
+  for step in steps:  # the newest readable one (load-only: nothing is renamed)
+    path = os.path.join(os.path.abspath(directory), str(step), "state")
+    try:
+      state = _load_state(path)
+    except Exception as e:  # noqa: BLE001
+      failures.append(f"checkpoint step {step} at {path} cannot be restored: {root_cause(e)}")
+      logging.warning("%s; trying the previous one", failures[-1])
+      continue
+    out = {k: jax.tree.map(np.asarray, state[k]) for k in keys}
+    logging.info("loaded %s from %s (step %d)", ", ".join(keys), directory, step)
+    return out
+  raise NoReadableCheckpoint("\n".join(failures) + f"\nno readable checkpoint under {directory}")
+
+
+def _load_state(path: str) -> Any:
   # Target from the saved metadata, placed on this process's first device, so a
   # checkpoint from any topology (another device or process count) loads.
-  path = os.path.join(os.path.abspath(directory), str(step), "state")
   ckptr = ocp.StandardCheckpointer()
-  meta = ckptr.metadata(path)
-  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local),
-                        getattr(meta, "item_metadata", meta))
-  state = ckptr.restore(path, target)
-  ckptr.close()
-  out = {k: jax.tree.map(np.asarray, state[k]) for k in keys}
-  logging.info("loaded %s from %s (step %d)", ", ".join(keys), directory, step)
-  return out
+  try:
+    meta = ckptr.metadata(path)
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local),
+                          getattr(meta, "item_metadata", meta))
+    return ckptr.restore(path, target)
+  finally:
+    ckptr.close()
 
 
 def restore_or_init(mgr: ocp.CheckpointManager, init_fn: Callable[[], Any], mesh,

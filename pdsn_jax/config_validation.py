@@ -5,7 +5,7 @@ import ml_collections
 _CHOICES = {
     "data.source": ("synthetic", "folders", "recordio"),
     "data.alignment": ("arcface", "dlib_chip"),
-    "model.kind": ("iresnet", "dlib"),
+    "model.kind": ("iresnet", "dlib", "mobilefacenet"),
     "model.dlib_u": ("4x4", "8x8"),
     "model.dtype": ("float32", "bfloat16"),
     "model.depth": (18, 34, 50, 100),
@@ -14,9 +14,13 @@ _CHOICES = {
     "pdsn.loss": ("paper", "released"),
     "occlusion.overlap": ("coverage", "iou"),
     "finetune.schedule": ("cosine", "step", "constant"),
+    "finetune.loss": ("cosface", "distill"),
+    "finetune.trainable": ("all", "head"),
     "eval.occlusion_source": ("ground_truth", "detector"),
     "detector.schedule": ("cosine", "step", "constant"),
     "detector.optimizer": ("sgd", "adam"),
+    "pdsn.optimizer": ("sgd", "adam"),
+    "finetune.optimizer": ("sgd", "adam"),
 }
 _POSITIVE = ("model.width", "model.embedding_dim", "trunk.batch_size", "trunk.log_every",
              "trunk.checkpoint_every", "trunk.keep_checkpoints", "eval.batch_size",
@@ -36,8 +40,34 @@ def _get(config, dotted: str):
   return node
 
 
+# Checked wherever they occur (found by walking the config, so a new stage's fields are
+# covered without being listed): field name -> (test, what it must be).
+_BY_NAME = {
+    "learning_rate": (lambda v: v >= 0, ">= 0"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "log_every": (lambda v: v > 0, "> 0"),
+    "checkpoint_every": (lambda v: v > 0, "> 0"),
+    "keep_checkpoints": (lambda v: v > 0, "> 0"),
+    "batch_size": (lambda v: v > 0, "> 0"),
+}
+
+
+def _walk(node, prefix=""):
+  for key, value in node.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _walk(value, path + ".")
+    else:
+      yield path, key, value
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first bad key and what it allows."""
+  for path, key, value in _walk(config):
+    if key in _BY_NAME and isinstance(value, (int, float)):
+      ok, what = _BY_NAME[key]
+      if not ok(value):
+        raise ValueError(f"config.{path}={value!r} must be {what}")
   for key, allowed in _CHOICES.items():
     value = _get(config, key)
     if value not in allowed:

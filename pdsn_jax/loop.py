@@ -4,23 +4,52 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+import optax
 
 from pdsn_jax import checkpointing, metrics as metrics_lib, parallel, training
+
+
+class Diverged(FloatingPointError):
+  pass
+
+
+def check_divergence(stage: str, metrics: dict, step: int, start_norm: float,
+                     max_growth: float, mgr) -> None:
+  """Raises ``Diverged`` (before anything is saved) on a non-finite loss or parameter norm, or
+  a parameter norm grown more than ``max_growth``-fold since the stage's first step, naming
+  the last good checkpoint and how to resume."""
+  last = mgr.latest_step()
+  where = (f"the last good checkpoint is step {last} in {mgr.directory}; rerun the same command "
+           "with a lower learning rate to resume from it" if last is not None else
+           f"no checkpoint was saved yet ({mgr.directory}); rerun with a lower learning rate")
+  try:
+    training.finite_or_raise({"loss": metrics["loss"], "param_norm": metrics["param_norm"]},
+                             step)
+  except FloatingPointError as e:
+    raise Diverged(f"[{stage}] {e}; {where}") from None
+  norm = float(metrics["param_norm"])
+  if max_growth > 0 and norm > max_growth * start_norm:
+    raise Diverged(f"[{stage}] parameter norm grew from {start_norm:.4g} to {norm:.4g} (more "
+                   f"than {max_growth:g}x, config.max_param_norm_growth) by step {step}: the "
+                   f"run is diverging; stopping before saving; {where}")
 
 
 def train_loop(*, stage: str, state: Any, step_fn: Callable, data_iter: Any, mesh, mgr,
                writer: metrics_lib.MetricWriter, root: jax.Array, start: int, total: int,
                images_per_step: int, log_every: int,
                on_metrics: Callable[[int, dict], dict] | None = None,
-               on_step: Callable[[int, Any], None] | None = None) -> Any:
+               on_step: Callable[[int, Any], None] | None = None,
+               max_growth: float = 0.0) -> Any:
   """Runs steps [start, total) and returns the final state.
 
   Metrics leave the device only at log and checkpoint steps; there the loss and
-  the parameter norm must be finite, so a checkpoint never holds a diverged
+  the parameter norm must be finite and the norm within ``max_growth`` times the
+  starting state's (``check_divergence``), so a checkpoint never holds a diverged
   state. ``on_metrics(step, metrics)`` may pop non-scalar metrics and returns
   extra scalars to log; ``on_step(step, state)`` runs after every step (evals).
   """
   clock = metrics_lib.Throughput(total, images_per_step, start)
+  start_norm = float(jax.device_get(jax.jit(optax.tree.norm)(state.params)))
   for step in range(start, total):
     batch = parallel.put_batch(next(data_iter), mesh)
     state, out = step_fn(state, batch, jax.random.fold_in(root, step))
@@ -30,7 +59,7 @@ def train_loop(*, stage: str, state: Any, step_fn: Callable, data_iter: Any, mes
     extra = {}
     if is_log or is_ckpt:
       out = jax.device_get(out)
-      training.finite_or_raise({"loss": out["loss"], "param_norm": out["param_norm"]}, done)
+      check_divergence(stage, out, done, start_norm, max_growth, mgr)
       if on_metrics is not None:
         extra = on_metrics(done, out)
     if is_log:

@@ -30,7 +30,7 @@ def main(argv):
   del argv
   # Imported here so --help is fast and jax starts after flags (device count flags, etc.).
   import jax  # pylint: disable=g-import-not-at-top
-  from pdsn_jax import distributed, stages  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import distributed, stages, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from pdsn_jax.config_validation import validate  # pylint: disable=g-import-not-at-top
 
   # orbax and grain log every save at INFO through absl; keep the console to our progress lines.
@@ -40,13 +40,14 @@ def main(argv):
   distributed.maybe_initialize(_COORD.value, _NPROC.value, _PID.value)
   workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
   os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
-  logging.info("workdir %s; devices: %s", os.path.abspath(workdir), jax.devices())
-  summaries = {}
-  for name in stages.parse_stages(config.stages):
-    summaries[name] = stages.STAGES[name](config, workdir)
+  with workdir_lib.locked(workdir, jax.process_index()):
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+        f.write(config.to_json_best_effort(indent=2))
+    logging.info("workdir %s; devices: %s", os.path.abspath(workdir), jax.devices())
+    summaries = {}
+    for name in stages.parse_stages(config.stages):
+      summaries[name] = stages.STAGES[name](config, workdir)
   if jax.process_index() == 0:
     print(json.dumps(summaries, indent=2))
 

@@ -24,6 +24,8 @@ class TrainState:
   batch_stats: Any
   opt_state: Any
   rng: jax.Array
+  # the frozen starting network (``finetune.loss="distill"``'s teacher); None elsewhere
+  teacher: Any = None
 
 
 PRNG_IMPLS = ("rbg", "threefry2x32", "unsafe_rbg")
@@ -66,21 +68,34 @@ def sgd(cfg: ml_collections.ConfigDict, total_steps: int,
       optax.sgd(learning_rate_schedule(cfg, total_steps), momentum=cfg.momentum or None,
                 nesterov=bool(cfg.get("nesterov", False))),
   )
-  if trainable is not None:
-    tx = optax.masked(tx, trainable)
-  return tx
+  return freeze(tx, trainable)
+
+
+def freeze(tx: optax.GradientTransformation, trainable: Any) -> optax.GradientTransformation:
+  """``tx`` on the leaves ``trainable`` (a bool pytree, or a function of the params giving one)
+  marks True; the others get a zero update whatever their gradient. (``optax.masked`` would
+  pass their raw gradient through as the update.)"""
+  if trainable is None:
+    return tx
+  labels = ((lambda p: jax.tree.map(lambda t: "train" if t else "frozen", trainable(p)))
+            if callable(trainable) else
+            jax.tree.map(lambda t: "train" if t else "frozen", trainable))
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
 OPTIMIZERS = ("sgd", "adam")
 
 
-def optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
-  """``cfg.optimizer``: "sgd" (momentum, L2 decay) or "adam" (AdamW, decoupled decay)."""
+def optimizer(cfg: ml_collections.ConfigDict, total_steps: int,
+              trainable: Any = None) -> optax.GradientTransformation:
+  """``cfg.optimizer``: "sgd" (momentum, L2 decay) or "adam" (AdamW, decoupled decay), on the
+  ``trainable`` leaves only (see ``freeze``)."""
   name = cfg.get("optimizer", "sgd")
   if name == "sgd":
-    return sgd(cfg, total_steps)
+    return sgd(cfg, total_steps, trainable)
   if name == "adam":
-    return optax.adamw(learning_rate_schedule(cfg, total_steps), weight_decay=cfg.weight_decay)
+    return freeze(optax.adamw(learning_rate_schedule(cfg, total_steps),
+                              weight_decay=cfg.weight_decay), trainable)
   raise ValueError(f"optimizer={name!r} is not one of {OPTIMIZERS}")
 
 

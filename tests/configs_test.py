@@ -33,3 +33,25 @@ def test_bad_values_name_key_and_allowed_values():
   c.eval.tau_sweep = (0.25, 1.5)
   with pytest.raises(ValueError, match="tau_sweep"):
     validate(c)
+
+
+@pytest.mark.parametrize("key,value,want", [
+    ("pdsn.log_every", 0, "> 0"), ("pdsn.learning_rate", -1.0, ">= 0"),
+    ("detector.learning_rate", -0.003, ">= 0"), ("dictionary.log_every", 0, "> 0"),
+    ("detector.checkpoint_every", 0, "> 0"), ("finetune.batch_size", 0, "> 0")])
+def test_every_stage_field_is_checked_by_name(key, value, want):
+  from configs import pdsn  # pylint: disable=g-import-not-at-top
+  c = pdsn.get_config()
+  section, field = key.split(".")
+  c[section][field] = value
+  with pytest.raises(ValueError, match=rf"config.{key}={value!r} must be {want}"):
+    validate(c)
+
+
+def test_real_mobilefacenet_variants():
+  from configs import real_mobilefacenet  # pylint: disable=g-import-not-at-top
+  sel = real_mobilefacenet.get_config("select")
+  validate(sel)
+  assert not sel.eval.pairs_file and sel.eval.num_distractors == 0
+  with pytest.raises(ValueError, match=":select"):
+    real_mobilefacenet.get_config("lfw")

@@ -193,3 +193,45 @@ def test_real_celeba_folder_aligns_to_template():
   # template, measured over 2000 faces; the least-squares fit shares that out.)
   assert np.abs(mean[:2]).max() < 1.0, mean
   assert np.median([np.abs(r).max() for r in residuals]) < 10.0
+
+
+def test_distractors_are_never_training_images(tmp_path):
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data import sources  # pylint: disable=g-import-not-at-top
+  _write_tree(str(tmp_path / "faces"), n_ids=5, n_imgs=2)
+  c = tiny.get_config().data
+  c.source = "folders"
+  c.folders.update(root=str(tmp_path / "faces"), heldout_identities=1, distractor_identities=0)
+  with pytest.raises(ValueError, match="distractor_identities > 0"):
+    sources.build_eval(c, 3)
+  c.folders.distractor_identities = 2
+  train, heldout = sources.build(c)
+  heldout_eval, distractors = sources.build_eval(c, 3)
+  names = lambda s: {s.source.paths[i].split(os.sep)[-2] for i in s.indices}  # noqa: E731
+  assert names(train) == {"id0", "id1"} and names(heldout) == names(heldout_eval) == {"id4"}
+  assert len(distractors) == 3 and names(distractors) <= {"id2", "id3"}
+
+
+def test_truncated_jpeg_is_skipped_and_counted(tmp_path):
+  paths = _write_tree(str(tmp_path / "f"), n_ids=2, n_imgs=3)
+  bad = os.path.join(tmp_path, "f", "id1", "2.jpg")
+  Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 60, 3), np.uint8)).save(bad)
+  data = open(bad, "rb").read()
+  open(bad, "wb").write(data[:len(data) // 2])  # the header is intact: verify() passes it
+  src = FolderFaces(str(tmp_path / "f"), skip_bad_images=True)
+  assert src.skipped_images == 1 and len(src) == len(paths)
+  assert bad not in src.paths
+
+
+def test_landmark_rows_and_images_are_reconciled(tmp_path):
+  _write_tree(str(tmp_path / "faces"), n_ids=2, n_imgs=2)
+  lm = " ".join(["10"] * 10)
+  tsv = tmp_path / "lm.tsv"
+  tsv.write_text(f"faces/id0/0.png\t{lm}\nfaces/id0/1.png\t{lm}\nfaces/id1/0.png\t{lm}\n"
+                 f"faces/id9/gone.png\t{lm}\n")
+  src = FolderFaces(str(tmp_path / "faces"), str(tsv))
+  assert src.images_without_landmarks == 1 and src.rows_for_missing_files == 1
+  with pytest.raises(ValueError, match=r"1 of 4 images .* have no row in .*lm.tsv"):
+    FolderFaces(str(tmp_path / "faces"), str(tsv), require_landmarks=True)
+  with pytest.raises(ValueError, match=r"1 rows of .*lm.tsv name files that do not exist"):
+    FolderFaces(str(tmp_path / "faces"), str(tsv), strict_landmarks=True)

@@ -1,6 +1,7 @@
 """insightface formats: RecordIO sets and verification .bin files written here, read back."""
 
 import io
+import os
 import pickle
 
 import numpy as np
@@ -82,3 +83,42 @@ def test_verification_bin_round_trip(tmp_path):
   path.write_bytes(b"garbage")
   with pytest.raises(ValueError, match="not an insightface verification"):
     insightface.read_verification_bin(str(path))
+
+
+class _Exploit:
+  def __init__(self, target):
+    self.target = target
+
+  def __reduce__(self):
+    return (os.system, (f"touch {self.target}",))
+
+
+def test_crafted_bin_runs_no_code_and_names_the_file(tmp_path):
+  target = tmp_path / "created"
+  path = tmp_path / "evil.bin"
+  good = [_jpeg(FACES[i]["image"]) for i in range(2)]
+  for payload in (_Exploit(target), (good, [True, _Exploit(target)])):  # garbage, or shaped
+    with open(path, "wb") as f:
+      pickle.dump(payload, f, protocol=2)
+    with pytest.raises(ValueError, match=r"evil.bin: refusing pickle global (posix|os|nt)\.system"):
+      insightface.read_verification_bin(str(path))
+    assert not target.exists()
+
+
+def test_bin_decoding_failure_names_the_image(tmp_path):
+  path = tmp_path / "broken.bin"
+  good = _jpeg(FACES[0]["image"])
+  with open(path, "wb") as f:
+    pickle.dump(([good, good, good, good[:40]], np.array([True, False])), f, protocol=2)
+  with pytest.raises(ValueError, match=r"broken.bin: image 3 \(pair 1\) cannot be decoded"):
+    insightface.read_verification_bin(str(path))
+
+
+def test_recordio_header_is_checked_before_allocating(tmp_path):
+  for first, end in ((3e8, 3e8 + 2), (2.0 ** 40, 2.0 ** 40 + 1), (7.0, 20.0)):
+    rec, idx = str(tmp_path / "big.rec"), str(tmp_path / "big.idx")
+    insightface.write_recordio(rec, idx, [insightface.pack([first, end]),
+                                          insightface.pack(0.0, _jpeg(FACES[0]["image"]))])
+    with pytest.raises(insightface.RecordIOError, match=r"big.rec: header claims .*big.idx "
+                                                        r"indexes 2 records"):
+      insightface.RecordIOFaces(rec)

@@ -37,12 +37,20 @@ def test_bad_depth_names_allowed():
     _shapes(42, 1.0, (112, 96))
 
 
-def test_head_runs_on_masked_u_like_full_forward():
+def test_head_on_u_is_the_full_forward_and_a_mask_acts_only_where_it_is_zero():
   m = IResNet(depth=18, width=0.0625, embedding_dim=16)
   x = jax.random.normal(jax.random.key(1), (3, 112, 96, 3))
   v = m.init(jax.random.key(0), x)
   u = m.apply(v, x, method="features")
-  chex.assert_trees_all_close(m.apply(v, u, method="head"), m.apply(v, x), rtol=1e-6)
+  head = lambda t: np.asarray(m.apply(v, t, method="head"))  # noqa: E731
+  chex.assert_trees_all_close(head(u), m.apply(v, x), rtol=1e-6)
+  mask = np.ones(u.shape, np.float32)
+  mask[:, 2:4] = 0.0  # discard two rows of U
+  masked = head(u * mask)
+  assert np.abs(masked - head(u)).max() > 1e-3  # discarding changes the embedding ...
+  other = np.asarray(u).copy()
+  other[:, 2:4] = 123.0  # ... and what lay under the mask no longer matters
+  np.testing.assert_allclose(head(other * mask), masked, rtol=1e-5, atol=1e-5)
 
 
 def test_prelu_has_one_slope_per_channel():

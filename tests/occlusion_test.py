@@ -91,3 +91,47 @@ def test_occluder_library_reads_pngs_and_names_bad_dir(tmp_path):
   assert cat == "sunglasses" and img.shape == (6, 14, 4)
   with pytest.raises(FileNotFoundError, match="nowhere"):
     occlusion.OccluderLibrary(str(tmp_path / "nowhere"))
+
+
+def test_block_samples_flag_exactly_the_intended_blocks():
+  faces = SyntheticFaces(6, 1)
+  lib = occlusion.OccluderLibrary()
+  central = occlusion.block_pixel_masks(SIZE)[np.asarray(occlusion.CENTRAL_BLOCKS)]
+  inexact = {True: 0, False: 0}
+  for exact in (True, False):
+    for i in range(len(faces)):
+      for k, b in enumerate(occlusion.CENTRAL_BLOCKS):
+        _, m, targets = occlusion.occlude_block(faces[i]["image"], b,
+                                                np.random.default_rng([i, k]), lib, 0.5,
+                                                exact=exact, return_targets=True)
+        got = {c for c, f in zip(occlusion.CENTRAL_BLOCKS, occlusion.blocks_occluded(m, central))
+               if f}
+        assert b in got
+        inexact[exact] += got != {t for t in targets if t in occlusion.CENTRAL_BLOCKS}
+  assert inexact[True] == 0
+  assert inexact[False] > 0  # the unconstrained placement does spill onto other blocks
+
+
+def _png(path, alpha: bool):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  path.parent.mkdir(parents=True, exist_ok=True)
+  rgba = np.zeros((10, 20, 4), np.uint8)
+  rgba[2:8, 3:17] = [10, 20, 30, 255]
+  Image.fromarray(rgba if alpha else rgba[..., :3]).save(path)
+
+
+def test_heldout_globs_split_files_and_alpha_is_required(tmp_path):
+  root = tmp_path / "occ"
+  for name in ("mask/a/surgical.png", "mask/a/kn95.png", "sunglasses/b/avi.png"):
+    _png(root / name, alpha=True)
+  held = ("sunglasses/*", "mask/*/surgical*")
+  train = occlusion.OccluderLibrary(str(root), procedural=True, categories=("mask",),
+                                    split="train", heldout=held)
+  test = occlusion.OccluderLibrary(str(root), procedural=False, split="heldout", heldout=held)
+  assert {k: len(v) for k, v in train.images.items()} == {"mask": 1}
+  assert {k: len(v) for k, v in test.images.items()} == {"mask": 1, "sunglasses": 1}
+  with pytest.raises(ValueError, match=r"no occluder of category 'hand'"):
+    train.sample(np.random.default_rng(0), "hand")
+  _png(root / "hat" / "c" / "flat.png", alpha=False)
+  with pytest.raises(ValueError, match=r"flat.png has no transparent pixels"):
+    occlusion.OccluderLibrary(str(root))

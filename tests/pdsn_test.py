@@ -107,3 +107,45 @@ def test_no_differential_ablation_drops_l1_and_feeds_occluded_u():
   config.pdsn.differential, config.pdsn.loss = True, "released"
   rel, (_, ce_r, l1_r, _) = pdsn.pdsn_losses(*args, cfg=config.pdsn, **kw)
   assert not np.allclose(np.asarray(rel), np.asarray(paper))
+
+
+def _ce_by_hand(emb, kernel, labels, scale=30.0, margin=0.35):
+  e = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+  w = kernel / np.linalg.norm(kernel, axis=0, keepdims=True)
+  logits = scale * (e @ w)
+  logits[np.arange(len(labels)), labels] -= scale * margin
+  m = logits.max(1, keepdims=True)
+  lse = m[:, 0] + np.log(np.exp(logits - m).sum(1))
+  return float(np.mean(lse - logits[np.arange(len(labels)), labels]))
+
+
+def test_pdsn_loss_by_hand_both_variants():
+  """CE on F(m * U(x_j)) (the occluded branch), the L1 a mean over every element, lambda 10;
+  the released variant adds the clean branch, each CE weighted 0.5."""
+  config = tiny.get_config()
+  backbone, head, tv = _trunk_vars(config)
+  gens = StackedMaskGenerators(2)
+  rng = np.random.default_rng(3)
+  shape = pdsn.u_shape(config)
+  u_clean = rng.normal(size=(4, *shape)).astype(np.float32)
+  u_occ = u_clean[None] + rng.normal(size=(2, 4, *shape)).astype(np.float32) * [[[[[1.0]]]], [[[[0.2]]]]]
+  v = gens.init(jax.random.key(0), jnp.asarray(u_occ))
+  labels = np.array([0, 3, 5, 11])
+  masks = np.asarray(gens.apply(v, jnp.abs(jnp.asarray(u_occ) - u_clean[None]), False))
+  bvars = {"params": tv["params"]["backbone"], "batch_stats": tv["batch_stats"]}
+  f = lambda u: np.asarray(backbone.apply(bvars, jnp.asarray(u), method="head"))  # noqa: E731
+  kernel = np.asarray(tv["params"]["classifier"]["kernel"])
+  want = {"paper": [], "released": []}
+  for j in range(2):
+    ce_occ = _ce_by_hand(f(masks[j] * u_occ[j]), kernel, labels)
+    ce_clean = _ce_by_hand(f(masks[j] * u_clean), kernel, labels)
+    l1 = float(np.abs(masks[j] * u_clean - masks[j] * u_occ[j]).sum() / masks[j].size)
+    want["paper"].append(ce_occ + 10.0 * l1)
+    want["released"].append(0.5 * ce_clean + 0.5 * ce_occ + 10.0 * l1)
+  assert abs(want["paper"][0] - want["paper"][1]) > 1e-3  # the two generators' inputs differ
+  for variant in ("paper", "released"):
+    config.pdsn.loss = variant
+    got, _ = pdsn.pdsn_losses(v["params"], v["batch_stats"], tv, jnp.asarray(u_clean),
+                              jnp.asarray(u_occ), jnp.asarray(labels), backbone=backbone,
+                              head=head, gens=gens, cfg=config.pdsn, train=False)
+    np.testing.assert_allclose(np.asarray(got), want[variant], rtol=2e-5)

@@ -50,7 +50,9 @@ def test_nan_loss_stops_with_last_good_checkpoint(tmp_path):
       cwd=helpers.REPO, env=helpers.env_with_devices(1), capture_output=True, text=True,
       timeout=600, check=False)
   assert proc.returncode != 0
-  assert "non-finite" in proc.stderr
+  assert "non-finite" in proc.stderr or "diverging" in proc.stderr
+  assert "rerun the same command with a lower learning rate" in proc.stderr or \
+      "no checkpoint was saved yet" in proc.stderr
   ckpt = os.path.join(wd, "trunk", "checkpoints")
   steps = [d for d in os.listdir(ckpt) if d.isdigit()] if os.path.isdir(ckpt) else []
   if steps:  # whatever was saved is finite
@@ -68,3 +70,37 @@ def test_bad_config_value_names_key_and_choices(tmp_path):
                         cwd=helpers.REPO, env=helpers.env_with_devices(1), capture_output=True,
                         text=True, timeout=300, check=False)
   assert proc.returncode != 0 and "nope" in proc.stderr and "allowed" in proc.stderr
+
+
+def test_damaged_latest_checkpoint_falls_back_and_ends_bit_identical(tmp_path):
+  steps = ("--config.trunk.num_steps=6", "--config.trunk.checkpoint_every=2",
+           "--config.trunk.keep_checkpoints=3", "--config.stages=trunk")
+  ref = str(tmp_path / "ref")
+  helpers.run_main(ref, *steps)
+  reference = _params(ref)
+  ckpt = os.path.join(ref, "trunk", "checkpoints")
+  state = os.path.join(ckpt, "6", "state")
+  files = [os.path.join(d, f) for d, _, fs in os.walk(state) for f in fs]
+  biggest = max(files, key=os.path.getsize)
+  with open(biggest, "r+b") as f:  # a crash or a full disk after the rename
+    f.truncate(os.path.getsize(biggest) // 3)
+  resumed = helpers.run_main(ref, *steps)
+  line = [l for l in resumed.stderr.splitlines() if "checkpoint step 6" in l]
+  assert line and "cannot be restored" in line[0] and ckpt in line[0]
+  assert "starting at step 4 (checkpoint)" in resumed.stderr
+  assert os.path.isdir(os.path.join(ckpt, "6.unreadable"))
+  jax.tree.map(np.testing.assert_array_equal, reference, _params(ref))  # steps 5, 6 again
+
+
+def test_divergent_pdsn_run_stops_before_saving(tmp_path):
+  wd = str(tmp_path / "div")
+  proc = subprocess.run(
+      helpers.main_cmd(wd, "--config.stages=trunk,pdsn", "--config.pdsn.learning_rate=1e6",
+                       "--config.pdsn.warmup_steps=0", "--config.pdsn.checkpoint_every=2"),
+      cwd=helpers.REPO, env=helpers.env_with_devices(1), capture_output=True, text=True,
+      timeout=600, check=False)
+  assert proc.returncode != 0
+  assert "[pdsn]" in proc.stderr and "diverging" in proc.stderr
+  assert "no checkpoint was saved yet" in proc.stderr
+  ckpt = os.path.join(wd, "pdsn", "checkpoints")
+  assert not [d for d in os.listdir(ckpt) if d.isdigit()]

@@ -42,7 +42,12 @@ def test_tar_at_far():
   issame = np.concatenate([np.ones(4, bool), np.zeros(1000, bool)])
   # threshold = second highest negative (0.998999); positives above it: all 4.
   assert verification.tar_at_far(scores, issame, 1e-3) == 1.0
-  assert verification.tar_at_far(scores, issame, 1e-9) == 0.5  # above the max negative (1.0)
+  assert verification.tar_at_far(scores, issame, 1.5e-3) == 1.0
+  # fewer than 1/FAR negatives: not resolvable, reported as n/a
+  assert verification.tar_at_far(scores, issame, 1e-4) is None
+  assert verification.tar_at_far(scores[:-1], issame[:-1], 1e-3) is None
+  assert verification.format_tar(None, 999) == "n/a (999 negatives)"
+  assert verification.format_tar(0.5, 1000) == "50.00"
 
 
 def test_generated_pairs_are_balanced_and_valid():

@@ -47,9 +47,10 @@ def read_landmarks(path: str) -> dict[str, np.ndarray | None]:
 
 
 def _readable(path: str) -> bool:
+  """Decodes the whole image: ``verify()`` reads headers only and passes truncated JPEGs."""
   try:
     with Image.open(path) as im:
-      im.verify()
+      im.load()
     return True
   except Exception:  # noqa: BLE001 - any decoder error means unreadable
     return False
@@ -74,14 +75,19 @@ class FolderFaces:
     landmarks: optional TSV (see ``read_landmarks``); images listed there are
       aligned to the 112x96 template, others centre-cropped and resized.
     image_size: (height, width) of the aligned output.
-    skip_bad_images: check every image at start-up and drop unreadable ones
+    skip_bad_images: decode every image at start-up and drop unreadable ones
       (logging the count) instead of failing on first use.
     min_images: identities with fewer images are dropped (logged).
+    require_landmarks: with a landmarks TSV, an image without a row is an error
+      (otherwise it is centre-cropped; the count is logged either way);
+    strict_landmarks: a TSV row naming a file that does not exist is an error
+      (otherwise the count is logged).
   """
 
   def __init__(self, root: str, landmarks: str | None = None,
                image_size: tuple[int, int] = (112, 96), skip_bad_images: bool = False,
-               min_images: int = 1, template: str = "arcface"):
+               min_images: int = 1, template: str = "arcface", require_landmarks: bool = False,
+               strict_landmarks: bool = False):
     if not os.path.isdir(root):
       raise FileNotFoundError(f"face folder root not found: {root}")
     self.root = os.path.abspath(root)
@@ -111,9 +117,29 @@ class FolderFaces:
     if dropped:
       logging.warning("skipped %d unreadable images under %s", dropped, self.root)
     self.skipped_images = dropped
+    if landmarks:
+      self._check_landmarks(landmarks, paths, require_landmarks, strict_landmarks)
     self.paths = paths
     self.labels = np.asarray(labels, np.int32)
     self.description = f"folders:{self.root}"
+
+  def _check_landmarks(self, tsv: str, paths: list[str], require: bool, strict: bool) -> None:
+    known = {os.path.normpath(p) for p in paths}
+    no_row = [p for p in known if p not in self.landmarks]
+    under_root = [k for k in self.landmarks if k.startswith(self.root + os.sep)]
+    missing = [k for k in under_root if not os.path.exists(k)]
+    self.images_without_landmarks, self.rows_for_missing_files = len(no_row), len(missing)
+    if no_row:
+      msg = (f"{len(no_row)} of {len(known)} images under {self.root} have no row in {tsv} "
+             f"(e.g. {sorted(no_row)[0]})")
+      if require:
+        raise ValueError(msg + "; data.folders.require_landmarks=True makes this an error")
+      logging.warning("%s: they are centre-cropped, not aligned", msg)
+    if missing:
+      msg = f"{len(missing)} rows of {tsv} name files that do not exist (e.g. {sorted(missing)[0]})"
+      if strict:
+        raise ValueError(msg + "; data.folders.strict_landmarks=True makes this an error")
+      logging.warning(msg)
 
   @property
   def num_classes(self) -> int:

@@ -85,10 +85,20 @@ class RecordIOFaces:
     header, _ = unpack(self.read(0))
     if len(header) >= 2:  # identity ranges present
       first, end = int(header[0]), int(header[1])
+      # checked against the index before anything is allocated: every image and identity
+      # record the header claims must be indexed
+      top = max(self.index) if self.index else 0
+      if not (1 <= first <= end <= top + 1) or len(self.index) < end - 1:
+        raise RecordIOError(f"{self.rec_path}: header claims images 1..{first - 1} and identity "
+                            f"records {first}..{end - 1}, but {self.idx_path} indexes "
+                            f"{len(self.index)} records (up to {top})")
       self.records = np.arange(1, first)
       labels = np.zeros(len(self.records), np.int32)
       for k, ident in enumerate(range(first, end)):
         lo, hi = (int(v) for v in unpack(self.read(ident))[0][:2])
+        if not 1 <= lo <= hi <= first:
+          raise RecordIOError(f"{self.rec_path}: identity record {ident} spans images "
+                              f"{lo}..{hi - 1}, outside 1..{first - 1}")
         labels[lo - 1:hi - 1] = k
       self.num_classes = end - first
     else:  # no header: every indexed record is an image, label from its header
@@ -149,17 +159,55 @@ def decode(data: bytes, image_size: tuple[int, int] | None = None) -> np.ndarray
   return a
 
 
+# What a verification .bin may name: bytes written by Python 3 under protocol 2 and numpy
+# bool arrays. Any other global (os.system, builtins.eval, ...) is refused: reading the
+# file can never run code from it.
+_BIN_GLOBALS = {("_codecs", "encode"), ("numpy", "ndarray"), ("numpy", "dtype"),
+                ("numpy.core.multiarray", "_reconstruct"),
+                ("numpy._core.multiarray", "_reconstruct"),
+                ("builtins", "bytearray"), ("__builtin__", "bytearray")}
+
+
+class UnsafeFileError(ValueError):
+  pass
+
+
+class _SafeUnpickler(pickle.Unpickler):
+  def __init__(self, f, path: str):
+    super().__init__(f, encoding="bytes")
+    self.path = path
+
+  def find_class(self, module: str, name: str):
+    if (module, name) in _BIN_GLOBALS:
+      return super().find_class(module, name)
+    raise UnsafeFileError(f"{self.path}: refusing pickle global {module}.{name}: a verification "
+                          ".bin holds only encoded images (bytes) and issame bools")
+
+
 def read_verification_bin(path: str, image_size: tuple[int, int] | None = None):
   """(images (2P, H, W, 3) uint8, pairs (P, 2), issame (P,)) of an insightface .bin file."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"verification file not found: {path}")
   try:
     with open(path, "rb") as f:
-      bins, issame = pickle.load(f, encoding="bytes")
+      bins, issame = _SafeUnpickler(f, path).load()
+  except UnsafeFileError:
+    raise
   except Exception as e:  # noqa: BLE001
-    raise ValueError(f"{path}: not an insightface verification .bin ({e})") from None
+    raise ValueError(f"{path}: not an insightface verification .bin ({type(e).__name__}: "
+                     f"{e})") from None
+  if not all(isinstance(b, (bytes, bytearray)) for b in bins):
+    raise ValueError(f"{path}: images must be encoded bytes, found "
+                     f"{sorted({type(b).__name__ for b in bins})}")
   if len(bins) != 2 * len(issame):
     raise ValueError(f"{path}: {len(bins)} images for {len(issame)} pairs (need 2 per pair)")
-  images = np.stack([decode(bytes(b), image_size) for b in bins])
+  images = []
+  for i, b in enumerate(bins):
+    try:
+      images.append(decode(bytes(b), image_size))
+    except Exception as e:  # noqa: BLE001
+      raise ValueError(f"{path}: image {i} (pair {i // 2}) cannot be decoded: "
+                       f"{type(e).__name__}: {e}") from None
+  images = np.stack(images)
   pairs = np.arange(len(bins)).reshape(-1, 2)
   return images, pairs, np.asarray(issame, bool)

@@ -11,6 +11,7 @@ the block that is covered (intersection over the block's area);
 ``overlap="iou"`` gives the literal definition.
 """
 
+import fnmatch
 import functools
 import os
 
@@ -137,11 +138,18 @@ class OccluderLibrary:
   SPLITS = ("all", "train", "heldout")
 
   def __init__(self, root: str = "", procedural: bool = True, categories=CATEGORIES,
-               split: str = "all", heldout_every: int = 4, face_template: str = "arcface"):
-    """``split``: "train" drops every ``heldout_every``-th file of each folder (sorted by
-    path), "heldout" keeps only those, so a detector can be scored on unseen occluders."""
+               split: str = "all", heldout_every: int = 4, face_template: str = "arcface",
+               heldout: tuple = ()):
+    """``split``: "train" drops the held-out files, "heldout" keeps only those, so models can
+    be scored on occluders no training stage saw. Held out are the files matching a glob of
+    ``heldout`` (paths relative to ``root``, e.g. "sunglasses/*/*.png"), or, when it is
+    empty, every ``heldout_every``-th file of each folder (sorted by path).
+    ``categories``: the procedural occluders' categories (with ``procedural``)."""
     if split not in self.SPLITS:
       raise ValueError(f"occluder split {split!r} is not one of {self.SPLITS}")
+    bad = [c for c in categories if c not in CATEGORIES]
+    if bad:
+      raise ValueError(f"procedural occluder categories {bad} are not among {CATEGORIES}")
     self.images: dict[str, list[np.ndarray]] = {}
     self.face_template = face_template  # the alignment of the faces it occludes (placement.py)
     self.procedural = procedural
@@ -157,17 +165,27 @@ class OccluderLibrary:
         pngs = sorted(os.path.join(d, f) for d, _, files in os.walk(path) for f in files
                       if f.lower().endswith(".png"))
         if split != "all":
-          held = lambda i: i % heldout_every == heldout_every - 1  # noqa: E731
-          pngs = [p for i, p in enumerate(pngs) if held(i) == (split == "heldout")]
+          if heldout:
+            held = lambda i, p: any(fnmatch.fnmatch(os.path.relpath(p, root), g)  # noqa: E731
+                                    for g in heldout)
+          else:
+            held = lambda i, p: i % heldout_every == heldout_every - 1  # noqa: E731
+          pngs = [p for i, p in enumerate(pngs) if held(i, p) == (split == "heldout")]
         for full in pngs:
           try:
             with Image.open(full) as im:
+              has_alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
               rgba = np.asarray(im.convert("RGBA"))
           except Exception as e:  # noqa: BLE001
             raise ValueError(f"cannot read occluder {full}: {e}") from None
+          if not has_alpha or rgba[..., 3].min() == 255:
+            raise ValueError(f"occluder {full} has no transparent pixels (mode {im.mode}): it "
+                             "would paste as an opaque rectangle; cut it out with an alpha "
+                             "channel")
           self.images.setdefault(cat, []).append(_crop_to_alpha(rgba))
-      if not self.images:
-        raise ValueError(f"no PNG occluders under {root}")
+      if not self.images and not (split == "train" and procedural):
+        raise ValueError(f"no PNG occluders under {root} (split {split!r}, held out: "
+                         f"{list(heldout) or f'every {heldout_every}th file'})")
     if not procedural and not self.images:
       raise ValueError("an occluder library needs occluder_dir or procedural=True")
 
@@ -181,6 +199,9 @@ class OccluderLibrary:
     cats = self.available()
     cat = category if category is not None else cats[rng.integers(len(cats))]
     files = self.images.get(cat, [])
+    if not files and not (self.procedural and cat in self.categories):
+      raise ValueError(f"no occluder of category {cat!r}: no files of it here and its "
+                       f"procedural drawing is off (procedural categories {self.categories})")
     use_file = files and (not self.procedural or cat not in self.categories or rng.uniform() < 0.5)
     if use_file:
       return cat, files[rng.integers(len(files))]
@@ -226,24 +247,38 @@ def paste(image: np.ndarray, occluder: np.ndarray, box: tuple[float, float, floa
   return out, mask
 
 
-def occlude_block(image: np.ndarray, block: int, rng: np.random.Generator,
-                  library: OccluderLibrary, neighbour_prob: float = 0.0,
-                  min_overlap: float = 0.5, overlap: str = "coverage",
-                  grid: int = GRID, category: str | None = None, max_tries: int = 8):
-  """Covers ``block`` (overlap >= ``min_overlap``) and, with ``neighbour_prob``, one 4-neighbour.
-
-  Returns (image, bool mask). If no random placement reaches the overlap in
-  ``max_tries``, a textured rectangle is pasted on the block itself.
-  """
-  size = image.shape[:2]
-  boxes = block_boxes(size, grid)
-  blocks = _block_masks_cached(tuple(size), grid)  # per face x 9 blocks: build once
+def intended_blocks(block: int, rng: np.random.Generator, neighbour_prob: float,
+                    grid: int = GRID) -> list[int]:
+  """[block] and, with probability ``neighbour_prob``, one of its 4-neighbours (drawn)."""
   targets = [block]
   if neighbour_prob > 0 and rng.uniform() < neighbour_prob:
     r, c = divmod(block, grid)
     nbrs = [(r + dr) * grid + c + dc for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1))
             if 0 <= r + dr < grid and 0 <= c + dc < grid]
     targets.append(nbrs[rng.integers(len(nbrs))])
+  return targets
+
+
+def occlude_block(image: np.ndarray, block: int, rng: np.random.Generator,
+                  library: OccluderLibrary, neighbour_prob: float = 0.0,
+                  min_overlap: float = 0.5, overlap: str = "coverage",
+                  grid: int = GRID, category: str | None = None, max_tries: int = 8,
+                  exact: bool = True, return_targets: bool = False):
+  """Covers ``block`` (overlap >= ``min_overlap``) and, with ``neighbour_prob``, one 4-neighbour.
+
+  ``exact``: a placement is kept only if no other generator block reaches ``min_overlap``,
+  so that the sample flags exactly the intended blocks under the FDM rule (an occluder
+  up to 1.6x a block's height and 2.5x its width otherwise covers a second central block
+  in about 30% of samples, and item j would learn its neighbours' corruption too).
+  Returns (image, bool mask) [, the intended blocks]. If no random placement qualifies
+  in ``max_tries``, a textured rectangle is pasted on the block itself.
+  """
+  size = image.shape[:2]
+  boxes = block_boxes(size, grid)
+  blocks = _block_masks_cached(tuple(size), grid)  # per face x 9 blocks: build once
+  targets = intended_blocks(block, rng, neighbour_prob, grid)
+  others = np.asarray([b for b in (CENTRAL_BLOCKS if grid == GRID else range(grid * grid))
+                       if b not in targets])
   out, mask = image, np.zeros(size, bool)
   for b in targets:
     y0, x0, y1, x1 = boxes[b]
@@ -259,13 +294,16 @@ def occlude_block(image: np.ndarray, block: int, rng: np.random.Generator,
       cx = (x0 + x1) / 2 + rng.uniform(-0.25, 0.25) * bw
       cand, m = paste(out, occ, (cy - hh / 2, cx - ww / 2, cy + hh / 2, cx + ww / 2),
                       rng.uniform(-15, 15))
-      if block_overlap(m, blocks[b:b + 1], overlap)[0] >= min_overlap:
-        out, mask, placed = cand, mask | m, True
-        break
+      if not blocks_occluded(m, blocks[b:b + 1], min_overlap, overlap)[0]:
+        continue
+      if exact and blocks_occluded(mask | m, blocks[others], min_overlap, overlap).any():
+        continue
+      out, mask, placed = cand, mask | m, True
+      break
     if not placed:
       out, m = paste(out, procedural_occluder("object", rng), (y0, x0, y1, x1))
       mask = mask | m
-  return out, mask
+  return (out, mask, targets) if return_targets else (out, mask)
 
 
 def random_occlusion(image: np.ndarray, rng: np.random.Generator, library: OccluderLibrary,
@@ -287,15 +325,16 @@ class OccludeEveryBlock:
   one per generator block, to a record with a clean ``image`` (picklable)."""
 
   def __init__(self, library: OccluderLibrary, blocks=CENTRAL_BLOCKS, neighbour_prob=0.5,
-               min_overlap=0.5, overlap="coverage"):
+               min_overlap=0.5, overlap="coverage", exact=True):
     self.library, self.blocks = library, tuple(blocks)
     self.neighbour_prob, self.min_overlap, self.overlap = neighbour_prob, min_overlap, overlap
+    self.exact = exact
 
   def __call__(self, rec: dict, rng: np.random.Generator) -> dict:
     occ, masks = [], []
     for b in self.blocks:
       o, m = occlude_block(rec["image"], b, rng, self.library, self.neighbour_prob,
-                           self.min_overlap, self.overlap)
+                           self.min_overlap, self.overlap, exact=self.exact)
       occ.append(o)
       masks.append(m)
     rec["occluded"] = np.stack(occ)

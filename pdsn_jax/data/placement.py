@@ -67,18 +67,21 @@ def occluded_block_flags(mask: np.ndarray, threshold: float = 0.5,
 class RandomOcclusion:
   """grain transform for fine-tuning: with probability ``1 - clean_prob`` the face is occluded
   by a random condition; adds ``blocks`` (9 bool flags: all False for clean faces) and
-  ``occluded_fraction`` (picklable)."""
+  ``occluded_fraction``, and with ``keep_clean`` the unoccluded ``clean`` image (picklable)."""
 
   def __init__(self, library: occlusion.OccluderLibrary, clean_prob: float = 0.25,
-               conditions=CONDITIONS, threshold: float = 0.5, overlap: str = "coverage"):
+               conditions=CONDITIONS, threshold: float = 0.5, overlap: str = "coverage",
+               keep_clean: bool = False):
     bad = [c for c in conditions if c not in CONDITIONS]
     if bad or not conditions:
       raise ValueError(f"finetune.conditions={tuple(conditions)!r}: allowed {CONDITIONS}")
     self.library, self.clean_prob, self.conditions = library, clean_prob, tuple(conditions)
-    self.threshold, self.overlap = threshold, overlap
+    self.threshold, self.overlap, self.keep_clean = threshold, overlap, keep_clean
 
   def __call__(self, rec: dict, rng: np.random.Generator) -> dict:
     h, w = rec["image"].shape[:2]
+    if self.keep_clean:
+      rec["clean"] = rec["image"]
     mask = np.zeros((h, w), bool)
     if rng.uniform() >= self.clean_prob:
       cond = self.conditions[rng.integers(len(self.conditions))]

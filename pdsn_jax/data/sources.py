@@ -34,16 +34,20 @@ class Subset:
     return rec
 
 
-def split_identities(source, num_heldout: int):
-  """(train, held-out) subsets: the last ``num_heldout`` identities are held out."""
+def split_identities(source, num_heldout: int, num_distractor: int = 0):
+  """(train, held-out, distractor) subsets: the last ``num_heldout`` identities are held out,
+  the ``num_distractor`` before them are distractors; no stage trains on either."""
   labels = np.asarray(source.labels)
   k = source.num_classes
-  if not 0 < num_heldout < k:
-    raise ValueError(f"data.folders.heldout_identities={num_heldout} must be in [1, {k - 1}] "
-                     f"for a set of {k} identities")
+  if not 0 < num_heldout or not 0 <= num_distractor or num_heldout + num_distractor >= k:
+    raise ValueError(f"data.*.heldout_identities={num_heldout} and distractor_identities="
+                     f"{num_distractor} must be >= 1 and >= 0 and leave training identities in "
+                     f"a set of {k}")
   cut = k - num_heldout
-  return (Subset(source, np.flatnonzero(labels < cut)),
-          Subset(source, np.flatnonzero(labels >= cut)))
+  train_cut = cut - num_distractor
+  return (Subset(source, np.flatnonzero(labels < train_cut)),
+          Subset(source, np.flatnonzero(labels >= cut)),
+          Subset(source, np.flatnonzero((labels >= train_cut) & (labels < cut))))
 
 
 def build(cfg: ml_collections.ConfigDict):
@@ -69,15 +73,15 @@ def build(cfg: ml_collections.ConfigDict):
     if not f.root:
       raise ValueError("data.source='folders' needs data.folders.root")
     src = FolderFaces(f.root, f.landmarks or None, size, f.skip_bad_images, f.min_images,
-                      cfg.alignment)
-    return split_identities(src, f.heldout_identities)
+                      cfg.alignment, f.require_landmarks, f.strict_landmarks)
+    return split_identities(src, f.heldout_identities, f.distractor_identities)[:2]
   if cfg.source == "recordio":
     from pdsn_jax.data.insightface import RecordIOFaces  # pylint: disable=g-import-not-at-top
     r = cfg.recordio
     if not r.path:
       raise ValueError("data.source='recordio' needs data.recordio.path (a train.rec)")
     src = RecordIOFaces(r.path, r.index or None, size)
-    return split_identities(src, r.heldout_identities)
+    return split_identities(src, r.heldout_identities, r.distractor_identities)[:2]
   raise ValueError(f"data.source={cfg.source!r} is not one of {SOURCES}")
 
 
@@ -85,8 +89,9 @@ def build_eval(cfg: ml_collections.ConfigDict, num_distractors: int):
   """(held-out source, distractor source) for the evaluation protocols.
 
   Synthetic: the held-out identities, and ``num_distractors`` further identities
-  (one image each) past every training and held-out one. Folders: the held-out
-  identities, and up to ``num_distractors`` images spread over the training identities.
+  (one image each) past every training and held-out one. Folders / RecordIO: the held-out
+  identities, and up to ``num_distractors`` images spread over the
+  ``distractor_identities`` set aside from training (never training images).
   """
   size = tuple(cfg.image_size)
   if cfg.source == "synthetic":
@@ -97,8 +102,14 @@ def build_eval(cfg: ml_collections.ConfigDict, num_distractors: int):
                                  s.num_identities + s.eval_identities, size)
     return heldout, (distractors if num_distractors > 0 else Subset(distractors, []))
   train, heldout = build(cfg)
-  pick = np.linspace(0, len(train) - 1, min(num_distractors, len(train))).astype(np.int64)
-  return heldout, Subset(train, np.unique(pick) if num_distractors > 0 else pick[:0])
+  sub = cfg.folders if cfg.source == "folders" else cfg.recordio
+  pool = split_identities(train.source, sub.heldout_identities, sub.distractor_identities)[2]
+  if num_distractors > 0 and len(pool) == 0:
+    raise ValueError(f"eval.num_distractors={num_distractors} needs faces no stage trains on: "
+                     f"set data.{cfg.source}.distractor_identities > 0 (or num_distractors=0)")
+  pick = np.linspace(0, len(pool) - 1, min(num_distractors, len(pool))).astype(np.int64)
+  return heldout, Subset(pool.source, pool.indices[np.unique(pick)] if num_distractors > 0
+                         else pick[:0])
 
 
 def load_pair_images(pairs: list[tuple[str, str]], root: str, landmarks: str,

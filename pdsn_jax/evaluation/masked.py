@@ -63,7 +63,9 @@ class Embedder:
 
   ``variables`` and ``table`` (the (J, h, w, c) dictionary items the flags
   select, binary or soft) are passed already replicated (``parallel.put_replicated``).
-  A row with no flagged block gets the all-ones mask, i.e. the plain embedding.
+  A row with no flagged block gets the all-ones mask, i.e. the plain embedding; with
+  ``clean_variables`` such a row is embedded by that network instead (a fine-tuned F used
+  only under an FDM, the trunk's own F elsewhere).
   """
 
   def __init__(self, backbone, mesh, batch_size: int, normalize_fn: Callable):
@@ -78,7 +80,13 @@ class Embedder:
       del rng
       masks = fdm.compose(batch["flags"], state["table"])
       head = functools.partial(backbone.apply, state["variables"], method="head")
-      return state, masked_embeddings(head, batch["u"], masks)
+      e = masked_embeddings(head, batch["u"], masks)
+      if "clean_variables" in state:
+        plain = masked_embeddings(
+            functools.partial(backbone.apply, state["clean_variables"], method="head"),
+            batch["u"], jnp.ones((), batch["u"].dtype))
+        e = jnp.where(jnp.any(batch["flags"], axis=-1, keepdims=True), e, plain)
+      return state, e
 
     self._features = parallel.data_parallel(features_step, mesh, donate_state=False,
                                             batch_out=True)
@@ -107,18 +115,22 @@ class Embedder:
       out.append(np.asarray(parallel.fetch(u))[:real])
     return np.concatenate(out)
 
-  def embed_device(self, variables, table, u: np.ndarray, flags: np.ndarray):
+  def embed_device(self, variables, table, u: np.ndarray, flags: np.ndarray,
+                   clean_variables=None):
     """Yields (embeddings split over the mesh, number of real rows) per global batch."""
     flags = np.broadcast_to(np.asarray(flags, bool), (len(u), np.shape(flags)[-1]))
     state = {"variables": variables, "table": table}
+    if clean_variables is not None:
+      state["clean_variables"] = clean_variables
     for batch, real in self._batches({"u": u, "flags": np.ascontiguousarray(flags)}):
       _, e = self._embed(state, batch, self._key)
       yield e, real
 
-  def embed(self, variables, table, u: np.ndarray, flags: np.ndarray) -> np.ndarray:
+  def embed(self, variables, table, u: np.ndarray, flags: np.ndarray,
+            clean_variables=None) -> np.ndarray:
     """L2-normalised F(M * U) per row, M composed from the row's flags; host float32."""
-    return np.concatenate([np.asarray(parallel.fetch(e))[:real]
-                           for e, real in self.embed_device(variables, table, u, flags)])
+    return np.concatenate([np.asarray(parallel.fetch(e))[:real] for e, real in
+                           self.embed_device(variables, table, u, flags, clean_variables)])
 
 
 def _top1_step(probes: jax.Array, gallery: jax.Array, valid: jax.Array):
@@ -142,7 +154,8 @@ def _top1_fn(mesh):
 
 
 def top1_search(embedder: Embedder, variables, table, gallery_u: np.ndarray,
-                probe_u: np.ndarray, probe_flags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                probe_u: np.ndarray, probe_flags: np.ndarray,
+                clean_variables=None) -> tuple[np.ndarray, np.ndarray]:
   """(best score, best gallery index) per probe under the probe's FDM, gallery sharded.
 
   Probes are grouped by block pattern; for each pattern the gallery's U streams
@@ -154,7 +167,7 @@ def top1_search(embedder: Embedder, variables, table, gallery_u: np.ndarray,
   """
   top1 = _top1_fn(embedder.mesh)
   probe_flags = np.asarray(probe_flags, bool)
-  probe_emb = embedder.embed(variables, table, probe_u, probe_flags)
+  probe_emb = embedder.embed(variables, table, probe_u, probe_flags, clean_variables)
   best = np.full(len(probe_u), -np.inf, np.float32)
   arg = np.zeros(len(probe_u), np.int64)
   patterns, inverse = np.unique(probe_flags, axis=0, return_inverse=True)
@@ -166,7 +179,8 @@ def top1_search(embedder: Embedder, variables, table, gallery_u: np.ndarray,
     padded[:len(rows)] = probe_emb[rows]
     probes = parallel.put_replicated(padded, embedder.mesh)
     offset = 0
-    for emb, real in embedder.embed_device(variables, table, gallery_u, pattern[None]):
+    for emb, real in embedder.embed_device(variables, table, gallery_u, pattern[None],
+                                           clean_variables):
       valid = np.arange(embedder.batch) < real
       pc, pi = jax.process_count(), jax.process_index()
       local = embedder.batch // pc

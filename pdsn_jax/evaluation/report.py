@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pdsn_jax.data import occlusion
+from pdsn_jax.evaluation import verification
 
 RESULTS_MD, RESULTS_JSON = "results.md", "results.json"
 _COLOURS = [(90, 90, 90), (230, 150, 40), (40, 110, 200), (40, 170, 90), (180, 60, 160)]
@@ -32,7 +33,7 @@ def _verification_table(models: dict) -> list[str]:
   rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name, r in models.items():
     cells = [name, f"{_pct(r['clean']['accuracy'])} ± {_pct(r['clean']['std'])}",
-             _pct(r["clean"]["tar_at_far_1e-3"])]
+             verification.format_tar(r["clean"]["tar_at_far_1e-3"], r["clean"]["negatives"])]
     cells += [f"{_pct(r['occluded'][c]['accuracy'])} ± {_pct(r['occluded'][c]['std'])}"
               for c in conds]
     cells.append(_pct(_occ_mean(r)))
@@ -77,6 +78,7 @@ def markdown(results: dict) -> str:
            f"{results['occlusion_source']}. Test occluders: {results.get('test_occluders', '')}. All numbers in %; verification is 10-fold accuracy "
            "(threshold chosen on the other 9 folds) ± std over folds; the second image of "
            "every pair is occluded in the occluded columns; identification is rank-1.", ""]
+  lines += [f"Note: {n}" for n in results.get("notes", [])] + ([""] if results.get("notes") else [])
   if results.get("missing"):
     lines += [f"Left out (their stage did not run): {', '.join(results['missing'])}.", ""]
   if m:
@@ -178,3 +180,26 @@ def write(results: dict, sets, flags: dict, workdir: str) -> list[str]:
     paths.append(bar_figure(results["models"],
                             os.path.join(workdir, "evaluate", "occluded_verification.png")))
   return paths
+
+
+def compare(workdirs: list[str]) -> str:
+  """A markdown table of every model's clean and occluded verification accuracy across runs
+  (each ``<workdir>/results.json``): ``python -m pdsn_jax.evaluation.report RUN [RUN ...]``."""
+  rows, conds = [], None
+  for wd in workdirs:
+    with open(os.path.join(wd, RESULTS_JSON), encoding="utf-8") as f:
+      res = json.load(f)
+    for name, r in res["models"].items():
+      conds = conds or list(r["occluded"])
+      rows.append([os.path.basename(os.path.normpath(wd)), name, _pct(r["clean"]["accuracy"])] +
+                  [_pct(r["occluded"][c]["accuracy"]) for c in conds] + [_pct(_occ_mean(r))])
+  head = ["run", "model", "clean"] + (conds or []) + ["occluded mean"]
+  return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
+                   ["| " + " | ".join(r) + " |" for r in rows])
+
+
+if __name__ == "__main__":
+  import sys  # pylint: disable=g-import-not-at-top
+  if len(sys.argv) < 2:
+    sys.exit("usage: python -m pdsn_jax.evaluation.report RUN_DIR [RUN_DIR ...]")
+  print(compare(sys.argv[1:]))

@@ -34,17 +34,25 @@ def ten_fold_accuracy(scores: np.ndarray, issame: np.ndarray, num_folds: int = 1
           "fold_accuracy": accs.tolist(), "thresholds": thresholds}
 
 
-def tar_at_far(scores: np.ndarray, issame: np.ndarray, far: float = 1e-3) -> float:
-  """True accept rate at the threshold whose false accept rate is at most ``far``."""
+def tar_at_far(scores: np.ndarray, issame: np.ndarray, far: float = 1e-3) -> float | None:
+  """True accept rate at the threshold whose false accept rate is at most ``far``; None when
+  there are fewer than 1/far negatives (the FAR cannot be resolved: write ``format_tar``)."""
   scores = np.asarray(scores, np.float64)
   issame = np.asarray(issame, bool)
   neg = np.sort(scores[~issame])[::-1]
   pos = scores[issame]
   if len(neg) == 0 or len(pos) == 0:
     raise ValueError("TAR@FAR needs both matched and mismatched pairs")
+  if len(neg) < int(np.ceil(1.0 / far - 1e-9)):
+    return None
   k = int(np.floor(far * len(neg)))  # number of negatives allowed above the threshold
   thr = neg[k] if k < len(neg) else -np.inf
   return float(np.mean(pos > thr))
+
+
+def format_tar(tar: float | None, negatives: int) -> str:
+  """Percent, or "n/a (N negatives)" when the pairs cannot resolve the FAR."""
+  return f"{100 * tar:.2f}" if tar is not None else f"n/a ({negatives} negatives)"
 
 
 def cosine_scores(emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:

@@ -278,6 +278,10 @@ class DlibResNet(nn.Module):
     self.fc = nn.Dense(self.embedding_dim, use_bias=False, dtype=self.dtype)
     self.unused = self.variable("batch_stats", "unused", lambda: jnp.zeros(()))
 
+  def head_params(self) -> tuple[str, ...]:
+    """Top-level parameter names of F: the blocks after U and the dense layer."""
+    return tuple(f"block{i}" for i in range(self.u_block + 1, NUM_BLOCKS)) + ("fc",)
+
   def features(self, images: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     """U from images normalised as (x - 127.5) / 128 (converted to dlib's (x - mean) / 256)."""
     del train

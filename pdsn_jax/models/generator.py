@@ -32,16 +32,23 @@ class Conv3x3(nn.Module):
 
 
 class MaskGenerator(nn.Module):
-  """Maps a (B, H, W, C) feature difference to a soft mask of the same shape."""
+  """Maps a (B, H, W, C) feature difference to a soft mask of the same shape.
+
+  ``bias_init``: the BN shift before the sigmoid starts here, so the first masks are about
+  sigmoid(bias_init) (0: 0.5 everywhere, which halves U and makes F's classification poor
+  until the shift has been learned; 2: about 0.88, "keep almost everything").
+  """
 
   bn_axis_name: Any = None
+  bias_init: float = 0.0
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     c = x.shape[-1]
     y = Conv3x3(c, name="conv")(x)
     y = PReLU(name="prelu")(y)
-    y = nn.BatchNorm(momentum=0.9, epsilon=1e-5, axis_name=self.bn_axis_name, name="bn")(
+    y = nn.BatchNorm(momentum=0.9, epsilon=1e-5, axis_name=self.bn_axis_name,
+                     bias_init=nn.initializers.constant(self.bias_init), name="bn")(
         y, use_running_average=not train)
     return nn.sigmoid(y)
 
@@ -54,10 +61,11 @@ class StackedMaskGenerators(nn.Module):
 
   num: int = 9
   bn_axis_name: Any = None
+  bias_init: float = 0.0
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     vmapped = nn.vmap(
         MaskGenerator, variable_axes={"params": 0, "batch_stats": 0},
         split_rngs={"params": True}, in_axes=(0, None), out_axes=0, axis_size=self.num)
-    return vmapped(self.bn_axis_name, name="generators")(x, train)
+    return vmapped(self.bn_axis_name, self.bias_init, name="generators")(x, train)

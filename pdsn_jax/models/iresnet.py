@@ -98,6 +98,10 @@ class IResNet(nn.Module):
     # insightface freezes this BN's scale at 1.
     self.embedding_bn = _bn("embedding_bn", self.bn_axis_name, self.dtype, use_scale=False)
 
+  def head_params(self) -> tuple[str, ...]:
+    """Top-level parameter names of F (``finetune.trainable="head"`` trains only these)."""
+    return ("head_bn", "fc", "embedding_bn")
+
   def features(self, images: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     """Top conv feature U (B, H/16, W/16, C) from images normalised to about [-1, 1]."""
     x = self.stem_conv(images.astype(self.dtype))

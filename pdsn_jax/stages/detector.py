@@ -165,11 +165,12 @@ def heldout_sets(config) -> dict:
   libs = {"seen occluders": occlusion.OccluderLibrary(o.occluder_dir, o.procedural,
                                                       split="train" if o.occluder_dir else "all",
                                                       heldout_every=config.detector.heldout_every,
-                                                      face_template=config.data.alignment)}
+                                                      face_template=config.data.alignment,
+                                                      heldout=tuple(o.heldout))}
   if o.occluder_dir:
     libs["unseen occluder files"] = occlusion.OccluderLibrary(
         o.occluder_dir, False, split="heldout", heldout_every=config.detector.heldout_every,
-        face_template=config.data.alignment)
+        face_template=config.data.alignment, heldout=tuple(o.heldout))
   out = {}
   for k, (name, lib) in enumerate(libs.items()):
     t = DetectorOcclusion(lib, clean_prob=0.1)
@@ -206,7 +207,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   library = occlusion.OccluderLibrary(o.occluder_dir, o.procedural,
                                       split="train" if o.occluder_dir else "all",
                                       heldout_every=cfg.heldout_every,
-                                      face_template=config.data.alignment)
+                                      face_template=config.data.alignment,
+                                      heldout=tuple(o.heldout))
   flip = (pipeline.RandomFlip(),) if config.data.flip else ()
   ds = pipeline.train_dataset(train_src, cfg.batch_size, config.seed + 4, pindex, pcount,
                               flip + (DetectorOcclusion(library, cfg.clean_prob),))
@@ -228,7 +230,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = loop.train_loop(stage=STAGE, state=state, step_fn=step_fn, data_iter=data_iter,
                             mesh=mesh, mgr=mgr, writer=writer, root=loop.stage_root_key(
                                 state, mesh, config.prng_impl), start=start, total=steps,
-                            images_per_step=cfg.batch_size, log_every=cfg.log_every)
+                            images_per_step=cfg.batch_size, log_every=cfg.log_every,
+                            max_growth=config.max_param_norm_growth)
   finally:
     mgr.close()
   variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})

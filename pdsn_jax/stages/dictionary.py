@@ -57,19 +57,48 @@ def binarize(mean_masks: jax.Array, tau: float) -> jax.Array:
   return (ranks >= k).astype(jnp.uint8).reshape(mean_masks.shape)
 
 
+def and_discard_shares(fdms: np.ndarray, blocks=occlusion.CENTRAL_BLOCKS,
+                       grid: int = occlusion.GRID) -> dict:
+  """Share of U discarded by one item and by the AND of every 2 and 3 adjacent items
+  (4-connected sets of generator blocks): mean, min, max over the sets."""
+  pos = {b: divmod(b, grid) for b in blocks}
+  adjacent = lambda a, b: abs(pos[a][0] - pos[b][0]) + abs(pos[a][1] - pos[b][1]) == 1  # noqa
+  idx = {b: i for i, b in enumerate(blocks)}
+  pairs = [(a, b) for i, a in enumerate(blocks) for b in blocks[i + 1:] if adjacent(a, b)]
+  triples = sorted({tuple(sorted((a, b, c))) for a, b in pairs for c in blocks
+                    if c not in (a, b) and (adjacent(a, c) or adjacent(b, c))})
+  out = {}
+  for name, sets in (("1", [(b,) for b in blocks]), ("2_adjacent", pairs),
+                     ("3_connected", triples)):
+    shares = [1.0 - float(np.prod([fdms[idx[b]] for b in s], axis=0).mean()) for s in sets]
+    out[name] = {"mean": round(float(np.mean(shares)), 4), "min": round(min(shares), 4),
+                 "max": round(max(shares), 4), "sets": len(sets)}
+  return out
+
+
 def mask_step(carry: dict, batch: dict, rng: jax.Array, *, backbone, gens, differential: bool):
-  """Per-device: generator masks for the batch, min-max, psum-ed sum into the running mean."""
+  """Per-device: generator masks for the batch, min-max, psum-ed sum into the running mean;
+  also the running means of |U(x_j) - U(x)| and |U(x)| (the not-learned reference)."""
   del rng
   state = carry["state"]
   u_clean, u_occ = pdsn_stage.frozen_features(state["trunk"], batch, backbone)
-  gen_in = jnp.abs(u_occ - u_clean[None]) if differential else u_occ
+  diff = jnp.abs(u_occ - u_clean[None])
+  gen_in = diff if differential else u_occ
   masks = gens.apply({"params": state["params"], "batch_stats": state["batch_stats"]}, gen_in,
                      False)  # (J, B, h, w, c)
-  local_sum = minmax(masks).sum(axis=1)
   n = jax.lax.psum(jnp.float32(masks.shape[1]), parallel.AXIS)
-  batch_mean = jax.lax.psum(local_sum, parallel.AXIS) / n
-  mean, count = merge_mean(carry["mean"], carry["count"], batch_mean, n)
-  return {**carry, "mean": mean, "count": count}, count
+  batch_mean = lambda x: jax.lax.psum(x.sum(axis=-4), parallel.AXIS) / n  # noqa: E731
+  mean, count = merge_mean(carry["mean"], carry["count"], batch_mean(minmax(masks)), n)
+  change, _ = merge_mean(carry["change"], carry["count"], batch_mean(diff), n)
+  level, _ = merge_mean(carry["level"], carry["count"], batch_mean(jnp.abs(u_clean)), n)
+  return {**carry, "mean": mean, "count": count, "change": change, "level": level}, count
+
+
+def relative_change_scores(change: np.ndarray, level: np.ndarray) -> np.ndarray:
+  """Keep-scores of the not-learned reference dictionary: minus the mean relative change
+  E|U(x_j) - U(x)| / E|U(x)| per element (``binarize`` drops the lowest, i.e. the most
+  changed). The paper's MED (Eq. 1) per element instead of per channel."""
+  return -(change / (level[None] + 1e-6))
 
 
 def median_relative_change(backbone, trunk: dict, local_batch: dict) -> np.ndarray:
@@ -91,13 +120,22 @@ def load_generators(workdir: str, generators: str = pdsn_stage.STAGE) -> dict:
   return checkpointing.load_variables(path, keys=("params", "batch_stats", "trunk"))
 
 
-def export(path: str, mean_masks: np.ndarray, fdms: np.ndarray, meta: dict) -> None:
-  """Bit-packed FDMs + float32 means (the tau sweep re-binarises them) + metadata in one .npz."""
+def export(path: str, mean_masks: np.ndarray, fdms: np.ndarray, meta: dict,
+           change_scores: np.ndarray | None = None) -> None:
+  """Bit-packed FDMs + float32 means (the tau sweep re-binarises them) + metadata in one .npz,
+  and the not-learned reference's keep-scores."""
   tmp = path + ".tmp.npz"
+  extra = {} if change_scores is None else {"change_scores": change_scores.astype(np.float32)}
   np.savez_compressed(tmp, fdm_bits=np.packbits(fdms.astype(bool).reshape(-1)),
                       fdm_shape=np.asarray(fdms.shape), mean_masks=mean_masks.astype(np.float32),
-                      metadata=np.asarray(json.dumps(meta)))
+                      metadata=np.asarray(json.dumps(meta)), **extra)
   os.replace(tmp, path)
+
+
+def load_change_scores(path: str) -> np.ndarray | None:
+  """The not-learned reference's keep-scores (``relative_change_scores``), if stored."""
+  with np.load(path) as z:
+    return z["change_scores"] if "change_scores" in z else None
 
 
 def load_dictionary(path: str) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -130,7 +168,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str = STAGE,
   o = config.occlusion
   transform = occlusion.OccludeEveryBlock(pdsn_stage.occluder_library(config),
                                           occlusion.CENTRAL_BLOCKS, o.neighbour_prob,
-                                          o.min_overlap, o.overlap)
+                                          o.min_overlap, o.overlap, o.exact_blocks)
   num_batches = max(1, cfg.pairs_per_block // cfg.batch_size)
   ds = pipeline.train_dataset(train_src, cfg.batch_size, config.seed + 2, pindex, pcount,
                               (transform,))
@@ -138,7 +176,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str = STAGE,
   shape = pdsn_stage.u_shape(config)
   carry = parallel.put_replicated({
       "state": gen_vars, "mean": np.zeros((gens.num, *shape), np.float32),
-      "count": np.zeros((), np.float32)}, mesh)
+      "count": np.zeros((), np.float32), "change": np.zeros((gens.num, *shape), np.float32),
+      "level": np.zeros(shape, np.float32)}, mesh)
   step = parallel.data_parallel(functools.partial(
       mask_step, backbone=backbone, gens=gens, differential=bool(config.pdsn.differential)), mesh)
   key = jax.random.key(0)
@@ -156,7 +195,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str = STAGE,
                    num_batches * cfg.batch_size, c / max(dt, 1e-9))
   mean = carry["mean"]
   fdms = jax.jit(functools.partial(binarize, tau=cfg.tau))(mean)
-  mean, fdms, count = map(np.asarray, jax.device_get((mean, fdms, carry["count"])))
+  mean, fdms, count, change, level = map(np.asarray, jax.device_get(
+      (mean, fdms, carry["count"], carry["change"], carry["level"])))
+  change_scores = relative_change_scores(change, level)
   meta = {"tau": cfg.tau, "pairs_per_block": int(count),
           "pairs_per_block_requested": cfg.pairs_per_block,
           "blocks": list(occlusion.CENTRAL_BLOCKS), "grid": occlusion.GRID,
@@ -167,17 +208,21 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str = STAGE,
   ckptr.save(os.path.abspath(os.path.join(stage_dir, "state")),
              {"mean_masks": mean, "fdms": fdms, "count": count}, force=True)
   ckptr.wait_until_finished()
+  meta["discarded_share_of_and"] = and_discard_shares(fdms)
   centroids = visualize.discard_centroids(fdms)
   meta["discard_centroid_in_u"] = [[round(r, 2), round(c, 2)] for r, c in centroids]
   meta["block_centre_in_u"] = [[round(v, 2) for v in visualize.block_centre_in_u(b, shape[:2])]
                                for b in occlusion.CENTRAL_BLOCKS]
-  if pindex == 0:
-    export(out_path, mean, fdms, meta)
+  if pindex == 0:  # the figures first: dictionary.npz marks the stage complete
     visualize.dictionary_figure(mean, fdms, os.path.join(stage_dir, "dictionary.png"))
     visualize.med_figure(med, os.path.join(stage_dir, "med.png"))
+    export(out_path, mean, fdms, meta, change_scores)
     logging.info("[%s] figures: %s, %s", name, os.path.join(stage_dir, "dictionary.png"),
                  os.path.join(stage_dir, "med.png"))
-  logging.info("[%s] wrote %s: %d pairs per block, %d of %d elements discarded per item", name,
-               out_path, int(count), meta["zeros_per_item"][0], int(np.prod(shape)))
+  logging.info("[%s] wrote %s: %d pairs per block, %d of %d elements discarded per item; "
+               "AND of 2 / 3 adjacent items discards %.1f%% / %.1f%% of U", name, out_path,
+               int(count), meta["zeros_per_item"][0], int(np.prod(shape)),
+               100 * meta["discarded_share_of_and"]["2_adjacent"]["mean"],
+               100 * meta["discarded_share_of_and"]["3_connected"]["mean"])
   return {"stage": name, **meta, "seconds": round(time.time() - t0, 1)}
 

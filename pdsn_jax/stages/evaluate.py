@@ -91,13 +91,16 @@ def _features(embedder, variables, sets: protocols.EvalSets) -> dict:
 def _verification(scores, issame) -> dict:
   r = verification.ten_fold_accuracy(scores, issame)
   return {"accuracy": r["accuracy"], "std": r["std"],
-          "tar_at_far_1e-3": verification.tar_at_far(scores, issame, 1e-3)}
+          "tar_at_far_1e-3": verification.tar_at_far(scores, issame, 1e-3),
+          "negatives": int(np.sum(~np.asarray(issame, bool)))}
 
 
 def evaluate_model(embedder, variables, table, feats: dict, sets: protocols.EvalSets,
-                   flags: dict, with_distractors: bool) -> dict:
-  """Every protocol for one (checkpoint, mask table); ``table`` of ones means no masks."""
+                   flags: dict, with_distractors: bool, clean_variables=None) -> dict:
+  """Every protocol for one (checkpoint, mask table); ``table`` of ones means no masks.
+  ``clean_variables``: the network for rows with no occluded block (see ``Embedder``)."""
   res: dict = {}
+  embedder = _WithClean(embedder, clean_variables)
   pa, pb = sets.pairs[:, 0], sets.pairs[:, 1]
   none = np.zeros((len(pa), flags["blocks"]), bool)
   ea = embedder.embed(variables, table, feats["pair_faces"][pa], none)
@@ -113,8 +116,8 @@ def evaluate_model(embedder, variables, table, feats: dict, sets: protocols.Eval
   for proto, gallery in (("ar_p1", sets.gallery_p1), ("ar_p2", sets.gallery_p2)):
     res[proto] = {}
     for cond, fl in flags["probes"].items():
-      _, arg = masked.top1_search(embedder, variables, table, feats["faces"][gallery],
-                                  feats["probes"][cond], fl)
+      _, arg = masked.top1_search(embedder.base, variables, table, feats["faces"][gallery],
+                                  feats["probes"][cond], fl, embedder.clean)
       res[proto][cond] = float(np.mean(sets.labels[gallery][arg] == probe_labels))
   if with_distractors and feats["distractors"] is not None:
     g = sets.gallery_p2
@@ -125,9 +128,35 @@ def evaluate_model(embedder, variables, table, feats: dict, sets: protocols.Eval
                             np.zeros((len(sets.probes), flags["blocks"]), bool))}
     probe_sets.update({c: (feats["probes"][c], fl) for c, fl in flags["probes"].items()})
     for cond, (pu, fl) in probe_sets.items():
-      _, arg = masked.top1_search(embedder, variables, table, gallery_u, pu, fl)
+      _, arg = masked.top1_search(embedder.base, variables, table, gallery_u, pu, fl,
+                                  embedder.clean)
       res["distractors"][cond] = float(np.mean(gallery_labels[arg] == probe_labels))
   return res
+
+
+class _WithClean:
+  """An Embedder whose ``embed`` uses ``clean`` for rows with no occluded block."""
+
+  def __init__(self, base, clean):
+    self.base, self.clean = base, clean
+
+  def embed(self, variables, table, u, flags):
+    return self.base.embed(variables, table, u, flags, self.clean)
+
+
+def _same_features(backbone, a: dict, b: dict) -> bool:
+  """Whether two checkpoints differ at most in F (then their U are the same)."""
+  head = set(backbone.head_params())
+  for coll in ("params", "batch_stats"):
+    for k in set(a[coll]) | set(b[coll]):
+      if k in head:
+        continue
+      if k not in a[coll] or k not in b[coll]:
+        return False
+      la, lb = jax.tree.leaves(a[coll][k]), jax.tree.leaves(b[coll][k])
+      if len(la) != len(lb) or not all(np.array_equal(x, y) for x, y in zip(la, lb)):
+        return False
+  return True
 
 
 def _flags(config, sets: protocols.EvalSets, source: str, detector=None) -> dict:
@@ -152,11 +181,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   stage_dir = os.path.join(workdir, STAGE)
   os.makedirs(stage_dir, exist_ok=True)
   mesh = parallel.make_mesh()
-  if not cfg.occluder_dir:
-    library = pdsn_stage.occluder_library(config)
-  else:  # test occluders that training never saw
+  o = config.occlusion
+  if cfg.occluder_dir:  # test occluders that training never saw
     library = occlusion.OccluderLibrary(cfg.occluder_dir, cfg.procedural,
+                                        tuple(cfg.procedural_categories),
                                         face_template=config.data.alignment)
+  elif o.heldout:  # the files every training stage left out
+    library = occlusion.OccluderLibrary(o.occluder_dir, cfg.procedural,
+                                        tuple(cfg.procedural_categories), split="heldout",
+                                        face_template=config.data.alignment,
+                                        heldout=tuple(o.heldout))
+  else:
+    library = pdsn_stage.occluder_library(config)
   sets = _eval_sets(config, library)
   det_vars = detector_stage.load_variables(workdir)
   if cfg.occlusion_source == "detector" and det_vars is None:
@@ -187,9 +223,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   models = [("Trunk", "trunk", None), ("Baseline", "baseline", None),
             ("PDSN", "trunk", "binary"), ("PDSN + fine-tune", "finetune", "binary")]
   results = {"data": _data_description(config), "occlusion_source": cfg.occlusion_source,
-             "test_occluders": cfg.occluder_dir or config.occlusion.occluder_dir or "built-in",
+             "test_occluders": _test_occluders(config),
              "models": {}, "ablations": {}, "missing": []}
   feats, reps = {}, {}
+  trunk_head_when_clean = bool(config.finetune.trunk_head_when_clean)
+  if trunk_head_when_clean:
+    results["notes"] = ["Baseline and PDSN + fine-tune embed faces with no occluded block "
+                        "(clean pairs, probes whose occlusion flags no block) with the trunk's "
+                        "own F, and use their fine-tuned F only where the occlusion flags a "
+                        "block (finetune.trunk_head_when_clean): their clean columns equal "
+                        "the Trunk's by construction."]
   for name, ckpt, masks in models:
     if checkpoints[ckpt] is None or (masks and dictionary is None):
       results["missing"].append(name)
@@ -198,12 +241,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if ckpt not in feats:
       t = time.time()
       reps[ckpt] = parallel.put_replicated(checkpoints[ckpt], mesh)
-      feats[ckpt] = _features(embedder, reps[ckpt], sets)
-      logging.info("[evaluate] features of the %s checkpoint (%.1fs)", ckpt, time.time() - t)
+      same = [c for c in feats if _same_features(backbone, checkpoints[c], checkpoints[ckpt])]
+      if same:  # only F was trained: same U
+        feats[ckpt] = feats[same[0]]
+        logging.info("[evaluate] %s differs from %s only in F: reusing its U", ckpt, same[0])
+      else:
+        feats[ckpt] = _features(embedder, reps[ckpt], sets)
+        logging.info("[evaluate] features of the %s checkpoint (%.1fs)", ckpt, time.time() - t)
     t = time.time()
     table = put(dictionary[0]) if masks else ones
+    clean = reps["trunk"] if ckpt != "trunk" and trunk_head_when_clean else None
     results["models"][name] = evaluate_model(embedder, reps[ckpt], table, feats[ckpt], sets,
-                                             flags, True)
+                                             flags, True, clean)
     logging.info("[evaluate] %s: %s (%.1fs)", name, report.one_line(results["models"][name]),
                  time.time() - t)
 
@@ -213,8 +262,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if name in results["models"]:
         t = time.time()
         row = f"{name} (detector)"
-        results["models"][row] = evaluate_model(embedder, reps[ckpt], put(dictionary[0]),
-                                                feats[ckpt], sets, flags_det, True)
+        results["models"][row] = evaluate_model(
+            embedder, reps[ckpt], put(dictionary[0]), feats[ckpt], sets, flags_det, True,
+            reps["trunk"] if ckpt != "trunk" and trunk_head_when_clean else None)
         logging.info("[evaluate] %s: %s (%.1fs)", row, report.one_line(results["models"][row]),
                      time.time() - t)
   if dictionary is not None and cfg.ablations:
@@ -237,7 +287,13 @@ def _ablations(config, workdir, embedder, variables, feats, sets, flags, diction
     table = np.asarray(dictionary_stage.binarize(jnp.asarray(mean_masks), float(tau)))
     out["tau"][f"{tau:g}"] = evaluate_model(embedder, variables, put(table), feats, sets, flags,
                                             False)
-  for kind, table in (("binary", fdms), ("soft", mean_masks), ("soft+binary", mean_masks * fdms)):
+  kinds = [("binary", fdms), ("soft", mean_masks), ("soft+binary", mean_masks * fdms)]
+  scores = dictionary_stage.load_change_scores(
+      os.path.join(workdir, dictionary_stage.STAGE, dictionary_stage.EXPORT))
+  if scores is not None:  # what learning has to beat: the most changed elements, same tau
+    kinds.append(("not learned: mean relative change, binary",
+                  np.asarray(dictionary_stage.binarize(jnp.asarray(scores), float(meta["tau"])))))
+  for kind, table in kinds:
     out["mask_kind"][kind] = evaluate_model(embedder, variables, put(table), feats, sets, flags,
                                             False)
   out["lambda"][f"lambda={config.pdsn.lambda_l1:g} (paper)"] = out["mask_kind"]["binary"]
@@ -250,6 +306,17 @@ def _ablations(config, workdir, embedder, variables, feats, sets, flags, diction
   out["dictionary_tau"] = meta.get("tau")
   logging.info("[evaluate] ablations (%.1fs)", time.time() - t)
   return out
+
+
+def _test_occluders(config) -> str:
+  cfg, o = config.eval, config.occlusion
+  drawn = f"; built-in drawings of {', '.join(cfg.procedural_categories)}" if cfg.procedural else ""
+  if cfg.occluder_dir:
+    return cfg.occluder_dir + drawn
+  if o.heldout:
+    return (f"files of {o.occluder_dir} held out of every training stage "
+            f"({', '.join(o.heldout)}){drawn}")
+  return o.occluder_dir or "built-in"
 
 
 def _data_description(config) -> str:

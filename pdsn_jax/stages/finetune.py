@@ -4,12 +4,17 @@ Both start from the trunk stage's checkpoint and see the same stream of faces:
 with probability ``finetune.clean_prob`` a clean face, otherwise one occluded
 by a random condition of ``pdsn_jax.data.placement`` (sunglasses, mask, hand,
 object, blocks; about a quarter of the face covered on average). They differ
-only in the loss:
+only in the masks:
 
-* ``finetune`` (paper, training stage 3): CosFace on F(M * U(x)), M the FDM of
+* ``finetune`` (paper, training stage 3): the loss on F(M * U(x)), M the FDM of
   the face's occluded blocks from the stage II dictionary (all ones when clean);
-* ``baseline``: CosFace on F(U(x)), no masks - the occlusion-augmented trunk
-  the paper compares against, with the same budget (``config.finetune``).
+* ``baseline``: the loss on F(U(x)), no masks - the occlusion-augmented trunk
+  the paper compares against, with the same budget, loss and trainable set.
+
+``finetune.loss``: "cosface" (the paper's, on identity labels) or "distill" (label-free:
+the embedding of the occluded face is pulled, by cosine, toward the frozen starting
+network's embedding of the same face clean - for a pretrained trunk whose metric
+CosFace on a small set would damage). ``finetune.trainable``: "all" or "head" (only F).
 """
 
 import os
@@ -34,7 +39,8 @@ def occlusion_transform(config: ml_collections.ConfigDict) -> placement.RandomOc
   o = config.occlusion
   return placement.RandomOcclusion(pdsn_stage.occluder_library(config),
                                    config.finetune.clean_prob, tuple(config.finetune.conditions),
-                                   o.min_overlap, o.overlap)
+                                   o.min_overlap, o.overlap,
+                                   keep_clean=config.finetune.loss == "distill")
 
 
 def run_finetune(config: ml_collections.ConfigDict, workdir: str) -> dict:

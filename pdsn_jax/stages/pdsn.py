@@ -132,14 +132,18 @@ def build(config, num_classes: int, train: bool):
   backbone = trunk_stage.build_backbone(config, False)  # frozen: inference-mode BN
   head = trunk_stage.build_head(config, num_classes)
   gens = StackedMaskGenerators(len(occlusion.CENTRAL_BLOCKS),
-                               parallel.AXIS if train else None)
+                               parallel.AXIS if train else None, config.pdsn.mask_bias_init)
   return backbone, head, gens
 
 
 def occluder_library(config) -> occlusion.OccluderLibrary:
+  """The occluders every training stage uses: with ``occlusion.heldout`` its files are left out
+  (evaluation uses them), the procedural set is limited to ``occlusion.procedural_categories``."""
   o = config.occlusion
   return occlusion.OccluderLibrary(o.occluder_dir, o.procedural,
-                                   face_template=config.data.alignment)
+                                   tuple(o.procedural_categories),
+                                   split="train" if o.heldout else "all",
+                                   face_template=config.data.alignment, heldout=tuple(o.heldout))
 
 
 def init_fn(config, trunk: dict, gens, tx, u_shape):
@@ -178,12 +182,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str = STAGE) -> d
   steps = trunk_stage.total_steps(cfg, len(train_src))
   backbone, head, gens = build(config, train_src.num_classes, train=True)
   schedule = training.learning_rate_schedule(cfg, steps)
-  tx = training.sgd(cfg, steps)
+  tx = training.optimizer(cfg, steps)
   init = init_fn(config, trunk, build(config, train_src.num_classes, False)[2], tx,
                  u_shape(config))
   o = config.occlusion
   transform = occlusion.OccludeEveryBlock(occluder_library(config), occlusion.CENTRAL_BLOCKS,
-                                          o.neighbour_prob, o.min_overlap, o.overlap)
+                                          o.neighbour_prob, o.min_overlap, o.overlap,
+                                          o.exact_blocks)
   ds = pipeline.train_dataset(train_src, cfg.batch_size, config.seed + 1, pindex, pcount,
                               (transform,))
   if pindex == 0:
@@ -219,7 +224,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str = STAGE) -> d
     state = loop.train_loop(stage=name, state=state, step_fn=step_fn, data_iter=data_iter,
                             mesh=mesh, mgr=mgr, writer=writer, root=root, start=start,
                             total=steps, images_per_step=cfg.batch_size * 10,  # incl. occluded
-                            log_every=cfg.log_every, on_metrics=per_generator)
+                            log_every=cfg.log_every, on_metrics=per_generator,
+                            max_growth=config.max_param_norm_growth)
   finally:
     mgr.close()
     writer.close()

@@ -16,7 +16,7 @@ from pdsn_jax import checkpointing, fdm, loop, metrics as metrics_lib, parallel,
 from pdsn_jax.data import pipeline, sources
 from pdsn_jax.data.pairs import generate_pairs
 from pdsn_jax.evaluation import verification
-from pdsn_jax.models import CosFaceHead, IResNet, dlib_files, dlib_resnet
+from pdsn_jax.models import CosFaceHead, IResNet, dlib_files, dlib_resnet, mobilefacenet
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 STAGE = "trunk"
@@ -27,11 +27,12 @@ def normalize(images: jax.Array) -> jax.Array:
   return (images.astype(jnp.float32) - 127.5) / 128.0
 
 
-KINDS = ("iresnet", "dlib")
+KINDS = ("iresnet", "dlib", "mobilefacenet")
 
 
 def build_backbone(config: ml_collections.ConfigDict, train: bool):
-  """The trunk: IResNet (trained here) or dlib's pretrained ResNet (``model.kind="dlib"``)."""
+  """The trunk: IResNet, MobileFaceNet (trained here or loaded from the original's checkpoint),
+  or dlib's pretrained ResNet (``model.kind="dlib"``)."""
   m = config.model
   if m.dtype not in DTYPES:
     raise ValueError(f"model.dtype={m.dtype!r} is not one of {tuple(DTYPES)}")
@@ -39,6 +40,10 @@ def build_backbone(config: ml_collections.ConfigDict, train: bool):
     if m.dlib_u not in dlib_resnet.U_BLOCKS:
       raise ValueError(f"model.dlib_u={m.dlib_u!r} is not one of {tuple(dlib_resnet.U_BLOCKS)}")
     return dlib_resnet.DlibResNet(dlib_resnet.U_BLOCKS[m.dlib_u], dtype=DTYPES[m.dtype])
+  if m.kind == "mobilefacenet":
+    return mobilefacenet.MobileFaceNet(width=m.width, embedding_dim=m.embedding_dim,
+                                       bn_axis_name=parallel.AXIS if train else None,
+                                       dtype=DTYPES[m.dtype])
   if m.kind != "iresnet":
     raise ValueError(f"model.kind={m.kind!r} is not one of {KINDS}")
   return IResNet(depth=m.depth, width=m.width, embedding_dim=m.embedding_dim,
@@ -50,8 +55,38 @@ def build_head(config: ml_collections.ConfigDict, num_classes: int) -> CosFaceHe
   return CosFaceHead(num_classes, config.cosface.scale, config.cosface.margin)
 
 
-def init_fn(config, backbone: IResNet, head: CosFaceHead, tx: optax.GradientTransformation):
-  """A function of no arguments returning the initial TrainState (for eval_shape / jit)."""
+LOSSES = ("cosface", "distill")
+TRAINABLE = ("all", "head", "classifier")
+
+
+def trainable_mask(backbone, trainable: str, loss: str):
+  """None (everything trains) or a function params -> bool tree for ``training.freeze``.
+
+  "all": backbone and, with CosFace, the classifier; "head": only F (``backbone.head_params()``);
+  "classifier": only the CosFace classifier (a frozen pretrained trunk). Distillation uses
+  no classifier, so it stays fixed.
+  """
+  if trainable not in TRAINABLE:
+    raise ValueError(f"trainable={trainable!r} is not one of {TRAINABLE}")
+  if loss not in LOSSES:
+    raise ValueError(f"loss={loss!r} is not one of {LOSSES}")
+  if trainable == "all" and loss == "cosface":
+    return None
+
+  def mask(params):
+    head = set(backbone.head_params()) if trainable == "head" else set()
+    bb = {k: jax.tree.map(lambda _, t=(trainable == "all" or k in head): t, v)
+          for k, v in params["backbone"].items()}
+    cls = jax.tree.map(lambda _: loss == "cosface", params["classifier"])
+    return {"backbone": bb, "classifier": cls}
+
+  return mask
+
+
+def init_fn(config, backbone: IResNet, head: CosFaceHead, tx: optax.GradientTransformation,
+            with_teacher: bool = False):
+  """A function of no arguments returning the initial TrainState (for eval_shape / jit).
+  ``with_teacher``: room for the frozen starting network (filled in from init_from)."""
 
   def init() -> training.TrainState:
     root = training.root_key(config)
@@ -60,53 +95,77 @@ def init_fn(config, backbone: IResNet, head: CosFaceHead, tx: optax.GradientTran
     variables = backbone.init({"params": k_backbone, "dropout": k_backbone}, x)
     head_params = head.init(k_head, jnp.zeros((1, backbone.embedding_dim)))["params"]
     params = {"backbone": variables["params"], "classifier": head_params}
+    teacher = ({"params": variables["params"], "batch_stats": variables["batch_stats"]}
+               if with_teacher else None)
     return training.TrainState(
         step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables["batch_stats"],
-        opt_state=tx.init(params), rng=jax.random.key_data(k_run))
+        opt_state=tx.init(params), rng=jax.random.key_data(k_run), teacher=teacher)
 
   return init
+
+
+def _unit(e: jax.Array) -> jax.Array:
+  return e / jnp.maximum(jnp.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
 
 
 def train_step(state: training.TrainState, batch: dict, rng: jax.Array, *, backbone: IResNet,
                head: CosFaceHead, tx: optax.GradientTransformation,
                schedule: optax.Schedule, dictionary: jax.Array | None = None,
-               frozen: bool = False) -> tuple[training.TrainState, dict]:
-  """Per-device CosFace step; gradients and BatchNorm statistics averaged over the mesh.
+               trainable: str = "all", loss: str = "cosface") -> tuple[training.TrainState, dict]:
+  """Per-device step; gradients and BatchNorm statistics averaged over the mesh.
 
-  With a ``dictionary`` (stage III fine-tuning) the loss is on F(M * U(x)), M the
+  With a ``dictionary`` (stage III fine-tuning) the embedding is F(M * U(x)), M the
   FDM composed from the batch's ``blocks`` flags (all ones for a clean face).
-  ``frozen``: the backbone is fixed (a pretrained trunk) and only the classifier trains.
+  ``loss``: "cosface" on the identity labels, or "distill": 1 - cos(student's embedding of
+  ``image``, the frozen teacher's F(U(``clean``)) of the same face), label-free.
+  ``trainable`` (see ``trainable_mask``): when the backbone below F is fixed ("head",
+  "classifier") U is computed once in inference mode with no backward pass through it.
+  Distillation keeps BatchNorm in inference mode (the pretrained statistics).
   """
   rng = parallel.per_device_rng(rng)
   images, labels = normalize(batch["image"]), batch["label"]
   masks = None if dictionary is None else fdm.compose(batch["blocks"], dictionary)
+  masked = lambda u: u if masks is None else u * masks.astype(u.dtype)  # noqa: E731
+  bn_train = trainable == "all" and loss == "cosface"
 
   def forward(module, x, train):
-    u = module.features(x, train)
-    return module.head(u if masks is None else u * masks.astype(u.dtype), train)
+    return module.head(masked(module.features(x, train)), train)
 
-  if frozen:  # only the classifier learns: embeddings in inference mode, no backward pass
-    frozen_emb = jax.lax.stop_gradient(backbone.apply(
+  if trainable != "all":  # U needs no gradient
+    u_fixed = jax.lax.stop_gradient(backbone.apply(
         {"params": state.params["backbone"], "batch_stats": state.batch_stats}, images,
-        False, method=forward))
+        False, method="features"))
+  if loss == "distill":
+    target = jax.lax.stop_gradient(_unit(backbone.apply(state.teacher, normalize(batch["clean"]))))
 
   def loss_fn(params):
-    if frozen:
-      emb, updates = frozen_emb, {"batch_stats": state.batch_stats}
+    variables = {"params": params["backbone"], "batch_stats": state.batch_stats}
+    if trainable != "all":
+      emb = backbone.apply(variables, masked(u_fixed), False, method="head")
+      stats = state.batch_stats
+    elif bn_train:
+      emb, updates = backbone.apply(variables, images, train=True, rngs={"dropout": rng},
+                                    mutable=["batch_stats"], method=forward)
+      stats = updates["batch_stats"]
     else:
-      emb, updates = backbone.apply(
-          {"params": params["backbone"], "batch_stats": state.batch_stats}, images, train=True,
-          rngs={"dropout": rng}, mutable=["batch_stats"], method=forward)
+      emb, stats = backbone.apply(variables, images, False, method=forward), state.batch_stats
+    if loss == "distill":
+      cos = jnp.sum(_unit(emb) * target, axis=-1)
+      return jnp.mean(1.0 - cos), (stats, cos)
     logits, cosine = head.apply({"params": params["classifier"]}, emb, labels)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    return loss, (updates["batch_stats"], cosine)
+    return (optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(),
+            (stats, cosine))
 
-  (loss, (batch_stats, cosine)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss_value, (batch_stats, cosine)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
   grads = jax.lax.pmean(grads, parallel.AXIS)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  accuracy = jnp.mean(jnp.argmax(cosine, -1) == labels)
-  out = jax.lax.pmean({"loss": loss, "accuracy": accuracy}, parallel.AXIS)
+  if loss == "distill":  # "accuracy": mean cosine to the teacher
+    accuracy = jnp.mean(cosine)
+  else:
+    accuracy = jnp.mean(jnp.argmax(cosine, -1) == labels)
+  out = jax.lax.pmean({"loss": loss_value, "accuracy": accuracy}, parallel.AXIS)
   out["learning_rate"] = schedule(state.step)
   # Non-finite if any parameter is: checked on the host before every save.
   out["param_norm"] = optax.tree.norm(params)
@@ -150,6 +209,7 @@ class Verifier:
     scores = verification.cosine_scores(emb[self.pairs[:, 0]], emb[self.pairs[:, 1]])
     res = verification.ten_fold_accuracy(scores, self.issame)
     res["tar_at_far_1e-3"] = verification.tar_at_far(scores, self.issame, 1e-3)
+    res["negatives"] = int(np.sum(~np.asarray(self.issame, bool)))
     return res
 
 
@@ -158,9 +218,19 @@ def inference_variables(state: training.TrainState) -> dict:
 
 
 def _loader(config):
-  """init_from loader: orbax checkpoints, or (``model.kind="dlib"``) a dlib network file,
-  ``"dlib"`` meaning the one installed by face_recognition_models."""
-  if config.model.kind != "dlib":
+  """init_from loader: orbax checkpoints; with ``model.kind="dlib"`` a dlib network file
+  (``"dlib"``: the one installed by face_recognition_models); with
+  ``model.kind="mobilefacenet"`` the original's legacy PyTorch checkpoint (``*.ckpt|.pth|.pt``)."""
+  kind = config.model.kind
+  if kind == "mobilefacenet":
+    def load_torch(path: str) -> dict:
+      if os.path.isdir(path):  # another run's checkpoints
+        return checkpointing.load_variables(path)
+      v = mobilefacenet.load(path)
+      logging.info("loaded MobileFaceNet weights from %s", path)
+      return {"params": {"backbone": v["params"]}, "batch_stats": v["batch_stats"]}
+    return load_torch
+  if kind != "dlib":
     return None
 
   def load(path: str) -> dict:
@@ -181,7 +251,8 @@ def total_steps(cfg: ml_collections.ConfigDict, num_train: int) -> int:
 
 
 def _merge_init_from(state: training.TrainState, loaded: dict) -> training.TrainState:
-  """Takes the backbone (and classifier when shapes agree) from another run."""
+  """Takes the backbone (and classifier when shapes agree) from another run; a state with a
+  teacher gets a copy of that backbone as its frozen teacher."""
   params = dict(state.params)
   src = loaded["params"]
   params["backbone"] = jax.tree.map(lambda new, old: jnp.asarray(old, new.dtype).reshape(new.shape),
@@ -191,7 +262,10 @@ def _merge_init_from(state: training.TrainState, loaded: dict) -> training.Train
     params["classifier"] = src["classifier"]
   batch_stats = jax.tree.map(lambda new, old: jnp.asarray(old, new.dtype), state.batch_stats,
                              loaded["batch_stats"])
-  return state.replace(params=params, batch_stats=batch_stats)
+  teacher = state.teacher
+  if teacher is not None:  # separate buffers: the state is donated every step
+    teacher = jax.tree.map(jnp.copy, {"params": params["backbone"], "batch_stats": batch_stats})
+  return state.replace(params=params, batch_stats=batch_stats, teacher=teacher)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -221,13 +295,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stage: str,
 
   backbone, head = build_backbone(config, True), build_head(config, train_src.num_classes)
   schedule = training.learning_rate_schedule(cfg, steps)
-  frozen = bool(cfg.get("freeze_backbone", False))
-  trainable = None
-  if frozen:
-    trainable = lambda p: {"backbone": jax.tree.map(lambda _: False, p["backbone"]),  # noqa: E731
-                           "classifier": jax.tree.map(lambda _: True, p["classifier"])}
-  tx = training.sgd(cfg, steps, trainable)
-  init = init_fn(config, build_backbone(config, False), head, tx)
+  trainable = "classifier" if cfg.get("freeze_backbone", False) else cfg.get("trainable", "all")
+  loss = cfg.get("loss", "cosface")
+  tx = training.optimizer(cfg, steps, trainable_mask(backbone, trainable, loss))
+  if loss == "distill" and not init_from:
+    raise ValueError(f"{stage}.loss='distill' needs a starting network to distil from (init_from)")
+  init = init_fn(config, build_backbone(config, False), head, tx, with_teacher=loss == "distill")
 
   flip = (pipeline.RandomFlip(),) if config.data.flip else ()
   ds = pipeline.train_dataset(train_src, cfg.batch_size, config.seed, pindex, pcount,
@@ -244,7 +317,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stage: str,
   table = None if dictionary is None else jnp.asarray(dictionary, jnp.float32)
   step_fn = parallel.data_parallel(
       functools.partial(train_step, backbone=backbone, head=head, tx=tx, schedule=schedule,
-                        dictionary=table, frozen=frozen), mesh)
+                        dictionary=table, trainable=trainable, loss=loss), mesh)
   root = loop.stage_root_key(state, mesh, config.prng_impl)
   t_start = time.time()
   evals = {}
@@ -259,12 +332,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stage: str,
     state = loop.train_loop(stage=stage, state=state, step_fn=step_fn, data_iter=data_iter,
                             mesh=mesh, mgr=mgr, writer=writer, root=root, start=start,
                             total=steps, images_per_step=cfg.batch_size,
-                            log_every=cfg.log_every, on_step=periodic_eval)
+                            log_every=cfg.log_every, on_step=periodic_eval,
+                            max_growth=config.max_param_norm_growth)
     eval_result = _evaluate(stage, verifier, state, steps, writer)
   finally:
     mgr.close()
     writer.close()
-  keys = ("accuracy", "std", "tar_at_far_1e-3")
+  keys = ("accuracy", "std", "tar_at_far_1e-3", "negatives")
   summary = {"stage": stage, "data": getattr(train_src, "description", ""), "steps": steps,
              "train_seconds_this_run": round(time.time() - t_start, 1),
              "heldout_verification": {k: eval_result[k] for k in keys}}
@@ -280,10 +354,13 @@ def _evaluate(stage: str, verifier: Verifier, state: training.TrainState, step: 
               writer) -> dict:
   t = time.time()
   res = verifier(inference_variables(state))
-  writer.write(step, {"verification_accuracy": res["accuracy"], "verification_std": res["std"],
-                      "tar_at_far_1e-3": res["tar_at_far_1e-3"]}, prefix="eval")
+  scalars = {"verification_accuracy": res["accuracy"], "verification_std": res["std"]}
+  if res["tar_at_far_1e-3"] is not None:
+    scalars["tar_at_far_1e-3"] = res["tar_at_far_1e-3"]
+  writer.write(step, scalars, prefix="eval")
   if jax.process_index() == 0:
     logging.info("[%s] step %d held-out verification: %.2f%% +- %.2f (10-fold), "
-                 "TAR@FAR=1e-3 %.2f%% (%.1fs)", stage, step, 100 * res["accuracy"], 100 * res["std"],
-                 100 * res["tar_at_far_1e-3"], time.time() - t)
+                 "TAR@FAR=1e-3 %s (%.1fs)", stage, step, 100 * res["accuracy"], 100 * res["std"],
+                 verification.format_tar(res["tar_at_far_1e-3"], res["negatives"]),
+                 time.time() - t)
   return res

@@ -1,0 +1,66 @@
+"""PDSN on a real trunk shaped like the paper's: MobileFaceNet trained on CASIA-WebFace at 112x96
+(U = 7x6x512, F affine), frozen; CelebA for the classifier and stages I-III; LFW for the test.
+
+  python -m pdsn_jax.main --config=configs/real_mobilefacenet.py --workdir=runs/real_mfn
+  # choosing tau / lambda / learning rates: the same stages, evaluated only on CelebA
+  # held-out identities (never the LFW pairs):
+  python -m pdsn_jax.main --config=configs/real_mobilefacenet.py:select --workdir=runs/mfn_select
+
+Weights: ``$PDSN_MODELS/mobilefacenet_casia/068.ckpt`` (default ../shared/models; research
+use only, never committed), read without PyTorch. Data: ``$PDSN_DATA`` (default
+../shared/data). Cost on a 2-core CPU: see docs/results.md (measured per stage).
+
+Hygiene:
+* occluder files matching ``occlusion.heldout`` (the aviator sunglasses, every surgical mask,
+  the cap) are seen by no training stage; the test faces are occluded with exactly those,
+  plus hands and objects, categories no training stage draws (training draws only
+  sunglasses and masks);
+* CelebA: the last 30 identities are held out (the ``:select`` protocol), the 40 before
+  them are the distractors; neither is trained on;
+* stage III is label-free distillation of F only (the trunk keeps its metric), and the
+  Baseline gets the same loss, budget and trainable set without masks; both keep the
+  trunk's F for faces with no occluded block (said in the tables).
+"""
+
+import os
+
+from configs import pdsn
+
+DATA = os.environ.get("PDSN_DATA", "../shared/data")
+MODELS = os.environ.get("PDSN_MODELS", "../shared/models")
+HELDOUT_OCCLUDERS = ("sunglasses/*", "mask/masktheface/surgical*", "mask/pederz/*", "hat/*")
+
+
+def get_config(arg: str | None = None):
+  c = pdsn.get_config()
+  c.stages = "trunk,pdsn,dictionary,baseline,finetune,evaluate"
+  c.data.update(source="folders", image_size=(112, 96), alignment="arcface", num_workers=0)
+  c.data.folders.update(root=f"{DATA}/celeba/images", landmarks=f"{DATA}/celeba/landmarks.tsv",
+                        min_images=2, heldout_identities=30, distractor_identities=40,
+                        skip_bad_images=False)
+  c.model.update(kind="mobilefacenet", width=1.0, embedding_dim=128)
+  # the classifier stage I's cross-entropy needs, fitted on the frozen embeddings
+  c.trunk.update(init_from=f"{MODELS}/mobilefacenet_casia/068.ckpt", freeze_backbone=True,
+                 num_epochs=3.0, batch_size=64, learning_rate=0.1, warmup_steps=10,
+                 weight_decay=0.0, eval_every=-1, log_every=20, checkpoint_every=100)
+  c.occlusion.update(occluder_dir=f"{DATA}/occluders", heldout=HELDOUT_OCCLUDERS,
+                     procedural_categories=("sunglasses", "mask"))
+  c.pdsn.update(batch_size=16, num_epochs=0.5, learning_rate=0.01, lambda_l1=10.0,
+                log_every=10, checkpoint_every=50)
+  c.dictionary.update(pairs_per_block=512, batch_size=32, tau=0.25)
+  c.finetune.update(loss="distill", trainable="head", trunk_head_when_clean=True,
+                    conditions=("sunglasses", "mask", "blocks"), clean_prob=0.25,
+                    batch_size=32, num_epochs=1.0, learning_rate=0.01, weight_decay=0.0,
+                    warmup_steps=10, log_every=20, checkpoint_every=50)
+  c.eval.update(pairs_file=f"{DATA}/lfw/pairs.txt", pairs_root=f"{DATA}/lfw",
+                pairs_pattern="lfw/{name}_{num:04d}.jpg",
+                pairs_landmarks=f"{DATA}/lfw/landmarks.tsv", num_pairs=6000, batch_size=128,
+                conditions=("sunglasses", "mask", "hand", "object"),
+                procedural_categories=("hand", "object"),
+                identification_root=f"{DATA}/ar_clean", ar_gallery_images=3,
+                num_distractors=500, tau_sweep=(0.0, 0.1, 0.25, 0.4))
+  if arg == "select":  # CelebA held-out identities only: where hyperparameters are chosen
+    c.eval.update(pairs_file="", identification_root="", num_pairs=3000, num_distractors=0)
+  elif arg:
+    raise ValueError(f"configs/real_mobilefacenet.py:{arg}: the only variant is ':select'")
+  return c

@@ -1,0 +1,32 @@
+"""One run per workdir: a second process fails at once naming the holder's pid."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pdsn_jax import workdir
+from tests import helpers
+
+
+def test_second_run_on_a_locked_workdir_fails_at_once(tmp_path):
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time; from pdsn_jax import workdir\n"
+       f"with workdir.locked({str(tmp_path)!r}):\n  print('held', flush=True); time.sleep(60)"],
+      cwd=helpers.REPO, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    t = time.time()
+    proc = subprocess.run(helpers.main_cmd(str(tmp_path)), cwd=helpers.REPO, capture_output=True,
+                          text=True, timeout=120, env=helpers.env_with_devices(1), check=False)
+    assert proc.returncode != 0
+    assert f"in use by pid {holder.pid}" in proc.stderr
+    assert time.time() - t < 60
+  finally:
+    holder.kill()
+    holder.wait()
+  with workdir.locked(str(tmp_path)):  # released when its process died
+    with pytest.raises(workdir.WorkdirInUse, match="in use by pid"):
+      with workdir.locked(str(tmp_path)):
+        pass
