@@ -17,7 +17,8 @@ def get_config():
   c.stages = "trunk,pdsn,dictionary,baseline,finetune,evaluate"
   c.data.source = "folders"
   c.data.folders.update(real.data.folders.to_dict())
-  c.occlusion.occluder_dir = real.occlusion.occluder_dir
+  c.occlusion.update(real.occlusion.to_dict())
+  c.finetune.conditions = real.finetune.conditions
   c.eval.update({k: v for k, v in real.eval.to_dict().items()})
   c.trunk.update(num_epochs=10.0, learning_rate=0.1, warmup_steps=100, eval_every=500)
   return c

@@ -12,7 +12,7 @@ replicated) and upsampled to the 150x150 chip by a centre crop to the aspect.
 
 import os
 
-from configs import dlib_trunk
+from configs import dlib_trunk, real_mobilefacenet
 
 ROOT = os.environ.get("PDSN_DATA", "../shared/data")
 
@@ -27,14 +27,19 @@ def get_config():
                         # distractors come from identities no stage trains on (before this
                         # was added they were training images: docs/results.md's dlib run)
                         distractor_identities=40)
-  c.occlusion.occluder_dir = f"{ROOT}/occluders"
+  # test occluders are files no training stage sees (the same split as
+  # configs/real_mobilefacenet.py); training draws only sunglasses and masks
+  c.occlusion.update(occluder_dir=f"{ROOT}/occluders", heldout=real_mobilefacenet.HELDOUT_OCCLUDERS,
+                     procedural_categories=("sunglasses", "mask"))
   c.trunk.update(num_epochs=1.0, batch_size=32, log_every=20, checkpoint_every=100)
   c.pdsn.update(num_epochs=0.3, log_every=10)
   # dlib's net has no batch norm and an unnormalised descriptor: fine-tune gently
-  c.finetune.update(num_epochs=0.3, log_every=10, learning_rate=1e-4)
+  c.finetune.update(num_epochs=0.3, log_every=10, learning_rate=1e-4,
+                    conditions=("sunglasses", "mask", "blocks"))
   c.eval.update(pairs_file=f"{ROOT}/lfw/pairs.txt", pairs_root=f"{ROOT}/lfw",
                 pairs_pattern="lfw/{name}_{num:04d}.jpg",
                 pairs_landmarks=f"{ROOT}/lfw/landmarks.tsv", num_pairs=6000, batch_size=64,
-                conditions=("sunglasses", "mask"), identification_root=f"{ROOT}/ar_clean",
+                conditions=("sunglasses", "mask"), procedural_categories=("hand", "object"),
+                identification_root=f"{ROOT}/ar_clean",
                 ar_gallery_images=3, num_distractors=500, tau_sweep=(0.0, 0.15, 0.25, 0.35))
   return c

@@ -17,7 +17,10 @@ def get_config():
   c.trunk.update(batch_size=8, num_steps=6, warmup_steps=2, log_every=2, eval_every=-1,
                  checkpoint_every=2)
   c.eval.update(num_pairs=40, batch_size=8)
-  c.pdsn.update(batch_size=8, num_steps=4, warmup_steps=1, log_every=1, checkpoint_every=2)
+  # a 6-step trunk's U is far from normalised and SGD on the generators diverges at step 1
+  # (the divergence guard stops it); Adam's step size does not depend on U's scale
+  c.pdsn.update(batch_size=8, num_steps=4, warmup_steps=1, log_every=1, checkpoint_every=2,
+                optimizer="adam", learning_rate=1e-3, weight_decay=0.0)
   c.dictionary.update(pairs_per_block=16, batch_size=8, log_every=1)
   c.finetune.update(batch_size=8, num_steps=4, warmup_steps=1, log_every=1, checkpoint_every=2)
   c.detector.update(widths=(4, 8), batch_size=8, num_steps=4, warmup_steps=1, log_every=1,

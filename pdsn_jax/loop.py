@@ -49,7 +49,9 @@ def train_loop(*, stage: str, state: Any, step_fn: Callable, data_iter: Any, mes
   extra scalars to log; ``on_step(step, state)`` runs after every step (evals).
   """
   clock = metrics_lib.Throughput(total, images_per_step, start)
-  start_norm = float(jax.device_get(jax.jit(optax.tree.norm)(state.params)))
+  # the params are replicated: this process's first copy is the whole tree
+  local = lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x  # noqa: E731
+  start_norm = float(optax.tree.norm(jax.tree.map(lambda x: np.asarray(local(x)), state.params)))
   for step in range(start, total):
     batch = parallel.put_batch(next(data_iter), mesh)
     state, out = step_fn(state, batch, jax.random.fold_in(root, step))

@@ -73,7 +73,7 @@ def test_heldout_occluder_files_are_never_in_training(tmp_path):
   for k in range(8):
     os.makedirs(tmp_path / "mask", exist_ok=True)
     a = np.zeros((10, 10 + k, 4), np.uint8)
-    a[..., 3] = 255
+    a[1:, :, 3] = 255  # a cut-out: the first row transparent (opaque PNGs are refused)
     Image.fromarray(a).save(tmp_path / "mask" / f"m{k}.png")
   train = occlusion.OccluderLibrary(str(tmp_path), False, split="train", heldout_every=4)
   held = occlusion.OccluderLibrary(str(tmp_path), False, split="heldout", heldout_every=4)

@@ -47,3 +47,14 @@ def run_until(workdir: str, marker: str, *overrides: str, devices: int = 1,
   proc.wait(timeout=120)
   if not killed or proc.returncode != -signal.SIGKILL:
     raise AssertionError(f"{marker!r} never appeared (exit {proc.returncode})")
+
+
+class Exploit:
+  """Pickles as ``os.system("touch <target>")``: a data file that would run code if unpickled
+  naively (for tests of the restricted readers)."""
+
+  def __init__(self, target):
+    self.target = target
+
+  def __reduce__(self):
+    return (os.system, (f"touch {self.target}",))

@@ -1,7 +1,6 @@
 """insightface formats: RecordIO sets and verification .bin files written here, read back."""
 
 import io
-import os
 import pickle
 
 import numpy as np
@@ -10,6 +9,7 @@ from PIL import Image
 
 from pdsn_jax.data import insightface
 from pdsn_jax.data.synthetic import SyntheticFaces
+from tests import helpers
 
 FACES = SyntheticFaces(3, 2, 0, 400, (112, 112))
 
@@ -85,19 +85,11 @@ def test_verification_bin_round_trip(tmp_path):
     insightface.read_verification_bin(str(path))
 
 
-class _Exploit:
-  def __init__(self, target):
-    self.target = target
-
-  def __reduce__(self):
-    return (os.system, (f"touch {self.target}",))
-
-
 def test_crafted_bin_runs_no_code_and_names_the_file(tmp_path):
   target = tmp_path / "created"
   path = tmp_path / "evil.bin"
   good = [_jpeg(FACES[i]["image"]) for i in range(2)]
-  for payload in (_Exploit(target), (good, [True, _Exploit(target)])):  # garbage, or shaped
+  for payload in (helpers.Exploit(target), (good, [True, helpers.Exploit(target)])):  # garbage, or shaped
     with open(path, "wb") as f:
       pickle.dump(payload, f, protocol=2)
     with pytest.raises(ValueError, match=r"evil.bin: refusing pickle global (posix|os|nt)\.system"):

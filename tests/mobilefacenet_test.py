@@ -106,21 +106,13 @@ def test_reader_errors_name_the_file_and_where(tmp_path, fake_torch):
     mfn.read_torch_legacy(str(bad))
 
 
-class _Exploit:
-  def __init__(self, target):
-    self.target = target
-
-  def __reduce__(self):
-    return (os.system, (f"touch {self.target}",))
-
-
 def test_reader_runs_no_code_from_the_file(tmp_path):
   target = tmp_path / "pwned"
   bad = tmp_path / "evil.ckpt"
   with open(bad, "wb") as f:
     for head in (mfn.MAGIC, mfn.PROTOCOL, {"little_endian": True}):
       pickle.dump(head, f, protocol=2)
-    pickle.dump({"w": _Exploit(target)}, f, protocol=2)
+    pickle.dump({"w": helpers.Exploit(target)}, f, protocol=2)
   with pytest.raises(ValueError, match=r"evil.ckpt: refusing pickle global (posix|os|nt)\.system"):
     mfn.read_torch_legacy(str(bad))
   assert not target.exists()
