@@ -22,15 +22,13 @@ _CHOICES = {
     "pdsn.optimizer": ("sgd", "adam"),
     "finetune.optimizer": ("sgd", "adam"),
 }
-_POSITIVE = ("model.width", "model.embedding_dim", "trunk.batch_size", "trunk.log_every",
-             "trunk.checkpoint_every", "trunk.keep_checkpoints", "eval.batch_size",
-             "eval.num_pairs", "cosface.scale", "pdsn.batch_size", "dictionary.batch_size",
-             "dictionary.pairs_per_block", "finetune.batch_size", "finetune.log_every",
-             "finetune.checkpoint_every", "eval.ar_gallery_images", "detector.batch_size",
-             "detector.input_scale", "detector.heldout_every", "detector.eval_images")
-_NON_NEGATIVE = ("trunk.learning_rate", "trunk.weight_decay", "trunk.momentum",
-                 "trunk.warmup_steps", "model.dropout", "cosface.margin", "data.num_workers",
-                 "finetune.learning_rate", "eval.num_distractors")
+# Fields checked by name wherever they occur (batch sizes, learning rates, ...) are in
+# _BY_NAME below; these are the one-off ones.
+_POSITIVE = ("model.width", "model.embedding_dim", "eval.num_pairs", "cosface.scale",
+             "dictionary.pairs_per_block", "eval.ar_gallery_images", "detector.input_scale",
+             "detector.heldout_every", "detector.eval_images")
+_NON_NEGATIVE = ("trunk.momentum", "trunk.warmup_steps", "model.dropout", "cosface.margin",
+                 "data.num_workers", "eval.num_distractors")
 
 
 def _get(config, dotted: str):

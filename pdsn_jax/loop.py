@@ -18,20 +18,23 @@ def check_divergence(stage: str, metrics: dict, step: int, start_norm: float,
   """Raises ``Diverged`` (before anything is saved) on a non-finite loss or parameter norm, or
   a parameter norm grown more than ``max_growth``-fold since the stage's first step, naming
   the last good checkpoint and how to resume."""
-  last = mgr.latest_step()
-  where = (f"the last good checkpoint is step {last} in {mgr.directory}; rerun the same command "
-           "with a lower learning rate to resume from it" if last is not None else
-           f"no checkpoint was saved yet ({mgr.directory}); rerun with a lower learning rate")
+  def where() -> str:  # only when stopping: it lists the checkpoint folder
+    last = mgr.latest_step()
+    if last is None:
+      return f"no checkpoint was saved yet ({mgr.directory}); rerun with a lower learning rate"
+    return (f"the last good checkpoint is step {last} in {mgr.directory}; rerun the same "
+            "command with a lower learning rate to resume from it")
+
   try:
     training.finite_or_raise({"loss": metrics["loss"], "param_norm": metrics["param_norm"]},
                              step)
   except FloatingPointError as e:
-    raise Diverged(f"[{stage}] {e}; {where}") from None
+    raise Diverged(f"[{stage}] {e}; {where()}") from None
   norm = float(metrics["param_norm"])
   if max_growth > 0 and norm > max_growth * start_norm:
     raise Diverged(f"[{stage}] parameter norm grew from {start_norm:.4g} to {norm:.4g} (more "
                    f"than {max_growth:g}x, config.max_param_norm_growth) by step {step}: the "
-                   f"run is diverging; stopping before saving; {where}")
+                   f"run is diverging; stopping before saving; {where()}")
 
 
 def train_loop(*, stage: str, state: Any, step_fn: Callable, data_iter: Any, mesh, mgr,

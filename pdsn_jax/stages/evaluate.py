@@ -100,24 +100,22 @@ def evaluate_model(embedder, variables, table, feats: dict, sets: protocols.Eval
   """Every protocol for one (checkpoint, mask table); ``table`` of ones means no masks.
   ``clean_variables``: the network for rows with no occluded block (see ``Embedder``)."""
   res: dict = {}
-  embedder = _WithClean(embedder, clean_variables)
   pa, pb = sets.pairs[:, 0], sets.pairs[:, 1]
   none = np.zeros((len(pa), flags["blocks"]), bool)
-  ea = embedder.embed(variables, table, feats["pair_faces"][pa], none)
-  eb = embedder.embed(variables, table, feats["pair_faces"][pb], none)
+  embed = lambda u, fl: embedder.embed(variables, table, u, fl, clean_variables)  # noqa: E731
+  ea, eb = embed(feats["pair_faces"][pa], none), embed(feats["pair_faces"][pb], none)
   res["clean"] = _verification(np.sum(ea * eb, 1), sets.issame)
   res["occluded"] = {}
   for cond, fl in flags["second"].items():
     # the same FDM on both faces: the blocks occluded in either (the first is clean)
-    ea = embedder.embed(variables, table, feats["pair_faces"][pa], fl)
-    eb = embedder.embed(variables, table, feats["second"][cond], fl)
+    ea, eb = embed(feats["pair_faces"][pa], fl), embed(feats["second"][cond], fl)
     res["occluded"][cond] = _verification(np.sum(ea * eb, 1), sets.issame)
   probe_labels = sets.labels[sets.probes]
   for proto, gallery in (("ar_p1", sets.gallery_p1), ("ar_p2", sets.gallery_p2)):
     res[proto] = {}
     for cond, fl in flags["probes"].items():
-      _, arg = masked.top1_search(embedder.base, variables, table, feats["faces"][gallery],
-                                  feats["probes"][cond], fl, embedder.clean)
+      _, arg = masked.top1_search(embedder, variables, table, feats["faces"][gallery],
+                                  feats["probes"][cond], fl, clean_variables)
       res[proto][cond] = float(np.mean(sets.labels[gallery][arg] == probe_labels))
   if with_distractors and feats["distractors"] is not None:
     g = sets.gallery_p2
@@ -128,20 +126,10 @@ def evaluate_model(embedder, variables, table, feats: dict, sets: protocols.Eval
                             np.zeros((len(sets.probes), flags["blocks"]), bool))}
     probe_sets.update({c: (feats["probes"][c], fl) for c, fl in flags["probes"].items()})
     for cond, (pu, fl) in probe_sets.items():
-      _, arg = masked.top1_search(embedder.base, variables, table, gallery_u, pu, fl,
-                                  embedder.clean)
+      _, arg = masked.top1_search(embedder, variables, table, gallery_u, pu, fl,
+                                  clean_variables)
       res["distractors"][cond] = float(np.mean(gallery_labels[arg] == probe_labels))
   return res
-
-
-class _WithClean:
-  """An Embedder whose ``embed`` uses ``clean`` for rows with no occluded block."""
-
-  def __init__(self, base, clean):
-    self.base, self.clean = base, clean
-
-  def embed(self, variables, table, u, flags):
-    return self.base.embed(variables, table, u, flags, self.clean)
 
 
 def _same_features(backbone, a: dict, b: dict) -> bool:
