@@ -43,16 +43,16 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from pdsn_jax import parallel, training  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import builders, parallel, training  # pylint: disable=g-import-not-at-top
   from pdsn_jax.models.generator import StackedMaskGenerators  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.stages import dictionary, pdsn, trunk  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.stages import dictionary, pdsn  # pylint: disable=g-import-not-at-top
 
   config = _CONFIG.value
   b = _BATCH.value or config.pdsn.batch_size
   classes = 200
   mesh = parallel.make_mesh()
-  backbone = trunk.build_backbone(config, False)
-  head = trunk.build_head(config, classes)
+  backbone = builders.backbone(config, False)
+  head = builders.classifier(config, classes)
   x = jnp.zeros((1, *config.data.image_size, 3))
   v = backbone.init(jax.random.key(0), x)
   h = head.init(jax.random.key(1), jnp.zeros((1, config.model.embedding_dim)))
@@ -65,14 +65,14 @@ def main(argv):
            "label": rng.integers(0, classes, (b,), dtype=np.int32)}
   tx = training.sgd(config.pdsn, 100)
   sched = training.learning_rate_schedule(config.pdsn, 100)
-  ushape = pdsn.u_shape(config)
+  ushape = builders.u_shape(config)
   key = jax.random.key(0, impl=config.prng_impl)
 
   def step_fn(num):
     fn = parallel.data_parallel(functools.partial(
         pdsn.train_step, backbone=backbone, head=head, gens=StackedMaskGenerators(num, "data"),
         tx=tx, schedule=sched, cfg=config.pdsn), mesh, donate_state=False)
-    state = pdsn.init_fn(config, tv, StackedMaskGenerators(num), tx, ushape)().replace(trunk=tv)
+    state = pdsn.init_fn(config, tv, StackedMaskGenerators(num), tx, ushape)().replace(frozen=tv)
     return fn, jax.device_put(state, parallel.replicated(mesh))
 
   fn9, s9 = step_fn(9)
@@ -82,14 +82,15 @@ def main(argv):
   t1 = _time(fn1, s1, b1, key, steps=_STEPS.value)
 
   gens = StackedMaskGenerators(9)
-  gvars = {"params": s9.params, "batch_stats": s9.batch_stats, "trunk": tv}
-  carry = {"state": gvars, "mean": jnp.zeros((9, *ushape)), "count": jnp.float32(0)}
+  gvars = {"params": s9.params, "batch_stats": s9.batch_stats, "frozen": tv}
+  carry = {"state": gvars, "mean": jnp.zeros((9, *ushape)), "count": jnp.float32(0),
+           "change": jnp.zeros((9, *ushape)), "level": jnp.zeros(ushape)}
   dstep = parallel.data_parallel(functools.partial(
       dictionary.mask_step, backbone=backbone, gens=gens, differential=True), mesh,
                                  donate_state=False)
   td = _time(dstep, jax.device_put(carry, parallel.replicated(mesh)),
              parallel.put_batch(batch, mesh), key, steps=_STEPS.value)
-  fwd = jax.jit(lambda v, x: backbone.apply(v, trunk.normalize(x)))
+  fwd = jax.jit(lambda v, x: backbone.apply(v, builders.normalize(x)))
   imgs = jnp.asarray(batch["occluded"].reshape(-1, *size, 3))
   tf = _time(fwd, v, imgs, steps=_STEPS.value)
 

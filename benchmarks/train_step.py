@@ -28,15 +28,14 @@ _TORCH = flags.DEFINE_bool("torch", True, "also time the same step in PyTorch if
 def _jax_step(config, batch_size, steps):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from pdsn_jax import parallel, training  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.stages import trunk  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import builders, parallel, recognition, training  # pylint: disable=g-import-not-at-top
 
   classes = 1000
   mesh = parallel.make_mesh()
-  head = trunk.build_head(config, classes)
+  head = builders.classifier(config, classes)
   tx = training.sgd(config.trunk, 1000)
-  init = trunk.init_fn(config, trunk.build_backbone(config, False), head, tx)
-  step = functools.partial(trunk.train_step, backbone=trunk.build_backbone(config, True),
+  init = recognition.init_fn(config, builders.backbone(config, False), head, tx)
+  step = functools.partial(recognition.train_step, backbone=builders.backbone(config, True),
                            head=head, tx=tx,
                            schedule=training.learning_rate_schedule(config.trunk, 1000))
   fn = parallel.data_parallel(step, mesh)

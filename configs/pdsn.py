@@ -14,6 +14,8 @@ protocol, 3 checkpoints, ablations). Every field can be overridden, e.g.
 
 import ml_collections
 
+from configs import common
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -22,6 +24,9 @@ def get_config() -> ml_collections.ConfigDict:
   # a training stage stops, before saving, when its parameter norm exceeds this many times
   # the starting one (divergence; <= 0: only non-finite values stop it)
   c.max_param_norm_growth = 10.0
+  # > 0: a jax.profiler trace of this many steps (after the compiling one) of every training
+  # stage, into <workdir>/<stage>/profile
+  c.profile_steps = 0
   # comma-separated, run in order: stage 0, I, II, the Baseline, stage III fine-tuning,
   # Table 3's lambda=0 generators, the occlusion detector, then every protocol and
   # ablation into results.md
@@ -56,25 +61,12 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.cosface = ml_collections.ConfigDict(dict(scale=30.0, margin=0.35))
 
-  c.trunk = ml_collections.ConfigDict()
-  c.trunk.batch_size = 32  # global, over all devices
-  c.trunk.num_epochs = 4.0
-  c.trunk.num_steps = -1  # > 0 overrides num_epochs
-  c.trunk.learning_rate = 0.1
-  c.trunk.momentum = 0.9
-  c.trunk.nesterov = False
-  c.trunk.weight_decay = 5e-4
-  c.trunk.warmup_steps = 30
-  c.trunk.schedule = "cosine"  # "cosine", "step", "constant"
-  c.trunk.step_boundaries = (0.5, 0.75)  # fractions of the run, for schedule="step"
-  c.trunk.step_decay = 0.1
-  c.trunk.log_every = 20
-  c.trunk.eval_every = 100  # <= 0: only at the end
-  c.trunk.checkpoint_every = 50
-  c.trunk.keep_checkpoints = 3
-  c.trunk.init_from = ""  # a checkpoints/ folder of another run (params + BN stats); with
-  # model.kind="dlib" a dlib .dat file, or "dlib" for face_recognition_models' one
-  c.trunk.freeze_backbone = False  # True: only the CosFace classifier trains
+  c.trunk = common.training(
+      num_epochs=4.0, warmup_steps=30, log_every=20, checkpoint_every=50, keep_checkpoints=3,
+      eval_every=100,  # <= 0: only at the end
+      init_from="",  # a checkpoints/ folder of another run (params + BN stats); with
+      # model.kind="dlib" a dlib .dat file, or "dlib" for face_recognition_models' one
+      freeze_backbone=False)  # True: only the CosFace classifier trains
 
   c.eval = ml_collections.ConfigDict(dict(
       num_pairs=600, batch_size=64, seed=1,
@@ -93,6 +85,13 @@ def get_config() -> ml_collections.ConfigDict:
       procedural_categories=("sunglasses", "mask", "hand", "object"),  # ... of these kinds
       occlusion_source="ground_truth",  # where test-time occlusion masks come from; rows
       # located by the detector are added whenever the 'detector' stage has run
+      # the rows compared: "Name=stage" (that stage's network, F(U)) or "Name=stage+fdm"
+      # (under the dictionary's FDMs, F(M * U)); pdsn_jax/evaluation/evaluators.py
+      models=("Trunk=trunk", "Baseline=baseline", "PDSN=trunk+fdm",
+              "PDSN + fine-tune=finetune+fdm"),
+      # what each row is measured by: pair verification (clean + occluded second image), AR
+      # protocols 1/2 rank-1, identification among distractors; "verification" is required
+      protocols=("verification", "ar_p1", "ar_p2", "distractors"),
       ablations=True,  # Tables 1-3 on the trunk + dictionary
       tau_sweep=(0.0, 0.05, 0.15, 0.25, 0.35, 0.45)))
 
@@ -111,44 +110,34 @@ def get_config() -> ml_collections.ConfigDict:
   ))
 
   # Stage I: the 9 mask generators (trunk frozen).
-  c.pdsn = ml_collections.ConfigDict(dict(
-      batch_size=16, num_epochs=0.6, num_steps=-1, learning_rate=0.01, momentum=0.9,
-      optimizer="sgd",  # or "adam" (AdamW): per-element gradients of the mean L1/CE are tiny
-      nesterov=False, weight_decay=5e-4, warmup_steps=10, schedule="cosine",
-      step_boundaries=(0.5, 0.75), step_decay=0.1,
+  c.pdsn = common.training(
+      batch_size=16, num_epochs=0.6, learning_rate=0.01,  # "adam" suits a tiny trunk (tiny.py)
+      warmup_steps=10,
       lambda_l1=10.0,  # paper, Eq. 5
       loss="paper",  # "paper": CE(occluded) + lambda*L1; "released": 0.5 CE(clean) + 0.5 CE(occ)
       differential=True,  # False: Table 3's ablation, input U(x_j) and lambda taken as 0
-      mask_bias_init=0.0,  # generators' last BN shift at start: first masks ~sigmoid(this)
-      log_every=10, checkpoint_every=25, keep_checkpoints=2))
+      mask_bias_init=0.0)  # generators' last BN shift at start: first masks ~sigmoid(this)
 
   # Stage III fine-tuning and the Baseline: same budget, same occluded faces (finetune.py).
-  c.finetune = ml_collections.ConfigDict(dict(
-      batch_size=32, num_epochs=0.67, num_steps=-1, learning_rate=0.01, momentum=0.9,
-      nesterov=False, weight_decay=5e-4, warmup_steps=5, schedule="cosine",
-      step_boundaries=(0.5, 0.75), step_decay=0.1, log_every=10, eval_every=-1,
-      checkpoint_every=25, keep_checkpoints=2,
+  c.finetune = common.training(
+      num_epochs=0.67, learning_rate=0.01, warmup_steps=5, eval_every=-1,
       clean_prob=0.25,  # share of clean faces (under the all-ones mask)
       conditions=("sunglasses", "mask", "hand", "object", "blocks"),
-      optimizer="sgd",  # or "adam" (AdamW)
       loss="cosface",  # or "distill": toward the frozen trunk's embedding of the clean face
       trainable="all",  # or "head": only F (the layers after U)
       # evaluation: pairs/probes with no occluded block use the trunk's own F (their FDM is
       # all ones), the fine-tuned F only under an FDM; applies to Baseline and fine-tune alike
-      trunk_head_when_clean=False))
+      trunk_head_when_clean=False)
 
   # The occlusion detector (stages/detector.py): a U-Net-style FCN on occluded faces.
-  c.detector = ml_collections.ConfigDict(dict(
+  c.detector = common.training(
+      num_epochs=1.6, optimizer="adam", learning_rate=0.003, weight_decay=1e-4, warmup_steps=10,
       widths=(16, 32, 64, 96),  # encoder channels per scale (decoder mirrors them)
       input_scale=0.5,  # the net sees the face at this scale; logits are upsampled back
-      batch_size=32, num_epochs=1.6, num_steps=-1, learning_rate=0.003, momentum=0.9,
-      optimizer="adam", nesterov=False, weight_decay=1e-4, warmup_steps=10, schedule="cosine",
-      step_boundaries=(0.5, 0.75), step_decay=0.1, log_every=10, checkpoint_every=25,
-      keep_checkpoints=2,
       clean_prob=0.15,  # share of faces without occluder
       threshold=0.5,  # probability above which a pixel counts as occluded
       heldout_every=4,  # every 4th occluder file per folder is held out of training
-      eval_images=400))
+      eval_images=400)
 
   # Stage II: the dictionary of binary Feature Discarding Masks.
   c.dictionary = ml_collections.ConfigDict(dict(

@@ -106,9 +106,11 @@ def load_variables(directory: str, keys=("params", "batch_stats")) -> dict:
   """Host numpy ``{key: tree}`` from the latest checkpoint under ``directory`` (init_from)."""
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"init_from checkpoint folder not found: {directory}")
-  # Finished checkpoints are folders named by their step; unfinished saves carry a
-  # temporary suffix until orbax renames them.
-  steps = sorted((int(d) for d in os.listdir(directory) if d.isdigit()), reverse=True)
+  mgr = manager(directory, read_only=True)  # orbax lists finished steps only
+  try:
+    steps = sorted(mgr.all_steps(), reverse=True)
+  finally:
+    mgr.close()
   if not steps:
     raise FileNotFoundError(f"no finished checkpoint under {directory}")
   failures = []

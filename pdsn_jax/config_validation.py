@@ -2,26 +2,36 @@
 
 import ml_collections
 
-_CHOICES = {
-    "data.source": ("synthetic", "folders", "recordio"),
-    "data.alignment": ("arcface", "dlib_chip"),
-    "model.kind": ("iresnet", "dlib", "mobilefacenet"),
-    "model.dlib_u": ("4x4", "8x8"),
-    "model.dtype": ("float32", "bfloat16"),
-    "model.depth": (18, 34, 50, 100),
-    "trunk.schedule": ("cosine", "step", "constant"),
-    "pdsn.schedule": ("cosine", "step", "constant"),
-    "pdsn.loss": ("paper", "released"),
-    "occlusion.overlap": ("coverage", "iou"),
-    "finetune.schedule": ("cosine", "step", "constant"),
-    "finetune.loss": ("cosface", "distill"),
-    "finetune.trainable": ("all", "head"),
-    "eval.occlusion_source": ("ground_truth", "detector"),
-    "detector.schedule": ("cosine", "step", "constant"),
-    "detector.optimizer": ("sgd", "adam"),
-    "pdsn.optimizer": ("sgd", "adam"),
-    "finetune.optimizer": ("sgd", "adam"),
-}
+from pdsn_jax import builders, recognition, training
+from pdsn_jax.data import alignment, occlusion, placement, sources
+from pdsn_jax.evaluation import evaluators, protocols
+from pdsn_jax.models import dlib_resnet, iresnet
+
+
+def _choices() -> dict:
+  """key -> allowed values, each from the module that acts on the key."""
+  from pdsn_jax.stages import pdsn  # pylint: disable=g-import-not-at-top (stages import jax)
+  out = {
+      "prng_impl": training.PRNG_IMPLS,
+      "data.source": sources.SOURCES,
+      "data.alignment": tuple(alignment.TEMPLATES),
+      "model.kind": builders.KINDS,
+      "model.dlib_u": tuple(dlib_resnet.U_BLOCKS),
+      "model.dtype": tuple(builders.DTYPES),
+      "model.depth": tuple(iresnet.STAGE_BLOCKS),
+      "pdsn.loss": pdsn.LOSSES,
+      "occlusion.overlap": occlusion.OVERLAPS,
+      "finetune.loss": recognition.LOSSES,
+      # "classifier" is the trunk stage's freeze_backbone, not a fine-tuning choice
+      "finetune.trainable": tuple(t for t in recognition.TRAINABLE if t != "classifier"),
+      "eval.occlusion_source": protocols.OCCLUSION_SOURCES,
+  }
+  for stage in ("trunk", "pdsn", "finetune", "detector"):
+    out[f"{stage}.schedule"] = training.SCHEDULES
+    out[f"{stage}.optimizer"] = training.OPTIMIZERS
+  return out
+
+
 # Fields checked by name wherever they occur (batch sizes, learning rates, ...) are in
 # _BY_NAME below; these are the one-off ones.
 _POSITIVE = ("model.width", "model.embedding_dim", "eval.num_pairs", "cosface.scale",
@@ -66,7 +76,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       ok, what = _BY_NAME[key]
       if not ok(value):
         raise ValueError(f"config.{path}={value!r} must be {what}")
-  for key, allowed in _CHOICES.items():
+  for key, allowed in _choices().items():
     value = _get(config, key)
     if value not in allowed:
       raise ValueError(f"config.{key}={value!r} is not one of {allowed}")
@@ -84,10 +94,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not 0 <= _get(config, key) <= 1:
       raise ValueError(f"config.{key}={_get(config, key)!r} must be in [0, 1]")
   for key in ("eval.conditions", "finetune.conditions"):
-    from pdsn_jax.data.placement import CONDITIONS  # pylint: disable=g-import-not-at-top
-    bad = [c for c in _get(config, key) if c not in CONDITIONS]
+    bad = [c for c in _get(config, key) if c not in placement.CONDITIONS]
     if bad or not _get(config, key):
-      raise ValueError(f"config.{key}={tuple(_get(config, key))!r}: allowed values {CONDITIONS}")
+      raise ValueError(f"config.{key}={tuple(_get(config, key))!r}: allowed values "
+                       f"{placement.CONDITIONS}")
+  bad = [p for p in config.eval.protocols if p not in evaluators.PROTOCOLS]
+  if bad or "verification" not in config.eval.protocols:
+    raise ValueError(f"config.eval.protocols={tuple(config.eval.protocols)!r}: allowed values "
+                     f"{tuple(evaluators.PROTOCOLS)}, 'verification' required")
+  evaluators.parse_models(config.eval.models)
   for tau in config.eval.tau_sweep:
     if not 0 <= tau < 1:
       raise ValueError(f"config.eval.tau_sweep has {tau!r}; every tau must be in [0, 1)")

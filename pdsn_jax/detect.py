@@ -32,15 +32,13 @@ def main(argv):
   from pdsn_jax import visualize  # pylint: disable=g-import-not-at-top
   from pdsn_jax.data.alignment import align_face  # pylint: disable=g-import-not-at-top
   from pdsn_jax.data.folders import load_rgb, read_landmarks  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.stages import detector  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import inference, workdir  # pylint: disable=g-import-not-at-top
 
   config = _CONFIG.value
   if not os.path.isdir(_IMAGES.value):
     raise FileNotFoundError(f"--images folder not found: {_IMAGES.value}")
-  variables = detector.load_variables(_WORKDIR.value)
-  if variables is None:
-    raise FileNotFoundError(f"no detector checkpoint under {_WORKDIR.value}/detector/checkpoints;"
-                            " run the 'detector' stage first")
+  workdir.require(_WORKDIR.value, workdir.DETECTOR, needed_by="detect")
+  variables = workdir.load(_WORKDIR.value, workdir.DETECTOR)
   paths = sorted(os.path.join(d, f) for d, _, files in os.walk(_IMAGES.value) for f in files
                  if f.lower().endswith(_EXT))[:_LIMIT.value]
   if not paths:
@@ -51,7 +49,7 @@ def main(argv):
     return marks.get(os.path.normpath(os.path.abspath(p)), marks.get(os.path.realpath(p)))
 
   faces = np.stack([align_face(load_rgb(p), landmarks(p), size) for p in paths])
-  pred = detector.predictor(config, variables)(faces)
+  pred = inference.occlusion_predictor(config, variables)(faces)
   visualize.detection_sheet(faces, pred, _OUT.value, min_overlap=config.occlusion.min_overlap,
                             overlap=config.occlusion.overlap,
                             names=[os.path.relpath(p, _IMAGES.value) for p in paths])

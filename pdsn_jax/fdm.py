@@ -1,9 +1,13 @@
-"""Feature Discarding Masks: from a pixel occlusion mask to the FDM that removes its effect.
+"""Feature Discarding Masks: the dictionary's items, its file, and composing a face's FDM.
 
-pixel mask (H, W) -> blocks whose overlap with it is >= threshold -> AND of those
-blocks' dictionary items -> FDM with the shape of U. Batched and jittable; a
-face with no occluded block gets all ones.
+pixel mask (H, W) -> ``occlusion.block_flags`` -> AND of the flagged blocks' items ->
+FDM with the shape of U. Batched and jittable; a face with no occluded block gets all
+ones. ``binarize`` turns mean masks (or any keep-scores) into items; the dictionary
+stage writes them with ``export`` and every later user reads them with ``load``.
 """
+
+import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -12,12 +16,17 @@ import numpy as np
 from pdsn_jax.data import occlusion
 
 
-def occluded_blocks(pixel_masks: jax.Array, image_size: tuple[int, int],
-                    blocks=occlusion.CENTRAL_BLOCKS, threshold: float = 0.5,
-                    overlap: str = "coverage") -> jax.Array:
-  """(..., H, W) bool -> (..., len(blocks)) bool: which dictionary blocks are occluded."""
-  block_px = jnp.asarray(occlusion.block_pixel_masks(image_size)[np.asarray(blocks)])
-  return occlusion.blocks_occluded(jnp.asarray(pixel_masks), block_px, threshold, overlap)
+def binarize(mean_masks: jax.Array, tau: float) -> jax.Array:
+  """Zeros the floor(tau*K) smallest entries of each (h, w, c) mask, ones elsewhere.
+
+  Ties: the element with the lower flat index is discarded first (stable sort).
+  """
+  j = mean_masks.shape[0]
+  flat = mean_masks.reshape(j, -1)
+  k = int(np.floor(tau * flat.shape[1]))
+  order = jnp.argsort(flat, axis=1, stable=True)
+  ranks = jnp.argsort(order, axis=1, stable=True)
+  return (ranks >= k).astype(jnp.uint8).reshape(mean_masks.shape)
 
 
 def compose(flags: jax.Array, dictionary: jax.Array) -> jax.Array:
@@ -28,9 +37,36 @@ def compose(flags: jax.Array, dictionary: jax.Array) -> jax.Array:
   return jnp.prod(f * items + (1.0 - f), axis=-4)
 
 
-def fdm_from_pixel_mask(pixel_masks: jax.Array, dictionary: jax.Array,
-                        image_size: tuple[int, int], threshold: float = 0.5,
+def fdm_from_pixel_mask(pixel_masks: jax.Array, dictionary: jax.Array, threshold: float = 0.5,
                         overlap: str = "coverage") -> jax.Array:
   """(..., H, W) pixel masks -> (..., h, w, c) FDMs."""
-  return compose(occluded_blocks(pixel_masks, image_size, threshold=threshold, overlap=overlap),
+  return compose(occlusion.block_flags(jnp.asarray(pixel_masks), threshold, overlap),
                  dictionary)
+
+
+def export(path: str, mean_masks: np.ndarray, fdms: np.ndarray, meta: dict,
+           change_scores: np.ndarray | None = None) -> None:
+  """Bit-packed FDMs + float32 means (the tau sweep re-binarises them) + metadata in one .npz,
+  and the not-learned reference's keep-scores; written atomically."""
+  tmp = path + ".tmp.npz"
+  extra = {} if change_scores is None else {"change_scores": change_scores.astype(np.float32)}
+  np.savez_compressed(tmp, fdm_bits=np.packbits(fdms.astype(bool).reshape(-1)),
+                      fdm_shape=np.asarray(fdms.shape), mean_masks=mean_masks.astype(np.float32),
+                      metadata=np.asarray(json.dumps(meta)), **extra)
+  os.replace(tmp, path)
+
+
+def load(path: str) -> tuple[np.ndarray, np.ndarray, dict]:
+  """(fdms uint8 (J, h, w, c), mean masks float32, metadata) from ``dictionary.npz``."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"FDM dictionary not found: {path}")
+  with np.load(path) as z:
+    shape = tuple(z["fdm_shape"])
+    fdms = np.unpackbits(z["fdm_bits"])[:int(np.prod(shape))].reshape(shape)
+    return fdms, z["mean_masks"].astype(np.float32), json.loads(str(z["metadata"]))
+
+
+def load_change_scores(path: str) -> np.ndarray | None:
+  """The not-learned reference's keep-scores (see the dictionary stage), if stored."""
+  with np.load(path) as z:
+    return z["change_scores"] if "change_scores" in z else None

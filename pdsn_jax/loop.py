@@ -1,12 +1,25 @@
-"""The training loop every stage shares: steps, logging, NaN checks, checkpoints."""
+"""The skeleton every training stage runs in: mesh, data, checkpoints, restore, the step loop
+with logging, divergence checks and evaluations, ``summary.json``.
 
+A stage is a ``plan(ctx) -> Plan`` function: given the run's context (config, mesh, sources,
+step count) it returns its initial state, per-device step and hooks. ``run_stage`` does the
+rest, the same way for every stage.
+"""
+
+import dataclasses
+import logging
+import os
+import time
 from typing import Any, Callable
 
 import jax
+import ml_collections
 import numpy as np
 import optax
 
-from pdsn_jax import checkpointing, metrics as metrics_lib, parallel, training
+from pdsn_jax import builders, checkpointing, metrics as metrics_lib, parallel, training
+from pdsn_jax import workdir as workdir_lib
+from pdsn_jax.data import pipeline, sources
 
 
 class Diverged(FloatingPointError):
@@ -42,7 +55,7 @@ def train_loop(*, stage: str, state: Any, step_fn: Callable, data_iter: Any, mes
                images_per_step: int, log_every: int,
                on_metrics: Callable[[int, dict], dict] | None = None,
                on_step: Callable[[int, Any], None] | None = None,
-               max_growth: float = 0.0) -> Any:
+               max_growth: float = 0.0, profile: tuple[int, str] = (0, "")) -> Any:
   """Runs steps [start, total) and returns the final state.
 
   Metrics leave the device only at log and checkpoint steps; there the loss and
@@ -50,14 +63,25 @@ def train_loop(*, stage: str, state: Any, step_fn: Callable, data_iter: Any, mes
   starting state's (``check_divergence``), so a checkpoint never holds a diverged
   state. ``on_metrics(step, metrics)`` may pop non-scalar metrics and returns
   extra scalars to log; ``on_step(step, state)`` runs after every step (evals).
+  ``profile=(n, dir)``: a ``jax.profiler`` trace of the n steps after the first (compiling)
+  one, into ``dir`` (TensorBoard's profile plugin or Perfetto read it).
   """
+  n_profile, profile_dir = profile
+  trace = range(start + 1, min(start + 1 + n_profile, total)) if n_profile > 0 else range(0)
   clock = metrics_lib.Throughput(total, images_per_step, start)
   # the params are replicated: this process's first copy is the whole tree
   local = lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x  # noqa: E731
   start_norm = float(optax.tree.norm(jax.tree.map(lambda x: np.asarray(local(x)), state.params)))
   for step in range(start, total):
+    if trace and step == trace.start:
+      jax.profiler.start_trace(profile_dir)
     batch = parallel.put_batch(next(data_iter), mesh)
     state, out = step_fn(state, batch, jax.random.fold_in(root, step))
+    if trace and step == trace[-1]:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      logging.info("[%s] profiler trace of steps %d-%d in %s", stage, trace.start + 1,
+                   trace[-1] + 1, profile_dir)
     done = step + 1
     is_log = done % log_every == 0 or done == total or done == start + 1
     is_ckpt = mgr.should_save(done) or done == total
@@ -85,3 +109,105 @@ def stage_root_key(state: Any, mesh, impl: str) -> jax.Array:
   """The stage's root key, replicated, copied out of the state (whose buffers get donated)."""
   return jax.random.wrap_key_data(parallel.put_replicated(jax.device_get(state.rng), mesh),
                                   impl=impl)
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """What a stage's plan is built from."""
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  name: str  # the stage's folder under the workdir
+  cfg: ml_collections.ConfigDict  # its config section (batch, steps, optimizer, logging)
+  mesh: Any
+  train: Any  # the training source
+  heldout: Any  # held-out faces of the same data
+  steps: int
+
+
+@dataclasses.dataclass
+class Plan:
+  """What a training stage gives the skeleton.
+
+  ``init() -> TrainState`` builds the starting state (traced for shapes, jitted);
+  ``step(state, batch, rng) -> (state, metrics)`` is per-device (mapped over the mesh),
+  metrics with ``loss`` and ``param_norm``; ``transforms`` make the batches (after the
+  seeded shuffle of ``stream``'s seed); ``init_from``/``merge``/``loader``: a starting
+  network (``checkpointing.restore_or_init``); ``prepare(state, origin)`` runs after the
+  restore; ``evaluate(state, step, writer) -> dict`` is the held-out evaluation, run at
+  the end, every ``eval_every`` steps and, with ``eval_at_start``, before a fresh start;
+  ``on_metrics`` as in ``train_loop``; ``summary(results)`` adds to ``summary.json``.
+  """
+
+  init: Callable[[], Any]
+  step: Callable
+  stream: str
+  transforms: tuple = ()
+  init_from: str = ""
+  merge: Callable | None = None
+  loader: Callable | None = None
+  prepare: Callable[[Any, str], Any] | None = None
+  evaluate: Callable[[Any, int, Any], dict] | None = None
+  eval_at_start: bool = False
+  eval_every: int = 0
+  images_per_step: int = 0  # 0: the batch size
+  on_metrics: Callable[[int, dict], dict] | None = None
+  summary: Callable[[dict], dict] | None = None
+  description: str = ""
+
+
+def run_stage(config: ml_collections.ConfigDict, workdir: str, name: str,
+              cfg: ml_collections.ConfigDict, plan_fn: Callable[[Context], Plan]) -> dict:
+  """Trains (or resumes) one stage into ``<workdir>/<name>``; returns its summary, which
+  process 0 also writes to ``summary.json``."""
+  mesh = parallel.make_mesh()
+  pcount, pindex = jax.process_count(), jax.process_index()
+  pipeline.check_batch_size(cfg.batch_size, mesh.size, pcount, f"{name}.batch_size")
+  train_src, heldout_src = sources.build(config.data)
+  steps = builders.total_steps(cfg, len(train_src))
+  ctx = Context(config, workdir, name, cfg, mesh, train_src, heldout_src, steps)
+  plan = plan_fn(ctx)
+  ds = pipeline.train_dataset(train_src, cfg.batch_size, training.data_seed(config, plan.stream),
+                              pindex, pcount, plan.transforms)
+  data_iter = pipeline.to_iterator(ds, config.data.num_workers)
+  mgr = checkpointing.manager(workdir_lib.checkpoints(workdir, name), cfg.keep_checkpoints,
+                              cfg.checkpoint_every)
+  state, start, origin = checkpointing.restore_or_init(
+      mgr, plan.init, mesh, data_iter, plan.init_from, plan.merge, plan.loader)
+  if plan.prepare is not None:
+    state = plan.prepare(state, origin)
+  logging.info("[%s] %s: %d images, %d identities; %d steps of %d on %d devices (%d "
+               "processes)%s; starting at step %d (%s)", name,
+               getattr(train_src, "description", ""), len(train_src), train_src.num_classes,
+               steps, cfg.batch_size, mesh.size, pcount, plan.description, start, origin)
+  writer = metrics_lib.MetricWriter(workdir_lib.logs(workdir, name), name)
+  step_fn = parallel.data_parallel(plan.step, mesh)
+  root = stage_root_key(state, mesh, config.prng_impl)
+  results, t0 = {}, time.time()
+
+  def periodic_eval(done, state):
+    if plan.eval_every > 0 and done % plan.eval_every == 0 and done != steps:
+      plan.evaluate(state, done, writer)
+
+  try:
+    if plan.evaluate is not None and plan.eval_at_start and start == 0:
+      results["at_start"] = plan.evaluate(state, 0, writer)
+    state = train_loop(stage=name, state=state, step_fn=step_fn, data_iter=data_iter, mesh=mesh,
+                       mgr=mgr, writer=writer, root=root, start=start, total=steps,
+                       images_per_step=plan.images_per_step or cfg.batch_size,
+                       log_every=cfg.log_every, on_metrics=plan.on_metrics,
+                       on_step=periodic_eval if plan.evaluate is not None else None,
+                       max_growth=config.max_param_norm_growth,
+                       profile=(config.profile_steps,
+                                os.path.join(workdir_lib.stage_dir(workdir, name), "profile")))
+    if plan.evaluate is not None:
+      results["final"] = plan.evaluate(state, steps, writer)
+  finally:
+    mgr.close()
+    writer.close()
+  summary = {"stage": name, "data": getattr(train_src, "description", ""), "steps": steps,
+             "seconds_this_run": round(time.time() - t0, 1)}
+  summary.update(plan.summary(results) if plan.summary is not None else {})
+  if pindex == 0:
+    workdir_lib.write_summary(workdir, name, summary)
+  return summary

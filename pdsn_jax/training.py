@@ -24,11 +24,29 @@ class TrainState:
   batch_stats: Any
   opt_state: Any
   rng: jax.Array
-  # the frozen starting network (``finetune.loss="distill"``'s teacher); None elsewhere
-  teacher: Any = None
+  # networks the step reads and never trains, carried so that a checkpoint is self-contained
+  # and their staying unchanged can be checked: stage I's trunk, ``finetune.loss="distill"``'s
+  # teacher; None elsewhere
+  frozen: Any = None
 
 
 PRNG_IMPLS = ("rbg", "threefry2x32", "unsafe_rbg")
+
+# Every random stream of a run, in one table: stream -> (the data pipeline's seed offset from
+# config.seed, the fold_in index of the stage's init key in the root key; None: the root key
+# itself). The numbers are those of the first runs: changing one changes that stage's results.
+# Baseline and fine-tune draw the trunk's stream (the same face order, the trunk's init).
+STREAMS = {"trunk": (0, None), "pdsn": (1, 1), "dictionary": (2, None), "detector": (4, 3)}
+
+
+def data_seed(config: ml_collections.ConfigDict, stream: str) -> int:
+  return int(config.seed) + STREAMS[stream][0]
+
+
+def init_key(config: ml_collections.ConfigDict, stream: str) -> jax.Array:
+  k = STREAMS[stream][1]
+  root = root_key(config)
+  return root if k is None else jax.random.fold_in(root, k)
 
 
 def root_key(config: ml_collections.ConfigDict) -> jax.Array:

@@ -123,9 +123,8 @@ def detection_sheet(images: np.ndarray, pred: np.ndarray, path: str, true_masks=
                     min_overlap: float = 0.5, overlap: str = "coverage",
                     names: list[str] | None = None) -> str:
   """Rows of (image, predicted mask in red, assigned generator blocks outlined[, true mask])."""
-  from pdsn_jax.data import placement  # pylint: disable=g-import-not-at-top
   boxes = occlusion.block_boxes(images.shape[1:3])
-  flags = placement.occluded_block_flags(np.asarray(pred, bool), min_overlap, overlap)
+  flags = occlusion.block_flags(np.asarray(pred, bool), min_overlap, overlap)
   rows = []
   for i, img in enumerate(images):
     over = img.astype(np.float32).copy()

@@ -1,8 +1,95 @@
-"""The workdir: one run at a time (an advisory lock per process)."""
+"""The workdir: the one place that knows its layout, and one run at a time (a lock per process).
+
+  <workdir>/config.json                  the config of the last run
+  <workdir>/<stage>/checkpoints/<step>/  orbax: train state + grain iterator (training stages)
+  <workdir>/<stage>/logs/                tensorboard events + metrics.jsonl
+  <workdir>/<stage>/summary.json         what the stage measured
+  <workdir>/dictionary/dictionary.npz    the FDMs (stage II's output; marks it complete)
+  <workdir>/evaluate/results.{md,json}   every protocol and ablation
+
+A stage reads what earlier stages left only through the functions here.
+"""
 
 import contextlib
 import fcntl
+import json
 import os
+
+from pdsn_jax import checkpointing
+
+TRUNK, PDSN, DICTIONARY = "trunk", "pdsn", "dictionary"
+BASELINE, FINETUNE, DETECTOR, EVALUATE = "baseline", "finetune", "detector", "evaluate"
+LAMBDA0 = "lambda0"  # Table 3's ablation: its generators and dictionary are "lambda0_<stage>"
+DICTIONARY_FILE = "dictionary.npz"
+
+
+def stage_dir(workdir: str, stage: str) -> str:
+  return os.path.join(workdir, stage)
+
+
+def checkpoints(workdir: str, stage: str) -> str:
+  return os.path.join(workdir, stage, "checkpoints")
+
+
+def logs(workdir: str, stage: str) -> str:
+  return os.path.join(workdir, stage, "logs")
+
+
+def dictionary_file(workdir: str, stage: str = DICTIONARY) -> str:
+  return os.path.join(workdir, stage, DICTIONARY_FILE)
+
+
+def latest_step(workdir: str, stage: str) -> int | None:
+  """The stage's latest finished checkpoint step (orbax's own answer), None if it has none."""
+  path = checkpoints(workdir, stage)
+  if not os.path.isdir(path):
+    return None
+  mgr = checkpointing.manager(path, read_only=True)
+  try:
+    return mgr.latest_step()
+  finally:
+    mgr.close()
+
+
+def require(workdir: str, stage: str, needed_by: str) -> str:
+  """The stage's checkpoint folder; FileNotFoundError saying which stage to run if it has none."""
+  if latest_step(workdir, stage) is None:
+    raise FileNotFoundError(f"stage '{needed_by}' needs the '{stage}' stage: no checkpoint "
+                            f"under {checkpoints(workdir, stage)}; run it first (config.stages)")
+  return checkpoints(workdir, stage)
+
+
+def load(workdir: str, stage: str, keys=("params", "batch_stats")) -> dict | None:
+  """Host numpy ``{key: tree}`` of the stage's latest checkpoint, None if it has none."""
+  if latest_step(workdir, stage) is None:
+    return None
+  return checkpointing.load_variables(checkpoints(workdir, stage), keys)
+
+
+def backbone_variables(workdir: str, stage: str) -> dict | None:
+  """Inference variables (``params``, ``batch_stats``) of a recognition stage's network."""
+  v = load(workdir, stage)
+  return None if v is None else {"params": v["params"]["backbone"],
+                                 "batch_stats": v["batch_stats"]}
+
+
+def load_config(workdir: str):
+  """The config a run was made with (``config.json``), as a ConfigDict."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} not found: --workdir must be a run folder of "
+                            "python -m pdsn_jax.main")
+  with open(path, encoding="utf-8") as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def write_summary(workdir: str, stage: str, summary: dict) -> str:
+  path = os.path.join(workdir, stage, "summary.json")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(summary, f, indent=2)
+  return path
 
 
 class WorkdirInUse(RuntimeError):

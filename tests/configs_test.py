@@ -11,7 +11,7 @@ from tests import helpers
 
 CONFIGS = sorted(os.path.splitext(os.path.basename(p))[0]
                  for p in glob.glob(os.path.join(helpers.REPO, "configs", "*.py"))
-                 if not p.endswith("__init__.py"))
+                 if os.path.basename(p) not in ("__init__.py", "common.py"))
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -45,6 +45,18 @@ def test_every_stage_field_is_checked_by_name(key, value, want):
   section, field = key.split(".")
   c[section][field] = value
   with pytest.raises(ValueError, match=rf"config.{key}={value!r} must be {want}"):
+    validate(c)
+
+
+def test_eval_models_and_protocols_are_checked():
+  from configs import pdsn  # pylint: disable=g-import-not-at-top
+  c = pdsn.get_config()
+  c.eval.models = ("Trunk=trunk", "PDSN=trunk+masks")
+  with pytest.raises(ValueError, match=r"eval.models entry 'PDSN=trunk\+masks'"):
+    validate(c)
+  c = pdsn.get_config()
+  c.eval.protocols = ("ar_p1",)
+  with pytest.raises(ValueError, match=r"eval.protocols.*'verification' required"):
     validate(c)
 
 

@@ -10,8 +10,9 @@ import numpy as np
 import optax
 
 from configs import tiny
-from pdsn_jax import checkpointing, fdm, parallel, training
-from pdsn_jax.data import occlusion, placement
+from pdsn_jax import builders, checkpointing, inference, parallel, training
+from pdsn_jax.data import occlusion
+from pdsn_jax.evaluation.segmentation import segmentation_metrics
 from pdsn_jax.data.synthetic import SyntheticFaces
 from pdsn_jax.stages import detector
 from tests import helpers
@@ -27,13 +28,13 @@ def _batch(n=8):
 
 def test_output_shape_and_range_at_full_resolution():
   config = tiny.get_config()
-  model = detector.build(config, False)
+  model = builders.detector(config, False)
   v = detector.init_fn(config, model, optax.sgd(0.1))()
-  logits = detector.logits_fn(model, {"params": v.params, "batch_stats": v.batch_stats},
-                              jnp.asarray(FACES), config.detector.input_scale)
+  logits = inference.detector_logits(model, {"params": v.params, "batch_stats": v.batch_stats},
+                                     jnp.asarray(FACES), config.detector.input_scale)
   chex.assert_shape(logits, (4, 112, 96))
   assert logits.dtype == jnp.float32
-  pred = detector.predictor(config, {"params": v.params, "batch_stats": v.batch_stats})(FACES)
+  pred = inference.occlusion_predictor(config, {"params": v.params, "batch_stats": v.batch_stats})(FACES)
   assert pred.shape == (4, 112, 96) and pred.dtype == bool
 
 
@@ -42,10 +43,10 @@ def test_loss_decreases_when_overfitting_a_tiny_batch():
   config.detector.update(widths=(8, 16), learning_rate=0.1, warmup_steps=0, schedule="constant")
   mesh = parallel.make_mesh(jax.devices()[:1])
   tx = training.sgd(config.detector, 40)
-  state = jax.device_put(detector.init_fn(config, detector.build(config, False), tx)(),
+  state = jax.device_put(detector.init_fn(config, builders.detector(config, False), tx)(),
                          parallel.replicated(mesh))
   step = parallel.data_parallel(functools.partial(
-      detector.train_step, model=detector.build(config, True), tx=tx,
+      detector.train_step, model=builders.detector(config, True), tx=tx,
       schedule=training.learning_rate_schedule(config.detector, 40), scale=0.5), mesh)
   batch = parallel.put_batch(_batch(), mesh)
   losses = []
@@ -56,15 +57,15 @@ def test_loss_decreases_when_overfitting_a_tiny_batch():
   assert float(out["pixel_accuracy"]) > 0.85
 
 
-def test_block_assignment_from_a_perfect_mask_equals_the_fdm_api():
+def test_block_flags_agree_on_numpy_and_jax():
   masks = _batch(16)["mask"] > 0
-  ours = placement.occluded_block_flags(masks)
-  api = np.asarray(fdm.occluded_blocks(jnp.asarray(masks), (112, 96)))
-  np.testing.assert_array_equal(ours, api)
+  ours = occlusion.block_flags(masks)
+  traced = np.asarray(jax.jit(occlusion.block_flags)(jnp.asarray(masks)))
+  np.testing.assert_array_equal(ours, traced)
   assert ours.any()
-  m = detector.segmentation_metrics(masks, masks)
+  m = segmentation_metrics(masks, masks)
   assert m["mean_iu"] == m["pixel_accuracy"] == m["block_accuracy"] == 1.0
-  empty = detector.segmentation_metrics(np.zeros_like(masks), masks)
+  empty = segmentation_metrics(np.zeros_like(masks), masks)
   assert empty["iou_occluded"] == 0.0 and empty["block_accuracy"] < 1.0
 
 

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pdsn_jax import fdm
 from pdsn_jax.stages import dictionary
 
 
@@ -45,7 +46,7 @@ def test_binarize_zeros_exactly_floor_tau_k_with_deterministic_ties():
   m = rng.uniform(0, 1, (9, 7, 6, 5)).astype(np.float32)
   k = 7 * 6 * 5
   for tau in (0.0, 0.05, 0.25, 0.45):
-    f = np.asarray(dictionary.binarize(jnp.asarray(m), tau))
+    f = np.asarray(fdm.binarize(jnp.asarray(m), tau))
     assert f.dtype == np.uint8 and set(np.unique(f)) <= {0, 1}
     np.testing.assert_array_equal((f == 0).reshape(9, -1).sum(1), int(np.floor(tau * k)))
     # the zeros are the smallest entries
@@ -53,15 +54,15 @@ def test_binarize_zeros_exactly_floor_tau_k_with_deterministic_ties():
       if tau > 0:
         assert m[j][f[j] == 0].max() <= m[j][f[j] == 1].min()
   ties = jnp.zeros((1, 2, 2, 1))  # all equal: the first floor(0.5*4)=2 by flat index go
-  np.testing.assert_array_equal(np.asarray(dictionary.binarize(ties, 0.5)).reshape(-1), [0, 0, 1, 1])
+  np.testing.assert_array_equal(np.asarray(fdm.binarize(ties, 0.5)).reshape(-1), [0, 0, 1, 1])
 
 
 def test_export_round_trip(tmp_path):
   fdms = np.random.default_rng(0).integers(0, 2, (9, 7, 6, 3)).astype(np.uint8)
   mean = np.random.default_rng(1).uniform(0, 1, (9, 7, 6, 3)).astype(np.float32)
   path = str(tmp_path / "d.npz")
-  dictionary.export(path, mean, fdms, {"tau": 0.25})
-  f, m, meta = dictionary.load_dictionary(path)
+  fdm.export(path, mean, fdms, {"tau": 0.25})
+  f, m, meta = fdm.load(path)
   np.testing.assert_array_equal(f, fdms)
   np.testing.assert_allclose(m, mean, atol=1e-3)
   assert meta == {"tau": 0.25}

@@ -136,6 +136,6 @@ def test_dlib_trunk_runs_the_pdsn_stages(tmp_path):
   ref = dlib_resnet.to_variables(dlib_resnet.read_network(_model_file()))
   # the backbone stayed frozen while the CosFace head was fitted
   jax.tree.map(np.testing.assert_array_equal, t["params"]["backbone"], ref["params"])
-  from pdsn_jax.stages import dictionary  # pylint: disable=g-import-not-at-top
-  fdms, _, meta = dictionary.load_dictionary(os.path.join(wd, "dictionary", "dictionary.npz"))
+  from pdsn_jax import fdm  # pylint: disable=g-import-not-at-top
+  fdms, _, meta = fdm.load(os.path.join(wd, "dictionary", "dictionary.npz"))
   assert fdms.shape == (9, 4, 4, 256) and meta["u_shape"] == [4, 4, 256]

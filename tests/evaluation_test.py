@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from pdsn_jax import fdm, parallel
+from pdsn_jax import builders, fdm, parallel
 from pdsn_jax.data import occlusion, pairs, placement
 from pdsn_jax.data.synthetic import SyntheticFaces
 from pdsn_jax.evaluation import masked, protocols
 from pdsn_jax.evaluation.verification import cosine_scores
-from pdsn_jax.stages import trunk
 
 LIB = occlusion.OccluderLibrary("", True)
 FACES = np.stack([SyntheticFaces(8, 1, 0, 900)[i]["image"] for i in range(8)])
@@ -23,7 +22,7 @@ B = {b: k for k, b in enumerate(occlusion.CENTRAL_BLOCKS)}  # block id -> flag c
 
 def _flags(condition, n=8, seed=0):
   occ = protocols.occlude_all(FACES[:n], condition, LIB, seed, 0)
-  return occ, placement.occluded_block_flags(occ.masks)
+  return occ, occlusion.block_flags(occ.masks)
 
 
 def test_sunglasses_cover_the_eye_row_and_masks_the_nose_row():
@@ -90,10 +89,10 @@ def test_lfw_pairs_file_both_line_kinds(tmp_path):
 
 def _embedder():
   config = tiny.get_config()
-  backbone = trunk.build_backbone(config, False)
+  backbone = builders.backbone(config, False)
   v = backbone.init(jax.random.key(0), jnp.zeros((1, 112, 96, 3)))
   mesh = parallel.make_mesh()
-  return backbone, v, masked.Embedder(backbone, mesh, 16, trunk.normalize), mesh
+  return backbone, v, masked.Embedder(backbone, mesh, 16, builders.normalize), mesh
 
 
 def test_embedder_matches_single_device_and_all_ones_is_plain_embedding():
@@ -102,11 +101,11 @@ def test_embedder_matches_single_device_and_all_ones_is_plain_embedding():
   rv = parallel.put_replicated(v, mesh)
   u = emb.features(rv, FACES[:5])  # 5 rows: padded to one global batch of 16
   chex.assert_shape(u, (5, 7, 6, 32))
-  ref_u = backbone.apply(v, trunk.normalize(jnp.asarray(FACES[:5])), method="features")
+  ref_u = backbone.apply(v, builders.normalize(jnp.asarray(FACES[:5])), method="features")
   chex.assert_trees_all_close(u, np.asarray(ref_u), atol=1e-4)
   table = np.random.default_rng(0).integers(0, 2, (9, 7, 6, 32)).astype(np.float32)
   none = np.zeros((5, 9), bool)
-  plain = backbone.apply(v, trunk.normalize(jnp.asarray(FACES[:5])))
+  plain = backbone.apply(v, builders.normalize(jnp.asarray(FACES[:5])))
   e = emb.embed(rv, parallel.put_replicated(table, mesh), u, none)
   chex.assert_trees_all_close(np.sum(e * e, 1), np.ones(5), atol=1e-5)
   chex.assert_trees_all_close(cosine_scores(e, np.asarray(plain)), np.ones(5), atol=1e-5)

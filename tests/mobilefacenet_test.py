@@ -185,7 +185,7 @@ def test_parity_with_the_original_network():
 
 
 def test_trains_from_scratch_as_the_trunk_then_stages_i_ii(tmp_path):
-  from pdsn_jax.stages.dictionary import load_dictionary  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.fdm import load as load_dictionary  # pylint: disable=g-import-not-at-top
   wd = str(tmp_path / "mfn")
   # a 6-step trunk's U is far from normalised: Adam's step size does not depend on it
   helpers.run_main(wd, "--config.model.kind=mobilefacenet", "--config.model.width=0.125",

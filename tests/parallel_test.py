@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from pdsn_jax import parallel, training
-from pdsn_jax.stages import trunk
+from pdsn_jax import builders, parallel, recognition, training
 
 
 def _setup(config, num_classes=12):
-  head = trunk.build_head(config, num_classes)
+  head = builders.classifier(config, num_classes)
   tx = training.sgd(config.trunk, 10)
-  init = trunk.init_fn(config, trunk.build_backbone(config, False), head, tx)
-  step = functools.partial(trunk.train_step, backbone=trunk.build_backbone(config, True),
+  init = recognition.init_fn(config, builders.backbone(config, False), head, tx)
+  step = functools.partial(recognition.train_step, backbone=builders.backbone(config, True),
                            head=head, tx=tx, schedule=training.learning_rate_schedule(config.trunk, 10))
   return init, step
 

@@ -9,15 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import tiny
-from pdsn_jax import checkpointing, parallel, training
+from pdsn_jax import builders, checkpointing, fdm, parallel, training
 from pdsn_jax.models.generator import StackedMaskGenerators
-from pdsn_jax.stages import dictionary, pdsn, trunk
+from pdsn_jax.stages import pdsn
 from tests import helpers
 
 
 def _trunk_vars(config, classes=12):
-  backbone = trunk.build_backbone(config, False)
-  head = trunk.build_head(config, classes)
+  backbone = builders.backbone(config, False)
+  head = builders.classifier(config, classes)
   x = jnp.zeros((1, 112, 96, 3))
   v = backbone.init(jax.random.key(0), x)
   h = head.init(jax.random.key(1), jnp.zeros((1, config.model.embedding_dim)))
@@ -28,7 +28,7 @@ def _trunk_vars(config, classes=12):
 def test_stacked_step_equals_separate_generator_steps():
   config = tiny.get_config()
   backbone, head, tv = _trunk_vars(config)
-  u_shape = pdsn.u_shape(config)
+  u_shape = builders.u_shape(config)
   rng = np.random.default_rng(0)
   batch = {"image": rng.integers(0, 256, (8, 112, 96, 3), dtype=np.uint8),
            "occluded": rng.integers(0, 256, (8, 9, 112, 96, 3), dtype=np.uint8),
@@ -38,7 +38,7 @@ def test_stacked_step_equals_separate_generator_steps():
   sched = training.learning_rate_schedule(config.pdsn, 10)
   stacked = StackedMaskGenerators(9)
   init = pdsn.init_fn(config, tv, stacked, tx, u_shape)
-  s9 = init().replace(trunk=tv)
+  s9 = init().replace(frozen=tv)
   fn9 = parallel.data_parallel(functools.partial(
       pdsn.train_step, backbone=backbone, head=head, gens=StackedMaskGenerators(9, "data"),
       tx=tx, schedule=sched, cfg=config.pdsn), mesh, donate_state=False)
@@ -49,8 +49,9 @@ def test_stacked_step_equals_separate_generator_steps():
       tx=tx, schedule=sched, cfg=config.pdsn), mesh, donate_state=False)
   for j in range(9):
     take = lambda t: jax.tree.map(lambda a: a[j:j + 1], t)  # noqa: E731
-    s1 = pdsn.PDSNState(step=s9.step, params=take(s9.params), batch_stats=take(s9.batch_stats),
-                        opt_state=tx.init(take(s9.params)), rng=s9.rng, trunk=tv)
+    s1 = training.TrainState(step=s9.step, params=take(s9.params),
+                             batch_stats=take(s9.batch_stats),
+                             opt_state=tx.init(take(s9.params)), rng=s9.rng, frozen=tv)
     b1 = {**batch, "occluded": batch["occluded"][:, j:j + 1]}
     out1, _ = fn1(s1, parallel.put_batch(b1, mesh), key)
     chex.assert_trees_all_close(jax.device_get(out1.params), jax.device_get(take(out9.params)),
@@ -67,10 +68,10 @@ def test_stages_end_to_end_trunk_frozen_and_pdsn_resumes_after_sigkill(tmp_path)
   # trunk bit-identical after stage I: the pdsn checkpoint's frozen copy equals the trunk's
   t = checkpointing.load_variables(os.path.join(ref, "trunk", "checkpoints"))
   p = checkpointing.load_variables(os.path.join(ref, "pdsn", "checkpoints"),
-                                   keys=("params", "trunk"))
-  jax.tree.map(np.testing.assert_array_equal, p["trunk"]["params"], t["params"])
-  jax.tree.map(np.testing.assert_array_equal, p["trunk"]["batch_stats"], t["batch_stats"])
-  fdms, _, meta = dictionary.load_dictionary(os.path.join(ref, "dictionary", "dictionary.npz"))
+                                   keys=("params", "frozen"))
+  jax.tree.map(np.testing.assert_array_equal, p["frozen"]["params"], t["params"])
+  jax.tree.map(np.testing.assert_array_equal, p["frozen"]["batch_stats"], t["batch_stats"])
+  fdms, _, meta = fdm.load(os.path.join(ref, "dictionary", "dictionary.npz"))
   k = int(np.prod(fdms.shape[1:]))
   assert fdms.shape[0] == 9 and meta["zeros_per_item"] == [int(0.25 * k)] * 9
 
@@ -82,31 +83,9 @@ def test_stages_end_to_end_trunk_frozen_and_pdsn_resumes_after_sigkill(tmp_path)
   a = checkpointing.load_variables(os.path.join(ref, "pdsn", "checkpoints"), keys=("params",))
   b = checkpointing.load_variables(os.path.join(wd, "pdsn", "checkpoints"), keys=("params",))
   jax.tree.map(np.testing.assert_array_equal, a, b)
-  fa, _, _ = dictionary.load_dictionary(os.path.join(ref, "dictionary", "dictionary.npz"))
-  fb, _, _ = dictionary.load_dictionary(os.path.join(wd, "dictionary", "dictionary.npz"))
+  fa, _, _ = fdm.load(os.path.join(ref, "dictionary", "dictionary.npz"))
+  fb, _, _ = fdm.load(os.path.join(wd, "dictionary", "dictionary.npz"))
   np.testing.assert_array_equal(fa, fb)
-
-
-def test_no_differential_ablation_drops_l1_and_feeds_occluded_u():
-  config = tiny.get_config()
-  backbone, head, tv = _trunk_vars(config)
-  gens = StackedMaskGenerators(2)
-  rng = np.random.default_rng(0)
-  u_clean = jnp.asarray(rng.normal(size=(4, *pdsn.u_shape(config))), jnp.float32)
-  u_occ = jnp.asarray(rng.normal(size=(2, 4, *pdsn.u_shape(config))), jnp.float32)
-  v = gens.init(jax.random.key(0), u_occ)
-  labels = jnp.arange(4) % 12
-  args = (v["params"], v["batch_stats"], tv, u_clean, u_occ, labels)
-  kw = dict(backbone=backbone, head=head, gens=gens, train=False)
-  paper, (_, ce_p, l1_p, _) = pdsn.pdsn_losses(*args, cfg=config.pdsn, **kw)
-  chex.assert_trees_all_close(paper, ce_p + 10.0 * l1_p, rtol=1e-6)
-  config.pdsn.differential = False
-  abl, (_, ce_a, l1_a, _) = pdsn.pdsn_losses(*args, cfg=config.pdsn, **kw)
-  chex.assert_trees_all_close(abl, ce_a, rtol=1e-6)  # lambda taken as 0
-  assert not np.allclose(np.asarray(ce_a), np.asarray(ce_p))  # the input changed the masks
-  config.pdsn.differential, config.pdsn.loss = True, "released"
-  rel, (_, ce_r, l1_r, _) = pdsn.pdsn_losses(*args, cfg=config.pdsn, **kw)
-  assert not np.allclose(np.asarray(rel), np.asarray(paper))
 
 
 def _ce_by_hand(emb, kernel, labels, scale=30.0, margin=0.35):
@@ -121,12 +100,13 @@ def _ce_by_hand(emb, kernel, labels, scale=30.0, margin=0.35):
 
 def test_pdsn_loss_by_hand_both_variants():
   """CE on F(m * U(x_j)) (the occluded branch), the L1 a mean over every element, lambda 10;
-  the released variant adds the clean branch, each CE weighted 0.5."""
+  the released variant adds the clean branch, each CE weighted 0.5; without differential
+  input the generator sees U(x_j) and the loss is the CE alone."""
   config = tiny.get_config()
   backbone, head, tv = _trunk_vars(config)
   gens = StackedMaskGenerators(2)
   rng = np.random.default_rng(3)
-  shape = pdsn.u_shape(config)
+  shape = builders.u_shape(config)
   u_clean = rng.normal(size=(4, *shape)).astype(np.float32)
   u_occ = u_clean[None] + rng.normal(size=(2, 4, *shape)).astype(np.float32) * [[[[[1.0]]]], [[[[0.2]]]]]
   v = gens.init(jax.random.key(0), jnp.asarray(u_occ))
@@ -135,16 +115,20 @@ def test_pdsn_loss_by_hand_both_variants():
   bvars = {"params": tv["params"]["backbone"], "batch_stats": tv["batch_stats"]}
   f = lambda u: np.asarray(backbone.apply(bvars, jnp.asarray(u), method="head"))  # noqa: E731
   kernel = np.asarray(tv["params"]["classifier"]["kernel"])
-  want = {"paper": [], "released": []}
+  # Table 3's ablation: the generators see U(x_j) itself, and there is no L1 term
+  masks_abl = np.asarray(gens.apply(v, jnp.asarray(u_occ), False))
+  want = {"paper": [], "released": [], "no differential": []}
   for j in range(2):
     ce_occ = _ce_by_hand(f(masks[j] * u_occ[j]), kernel, labels)
     ce_clean = _ce_by_hand(f(masks[j] * u_clean), kernel, labels)
     l1 = float(np.abs(masks[j] * u_clean - masks[j] * u_occ[j]).sum() / masks[j].size)
     want["paper"].append(ce_occ + 10.0 * l1)
     want["released"].append(0.5 * ce_clean + 0.5 * ce_occ + 10.0 * l1)
+    want["no differential"].append(_ce_by_hand(f(masks_abl[j] * u_occ[j]), kernel, labels))
   assert abs(want["paper"][0] - want["paper"][1]) > 1e-3  # the two generators' inputs differ
-  for variant in ("paper", "released"):
-    config.pdsn.loss = variant
+  for variant in ("paper", "released", "no differential"):
+    config.pdsn.loss = "paper" if variant == "no differential" else variant
+    config.pdsn.differential = variant != "no differential"
     got, _ = pdsn.pdsn_losses(v["params"], v["batch_stats"], tv, jnp.asarray(u_clean),
                               jnp.asarray(u_occ), jnp.asarray(labels), backbone=backbone,
                               head=head, gens=gens, cfg=config.pdsn, train=False)

@@ -17,10 +17,19 @@ def _params(workdir):
 
 def test_trunk_smoke_run_and_skip_when_complete(tmp_path):
   wd = str(tmp_path / "run")
-  proc = helpers.run_main(wd, "--config.stages=trunk")
+  proc = helpers.run_main(wd, "--config.stages=trunk", "--config.profile_steps=2")
+  traces = [f for _, _, fs in os.walk(os.path.join(wd, "trunk", "profile")) for f in fs]
+  assert any(f.endswith(".xplane.pb") for f in traces), traces  # jax.profiler, steps 2-3
   summary = json.load(open(os.path.join(wd, "trunk", "summary.json")))
   assert summary["steps"] == 6
-  assert 0.0 <= summary["heldout_verification"]["accuracy"] <= 1.0
+  # the summary holds the evaluation the log recorded at the last step, on 40 pairs (20 negative)
+  with open(os.path.join(wd, "trunk", "logs", "metrics.jsonl")) as f:
+    evals = [r for r in map(json.loads, f) if r["split"] == "eval"]
+  assert [r["step"] for r in evals] == [0, 6]
+  assert summary["heldout_verification"]["accuracy"] == evals[-1]["verification_accuracy"]
+  assert (summary["heldout_verification_at_start"]["accuracy"] ==
+          evals[0]["verification_accuracy"])
+  assert summary["heldout_verification"]["negatives"] == 20
   assert "img/s" in proc.stderr and "held-out verification" in proc.stderr
   assert os.listdir(os.path.join(wd, "trunk", "logs"))  # TensorBoard events + metrics.jsonl
   again = helpers.run_main(wd, "--config.stages=trunk")

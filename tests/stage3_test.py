@@ -99,7 +99,7 @@ def test_distill_head_only_moves_f_keeps_the_teacher_and_trunk_f_when_clean(refe
       assert (moved > 0) == (name in head), (stage, name, moved)
     jax.tree.map(np.testing.assert_array_equal, p["batch_stats"], t["batch_stats"])
     teacher = checkpointing.load_variables(os.path.join(wd, stage, "checkpoints"),
-                                           keys=("teacher",))["teacher"]
+                                           keys=("frozen",))["frozen"]
     jax.tree.map(np.testing.assert_array_equal, teacher["params"], t["params"]["backbone"])
   results = json.load(open(os.path.join(wd, "results.json")))
   m = results["models"]

@@ -50,20 +50,6 @@ def block_pixel_masks(image_size: tuple[int, int], grid: int = GRID) -> np.ndarr
   return np.asarray(out, np.float32)
 
 
-def block_overlap(mask: np.ndarray, blocks: np.ndarray, overlap: str = "coverage") -> np.ndarray:
-  """Overlap of (..., H, W) pixel masks with every block: (..., num_blocks). numpy or jnp."""
-  xp = np if isinstance(mask, np.ndarray) else jnp
-  m = mask.astype(xp.float32)
-  inter = xp.einsum("...hw,khw->...k", m, blocks)
-  area = blocks.sum(axis=(1, 2))
-  if overlap == "coverage":
-    return inter / area
-  if overlap == "iou":
-    union = m.sum(axis=(-2, -1))[..., None] + area - inter
-    return inter / xp.maximum(union, 1e-9)
-  raise ValueError(f"occlusion.overlap={overlap!r} is not one of {OVERLAPS}")
-
-
 def blocks_occluded(mask, blocks, threshold: float = 0.5, overlap: str = "coverage"):
   """(..., num_blocks) bool: overlap >= threshold, compared as ``inter >= t * denominator``
   so that numpy and XLA agree exactly on integer pixel counts (a quotient may round
@@ -78,6 +64,17 @@ def blocks_occluded(mask, blocks, threshold: float = 0.5, overlap: str = "covera
     union = m.sum(axis=(-2, -1))[..., None] + area - inter
     return (inter >= xp.float32(threshold) * union) & (union > 0)
   raise ValueError(f"occlusion.overlap={overlap!r} is not one of {OVERLAPS}")
+
+
+def block_flags(masks, threshold: float = 0.5, overlap: str = "coverage",
+                blocks=CENTRAL_BLOCKS):
+  """The one way from pixel masks to block flags: (..., H, W) bool -> (..., len(blocks)) bool,
+  which of ``blocks`` (default: the 9 generator blocks) the occlusion marks. numpy in, numpy
+  out; jnp in (traceable), jnp out."""
+  px = _block_masks_cached(tuple(masks.shape[-2:]), GRID)[np.asarray(blocks)]
+  if not isinstance(masks, np.ndarray):
+    px = jnp.asarray(px)
+  return blocks_occluded(masks, px, threshold, overlap)
 
 
 # ---------------------------------------------------------------- occluders

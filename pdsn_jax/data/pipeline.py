@@ -116,14 +116,17 @@ def to_iterator(ds: grain.MapDataset, num_workers: int = 0,
   return iter(it)
 
 
-def eval_batches(images: np.ndarray, global_batch: int, process_index: int, process_count: int):
-  """Yields (this process's slice of each padded global batch, number of real rows)."""
-  n = len(images)
+def eval_batches(arrays: dict, global_batch: int, process_index: int, process_count: int):
+  """Every evaluation pass's batching: yields (this process's rows of each zero-padded global
+  batch of ``arrays``, a dict of equally long arrays; the number of real rows)."""
+  n = len(next(iter(arrays.values())))
   local = global_batch // process_count
   for start in range(0, n, global_batch):
-    chunk = images[start:start + global_batch]
-    real = len(chunk)
-    if real < global_batch:
-      pad = np.zeros((global_batch - real,) + chunk.shape[1:], chunk.dtype)
-      chunk = np.concatenate([chunk, pad])
-    yield chunk[process_index * local:(process_index + 1) * local], real
+    real = min(global_batch, n - start)
+    chunk = {}
+    for k, a in arrays.items():
+      c = np.asarray(a[start:start + global_batch])
+      if real < global_batch:
+        c = np.concatenate([c, np.zeros((global_batch - real,) + c.shape[1:], c.dtype)])
+      chunk[k] = c[process_index * local:(process_index + 1) * local]
+    yield chunk, real

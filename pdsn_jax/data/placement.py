@@ -57,13 +57,6 @@ def occlude(image: np.ndarray, rng: np.random.Generator, library: occlusion.Occl
                        angle=25.0)
 
 
-def occluded_block_flags(mask: np.ndarray, threshold: float = 0.5,
-                         overlap: str = "coverage") -> np.ndarray:
-  """(..., H, W) bool pixel masks -> (..., 9) bool flags of the generator blocks (numpy)."""
-  blocks = occlusion.block_pixel_masks(mask.shape[-2:])[np.asarray(occlusion.CENTRAL_BLOCKS)]
-  return occlusion.blocks_occluded(np.asarray(mask), blocks, threshold, overlap)
-
-
 class RandomOcclusion:
   """grain transform for fine-tuning: with probability ``1 - clean_prob`` the face is occluded
   by a random condition; adds ``blocks`` (9 bool flags: all False for clean faces) and
@@ -86,6 +79,6 @@ class RandomOcclusion:
     if rng.uniform() >= self.clean_prob:
       cond = self.conditions[rng.integers(len(self.conditions))]
       rec["image"], mask = occlude(rec["image"], rng, self.library, cond)
-    rec["blocks"] = occluded_block_flags(mask, self.threshold, self.overlap)
+    rec["blocks"] = occlusion.block_flags(mask, self.threshold, self.overlap)
     rec["occluded_fraction"] = np.float32(mask.mean())
     return rec

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pdsn_jax import fdm, parallel
+from pdsn_jax.data import pipeline
 
 
 def masked_embeddings(head_fn: Callable[[jax.Array], jax.Array], u: jax.Array,
@@ -94,17 +95,8 @@ class Embedder:
     self._key = jax.random.key(0)
 
   def _batches(self, arrays: dict):
-    n = len(next(iter(arrays.values())))
-    pc, pi = jax.process_count(), jax.process_index()
-    local = self.batch // pc
-    for start in range(0, n, self.batch):
-      real = min(self.batch, n - start)
-      chunk = {}
-      for k, a in arrays.items():
-        c = a[start:start + self.batch]
-        if real < self.batch:
-          c = np.concatenate([c, np.zeros((self.batch - real,) + c.shape[1:], c.dtype)])
-        chunk[k] = c[pi * local:(pi + 1) * local]
+    for chunk, real in pipeline.eval_batches(arrays, self.batch, jax.process_index(),
+                                             jax.process_count()):
       yield parallel.put_batch(chunk, self.mesh), real
 
   def features(self, variables, images: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ from pdsn_jax.data import occlusion, placement
 from pdsn_jax.data.pairs import generate_pairs
 
 AR_CONDITIONS = ("sunglasses", "mask")
+OCCLUSION_SOURCES = ("ground_truth", "detector")  # where test-time occlusion masks come from
 
 
 @dataclasses.dataclass
@@ -118,4 +119,4 @@ def locate(occluded: Occluded, source: str = "ground_truth", detector=None) -> n
     if detector is None:
       raise ValueError("eval.occlusion_source='detector' needs a trained detector")
     return np.asarray(detector(occluded.images), bool)
-  raise ValueError(f"eval.occlusion_source={source!r} is not one of ('ground_truth', 'detector')")
+  raise ValueError(f"eval.occlusion_source={source!r} is not one of {OCCLUSION_SOURCES}")

@@ -21,10 +21,19 @@ def _occ_mean(res: dict) -> float:
   return float(np.mean([v["accuracy"] for v in res["occluded"].values()]))
 
 
+_AR = (("ar_p1", "AR P1"), ("ar_p2", "AR P2"))  # identification columns, when measured
+
+
 def one_line(res: dict) -> str:
   occ = ", ".join(f"{c} {_pct(v['accuracy'])}" for c, v in res["occluded"].items())
-  ar = ", ".join(f"{p}/{c} {_pct(v)}" for p in ("ar_p1", "ar_p2") for c, v in res[p].items())
-  return f"clean {_pct(res['clean']['accuracy'])}% | occluded {occ} | rank-1 {ar}"
+  ar = ", ".join(f"{p}/{c} {_pct(v)}" for p, _ in _AR for c, v in res.get(p, {}).items())
+  return f"clean {_pct(res['clean']['accuracy'])}% | occluded {occ}" + (
+      f" | rank-1 {ar}" if ar else "")
+
+
+def _ar_columns(first: dict) -> list[tuple[str, str, str]]:
+  """(protocol, condition, header) of every AR-style rank-1 column the results have."""
+  return [(p, c, f"{title} {c}") for p, title in _AR for c in first.get(p, {})]
 
 
 def _verification_table(models: dict) -> list[str]:
@@ -43,15 +52,15 @@ def _verification_table(models: dict) -> list[str]:
 
 def _identification_table(models: dict) -> list[str]:
   first = next(iter(models.values()))
-  conds = list(first["ar_p1"])
-  head = ["Model"] + [f"AR P1 {c}" for c in conds] + [f"AR P2 {c}" for c in conds]
+  ar = _ar_columns(first)
+  head = ["Model"] + [h for _, _, h in ar]
   dist = [k for k in first.get("distractors", {}) if k != "num_distractors"]
   if dist:
     n = first["distractors"]["num_distractors"]
     head += [f"+{n} distractors: {c}" for c in dist]
   rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name, r in models.items():
-    cells = [name] + [_pct(r["ar_p1"][c]) for c in conds] + [_pct(r["ar_p2"][c]) for c in conds]
+    cells = [name] + [_pct(r[p][c]) for p, c, _ in ar]
     cells += [_pct(r["distractors"][c]) for c in dist] if dist else []
     rows.append("| " + " | ".join(cells) + " |")
   return rows
@@ -60,14 +69,13 @@ def _identification_table(models: dict) -> list[str]:
 def _ablation_table(label: str, entries: dict) -> list[str]:
   first = next(iter(entries.values()))
   conds = list(first["occluded"])
-  ar = list(first["ar_p1"])
-  head = [label, "clean", "occluded mean"] + conds + [f"AR P1 {c}" for c in ar] + \
-      [f"AR P2 {c}" for c in ar]
+  ar = _ar_columns(first)
+  head = [label, "clean", "occluded mean"] + conds + [h for _, _, h in ar]
   rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for key, r in entries.items():
     cells = [key, _pct(r["clean"]["accuracy"]), _pct(_occ_mean(r))]
     cells += [_pct(r["occluded"][c]["accuracy"]) for c in conds]
-    cells += [_pct(r["ar_p1"][c]) for c in ar] + [_pct(r["ar_p2"][c]) for c in ar]
+    cells += [_pct(r[p][c]) for p, c, _ in ar]
     rows.append("| " + " | ".join(cells) + " |")
   return rows
 
@@ -83,7 +91,9 @@ def markdown(results: dict) -> str:
     lines += [f"Left out (their stage did not run): {', '.join(results['missing'])}.", ""]
   if m:
     lines += ["## Verification", ""] + _verification_table(m) + [""]
-    lines += ["## Identification", ""] + _identification_table(m) + [""]
+    first = next(iter(m.values()))
+    if _ar_columns(first) or "distractors" in first:
+      lines += ["## Identification", ""] + _identification_table(m) + [""]
   det = results.get("detector_on_probes")
   if det:
     lines += ["## The occlusion detector on the evaluation probes", "",

@@ -2,6 +2,7 @@
 
 import ml_collections
 
+from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.stages import detector, dictionary, evaluate, finetune, pdsn, trunk
 
 
@@ -10,15 +11,17 @@ def run_lambda0(config: ml_collections.ConfigDict, workdir: str) -> dict:
   dictionary, in ``<workdir>/lambda0_pdsn`` and ``<workdir>/lambda0_dictionary``."""
   c = ml_collections.ConfigDict(config.to_dict())
   c.pdsn.differential = False
-  gens = f"{evaluate.LAMBDA0}_{pdsn.STAGE}"
+  gens = f"{workdir_lib.LAMBDA0}_{workdir_lib.PDSN}"
   return {"pdsn": pdsn.run(c, workdir, name=gens),
-          "dictionary": dictionary.run(c, workdir, name=f"{evaluate.LAMBDA0}_{dictionary.STAGE}",
+          "dictionary": dictionary.run(c, workdir,
+                                       name=f"{workdir_lib.LAMBDA0}_{workdir_lib.DICTIONARY}",
                                        generators=gens)}
 
 
-STAGES = {"trunk": trunk.run, "pdsn": pdsn.run, "dictionary": dictionary.run,
-          "baseline": finetune.run_baseline, "finetune": finetune.run_finetune,
-          evaluate.LAMBDA0: run_lambda0, "detector": detector.run, "evaluate": evaluate.run}
+STAGES = {workdir_lib.TRUNK: trunk.run, workdir_lib.PDSN: pdsn.run,
+          workdir_lib.DICTIONARY: dictionary.run, workdir_lib.BASELINE: finetune.run_baseline,
+          workdir_lib.FINETUNE: finetune.run_finetune, workdir_lib.LAMBDA0: run_lambda0,
+          workdir_lib.DETECTOR: detector.run, workdir_lib.EVALUATE: evaluate.run}
 
 
 def parse_stages(spec: str) -> list[str]:

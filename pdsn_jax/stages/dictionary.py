@@ -8,7 +8,7 @@ and the rest 1, ties broken by element index.
 
 Outputs in ``<workdir>/dictionary/``: ``state/`` (orbax: mean masks, FDMs,
 count) and ``dictionary.npz`` (bit-packed FDMs, float32 mean masks, JSON
-metadata), which ``load_dictionary`` reads.
+metadata; ``fdm.export`` / ``fdm.load``).
 """
 
 import functools
@@ -23,12 +23,11 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from pdsn_jax import checkpointing, parallel, visualize
+from pdsn_jax import builders, fdm, parallel, training, visualize
+from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.data import occlusion, pipeline, sources
-from pdsn_jax.stages import pdsn as pdsn_stage
 
-STAGE = "dictionary"
-EXPORT = "dictionary.npz"
+STAGE = workdir_lib.DICTIONARY
 
 
 def minmax(masks: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -42,19 +41,6 @@ def merge_mean(mean: jax.Array, count: jax.Array, batch_mean: jax.Array, n) -> t
   """Running mean update by counts: exact combination of two means."""
   total = count + n
   return mean + (batch_mean - mean) * (n / jnp.maximum(total, 1.0)), total
-
-
-def binarize(mean_masks: jax.Array, tau: float) -> jax.Array:
-  """Zeros the floor(tau*K) smallest entries of each (h, w, c) mask, ones elsewhere.
-
-  Ties: the element with the lower flat index is discarded first (stable sort).
-  """
-  j = mean_masks.shape[0]
-  flat = mean_masks.reshape(j, -1)
-  k = int(np.floor(tau * flat.shape[1]))
-  order = jnp.argsort(flat, axis=1, stable=True)
-  ranks = jnp.argsort(order, axis=1, stable=True)
-  return (ranks >= k).astype(jnp.uint8).reshape(mean_masks.shape)
 
 
 def and_discard_shares(fdms: np.ndarray, blocks=occlusion.CENTRAL_BLOCKS,
@@ -81,7 +67,7 @@ def mask_step(carry: dict, batch: dict, rng: jax.Array, *, backbone, gens, diffe
   also the running means of |U(x_j) - U(x)| and |U(x)| (the not-learned reference)."""
   del rng
   state = carry["state"]
-  u_clean, u_occ = pdsn_stage.frozen_features(state["trunk"], batch, backbone)
+  u_clean, u_occ = builders.frozen_features(state["frozen"], batch, backbone)
   diff = jnp.abs(u_occ - u_clean[None])
   gen_in = diff if differential else u_occ
   masks = gens.apply({"params": state["params"], "batch_stats": state["batch_stats"]}, gen_in,
@@ -104,7 +90,7 @@ def relative_change_scores(change: np.ndarray, level: np.ndarray) -> np.ndarray:
 def median_relative_change(backbone, trunk: dict, local_batch: dict) -> np.ndarray:
   """MED (paper Eq. 1) per block and channel: median over faces of the relative change
   mean|U(x_j) - U(x)| / mean|U(x)| of each channel of U. (num_blocks, C)."""
-  u_clean, u_occ = jax.jit(functools.partial(pdsn_stage.frozen_features, backbone=backbone))(
+  u_clean, u_occ = jax.jit(functools.partial(builders.frozen_features, net=backbone))(
       trunk, {"image": local_batch["image"], "occluded": local_batch["occluded"]})
   u_clean, u_occ = np.asarray(u_clean), np.asarray(u_occ)
   num = np.abs(u_occ - u_clean[None]).mean(axis=(2, 3))  # (J, B, C)
@@ -112,117 +98,90 @@ def median_relative_change(backbone, trunk: dict, local_batch: dict) -> np.ndarr
   return np.median(num / den, axis=1)
 
 
-def load_generators(workdir: str, generators: str = pdsn_stage.STAGE) -> dict:
-  path = os.path.join(workdir, generators, "checkpoints")
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"stage '{STAGE}' needs trained generators: {path} does not exist; "
-                            "run the 'pdsn' stage first (config.stages)")
-  return checkpointing.load_variables(path, keys=("params", "batch_stats", "trunk"))
-
-
-def export(path: str, mean_masks: np.ndarray, fdms: np.ndarray, meta: dict,
-           change_scores: np.ndarray | None = None) -> None:
-  """Bit-packed FDMs + float32 means (the tau sweep re-binarises them) + metadata in one .npz,
-  and the not-learned reference's keep-scores."""
-  tmp = path + ".tmp.npz"
-  extra = {} if change_scores is None else {"change_scores": change_scores.astype(np.float32)}
-  np.savez_compressed(tmp, fdm_bits=np.packbits(fdms.astype(bool).reshape(-1)),
-                      fdm_shape=np.asarray(fdms.shape), mean_masks=mean_masks.astype(np.float32),
-                      metadata=np.asarray(json.dumps(meta)), **extra)
-  os.replace(tmp, path)
-
-
-def load_change_scores(path: str) -> np.ndarray | None:
-  """The not-learned reference's keep-scores (``relative_change_scores``), if stored."""
-  with np.load(path) as z:
-    return z["change_scores"] if "change_scores" in z else None
-
-
-def load_dictionary(path: str) -> tuple[np.ndarray, np.ndarray, dict]:
-  """(fdms uint8 (J, h, w, c), mean masks float32, metadata) from ``dictionary.npz``."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"FDM dictionary not found: {path}")
-  with np.load(path) as z:
-    shape = tuple(z["fdm_shape"])
-    fdms = np.unpackbits(z["fdm_bits"])[:int(np.prod(shape))].reshape(shape)
-    return fdms, z["mean_masks"].astype(np.float32), json.loads(str(z["metadata"]))
-
-
-def run(config: ml_collections.ConfigDict, workdir: str, name: str = STAGE,
-        generators: str = pdsn_stage.STAGE) -> dict:
-  """Builds ``<workdir>/<name>/dictionary.npz`` from the generators in ``<workdir>/<generators>``."""
+def _accumulate(config, generators_vars: dict, name: str, mesh) -> tuple[dict, np.ndarray]:
+  """Streams ``pairs_per_block`` pairs per block through the generators: the running means
+  (on the devices) and MED from the first batch."""
   cfg = config.dictionary
-  stage_dir = os.path.join(workdir, name)
-  out_path = os.path.join(stage_dir, EXPORT)
-  if os.path.isfile(out_path):
-    _, _, meta = load_dictionary(out_path)
-    if meta.get("tau") == cfg.tau and meta.get("pairs_per_block_requested") == cfg.pairs_per_block:
-      logging.info("[%s] complete, skipping: %s", name, out_path)
-      return {"stage": name, "skipped": True, **meta}
-  mesh = parallel.make_mesh()
   pcount, pindex = jax.process_count(), jax.process_index()
-  pipeline.check_batch_size(cfg.batch_size, mesh.size, pcount, "dictionary.batch_size")
   train_src, _ = sources.build(config.data)
-  gen_vars = load_generators(workdir, generators)
-  backbone, _, gens = pdsn_stage.build(config, train_src.num_classes, train=False)
-  o = config.occlusion
-  transform = occlusion.OccludeEveryBlock(pdsn_stage.occluder_library(config),
-                                          occlusion.CENTRAL_BLOCKS, o.neighbour_prob,
-                                          o.min_overlap, o.overlap, o.exact_blocks)
+  backbone, gens = builders.backbone(config, False), builders.generators(config, False)
   num_batches = max(1, cfg.pairs_per_block // cfg.batch_size)
-  ds = pipeline.train_dataset(train_src, cfg.batch_size, config.seed + 2, pindex, pcount,
-                              (transform,))
+  ds = pipeline.train_dataset(train_src, cfg.batch_size, training.data_seed(config, "dictionary"),
+                              pindex, pcount, (builders.every_block_occlusion(config),))
   data_iter = pipeline.to_iterator(ds, config.data.num_workers)
-  shape = pdsn_stage.u_shape(config)
+  shape = builders.u_shape(config)
   carry = parallel.put_replicated({
-      "state": gen_vars, "mean": np.zeros((gens.num, *shape), np.float32),
+      "state": generators_vars, "mean": np.zeros((gens.num, *shape), np.float32),
       "count": np.zeros((), np.float32), "change": np.zeros((gens.num, *shape), np.float32),
       "level": np.zeros(shape, np.float32)}, mesh)
   step = parallel.data_parallel(functools.partial(
       mask_step, backbone=backbone, gens=gens, differential=bool(config.pdsn.differential)), mesh)
-  key = jax.random.key(0)
-  t0 = time.time()
-  med = None
+  key, t0, med = jax.random.key(0), time.time(), None
   for b in range(num_batches):
     local = next(data_iter)
     if b == 0 and pindex == 0:
-      med = median_relative_change(backbone, gen_vars["trunk"], local)
+      med = median_relative_change(backbone, generators_vars["frozen"], local)
     carry, count = step(carry, parallel.put_batch(local, mesh), key)
     if (b + 1) % cfg.log_every == 0 or b + 1 == num_batches:
       c = float(jax.device_get(count))
-      dt = time.time() - t0
       logging.info("[%s] %d/%d pairs per block | %.1f pairs/s (x9 blocks)", name, int(c),
-                   num_batches * cfg.batch_size, c / max(dt, 1e-9))
-  mean = carry["mean"]
-  fdms = jax.jit(functools.partial(binarize, tau=cfg.tau))(mean)
-  mean, fdms, count, change, level = map(np.asarray, jax.device_get(
-      (mean, fdms, carry["count"], carry["change"], carry["level"])))
-  change_scores = relative_change_scores(change, level)
-  meta = {"tau": cfg.tau, "pairs_per_block": int(count),
+                   num_batches * cfg.batch_size, c / max(time.time() - t0, 1e-9))
+  return carry, med
+
+
+def _metadata(config, workdir: str, fdms: np.ndarray, count, shape) -> dict:
+  cfg = config.dictionary
+  centroids = visualize.discard_centroids(fdms)
+  return {"tau": cfg.tau, "pairs_per_block": int(count),
           "pairs_per_block_requested": cfg.pairs_per_block,
           "blocks": list(occlusion.CENTRAL_BLOCKS), "grid": occlusion.GRID,
           "image_size": list(config.data.image_size), "u_shape": list(shape),
-          "trunk_checkpoint": os.path.abspath(os.path.join(workdir, "trunk", "checkpoints")),
-          "zeros_per_item": [int((f == 0).sum()) for f in fdms]}
+          "trunk_checkpoint": os.path.abspath(workdir_lib.checkpoints(workdir, workdir_lib.TRUNK)),
+          "zeros_per_item": [int((f == 0).sum()) for f in fdms],
+          "discarded_share_of_and": and_discard_shares(fdms),
+          "discard_centroid_in_u": [[round(r, 2), round(c, 2)] for r, c in centroids],
+          "block_centre_in_u": [[round(v, 2) for v in visualize.block_centre_in_u(b, shape[:2])]
+                                for b in occlusion.CENTRAL_BLOCKS]}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, name: str = STAGE,
+        generators: str = workdir_lib.PDSN) -> dict:
+  """Builds ``<workdir>/<name>/dictionary.npz`` from the generators in ``<workdir>/<generators>``."""
+  cfg = config.dictionary
+  stage_dir, out_path = workdir_lib.stage_dir(workdir, name), workdir_lib.dictionary_file(
+      workdir, name)
+  if os.path.isfile(out_path):
+    _, _, meta = fdm.load(out_path)
+    if meta.get("tau") == cfg.tau and meta.get("pairs_per_block_requested") == cfg.pairs_per_block:
+      logging.info("[%s] complete, skipping: %s", name, out_path)
+      return {"stage": name, "skipped": True, **meta}
+  mesh = parallel.make_mesh()
+  pipeline.check_batch_size(cfg.batch_size, mesh.size, jax.process_count(),
+                            "dictionary.batch_size")
+  workdir_lib.require(workdir, generators, needed_by=name)
+  gen_vars = workdir_lib.load(workdir, generators, keys=("params", "batch_stats", "frozen"))
+  t0 = time.time()
+  carry, med = _accumulate(config, gen_vars, name, mesh)
+  fdms = jax.jit(functools.partial(fdm.binarize, tau=cfg.tau))(carry["mean"])
+  mean, fdms, count, change, level = map(np.asarray, jax.device_get(
+      (carry["mean"], fdms, carry["count"], carry["change"], carry["level"])))
   ckptr = ocp.StandardCheckpointer()
   ckptr.save(os.path.abspath(os.path.join(stage_dir, "state")),
              {"mean_masks": mean, "fdms": fdms, "count": count}, force=True)
   ckptr.wait_until_finished()
-  meta["discarded_share_of_and"] = and_discard_shares(fdms)
-  centroids = visualize.discard_centroids(fdms)
-  meta["discard_centroid_in_u"] = [[round(r, 2), round(c, 2)] for r, c in centroids]
-  meta["block_centre_in_u"] = [[round(v, 2) for v in visualize.block_centre_in_u(b, shape[:2])]
-                               for b in occlusion.CENTRAL_BLOCKS]
-  if pindex == 0:  # the figures first: dictionary.npz marks the stage complete
+  meta = _metadata(config, workdir, fdms, count, mean.shape[1:])
+  if jax.process_index() == 0:  # the figures first: dictionary.npz marks the stage complete
     visualize.dictionary_figure(mean, fdms, os.path.join(stage_dir, "dictionary.png"))
     visualize.med_figure(med, os.path.join(stage_dir, "med.png"))
-    export(out_path, mean, fdms, meta, change_scores)
+    fdm.export(out_path, mean, fdms, meta, relative_change_scores(change, level))
     logging.info("[%s] figures: %s, %s", name, os.path.join(stage_dir, "dictionary.png"),
                  os.path.join(stage_dir, "med.png"))
   logging.info("[%s] wrote %s: %d pairs per block, %d of %d elements discarded per item; "
                "AND of 2 / 3 adjacent items discards %.1f%% / %.1f%% of U", name, out_path,
-               int(count), meta["zeros_per_item"][0], int(np.prod(shape)),
+               int(count), meta["zeros_per_item"][0], int(np.prod(mean.shape[1:])),
                100 * meta["discarded_share_of_and"]["2_adjacent"]["mean"],
                100 * meta["discarded_share_of_and"]["3_connected"]["mean"])
-  return {"stage": name, **meta, "seconds": round(time.time() - t0, 1)}
-
+  summary = {"stage": name, **meta, "seconds": round(time.time() - t0, 1)}
+  if jax.process_index() == 0:
+    workdir_lib.write_summary(workdir, name, summary)
+  return summary

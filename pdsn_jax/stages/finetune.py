@@ -17,46 +17,38 @@ network's embedding of the same face clean - for a pretrained trunk whose metric
 CosFace on a small set would damage). ``finetune.trainable``: "all" or "head" (only F).
 """
 
-import os
-
 import ml_collections
 
+from pdsn_jax import builders, fdm, loop, recognition
+from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.data import placement
-from pdsn_jax.stages import dictionary as dictionary_stage
-from pdsn_jax.stages import pdsn as pdsn_stage
-from pdsn_jax.stages import trunk as trunk_stage
-
-
-def _trunk_checkpoints(workdir: str, stage: str) -> str:
-  path = os.path.join(workdir, trunk_stage.STAGE, "checkpoints")
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"stage '{stage}' starts from the trunk: {path} does not exist; "
-                            "run the 'trunk' stage first (config.stages)")
-  return path
 
 
 def occlusion_transform(config: ml_collections.ConfigDict) -> placement.RandomOcclusion:
   o = config.occlusion
-  return placement.RandomOcclusion(pdsn_stage.occluder_library(config),
+  return placement.RandomOcclusion(builders.training_occluders(config),
                                    config.finetune.clean_prob, tuple(config.finetune.conditions),
                                    o.min_overlap, o.overlap,
                                    keep_clean=config.finetune.loss == "distill")
 
 
+def _run(config, workdir: str, name: str, dictionary=None) -> dict:
+  start = workdir_lib.require(workdir, workdir_lib.TRUNK, needed_by=name)
+  return loop.run_stage(config, workdir, name, config.finetune, lambda ctx: recognition.plan(
+      ctx, transforms=(occlusion_transform(config),), dictionary=dictionary, init_from=start))
+
+
 def run_finetune(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Stage III: fine-tunes the trunk on (face, FDM) pairs."""
-  path = os.path.join(workdir, dictionary_stage.STAGE, dictionary_stage.EXPORT)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"stage 'finetune' needs the FDM dictionary: {path} does not exist; "
-                            "run the 'dictionary' stage first (config.stages)")
-  fdms, _, _ = dictionary_stage.load_dictionary(path)
-  return trunk_stage.train(config, workdir, stage="finetune", cfg=config.finetune,
-                           transforms=(occlusion_transform(config),), dictionary=fdms,
-                           init_from=_trunk_checkpoints(workdir, "finetune"))
+  path = workdir_lib.dictionary_file(workdir)
+  try:
+    fdms = fdm.load(path)[0]
+  except FileNotFoundError:
+    raise FileNotFoundError(f"stage 'finetune' needs the FDM dictionary: {path} does not "
+                            "exist; run the 'dictionary' stage first (config.stages)") from None
+  return _run(config, workdir, workdir_lib.FINETUNE, fdms)
 
 
 def run_baseline(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """The paper's Baseline: the trunk fine-tuned on occluded faces without masks."""
-  return trunk_stage.train(config, workdir, stage="baseline", cfg=config.finetune,
-                           transforms=(occlusion_transform(config),),
-                           init_from=_trunk_checkpoints(workdir, "baseline"))
+  return _run(config, workdir, workdir_lib.BASELINE)

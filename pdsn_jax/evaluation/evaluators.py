@@ -1,0 +1,131 @@
+"""Evaluators built from the config, as big_vision's ``config.evals``: which models are compared
+(``eval.models``) and which protocols each one runs (``eval.protocols``).
+
+A model is ``"Name=stage"`` (the stage's network, plain embeddings F(U)) or
+``"Name=stage+fdm"`` (the same under the probe's FDM from the stage II dictionary,
+F(M * U)). A protocol is a function ``(ctx, model) -> results`` registered in
+``PROTOCOLS``; adding one is a function and a line there.
+"""
+
+import dataclasses
+from typing import Any, Callable
+
+import numpy as np
+
+from pdsn_jax.evaluation import masked, protocols, verification
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  name: str  # the row's name in the tables
+  stage: str  # the workdir stage whose network embeds
+  fdm: bool  # embed under the dictionary's FDMs
+
+
+def parse_models(specs) -> list[ModelSpec]:
+  """``("Trunk=trunk", "PDSN=trunk+fdm", ...)`` -> ModelSpecs, naming a malformed entry."""
+  out = []
+  for spec in specs:
+    name, sep, target = str(spec).partition("=")
+    stage, plus, masks = target.strip().partition("+")
+    if not sep or not name.strip() or not stage or (plus and masks != "fdm"):
+      raise ValueError(f"config.eval.models entry {spec!r}: expected 'Name=stage' or "
+                       "'Name=stage+fdm' (e.g. 'PDSN + fine-tune=finetune+fdm')")
+    out.append(ModelSpec(name.strip(), stage.strip(), bool(plus)))
+  names = [m.name for m in out]
+  if len(set(names)) != len(names):
+    raise ValueError(f"config.eval.models has repeated names: {names}")
+  return out
+
+
+@dataclasses.dataclass
+class Context:
+  """What every protocol reads: the images, their U, the block flags, the embedding engine."""
+
+  embedder: masked.Embedder
+  sets: protocols.EvalSets
+  feats: dict  # U per image group (see evaluate's ``_features``)
+  flags: dict  # block flags per occluded group ("second", "probes")
+
+
+@dataclasses.dataclass
+class Model:
+  """One row: replicated network variables, the mask table (ones: no masks), and the network
+  for rows with no occluded block (``finetune.trunk_head_when_clean``), or None."""
+
+  variables: Any
+  table: Any
+  clean_variables: Any = None
+
+  def embed(self, ctx: Context, u: np.ndarray, flags: np.ndarray) -> np.ndarray:
+    return ctx.embedder.embed(self.variables, self.table, u, flags, self.clean_variables)
+
+  def top1(self, ctx: Context, gallery_u: np.ndarray, probe_u: np.ndarray, flags: np.ndarray):
+    return masked.top1_search(ctx.embedder, self.variables, self.table, gallery_u, probe_u,
+                              flags, self.clean_variables)
+
+
+def _verification(scores, issame) -> dict:
+  r = verification.ten_fold_accuracy(scores, issame)
+  return {"accuracy": r["accuracy"], "std": r["std"],
+          "tar_at_far_1e-3": verification.tar_at_far(scores, issame, 1e-3),
+          "negatives": int(np.sum(~np.asarray(issame, bool)))}
+
+
+def pair_verification(ctx: Context, model: Model) -> dict:
+  """10-fold verification of the pairs clean, and with the second image occluded per
+  condition; both faces under the FDM of the blocks occluded in either (the first is clean)."""
+  sets, u = ctx.sets, ctx.feats["pair_faces"]
+  pa, pb = sets.pairs[:, 0], sets.pairs[:, 1]
+  none = np.zeros((len(pa), ctx.flags["blocks"]), bool)
+  ea, eb = model.embed(ctx, u[pa], none), model.embed(ctx, u[pb], none)
+  out = {"clean": _verification(np.sum(ea * eb, 1), sets.issame), "occluded": {}}
+  for cond, fl in ctx.flags["second"].items():
+    ea, eb = model.embed(ctx, u[pa], fl), model.embed(ctx, ctx.feats["second"][cond], fl)
+    out["occluded"][cond] = _verification(np.sum(ea * eb, 1), sets.issame)
+  return out
+
+
+def _ar(gallery_name: str) -> Callable[[Context, Model], dict]:
+  def ar(ctx: Context, model: Model) -> dict:
+    """AR-style rank-1: occluded probes against a clean gallery, per condition."""
+    sets = ctx.sets
+    gallery = getattr(sets, gallery_name)
+    probe_labels = sets.labels[sets.probes]
+    res = {}
+    for cond, fl in ctx.flags["probes"].items():
+      _, arg = model.top1(ctx, ctx.feats["faces"][gallery], ctx.feats["probes"][cond], fl)
+      res[cond] = float(np.mean(sets.labels[gallery][arg] == probe_labels))
+    return {gallery_name.replace("gallery_", "ar_"): res}
+  return ar
+
+
+def distractor_identification(ctx: Context, model: Model) -> dict:
+  """MegaFace-style rank-1: protocol 2's gallery plus distractors, clean and occluded probes."""
+  sets, feats = ctx.sets, ctx.feats
+  if feats["distractors"] is None:
+    return {}
+  g = sets.gallery_p2
+  gallery_u = np.concatenate([feats["faces"][g], feats["distractors"]])
+  gallery_labels = np.concatenate([sets.labels[g], np.full(len(feats["distractors"]), -1)])
+  probe_labels = sets.labels[sets.probes]
+  res = {"num_distractors": int(len(feats["distractors"]))}
+  probe_sets = {"clean": (feats["faces"][sets.probes],
+                          np.zeros((len(sets.probes), ctx.flags["blocks"]), bool))}
+  probe_sets.update({c: (feats["probes"][c], fl) for c, fl in ctx.flags["probes"].items()})
+  for cond, (pu, fl) in probe_sets.items():
+    _, arg = model.top1(ctx, gallery_u, pu, fl)
+    res[cond] = float(np.mean(gallery_labels[arg] == probe_labels))
+  return {"distractors": res}
+
+
+PROTOCOLS = {"verification": pair_verification, "ar_p1": _ar("gallery_p1"),
+             "ar_p2": _ar("gallery_p2"), "distractors": distractor_identification}
+
+
+def run_protocols(ctx: Context, model: Model, names) -> dict:
+  """Every protocol of ``names`` (``eval.protocols``) for one model, merged into one dict."""
+  res: dict = {}
+  for name in names:
+    res.update(PROTOCOLS[name](ctx, model))
+  return res

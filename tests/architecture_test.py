@@ -1,0 +1,66 @@
+"""The layout rules of docs/architecture.md, checked on the source: stages do not import each
+other, only workdir.py builds checkpoint paths, and every stage's entry point stays short."""
+
+import ast
+import os
+import re
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pdsn_jax")
+STAGES_DIR = os.path.join(ROOT, "stages")
+STAGE_MODULES = sorted(f[:-3] for f in os.listdir(STAGES_DIR)
+                       if f.endswith(".py") and f != "__init__.py")
+
+
+def _imports(path: str) -> set[str]:
+  """Every module a file imports, as dotted names (``from a import b`` gives a and a.b)."""
+  tree = ast.parse(open(path, encoding="utf-8").read(), path)
+  out = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      out.update(a.name for a in node.names)
+    elif isinstance(node, ast.ImportFrom):
+      base = node.module or ""
+      if node.level:  # relative: resolve against pdsn_jax/stages
+        base = ".".join(["pdsn_jax", "stages"][:3 - node.level] + ([base] if base else []))
+      out.add(base)
+      out.update(f"{base}.{a.name}" for a in node.names)
+  return out
+
+
+def test_the_parser_sees_a_stage_import():
+  # the check below would pass vacuously if _imports missed this form
+  src = os.path.join(ROOT, "stages", "__init__.py")
+  assert "pdsn_jax.stages.trunk" in _imports(src)
+
+
+@pytest.mark.parametrize("module", STAGE_MODULES)
+def test_no_stage_module_imports_another_stage(module):
+  imported = _imports(os.path.join(STAGES_DIR, f"{module}.py"))
+  others = {f"pdsn_jax.stages.{m}" for m in STAGE_MODULES if m != module}
+  assert not imported & (others | {"pdsn_jax.stages"}), (
+      f"pdsn_jax/stages/{module}.py imports {sorted(imported & (others | {'pdsn_jax.stages'}))}: "
+      "move what it needs into pdsn_jax/builders.py or another shared module")
+
+
+def test_only_workdir_builds_checkpoint_paths():
+  hits = []
+  for d, _, files in os.walk(ROOT):
+    for f in files:
+      if f.endswith(".py"):
+        path = os.path.join(d, f)
+        for i, line in enumerate(open(path, encoding="utf-8"), 1):
+          if re.search(r"[\"']checkpoints[\"']", line):
+            hits.append(f"{os.path.relpath(path, ROOT)}:{i}")
+  assert hits and all(h.startswith("workdir.py:") for h in hits), hits
+
+
+@pytest.mark.parametrize("module", STAGE_MODULES)
+def test_stage_entry_points_are_at_most_60_lines(module):
+  tree = ast.parse(open(os.path.join(STAGES_DIR, f"{module}.py"), encoding="utf-8").read())
+  runs = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("run")]
+  assert runs, f"pdsn_jax/stages/{module}.py has no run function"
+  for fn in runs:
+    length = fn.end_lineno - fn.lineno + 1
+    assert length <= 60, f"{module}.{fn.name} is {length} lines"
