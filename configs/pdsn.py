@@ -80,6 +80,11 @@ def get_config() -> ml_collections.ConfigDict:
       identification_root="",  # subjects for the AR-style protocols; "" = held-out identities
       identification_landmarks="",  # its landmarks TSV ("" = centre crop)
       num_distractors=500,  # MegaFace-style identification: gallery + N other identities
+      # the distractors' U on disk (evaluate/distractors_<stage>/), read shard by shard:
+      # "float32" (exact), "float16" or "int8" (per-face, per-channel scales)
+      gallery_dtype="float32", gallery_shard_size=4096,
+      search_path="auto",  # "affine": one matrix product for every FDM (affine F only),
+      # "general": F applied per FDM, "auto": affine when F is
       occluder_dir="",  # occluders of the test probes; "" = those of config.occlusion
       procedural=True,  # with occluder_dir: also the built-in occluders
       procedural_categories=("sunglasses", "mask", "hand", "object"),  # ... of these kinds

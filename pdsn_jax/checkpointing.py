@@ -102,15 +102,17 @@ def restore_latest(mgr: ocp.CheckpointManager, abstract_state: Any, data_iter: A
   return None
 
 
+def finished_steps(directory: str) -> list[int]:
+  """Steps of the finished checkpoints under ``directory``, as orbax lists them (temporary
+  saves and ``<step>.unreadable`` folders are not steps)."""
+  return list(ocp.utils.checkpoint_steps(directory))
+
+
 def load_variables(directory: str, keys=("params", "batch_stats")) -> dict:
   """Host numpy ``{key: tree}`` from the latest checkpoint under ``directory`` (init_from)."""
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"init_from checkpoint folder not found: {directory}")
-  mgr = manager(directory, read_only=True)  # orbax lists finished steps only
-  try:
-    steps = sorted(mgr.all_steps(), reverse=True)
-  finally:
-    mgr.close()
+  steps = sorted(finished_steps(directory), reverse=True)
   if not steps:
     raise FileNotFoundError(f"no finished checkpoint under {directory}")
   failures = []

@@ -4,7 +4,7 @@ import ml_collections
 
 from pdsn_jax import builders, recognition, training
 from pdsn_jax.data import alignment, occlusion, placement, sources
-from pdsn_jax.evaluation import evaluators, protocols
+from pdsn_jax.evaluation import evaluators, protocols, search, store
 from pdsn_jax.models import dlib_resnet, iresnet
 
 
@@ -25,6 +25,8 @@ def _choices() -> dict:
       # "classifier" is the trunk stage's freeze_backbone, not a fine-tuning choice
       "finetune.trainable": tuple(t for t in recognition.TRAINABLE if t != "classifier"),
       "eval.occlusion_source": protocols.OCCLUSION_SOURCES,
+      "eval.gallery_dtype": store.DTYPES,
+      "eval.search_path": search.PATHS,
   }
   for stage in ("trunk", "pdsn", "finetune", "detector"):
     out[f"{stage}.schedule"] = training.SCHEDULES
@@ -36,7 +38,7 @@ def _choices() -> dict:
 # _BY_NAME below; these are the one-off ones.
 _POSITIVE = ("model.width", "model.embedding_dim", "eval.num_pairs", "cosface.scale",
              "dictionary.pairs_per_block", "eval.ar_gallery_images", "detector.input_scale",
-             "detector.heldout_every", "detector.eval_images")
+             "detector.heldout_every", "detector.eval_images", "eval.gallery_shard_size")
 _NON_NEGATIVE = ("trunk.momentum", "trunk.warmup_steps", "model.dropout", "cosface.margin",
                  "data.num_workers", "eval.num_distractors")
 

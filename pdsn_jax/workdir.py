@@ -40,15 +40,11 @@ def dictionary_file(workdir: str, stage: str = DICTIONARY) -> str:
 
 
 def latest_step(workdir: str, stage: str) -> int | None:
-  """The stage's latest finished checkpoint step (orbax's own answer), None if it has none."""
+  """The stage's latest finished checkpoint step (orbax's listing), None if it has none."""
   path = checkpoints(workdir, stage)
   if not os.path.isdir(path):
     return None
-  mgr = checkpointing.manager(path, read_only=True)
-  try:
-    return mgr.latest_step()
-  finally:
-    mgr.close()
+  return max(checkpointing.finished_steps(path), default=None)
 
 
 def require(workdir: str, stage: str, needed_by: str) -> str:

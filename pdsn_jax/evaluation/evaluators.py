@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pdsn_jax.evaluation import masked, protocols, verification
+from pdsn_jax.evaluation import masked, protocols, search, verification
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +46,8 @@ class Context:
   sets: protocols.EvalSets
   feats: dict  # U per image group (see evaluate's ``_features``)
   flags: dict  # block flags per occluded group ("second", "probes")
+  searcher: search.Searcher | None = None  # streaming top-k over a gallery store
+  distractors: Any = None  # the distractors' gallery store (``evaluation.store.Store``)
 
 
 @dataclasses.dataclass
@@ -101,21 +103,24 @@ def _ar(gallery_name: str) -> Callable[[Context, Model], dict]:
 
 
 def distractor_identification(ctx: Context, model: Model) -> dict:
-  """MegaFace-style rank-1: protocol 2's gallery plus distractors, clean and occluded probes."""
+  """MegaFace-style rank-1: protocol 2's gallery plus the distractors, streamed from their
+  gallery store; clean and occluded probes."""
   sets, feats = ctx.sets, ctx.feats
-  if feats["distractors"] is None:
+  if ctx.distractors is None:
     return {}
   g = sets.gallery_p2
-  gallery_u = np.concatenate([feats["faces"][g], feats["distractors"]])
-  gallery_labels = np.concatenate([sets.labels[g], np.full(len(feats["distractors"]), -1)])
+  gallery = search.ConcatGallery([search.ArrayGallery(feats["faces"][g], sets.labels[g]),
+                                  ctx.distractors])
+  gallery_labels = np.concatenate([sets.labels[g], np.full(ctx.distractors.num_faces, -1)])
   probe_labels = sets.labels[sets.probes]
-  res = {"num_distractors": int(len(feats["distractors"]))}
+  res = {"num_distractors": int(ctx.distractors.num_faces)}
   probe_sets = {"clean": (feats["faces"][sets.probes],
                           np.zeros((len(sets.probes), ctx.flags["blocks"]), bool))}
   probe_sets.update({c: (feats["probes"][c], fl) for c, fl in ctx.flags["probes"].items()})
   for cond, (pu, fl) in probe_sets.items():
-    _, arg = model.top1(ctx, gallery_u, pu, fl)
-    res[cond] = float(np.mean(gallery_labels[arg] == probe_labels))
+    _, idx = search.identify(ctx.searcher, model.variables, model.table,
+                             model.embed(ctx, pu, fl), fl, gallery, model.clean_variables)
+    res[cond] = float(np.mean(gallery_labels[idx[:, 0]] == probe_labels))
   return {"distractors": res}
 
 

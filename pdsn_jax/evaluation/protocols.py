@@ -16,6 +16,7 @@ Every occluded image keeps its ground-truth pixel mask; where the occlusion is
 """
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +46,9 @@ class EvalSets:
   gallery_p2: np.ndarray
   probes: np.ndarray  # indices into faces
   occluded_probes: dict[str, Occluded]  # "sunglasses"/"mask" -> copies of faces[probes]
-  distractors: np.ndarray  # (D, H, W, 3) faces of identities not among the probes
+  # random-access source (``[i]['image']``, ``len``) of faces of identities not among the
+  # probes; read shard by shard into a gallery store, never held in memory at once
+  distractors: Any
   pair_faces: np.ndarray  # the faces ``pairs`` index: ``faces`` itself unless from a pairs file
 
 
@@ -77,7 +80,7 @@ def ar_split(labels: np.ndarray, gallery_images: int) -> tuple[np.ndarray, np.nd
   return np.asarray(g1), np.asarray(g2), np.asarray(probes)
 
 
-def build(faces: np.ndarray, labels: np.ndarray, distractors: np.ndarray,
+def build(faces: np.ndarray, labels: np.ndarray, distractors,
           library: occlusion.OccluderLibrary, *, num_pairs: int, seed: int,
           ar_gallery_images: int, conditions=placement.CONDITIONS,
           pairs: tuple[np.ndarray, np.ndarray] | None = None) -> EvalSets:

@@ -12,6 +12,7 @@ checkpoints that differ only in F) and reused by every protocol and ablation.
 
 import logging
 import os
+import shutil
 import time
 
 import jax
@@ -22,7 +23,8 @@ import numpy as np
 from pdsn_jax import builders, fdm, inference, parallel
 from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.data import occlusion, pairs as pairs_lib, sources
-from pdsn_jax.evaluation import evaluators, masked, protocols, report
+from pdsn_jax.evaluation import evaluators, masked, protocols, report, search
+from pdsn_jax.evaluation import store as store_lib
 from pdsn_jax.evaluation.segmentation import segmentation_metrics
 
 STAGE = workdir_lib.EVALUATE
@@ -57,9 +59,7 @@ def _eval_sets(config, library) -> protocols.EvalSets:
                           config.data.image_size, min_images=2, template=config.data.alignment)
   faces = np.stack([heldout[i]["image"] for i in range(len(heldout))])
   labels = np.asarray(heldout.labels)
-  distractors = (np.stack([distractor_src[i]["image"] for i in range(len(distractor_src))])
-                 if len(distractor_src) else np.zeros((0, *faces.shape[1:]), np.uint8))
-  sets = protocols.build(faces, labels, distractors, library, num_pairs=cfg.num_pairs,
+  sets = protocols.build(faces, labels, distractor_src, library, num_pairs=cfg.num_pairs,
                          seed=cfg.seed, ar_gallery_images=cfg.ar_gallery_images,
                          conditions=tuple(cfg.conditions))
   if cfg.pairs_bin:
@@ -83,8 +83,7 @@ def _features(embedder, variables, sets: protocols.EvalSets) -> dict:
   f = lambda x: embedder.features(variables, x)  # noqa: E731
   out = {"faces": f(sets.faces),
          "second": {c: f(o.images) for c, o in sets.occluded_second.items()},
-         "probes": {c: f(o.images) for c, o in sets.occluded_probes.items()},
-         "distractors": f(sets.distractors) if len(sets.distractors) else None}
+         "probes": {c: f(o.images) for c, o in sets.occluded_probes.items()}}
   out["pair_faces"] = out["faces"] if sets.pair_faces is sets.faces else f(sets.pair_faces)
   return out
 
@@ -120,12 +119,16 @@ def _flags(config, sets: protocols.EvalSets, source: str, detector=None) -> dict
 
 
 class _Networks:
-  """The checkpoints' replicated variables and their U, loaded once each."""
+  """The checkpoints' replicated variables, their U, and their distractor stores, each made
+  once (a checkpoint that differs from another only in F shares its U and store)."""
 
   def __init__(self, config, workdir: str, embedder: masked.Embedder, sets, mesh):
-    self.workdir, self.embedder, self.sets, self.mesh = workdir, embedder, sets, mesh
+    self.config, self.workdir, self.embedder, self.sets, self.mesh = (config, workdir, embedder,
+                                                                     sets, mesh)
     self.backbone = builders.backbone(config, False)
-    self.host, self.reps, self.feats = {}, {}, {}
+    self.host, self.reps, self.feats, self.stores = {}, {}, {}, {}
+    self.searcher = search.Searcher(self.backbone, builders.u_shape(config),
+                                    config.eval.batch_size, k=1, path=config.eval.search_path)
 
   def available(self, stage: str) -> bool:
     if stage not in self.host:
@@ -140,12 +143,36 @@ class _Networks:
       same = [c for c in self.feats if _same_features(self.backbone, self.host[c],
                                                       self.host[stage])]
       if same:  # only F was trained: same U
-        self.feats[stage] = self.feats[same[0]]
+        self.feats[stage], self.stores[stage] = self.feats[same[0]], self.stores[same[0]]
         logging.info("[evaluate] %s differs from %s only in F: reusing its U", stage, same[0])
       else:
         self.feats[stage] = _features(self.embedder, self.reps[stage], self.sets)
+        self.stores[stage] = self._store(stage)
         logging.info("[evaluate] features of the %s checkpoint (%.1fs)", stage, time.time() - t)
     return self.reps[stage], self.feats[stage]
+
+  def _store(self, stage: str):
+    """U of the distractors on disk (``evaluate/distractors_<stage>/``), built or resumed;
+    rebuilt when the checkpoint changed since."""
+    cfg, src = self.config.eval, self.sets.distractors
+    if "distractors" not in cfg.protocols or not len(src):
+      return None
+    path = os.path.join(workdir_lib.stage_dir(self.workdir, STAGE), f"distractors_{stage}")
+    print_ = store_lib.fingerprint(builders.feature_variables(self.backbone, self.host[stage]))
+    if os.path.isfile(os.path.join(path, "meta.json")):
+      old = store_lib.Store(path).meta
+      if old["trunk"]["fingerprint"] != print_ or old["dtype"] != cfg.gallery_dtype:
+        logging.info("[evaluate] %s: made from another checkpoint or dtype; rebuilding", path)
+        if jax.process_index() == 0:
+          shutil.rmtree(path)
+    out, stats = store_lib.build_from_source(
+        path, src, lambda images: self.embedder.features(self.reps[stage], images),
+        u_shape=builders.u_shape(self.config), dtype=cfg.gallery_dtype,
+        shard_size=cfg.gallery_shard_size, trunk_fingerprint=print_,
+        trunk_checkpoint=workdir_lib.checkpoints(self.workdir, stage), description="distractors")
+    logging.info("[evaluate] distractor store %s: %d faces, %s; %s", path, out.num_faces,
+                 cfg.gallery_dtype, stats)
+    return out
 
 
 def _evaluate_models(config, nets: _Networks, sets, flags, flags_det, dictionary, results) -> None:
@@ -169,7 +196,8 @@ def _evaluate_models(config, nets: _Networks, sets, flags, flags_det, dictionary
     clean = (nets.reps[workdir_lib.TRUNK] if spec.stage != workdir_lib.TRUNK and
              trunk_when_clean else None)
     model = evaluators.Model(variables, put(dictionary[0]) if spec.fdm else ones, clean)
-    ctx = evaluators.Context(nets.embedder, sets, feats, fl)
+    ctx = evaluators.Context(nets.embedder, sets, feats, fl, nets.searcher,
+                             nets.stores[spec.stage])
     results["models"][row] = evaluators.run_protocols(ctx, model, config.eval.protocols)
     logging.info("[evaluate] %s: %s (%.1fs)", row, report.one_line(results["models"][row]),
                  time.time() - t)

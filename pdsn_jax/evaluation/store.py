@@ -1,0 +1,204 @@
+"""A gallery feature store on disk: U of every gallery face, computed once, in shards that a
+process memory-maps, so identification against millions of faces needs no host memory that
+grows with the gallery.
+
+  STORE/meta.json             version, U's shape, dtype, shard size, face count, the trunk
+                              (checkpoint and a fingerprint of its variables), the source
+  STORE/shard_00000.npy       U of faces [0, shard_size): float32, float16, or int8 ...
+  STORE/scale_00000.npy       ... with per-face, per-channel scales (int8 only)
+  STORE/labels_00000.npy      identity labels (-1: a distractor)
+  STORE/paths_00000.json      where each face came from
+
+A shard is complete when its ``shard_*.npy`` exists: it is written last, through a temporary
+name, so a build killed at any point resumes at the first missing shard.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+
+VERSION = 1
+DTYPES = ("float32", "float16", "int8")
+
+
+def fingerprint(variables) -> str:
+  """A short hash of a network's variables (paths, shapes, dtypes, bytes): which trunk."""
+  h = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_leaves_with_path(variables):
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h.update(f"{jax.tree_util.keystr(path)}:{a.shape}:{a.dtype}".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()[:16]
+
+
+def quantize(u: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray | None]:
+  """(stored U, scales): int8 with one scale per face and channel (max |U| / 127 over the
+  map), float16 / float32 as they are."""
+  if dtype == "int8":
+    scale = np.abs(u).max(axis=(1, 2)) / 127.0  # (N, C)
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    q = np.clip(np.rint(u / scale[:, None, None, :]), -127, 127).astype(np.int8)
+    return q, scale
+  if dtype not in DTYPES:
+    raise ValueError(f"store dtype {dtype!r} is not one of {DTYPES}")
+  return u.astype(dtype), None
+
+
+def dequantize(u: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
+  """float32 U from a stored shard (numpy or jnp)."""
+  u = u.astype(np.float32)
+  return u if scale is None else u * scale[:, None, None, :]
+
+
+class TrunkMismatch(ValueError):
+  pass
+
+
+class Store:
+  """A finished or partial store; ``shard(i)`` memory-maps one shard."""
+
+  def __init__(self, path: str):
+    self.path = path
+    meta_path = os.path.join(path, "meta.json")
+    if not os.path.isfile(meta_path):
+      raise FileNotFoundError(f"no gallery store at {path} (missing {meta_path}); build one with "
+                              "python -m pdsn_jax.gallery build")
+    with open(meta_path, encoding="utf-8") as f:
+      self.meta = json.load(f)
+    if self.meta.get("version") != VERSION:
+      raise ValueError(f"{meta_path}: store version {self.meta.get('version')}, this code reads "
+                       f"{VERSION}; rebuild it")
+    self.num_faces, self.shard_size = self.meta["num_faces"], self.meta["shard_size"]
+    self.num_shards = -(-self.num_faces // self.shard_size)
+
+  def _file(self, kind: str, i: int, ext: str = "npy") -> str:
+    return os.path.join(self.path, f"{kind}_{i:05d}.{ext}")
+
+  def complete(self, i: int) -> bool:
+    return os.path.isfile(self._file("shard", i))
+
+  def missing(self) -> list[int]:
+    return [i for i in range(self.num_shards) if not self.complete(i)]
+
+  def shard(self, i: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(stored U memory-mapped, its scales or None, labels) of shard ``i``."""
+    if not self.complete(i):
+      raise FileNotFoundError(f"{self._file('shard', i)} missing: the store at {self.path} is "
+                              "incomplete; run the build again to finish it")
+    u = np.load(self._file("shard", i), mmap_mode="r")
+    scale = np.load(self._file("scale", i)) if self.meta["dtype"] == "int8" else None
+    return u, scale, np.load(self._file("labels", i))
+
+  def offset(self, i: int) -> int:
+    return i * self.shard_size
+
+  def labels(self) -> np.ndarray:
+    return np.concatenate([np.load(self._file("labels", i)) for i in range(self.num_shards)])
+
+  def paths(self, i: int) -> list[str]:
+    with open(self._file("paths", i, "json"), encoding="utf-8") as f:
+      return json.load(f)
+
+  def check_trunk(self, checkpoint: str, print_: str) -> None:
+    """Raises TrunkMismatch naming both trunks unless ``print_`` (a ``fingerprint``) is the
+    store's."""
+    have = self.meta["trunk"]
+    if have["fingerprint"] != print_:
+      raise TrunkMismatch(
+          f"the gallery store {self.path} holds U of the trunk {have['checkpoint']} "
+          f"(fingerprint {have['fingerprint']}), not of {checkpoint} (fingerprint {print_}): "
+          "its features would not match; build a store with this trunk")
+
+  def write_shard(self, i: int, u: np.ndarray, labels: np.ndarray, paths: list[str]) -> None:
+    q, scale = quantize(u, self.meta["dtype"])
+    np.save(self._file("labels", i), np.asarray(labels, np.int64))
+    with open(self._file("paths", i, "json"), "w", encoding="utf-8") as f:
+      json.dump(list(paths), f)
+    if scale is not None:
+      np.save(self._file("scale", i), scale)
+    tmp = self._file("shard", i) + ".tmp.npy"
+    np.save(tmp, q)
+    os.replace(tmp, self._file("shard", i))  # last: marks the shard complete
+
+
+def create_or_resume(path: str, *, num_faces: int, u_shape, dtype: str, shard_size: int,
+                     trunk_checkpoint: str, trunk_fingerprint: str, source: str) -> Store:
+  """Opens the store at ``path``, creating its metadata; an existing store must describe the
+  same build (else the error says what differs)."""
+  meta = {"version": VERSION, "num_faces": int(num_faces), "u_shape": list(u_shape),
+          "dtype": dtype, "shard_size": int(shard_size), "source": source,
+          "trunk": {"checkpoint": trunk_checkpoint, "fingerprint": trunk_fingerprint}}
+  if dtype not in DTYPES:
+    raise ValueError(f"store dtype {dtype!r} is not one of {DTYPES}")
+  meta_path = os.path.join(path, "meta.json")
+  if os.path.isfile(meta_path):
+    store = Store(path)
+    old = dict(store.meta)
+    store.check_trunk(trunk_checkpoint, trunk_fingerprint)
+    diff = [k for k in ("num_faces", "u_shape", "dtype", "shard_size", "source")
+            if old.get(k) != meta[k]]
+    if diff:
+      raise ValueError(f"the store at {path} was started with other settings ("
+                       + ", ".join(f"{k}: {old.get(k)!r} vs now {meta[k]!r}" for k in diff)
+                       + "); use another --out, or delete it to start again")
+    return store
+  os.makedirs(path, exist_ok=True)
+  tmp = meta_path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(meta, f, indent=2)
+  os.replace(tmp, meta_path)
+  return Store(path)
+
+
+def build(store: Store, load: Callable[[int, int], tuple[np.ndarray, np.ndarray, list[str]]],
+          features: Callable[[np.ndarray], np.ndarray], write: bool = True) -> dict:
+  """Fills every missing shard: ``load(start, stop)`` gives (uint8 images, labels, paths),
+  ``features(images)`` their U (float32; every process calls it, data-parallel); only
+  ``write`` (process 0) writes. Returns counts and throughput."""
+  todo = store.missing()
+  done_before = store.num_shards - len(todo)
+  t0, faces = time.time(), 0
+  for n, i in enumerate(todo):
+    start = store.offset(i)
+    stop = min(start + store.shard_size, store.num_faces)
+    images, labels, paths = load(start, stop)
+    u = features(images)
+    if write:
+      store.write_shard(i, u, labels, paths)
+    faces += stop - start
+    rate = faces / max(time.time() - t0, 1e-9)
+    left = (len(todo) - n - 1) * store.shard_size
+    logging.info("[gallery] shard %d/%d (%d faces) | %.1f faces/s | ETA %.0f s",
+                 done_before + n + 1, store.num_shards, stop - start, rate, left / rate)
+  return {"shards_built": len(todo), "shards_resumed": done_before, "faces_built": faces,
+          "faces_per_sec": faces / max(time.time() - t0, 1e-9) if faces else None}
+
+
+def build_from_source(path: str, source, features: Callable[[np.ndarray], np.ndarray], *,
+                      u_shape, dtype: str, shard_size: int, trunk_checkpoint: str,
+                      trunk_fingerprint: str, description: str,
+                      label_fn: Callable[[int], int] | None = None,
+                      path_fn: Callable[[int], str] | None = None) -> tuple[Store, dict]:
+  """A store of U for every face of ``source`` (``source[i]["image"]``), built or resumed."""
+  store = create_or_resume(path, num_faces=len(source), u_shape=u_shape, dtype=dtype,
+                           shard_size=shard_size, trunk_checkpoint=trunk_checkpoint,
+                           trunk_fingerprint=trunk_fingerprint, source=description)
+
+  def load(start: int, stop: int):
+    recs = [source[i] for i in range(start, stop)]
+    labels = [label_fn(i) if label_fn else int(r.get("label", -1))
+              for i, r in zip(range(start, stop), recs)]
+    paths = [path_fn(i) if path_fn else f"{description}#{i}" for i in range(start, stop)]
+    return np.stack([r["image"] for r in recs]), np.asarray(labels), paths
+
+  stats = build(store, load, features, write=jax.process_index() == 0)
+  if jax.process_count() > 1:  # the others read what process 0 wrote
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(f"gallery store {path}")
+  return store, stats

@@ -1,0 +1,110 @@
+"""Builds a gallery feature store (``pdsn_jax.evaluation.store``) from a trained run.
+
+  python -m pdsn_jax.gallery --workdir=RUN --out=STORE \\
+      (--images=DIR [--landmarks=TSV] | --source=distractors | --source=synthetic:N) \\
+      [--dtype=float16|int8|float32] [--shard_size=4096] [--stage=trunk]
+
+U of every face is computed once with the run's ``--stage`` network (data-parallel over every
+device) and written in shards; a killed build resumes at the first missing shard. Faces from
+``--images`` are aligned with the landmarks TSV when given (else centre-cropped); their label
+is the index of their first-level subfolder (sorted), -1 for files directly in DIR.
+``--source=distractors``: the run's evaluation distractors; ``synthetic:N``: N built-in faces
+of identities no stage trained on (for benchmarks).
+"""
+
+import logging
+import os
+
+from absl import app, flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (python -m pdsn_jax.main).")
+_OUT = flags.DEFINE_string("out", None, "Store folder to create or resume.")
+_IMAGES = flags.DEFINE_string("images", "", "Folder of face images (searched recursively).")
+_LANDMARKS = flags.DEFINE_string("landmarks", "", "5-point landmarks TSV for --images.")
+_SOURCE = flags.DEFINE_string("source", "", "'distractors' or 'synthetic:N' instead of --images.")
+_DTYPE = flags.DEFINE_enum("dtype", "float16", ["float32", "float16", "int8"], "Stored U.")
+_SHARD = flags.DEFINE_integer("shard_size", 4096, "Faces per shard.")
+_STAGE = flags.DEFINE_string("stage", "trunk", "The run's stage whose network computes U.")
+flags.mark_flags_as_required(["workdir", "out"])
+
+_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm")
+
+
+class _Folder:
+  """Images under a folder, aligned to the run's template (labels: first-level subfolder)."""
+
+  def __init__(self, root: str, landmarks: str, size, template: str):
+    from pdsn_jax.data.folders import read_landmarks  # pylint: disable=g-import-not-at-top
+    self.root, self.size, self.template = root, tuple(size), template
+    self.paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
+                        if f.lower().endswith(_EXT))
+    if not self.paths:
+      raise ValueError(f"no images ({', '.join(_EXT)}) under {root}")
+    self.marks = read_landmarks(landmarks) if landmarks else {}
+    top = sorted({os.path.relpath(p, root).split(os.sep)[0] for p in self.paths
+                  if os.sep in os.path.relpath(p, root)})
+    self.ids = {name: i for i, name in enumerate(top)}
+
+  def __len__(self):
+    return len(self.paths)
+
+  def label(self, i: int) -> int:
+    rel = os.path.relpath(self.paths[i], self.root)
+    return self.ids.get(rel.split(os.sep)[0], -1) if os.sep in rel else -1
+
+  def __getitem__(self, i: int) -> dict:
+    from pdsn_jax.data.alignment import align_face  # pylint: disable=g-import-not-at-top
+    from pdsn_jax.data.folders import load_rgb  # pylint: disable=g-import-not-at-top
+    p = self.paths[i]
+    pts = self.marks.get(os.path.normpath(os.path.abspath(p)), self.marks.get(os.path.realpath(p)))
+    return {"image": align_face(load_rgb(p), pts, self.size, self.template), "label": self.label(i)}
+
+
+def source_from_flags(config):
+  """(source, description, label_fn, path_fn) named by --images / --source."""
+  if bool(_IMAGES.value) == bool(_SOURCE.value):
+    raise ValueError("give exactly one of --images=DIR and --source=distractors|synthetic:N")
+  if _IMAGES.value:
+    src = _Folder(_IMAGES.value, _LANDMARKS.value, config.data.image_size, config.data.alignment)
+    return (src, f"images:{os.path.abspath(_IMAGES.value)}", src.label,
+            lambda i: os.path.relpath(src.paths[i], _IMAGES.value))
+  from pdsn_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data.synthetic import SyntheticFaces  # pylint: disable=g-import-not-at-top
+  if _SOURCE.value == "distractors":
+    src = sources.build_eval(config.data, config.eval.num_distractors)[1]
+    return src, "distractors", lambda i: -1, None
+  if _SOURCE.value.startswith("synthetic:"):
+    n = int(_SOURCE.value.split(":", 1)[1])
+    s = config.data.synthetic
+    src = SyntheticFaces(n, 1, s.seed, 10_000_000, tuple(config.data.image_size))
+    return src, f"synthetic:{n}", lambda i: -1, None
+  raise ValueError(f"--source={_SOURCE.value!r}: expected 'distractors' or 'synthetic:N'")
+
+
+def main(argv):
+  del argv
+  from pdsn_jax import builders, parallel, workdir  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.evaluation import masked, store  # pylint: disable=g-import-not-at-top
+
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  config = workdir.load_config(_WORKDIR.value)
+  workdir.require(_WORKDIR.value, _STAGE.value, needed_by="gallery")
+  variables = workdir.backbone_variables(_WORKDIR.value, _STAGE.value)
+  backbone = builders.backbone(config, False)
+  mesh = parallel.make_mesh()
+  embedder = masked.Embedder(backbone, mesh, config.eval.batch_size, builders.normalize)
+  rep = parallel.put_replicated(variables, mesh)
+  src, desc, label_fn, path_fn = source_from_flags(config)
+  out, stats = store.build_from_source(
+      _OUT.value, src, lambda images: embedder.features(rep, images),
+      u_shape=builders.u_shape(config), dtype=_DTYPE.value, shard_size=_SHARD.value,
+      trunk_checkpoint=workdir.checkpoints(_WORKDIR.value, _STAGE.value),
+      trunk_fingerprint=store.fingerprint(builders.feature_variables(backbone, variables)),
+      description=desc, label_fn=label_fn, path_fn=path_fn)
+  logging.info("store %s: %d faces in %d shards (%s); %s", out.path, out.num_faces,
+               out.num_shards, out.meta["dtype"], stats)
+
+
+if __name__ == "__main__":
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+  app.run(main)
