@@ -33,7 +33,7 @@ HELDOUT_OCCLUDERS = ("sunglasses/*", "mask/masktheface/surgical*", "mask/pederz/
 
 def get_config(arg: str | None = None):
   c = pdsn.get_config()
-  c.stages = "trunk,pdsn,dictionary,baseline,finetune,evaluate"
+  c.stages = "trunk,pdsn,dictionary,baseline,finetune,detector,evaluate"
   c.data.update(source="folders", image_size=(112, 96), alignment="arcface", num_workers=0)
   c.data.folders.update(root=f"{DATA}/celeba/images", landmarks=f"{DATA}/celeba/landmarks.tsv",
                         min_images=2, heldout_identities=30, distractor_identities=40,
@@ -54,6 +54,10 @@ def get_config(arg: str | None = None):
                     conditions=("sunglasses", "mask", "blocks"), clean_prob=0.25,
                     batch_size=32, num_epochs=1.0, optimizer="adam", learning_rate=0.001,
                     weight_decay=0.0, warmup_steps=10, log_every=20, checkpoint_every=50)
+  # the detector learns real skin: CelebA training faces with the training occluder files and
+  # the training drawings (sunglasses, masks); scored on held-out CelebA faces with the
+  # held-out files; the "(detector)" rows of the tables locate test occlusions with it
+  c.detector.update(num_epochs=2.0, batch_size=32, eval_images=400)
   c.eval.update(pairs_file=f"{DATA}/lfw/pairs.txt", pairs_root=f"{DATA}/lfw",
                 pairs_pattern="lfw/{name}_{num:04d}.jpg",
                 pairs_landmarks=f"{DATA}/lfw/landmarks.tsv", num_pairs=6000, batch_size=128,

@@ -1,11 +1,15 @@
 """Inference with a finished run's networks: the occlusion detector's masks (used by the
-evaluation stage and the command-line tools)."""
+evaluation stage) and the whole pipeline for aligned faces (``Recognizer``, used by the
+embed / verify / identify commands and the exported functions)."""
+
+import json
+import os
 
 import jax
 import numpy as np
 
 from pdsn_jax import builders, parallel
-from pdsn_jax.data import pipeline
+from pdsn_jax.data import occlusion, pipeline
 
 
 def detector_logits(model, variables, images: jax.Array, scale: float, train: bool = False,
@@ -45,3 +49,75 @@ def occlusion_predictor(config, variables: dict, mesh=None):
     return np.concatenate(out) if out else np.zeros((0, *np.shape(images)[1:3]), bool)
 
   return predict
+
+
+class Recognizer:
+  """A finished run's recognition pipeline for aligned faces: occlusion mask (the run's
+  detector) -> occluded blocks -> FDM (the run's dictionary) -> embedding F(FDM * U).
+
+  ``model``: a name of the run's ``eval.models`` (default: the last one whose stage ran, e.g.
+  "PDSN + fine-tune"); a plain model embeds with all-ones masks. Without a detector stage the
+  faces are taken as unoccluded (``self.note`` says so).
+  """
+
+  def __init__(self, workdir: str, model: str = "", mesh=None):
+    from pdsn_jax import fdm, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+    from pdsn_jax.evaluation import evaluators, masked  # pylint: disable=g-import-not-at-top
+    self.config = config = workdir_lib.load_config(workdir)
+    self.mesh = mesh or parallel.make_mesh()
+    specs = evaluators.parse_models(config.eval.models)
+    dictionary = workdir_lib.dictionary_file(workdir)
+    have = [m for m in specs if workdir_lib.latest_step(workdir, m.stage) is not None
+            and (not m.fdm or os.path.isfile(dictionary))]
+    if model:
+      pick = [m for m in have if m.name == model]
+      if not pick:
+        raise ValueError(f"--model={model!r}: the run {workdir} has {[m.name for m in have]}")
+    elif not have:
+      raise FileNotFoundError(f"the run {workdir} has no trained model of {config.eval.models}")
+    self.spec = (pick if model else have)[-1]
+    host = workdir_lib.backbone_variables(workdir, self.spec.stage)
+    self.net = builders.backbone(config, False)
+    self.u_shape = builders.u_shape(config)
+    table = (fdm.load(dictionary)[0].astype(np.float32) if self.spec.fdm
+             else np.ones((9, *self.u_shape), np.float32))
+    clean = None
+    if self.spec.stage != workdir_lib.TRUNK and config.finetune.trunk_head_when_clean:
+      clean = workdir_lib.backbone_variables(workdir, workdir_lib.TRUNK)
+    self.host, self.host_clean, self.host_table = host, clean, table
+    self.variables = parallel.put_replicated(host, self.mesh)
+    self.clean = None if clean is None else parallel.put_replicated(clean, self.mesh)
+    self.table = parallel.put_replicated(table, self.mesh)
+    self.embedder = masked.Embedder(self.net, self.mesh, config.eval.batch_size,
+                                    builders.normalize)
+    det = workdir_lib.load(workdir, workdir_lib.DETECTOR)
+    self.detector_variables = det
+    self.predict = occlusion_predictor(config, det, self.mesh) if det is not None else None
+    self.note = "" if det is not None else ("the run has no detector stage: every face is "
+                                            "taken as unoccluded")
+    thresholds = os.path.join(workdir_lib.stage_dir(workdir, workdir_lib.EVALUATE),
+                              "thresholds.json")
+    self.thresholds = {}
+    if os.path.isfile(thresholds):
+      with open(thresholds, encoding="utf-8") as f:
+        self.thresholds = json.load(f).get(self.spec.name, {})
+
+  def analyse(self, faces: np.ndarray) -> dict:
+    """U, the predicted pixel masks and the 9 block flags of aligned uint8 faces."""
+    o = self.config.occlusion
+    masks = (self.predict(faces) if self.predict is not None
+             else np.zeros(faces.shape[:3], bool))
+    return {"u": self.embedder.features(self.variables, faces), "masks": masks,
+            "flags": occlusion.block_flags(masks, o.min_overlap, o.overlap)}
+
+  def embed(self, u: np.ndarray, flags: np.ndarray) -> np.ndarray:
+    """L2-normalised F(FDM * U), the FDM of each row's ``flags``."""
+    return self.embedder.embed(self.variables, self.table, u, flags, self.clean)
+
+  def threshold(self, occluded: bool) -> tuple[float | None, str]:
+    """The decision threshold the evaluation chose (mean of its 10 fold thresholds)."""
+    key = "occluded" if occluded else "clean"
+    t = self.thresholds.get(key)
+    what = (f"mean of the 10 fold thresholds of {self.spec.name}'s {key} verification"
+            if t is not None else "none: run the 'evaluate' stage to store thresholds")
+    return t, what

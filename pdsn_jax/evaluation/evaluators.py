@@ -71,7 +71,9 @@ def _verification(scores, issame) -> dict:
   r = verification.ten_fold_accuracy(scores, issame)
   return {"accuracy": r["accuracy"], "std": r["std"],
           "tar_at_far_1e-3": verification.tar_at_far(scores, issame, 1e-3),
-          "negatives": int(np.sum(~np.asarray(issame, bool)))}
+          "negatives": int(np.sum(~np.asarray(issame, bool))),
+          # taken out into evaluate/thresholds.json (the commands' decision thresholds)
+          THRESHOLDS: float(np.mean(r["thresholds"]))}
 
 
 def pair_verification(ctx: Context, model: Model) -> dict:
@@ -122,6 +124,26 @@ def distractor_identification(ctx: Context, model: Model) -> dict:
                              model.embed(ctx, pu, fl), fl, gallery, model.clean_variables)
     res[cond] = float(np.mean(gallery_labels[idx[:, 0]] == probe_labels))
   return {"distractors": res}
+
+
+THRESHOLDS = "mean_fold_threshold"
+
+
+def pop_thresholds(models: dict) -> dict:
+  """Removes every verification entry's mean fold threshold from ``models`` (results.json
+  keeps its columns) and returns them: model -> {"clean": t, "occluded": t (mean over the
+  conditions), "conditions": {condition: t}}."""
+  out = {}
+  for name, r in models.items():
+    if "clean" not in r:
+      continue
+    # pop(..., None): an ablation row may be the same dict as another's
+    conds = {c: v.pop(THRESHOLDS, None) for c, v in r["occluded"].items()}
+    out[name] = {"clean": r["clean"].pop(THRESHOLDS, None),
+                 "occluded": (float(np.mean([t for t in conds.values() if t is not None]))
+                              if any(t is not None for t in conds.values()) else None),
+                 "conditions": conds}
+  return out
 
 
 PROTOCOLS = {"verification": pair_verification, "ar_p1": _ar("gallery_p1"),

@@ -93,10 +93,10 @@ def init_fn(config, model, tx):
 
 
 def training_library(config) -> occlusion.OccluderLibrary:
-  """Every occluder category; with files, every ``detector.heldout_every``-th one and those of
-  ``occlusion.heldout`` left out."""
+  """The drawings of ``occlusion.procedural_categories`` and the files, less those of
+  ``occlusion.heldout`` (or, without it, every ``detector.heldout_every``-th one)."""
   o = config.occlusion
-  return occlusion.OccluderLibrary(o.occluder_dir, o.procedural,
+  return occlusion.OccluderLibrary(o.occluder_dir, o.procedural, tuple(o.procedural_categories),
                                    split="train" if o.occluder_dir else "all",
                                    heldout_every=config.detector.heldout_every,
                                    face_template=config.data.alignment, heldout=tuple(o.heldout))
@@ -113,7 +113,7 @@ def heldout_sets(config) -> dict:
     libs["unseen occluder files"] = occlusion.OccluderLibrary(
         o.occluder_dir, False, split="heldout", heldout_every=config.detector.heldout_every,
         face_template=config.data.alignment, heldout=tuple(o.heldout))
-  out = {}
+  out = {"clean faces": (np.stack(faces), np.zeros((n, *np.shape(faces[0])[:2]), bool))}
   for k, (name, lib) in enumerate(libs.items()):
     t = DetectorOcclusion(lib, clean_prob=0.1)
     recs = [t({"image": f}, np.random.default_rng([config.eval.seed, 50 + k, i]))
@@ -126,8 +126,12 @@ def evaluate(config, variables: dict, mesh=None, sets: dict | None = None) -> di
   """Segmentation metrics per held-out set (``sets`` from ``heldout_sets``, built if None)."""
   predict = inference.occlusion_predictor(config, variables, mesh)
   o = config.occlusion
-  return {name: segmentation_metrics(predict(images), masks, o.min_overlap, o.overlap)
-          for name, (images, masks) in (sets or heldout_sets(config)).items()}
+  out = {}
+  for name, (images, masks) in (sets or heldout_sets(config)).items():
+    pred = predict(images)
+    out[name] = {**segmentation_metrics(pred, masks, o.min_overlap, o.overlap),
+                 "predicted_area": float(pred.mean())}  # on "clean faces": false alarms
+  return out
 
 
 def plan(ctx: loop.Context) -> loop.Plan:
@@ -145,10 +149,11 @@ def plan(ctx: loop.Context) -> loop.Plan:
       writer.write(step, {f"{name.replace(' ', '_')}/{k}": v for k, v in r.items()},
                    prefix="eval")
       logging.info("[detector] held-out faces, %s: mean IU %.4f, pixel accuracy %.4f, block "
-                   "assignment accuracy %.4f (%.1fs)", name, r["mean_iu"], r["pixel_accuracy"],
-                   r["block_accuracy"], time.time() - t)
+                   "assignment accuracy %.4f, predicted occluded area %.2f%% (%.1fs)", name,
+                   r["mean_iu"], r["pixel_accuracy"], r["block_accuracy"],
+                   100 * r["predicted_area"], time.time() - t)
     if jax.process_index() == 0:
-      images, masks = next(iter(sets.values()))
+      images, masks = sets["seen occluders"]
       pred = inference.occlusion_predictor(config, variables, ctx.mesh)(images[:8])
       visualize.detection_sheet(images[:8], pred, os.path.join(
           workdir_lib.stage_dir(ctx.workdir, ctx.name), "detections.png"), true_masks=masks[:8],

@@ -10,6 +10,7 @@ scored with the occlusion located by the detector instead of the synthesizer's g
 checkpoints that differ only in F) and reused by every protocol and ablation.
 """
 
+import json
 import logging
 import os
 import shutil
@@ -28,6 +29,9 @@ from pdsn_jax.evaluation import store as store_lib
 from pdsn_jax.evaluation.segmentation import segmentation_metrics
 
 STAGE = workdir_lib.EVALUATE
+# per model, the mean of the 10 fold thresholds of clean and occluded verification: what
+# python -m pdsn_jax.verify decides with
+THRESHOLDS_FILE = "thresholds.json"
 
 
 def _dictionary(workdir: str, name: str):
@@ -243,7 +247,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if dictionary is not None and cfg.ablations:
     results["ablations"] = _ablations(config, workdir, nets, sets, flags, dictionary)
   results["seconds"] = round(time.time() - t0, 1)
+  thresholds = evaluators.pop_thresholds(results["models"])
+  for table in (results.get("ablations") or {}).values():
+    if isinstance(table, dict):
+      evaluators.pop_thresholds(table)
   if jax.process_index() == 0:
+    with open(os.path.join(workdir_lib.stage_dir(workdir, STAGE), THRESHOLDS_FILE), "w",
+              encoding="utf-8") as f:
+      json.dump(thresholds, f, indent=2)
     paths = report.write(results, sets, flags, workdir)
     logging.info("[evaluate] wrote %s", ", ".join(paths))
     print(report.summary(results), flush=True)

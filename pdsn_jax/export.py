@@ -1,0 +1,98 @@
+"""Exports a run's inference as serialized ``jax.export`` functions, usable without this code.
+
+  python -m pdsn_jax.export --workdir=RUN [--model=NAME]
+
+writes ``RUN/export/``:
+  embed.jaxexport      (faces uint8 (b, H, W, 3), fdm float32 (b, h, w, c)) -> L2-normalised
+                       embeddings float32 (b, E): F(fdm * U(faces)); all-ones fdm = plain
+  occlusion.jaxexport  faces uint8 (b, H, W, 3) -> occlusion masks bool (b, H, W) (with a
+                       detector stage)
+  dictionary.npy       the FDM items (9, h, w, c) uint8, to compose a face's fdm (AND of the
+                       items of its occluded blocks)
+  meta.json            shapes, the model, the blocks, the decision thresholds
+The batch dimension b is symbolic. Load with only jax and numpy:
+
+  exp = jax.export.deserialize(open("embed.jaxexport", "rb").read())
+  emb = exp.call(faces, fdm)
+"""
+
+import json
+import logging
+import os
+
+from absl import app, flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A run folder of python -m pdsn_jax.main.")
+_MODEL = flags.DEFINE_string("model", "", "One of the run's eval.models (default: the last).")
+
+
+def export(workdir: str, model: str = "") -> dict:
+  """Writes the exported functions of ``workdir``'s ``model``; returns the paths."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import builders, inference  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data import occlusion  # pylint: disable=g-import-not-at-top
+
+  rec = inference.Recognizer(workdir, model)
+  config, net = rec.config, rec.net
+  h, w = tuple(config.data.image_size)
+  variables = jax.device_get(rec.host)
+  clean = None if rec.host_clean is None else jax.device_get(rec.host_clean)
+
+  def embed(faces, fdm_masks):
+    u = net.apply(variables, builders.normalize(faces), method="features")
+    e = net.apply(variables, u * fdm_masks, method="head")
+    if clean is not None:  # faces with nothing discarded: the trunk's own F
+      plain = net.apply(clean, u, method="head")
+      e = jnp.where(jnp.all(fdm_masks > 0, axis=(1, 2, 3))[:, None], plain, e)
+    return e / jnp.maximum(jnp.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+
+  (b,) = jax.export.symbolic_shape("b")
+  faces = jax.ShapeDtypeStruct((b, h, w, 3), jnp.uint8)
+  out_dir = os.path.join(workdir, "export")
+  os.makedirs(out_dir, exist_ok=True)
+  paths = {}
+  exp = jax.export.export(jax.jit(embed))(faces, jax.ShapeDtypeStruct((b, *rec.u_shape),
+                                                                      jnp.float32))
+  paths["embed"] = _write(os.path.join(out_dir, "embed.jaxexport"), exp.serialize())
+  if rec.detector_variables is not None:
+    det, cfg = builders.detector(config, False), config.detector
+    dvars = jax.device_get(rec.detector_variables)
+
+    def occluded(faces):
+      logits = inference.detector_logits(det, dvars, faces, cfg.input_scale)
+      return jax.nn.sigmoid(logits) >= cfg.threshold
+
+    exp = jax.export.export(jax.jit(occluded))(faces)
+    paths["occlusion"] = _write(os.path.join(out_dir, "occlusion.jaxexport"), exp.serialize())
+  np.save(os.path.join(out_dir, "dictionary.npy"), rec.host_table.astype(np.uint8))
+  meta = {"model": rec.spec.name, "image_size": [h, w], "u_shape": list(rec.u_shape),
+          "alignment": config.data.alignment, "blocks": list(occlusion.CENTRAL_BLOCKS),
+          "grid": occlusion.GRID, "min_overlap": config.occlusion.min_overlap,
+          "overlap": config.occlusion.overlap, "thresholds": rec.thresholds,
+          "files": {k: os.path.basename(v) for k, v in paths.items()}}
+  with open(os.path.join(out_dir, "meta.json"), "w", encoding="utf-8") as f:
+    json.dump(meta, f, indent=2)
+  return paths
+
+
+def _write(path: str, blob) -> str:
+  tmp = path + ".tmp"
+  with open(tmp, "wb") as f:
+    f.write(blob)
+  os.replace(tmp, path)
+  return path
+
+
+def main(argv):
+  del argv
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  for name, path in export(_WORKDIR.value, _MODEL.value).items():
+    logging.info("%s: %s (%d bytes)", name, path, os.path.getsize(path))
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["workdir"])
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+  app.run(main)

@@ -1,0 +1,6 @@
+"""python -m pdsn_jax.verify: see pdsn_jax/commands.py."""
+
+from pdsn_jax import commands
+
+if __name__ == "__main__":
+  commands.run(commands.verify_main)

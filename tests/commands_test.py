@@ -1,0 +1,164 @@
+"""Raw photos in: embed / verify / identify on a tiny run, the exported functions, dlib's
+landmarks."""
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from pdsn_jax.data import faces as faces_lib
+from pdsn_jax.data import occlusion, placement
+from pdsn_jax.data.synthetic import SyntheticFaces
+from tests import helpers
+
+STAGES = "--config.stages=trunk,pdsn,dictionary,finetune,detector,evaluate"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  root = tmp_path_factory.mktemp("commands")
+  wd = str(root / "run")
+  helpers.run_main(wd, STAGES)
+  # photos: a gallery of 3 people, probes of the same people (one masked), an unreadable file
+  src = SyntheticFaces(3, 3, 0, 40)
+  lib = occlusion.OccluderLibrary("", True)
+  for i in range(len(src)):
+    r = src[i]
+    if i % 3 == 0:
+      os.makedirs(root / "gallery" / f"person{r['label']}", exist_ok=True)
+      Image.fromarray(r["image"]).save(root / "gallery" / f"person{r['label']}" / f"{i}.png")
+    else:
+      img = r["image"]
+      if i == 1:
+        img, _ = placement.occlude(img, np.random.default_rng(0), lib, "mask")
+      os.makedirs(root / "probes", exist_ok=True)
+      Image.fromarray(img).save(root / "probes" / f"person{r['label']}_{i}.png")
+  (root / "probes" / "broken.jpg").write_bytes(b"not an image")
+  _cmd("export", f"--workdir={wd}")
+  return wd, root
+
+
+def _cmd(module, *args):
+  extra = ["--face_detector=none"] if module != "export" else []  # the photos are crops
+  proc = subprocess.run([sys.executable, "-m", f"pdsn_jax.{module}", *args, *extra],
+                        cwd=helpers.REPO,
+                        env=helpers.env_with_devices(1), capture_output=True, text=True,
+                        timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return proc
+
+
+def _exported(wd, name):
+  with open(os.path.join(wd, "export", f"{name}.jaxexport"), "rb") as f:
+    return jax.export.deserialize(bytearray(f.read()))
+
+
+def _fdm(blocks, items):
+  """AND of the items of the flagged blocks, by hand (all ones with none flagged)."""
+  return np.stack([np.prod(np.where(b[:, None, None, None], items, 1), axis=0)
+                   for b in blocks]).astype(np.float32)
+
+
+def test_embed_and_exported_functions_agree(run):
+  wd, root = run
+  out = str(root / "emb.npz")
+  proc = _cmd("embed", f"--workdir={wd}", f"--images={root / 'probes'}", f"--out={out}",
+              f"--sheet={root / 'sheet.png'}")
+  assert "skipped" in proc.stderr and "broken.jpg" in proc.stderr
+  z = np.load(out)
+  assert len(z["paths"]) == 6 and list(z["skipped_paths"]) == [str(root / "probes" / "broken.jpg")]
+  assert z["skipped_reasons"][0].startswith("unreadable")
+  np.testing.assert_allclose(np.linalg.norm(z["embeddings"], axis=1), 1.0, atol=1e-5)
+  assert z["blocks"].shape == (6, 9) and z["masks"].shape == (6, 112, 96)
+  assert os.path.getsize(root / "sheet.png") > 1000
+  # the exported functions, loaded without the model code, give the same numbers
+  faces = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in z["paths"]])
+  items = np.load(os.path.join(wd, "export", "dictionary.npy"))
+  emb = np.asarray(_exported(wd, "embed").call(faces, _fdm(z["blocks"], items)))
+  np.testing.assert_allclose(emb, z["embeddings"], atol=1e-5)
+  masks = np.asarray(_exported(wd, "occlusion").call(faces))
+  np.testing.assert_array_equal(masks, z["masks"])
+  meta = json.load(open(os.path.join(wd, "export", "meta.json")))
+  assert meta["model"] == str(z["model"]) == "PDSN + fine-tune"
+
+
+def test_verify_uses_the_evaluation_threshold_and_the_and_of_both_occlusions(run):
+  wd, root = run
+  a, b = root / "probes" / "person0_1.png", root / "probes" / "person1_4.png"
+  out = _cmd("verify", f"--workdir={wd}", str(a), str(b)).stdout
+  score = float(re.search(r"score (-?[\d.]+)", out).group(1))
+  threshold = float(re.search(r"threshold (-?[\d.]+)", out).group(1))
+  blocks = re.findall(r"occluded blocks (.*) \(", out)
+  kind = "clean" if blocks == ["none", "none"] else "occluded"
+  stored = json.load(open(os.path.join(wd, "evaluate", "thresholds.json")))["PDSN + fine-tune"]
+  assert threshold == pytest.approx(stored[kind], abs=1e-4) and f"{kind} verification" in out
+  assert ("same person" in out) == (score > threshold)
+  # by hand: both faces under the AND of both faces' blocks, with the exported function
+  faces = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in (a, b)])
+  flags = occlusion.block_flags(np.asarray(_exported(wd, "occlusion").call(faces)))
+  both = flags[0] | flags[1]
+  items = np.load(os.path.join(wd, "export", "dictionary.npy"))
+  e = np.asarray(_exported(wd, "embed").call(faces, _fdm(np.stack([both, both]), items)))
+  assert score == pytest.approx(float(e[0] @ e[1]), abs=2e-4)
+
+
+def test_identify_ranks_the_gallery_under_each_probes_fdm(run):
+  wd, root = run
+  out = str(root / "ranks.csv")
+  _cmd("identify", f"--workdir={wd}", f"--gallery={root / 'gallery'}",
+       f"--probes={root / 'probes'}", f"--out={out}", "--k=3")
+  rows = list(csv.DictReader(open(out)))
+  assert len(rows) == 6 * 3
+  assert {r["identity"] for r in rows} <= {"person0", "person1", "person2"}
+  # check one probe by hand: the gallery embedded under the probe's FDM, sorted
+  probe = rows[0]["probe"]
+  gallery = sorted(str(p) for p in (root / "gallery").rglob("*.png"))
+  pf = np.asarray(Image.open(probe).convert("RGB"))[None]
+  gf = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in gallery])
+  flags = occlusion.block_flags(np.asarray(_exported(wd, "occlusion").call(pf)))
+  items = np.load(os.path.join(wd, "export", "dictionary.npy"))
+  embed = _exported(wd, "embed")
+  q = np.asarray(embed.call(pf, _fdm(flags, items)))[0]
+  g = np.asarray(embed.call(gf, _fdm(np.repeat(flags, len(gf), 0), items)))
+  order = np.argsort(-(g @ q), kind="stable")[:3]
+  mine = [r for r in rows if r["probe"] == probe]
+  assert [r["gallery_image"] for r in mine] == [gallery[i] for i in order]
+  np.testing.assert_allclose([float(r["score"]) for r in mine], (g @ q)[order], atol=2e-4)
+
+
+def test_five_points_from_68():
+  pts = np.zeros((68, 2))
+  pts[36:42] = [10, 20]
+  pts[42:48] = [30, 20]
+  pts[30], pts[48], pts[54] = [20, 30], [12, 40], [28, 40]
+  np.testing.assert_array_equal(faces_lib.five_points(pts),
+                                [[10, 20], [30, 20], [20, 30], [12, 40], [28, 40]])
+
+
+def test_dlib_landmarks_match_the_lfw_tsv():
+  pytest.importorskip("dlib", reason="dlib-bin not installed")
+  lfw = os.path.join(helpers.SHARED_DATA, "lfw")
+  if not os.path.isdir(lfw):
+    pytest.skip(f"../shared/data/lfw not found ({lfw})")
+  from pdsn_jax.data.alignment import similarity_transform, template_for  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data.folders import load_rgb, read_landmarks  # pylint: disable=g-import-not-at-top
+  marks = read_landmarks(os.path.join(lfw, "landmarks.tsv"))
+  finder = faces_lib.FaceFinder("hog")
+  errors, missed = [], []
+  for path in sorted(marks)[:20]:
+    pts, note = finder.points(load_rgb(path))
+    if pts is None:  # HOG misses some LFW faces (benchmarks/raw_photos.py measures how many)
+      missed.append((path, note))
+      continue
+    m = similarity_transform(marks[path], template_for((112, 96)))  # into the aligned frame
+    to = lambda p: p @ m[:, :2].T + m[:, 2]  # noqa: E731
+    errors.append(np.linalg.norm(to(pts) - to(marks[path]), axis=1).mean())
+  assert len(missed) <= 3, missed
+  assert np.mean(errors) < 4.0, errors  # px in the 112x96 frame
