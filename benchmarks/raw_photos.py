@@ -42,7 +42,8 @@ def main():
   marks = read_landmarks(os.path.join(args.lfw, "landmarks.tsv"))
   named, issame = pairs_lib.read_lfw_pairs(os.path.join(args.lfw, "pairs.txt"),
                                            pairs_lib.FLAT_LFW)
-  paths = sorted({os.path.normpath(os.path.join(args.lfw, p)) for pair in named for p in pair})
+  lfw = os.path.abspath(args.lfw)  # the TSV's keys are absolute paths
+  paths = sorted({os.path.normpath(os.path.join(lfw, p)) for pair in named for p in pair})
   finder = faces_lib.FaceFinder(args.detector)
   t = time.time()
   found = {}
@@ -79,12 +80,13 @@ def main():
     emb = np.concatenate([np.asarray(fwd(jnp.asarray(images[i:i + 64])))
                           for i in range(0, len(images), 64)])
     at = {p: i for i, p in enumerate(paths)}
-    a = emb[[at[os.path.normpath(os.path.join(args.lfw, x))] for x, _ in named]]
-    b = emb[[at[os.path.normpath(os.path.join(args.lfw, y))] for _, y in named]]
+    a = emb[[at[os.path.normpath(os.path.join(lfw, x))] for x, _ in named]]
+    b = emb[[at[os.path.normpath(os.path.join(lfw, y))] for _, y in named]]
     r = verification.ten_fold_accuracy(verification.cosine_scores(a, b), issame)
     return r["accuracy"], r["std"]
 
-  tsv = accuracy(lambda p: marks.get(p))
+  assert all(p in marks for p in paths), "the TSV lacks some pair images"
+  tsv = accuracy(lambda p: marks[p])
   det = accuracy(lambda p: found[p][0])  # None (no face): centre crop
   print(f"LFW 6,000 pairs, MobileFaceNet trunk: TSV landmarks {100 * tsv[0]:.2f} +- "
         f"{100 * tsv[1]:.2f}; dlib {args.detector} landmarks {100 * det[0]:.2f} +- "

@@ -17,6 +17,8 @@ Hygiene:
   sunglasses and masks);
 * CelebA: the last 30 identities are held out (the ``:select`` protocol), the 40 before
   them are the distractors; neither is trained on;
+* the occlusion detector trains on CelebA training faces with the training occluder files
+  and drawings only; its "(detector)" rows locate the test occlusions;
 * stage III is label-free distillation of F only (the trunk keeps its metric), and the
   Baseline gets the same loss, budget and trainable set without masks; both keep the
   trunk's F for faces with no occluded block (said in the tables).

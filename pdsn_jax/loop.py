@@ -74,11 +74,13 @@ def train_loop(*, stage: str, state: Any, step_fn: Callable, data_iter: Any, mes
   start_norm = float(optax.tree.norm(jax.tree.map(lambda x: np.asarray(local(x)), state.params)))
   for step in range(start, total):
     if trace and step == trace.start:
+      mgr.wait_until_finished()  # the profiler and orbax's save threads crashed together
       jax.profiler.start_trace(profile_dir)
     batch = parallel.put_batch(next(data_iter), mesh)
     state, out = step_fn(state, batch, jax.random.fold_in(root, step))
     if trace and step == trace[-1]:
       jax.block_until_ready(state)
+      mgr.wait_until_finished()
       jax.profiler.stop_trace()
       logging.info("[%s] profiler trace of steps %d-%d in %s", stage, trace.start + 1,
                    trace[-1] + 1, profile_dir)

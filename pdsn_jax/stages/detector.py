@@ -35,6 +35,10 @@ class DetectorOcclusion:
 
   def __init__(self, library: occlusion.OccluderLibrary, clean_prob: float = 0.15):
     self.library, self.clean_prob = library, clean_prob
+    # the natural placements of the categories the library has (a real-data config trains
+    # the detector on its training categories only)
+    have = set(library.available())
+    self.conditions = tuple(c for c in placement.CONDITIONS if c == "blocks" or c in have)
 
   def __call__(self, rec: dict, rng: np.random.Generator) -> dict:
     image = rec["image"]
@@ -42,7 +46,7 @@ class DetectorOcclusion:
     if rng.uniform() >= self.clean_prob:
       for _ in range(1 + int(rng.uniform() < 0.25)):
         if rng.uniform() < 0.5:
-          cond = placement.CONDITIONS[rng.integers(len(placement.CONDITIONS))]
+          cond = self.conditions[rng.integers(len(self.conditions))]
           image, m = placement.occlude(image, rng, self.library, cond)
         else:
           image, m = occlusion.random_occlusion(image, rng, self.library, area=(0.03, 0.35))
