@@ -115,21 +115,3 @@ def test_embedder_matches_single_device_and_all_ones_is_plain_embedding():
                                                                   jnp.asarray(table)))
   chex.assert_trees_all_close(emb.embed(rv, parallel.put_replicated(table, mesh), u, flags),
                               np.asarray(ref), atol=1e-5)
-
-
-def test_sharded_top1_equals_full_score_matrix_argmax():
-  backbone, v, emb, mesh = _embedder()
-  rv = parallel.put_replicated(v, mesh)
-  rng = np.random.default_rng(1)
-  gallery_u = rng.normal(size=(37, 7, 6, 32)).astype(np.float32)  # 3 batches, last one short
-  probe_u = rng.normal(size=(11, 7, 6, 32)).astype(np.float32)
-  flags = rng.uniform(size=(11, 9)) < 0.25
-  flags[:4] = flags[4]  # shared patterns
-  table = rng.integers(0, 2, (9, 7, 6, 32)).astype(np.float32)
-  best, arg = masked.top1_search(emb, rv, parallel.put_replicated(table, mesh), gallery_u,
-                                 probe_u, flags)
-  head = functools.partial(backbone.apply, v, method="head")
-  full = masked.identification_scores(head, jnp.asarray(gallery_u), jnp.asarray(probe_u), flags,
-                                      jnp.asarray(table))
-  np.testing.assert_array_equal(arg, np.argmax(full, 1))
-  chex.assert_trees_all_close(best, full.max(1), atol=1e-5)

@@ -62,9 +62,12 @@ class Model:
   def embed(self, ctx: Context, u: np.ndarray, flags: np.ndarray) -> np.ndarray:
     return ctx.embedder.embed(self.variables, self.table, u, flags, self.clean_variables)
 
-  def top1(self, ctx: Context, gallery_u: np.ndarray, probe_u: np.ndarray, flags: np.ndarray):
-    return masked.top1_search(ctx.embedder, self.variables, self.table, gallery_u, probe_u,
-                              flags, self.clean_variables)
+  def top1(self, ctx: Context, gallery, probe_u: np.ndarray, flags: np.ndarray) -> np.ndarray:
+    """Best gallery index per probe under the probe's FDM (the streaming search)."""
+    _, idx = search.identify(ctx.searcher, self.variables, self.table,
+                             self.embed(ctx, probe_u, flags), flags, gallery,
+                             self.clean_variables)
+    return idx[:, 0]
 
 
 def _verification(scores, issame) -> dict:
@@ -97,8 +100,9 @@ def _ar(gallery_name: str) -> Callable[[Context, Model], dict]:
     gallery = getattr(sets, gallery_name)
     probe_labels = sets.labels[sets.probes]
     res = {}
+    faces = search.ArrayGallery(ctx.feats["faces"][gallery], sets.labels[gallery])
     for cond, fl in ctx.flags["probes"].items():
-      _, arg = model.top1(ctx, ctx.feats["faces"][gallery], ctx.feats["probes"][cond], fl)
+      arg = model.top1(ctx, faces, ctx.feats["probes"][cond], fl)
       res[cond] = float(np.mean(sets.labels[gallery][arg] == probe_labels))
     return {gallery_name.replace("gallery_", "ar_"): res}
   return ar
@@ -120,9 +124,7 @@ def distractor_identification(ctx: Context, model: Model) -> dict:
                           np.zeros((len(sets.probes), ctx.flags["blocks"]), bool))}
   probe_sets.update({c: (feats["probes"][c], fl) for c, fl in ctx.flags["probes"].items()})
   for cond, (pu, fl) in probe_sets.items():
-    _, idx = search.identify(ctx.searcher, model.variables, model.table,
-                             model.embed(ctx, pu, fl), fl, gallery, model.clean_variables)
-    res[cond] = float(np.mean(gallery_labels[idx[:, 0]] == probe_labels))
+    res[cond] = float(np.mean(gallery_labels[model.top1(ctx, gallery, pu, fl)] == probe_labels))
   return {"distractors": res}
 
 

@@ -3,7 +3,9 @@
 Verification: both faces of a pair use the same FDM, the AND of the items of
 every block occluded in either image. Identification: the probe's FDM applies
 to every gallery face; gallery U is computed once, and gallery embeddings once
-per distinct block pattern (at most 2^9), never once per probe.
+per distinct block pattern (at most 2^9), never once per probe: here as a full
+score matrix (small galleries, a reference), and streamed with a running top-k
+in ``evaluation/search.py``.
 """
 
 import functools
@@ -123,64 +125,3 @@ class Embedder:
     """L2-normalised F(M * U) per row, M composed from the row's flags; host float32."""
     return np.concatenate([np.asarray(parallel.fetch(e))[:real] for e, real in
                            self.embed_device(variables, table, u, flags, clean_variables)])
-
-
-def _top1_step(probes: jax.Array, gallery: jax.Array, valid: jax.Array):
-  """Per device: best gallery row of its shard for every probe, then the best over devices."""
-  s = jnp.where(valid[None, :], probes @ gallery.T, -jnp.inf)
-  best = jnp.max(s, axis=1)
-  idx = jnp.argmax(s, axis=1) + jax.lax.axis_index(parallel.AXIS) * gallery.shape[0]
-  all_best = jax.lax.all_gather(best, parallel.AXIS)  # (devices, P)
-  all_idx = jax.lax.all_gather(idx, parallel.AXIS)
-  k = jnp.argmax(all_best, axis=0)
-  return (jnp.take_along_axis(all_best, k[None], 0)[0],
-          jnp.take_along_axis(all_idx, k[None], 0)[0])
-
-
-@functools.lru_cache(maxsize=8)
-def _top1_fn(mesh):
-  from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  return jax.jit(jax.shard_map(_top1_step, mesh=mesh,
-                               in_specs=(P(), P(parallel.AXIS), P(parallel.AXIS)),
-                               out_specs=(P(), P()), check_vma=False))
-
-
-def top1_search(embedder: Embedder, variables, table, gallery_u: np.ndarray,
-                probe_u: np.ndarray, probe_flags: np.ndarray,
-                clean_variables=None) -> tuple[np.ndarray, np.ndarray]:
-  """(best score, best gallery index) per probe under the probe's FDM, gallery sharded.
-
-  Probes are grouped by block pattern; for each pattern the gallery's U streams
-  through in global batches, is embedded under that pattern on the devices that
-  hold it, and only each probe's running best leaves the devices: the gallery
-  can be as large as the cluster's throughput allows. ``gallery_u`` is host
-  memory (about 86 KB per face for a 512x7x6 U); for millions of distractors
-  pass a memory-mapped array.
-  """
-  top1 = _top1_fn(embedder.mesh)
-  probe_flags = np.asarray(probe_flags, bool)
-  probe_emb = embedder.embed(variables, table, probe_u, probe_flags, clean_variables)
-  best = np.full(len(probe_u), -np.inf, np.float32)
-  arg = np.zeros(len(probe_u), np.int64)
-  patterns, inverse = np.unique(probe_flags, axis=0, return_inverse=True)
-  inverse = np.asarray(inverse).reshape(-1)
-  for k, pattern in enumerate(patterns):
-    rows = np.flatnonzero(inverse == k)
-    # pad to a power of two: one compilation per size bucket, not per pattern's probe count
-    padded = np.zeros((1 << int(np.ceil(np.log2(len(rows)))), probe_emb.shape[1]), np.float32)
-    padded[:len(rows)] = probe_emb[rows]
-    probes = parallel.put_replicated(padded, embedder.mesh)
-    offset = 0
-    for emb, real in embedder.embed_device(variables, table, gallery_u, pattern[None],
-                                           clean_variables):
-      valid = np.arange(embedder.batch) < real
-      pc, pi = jax.process_count(), jax.process_index()
-      local = embedder.batch // pc
-      valid = parallel.put_batch(valid[pi * local:(pi + 1) * local], embedder.mesh)
-      s, i = jax.device_get(top1(probes, emb, valid))
-      s, i = s[:len(rows)], np.asarray(i)[:len(rows)]
-      better = s > best[rows]
-      best[rows[better]] = s[better]
-      arg[rows[better]] = offset + np.asarray(i)[better]
-      offset += real
-  return best, arg

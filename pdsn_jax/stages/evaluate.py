@@ -269,7 +269,7 @@ def _ablations(config, workdir, nets: _Networks, sets, flags, dictionary) -> dic
   """Tables 1-3 on the trunk's U under the protocols of ``eval.protocols`` but distractors."""
   fdms, mean_masks, meta = dictionary
   variables, feats = nets.get(workdir_lib.TRUNK)
-  ctx = evaluators.Context(nets.embedder, sets, feats, flags)
+  ctx = evaluators.Context(nets.embedder, sets, feats, flags, nets.searcher)
   names = [p for p in config.eval.protocols if p != "distractors"]
   put = lambda x: parallel.put_replicated(np.asarray(x, np.float32), nets.mesh)  # noqa: E731
   score = lambda table: evaluators.run_protocols(  # noqa: E731
