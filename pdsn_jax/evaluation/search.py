@@ -111,7 +111,7 @@ class Searcher:
                        "devices")
     self.batch = batch_size
     self._fns = {}
-    self._matrices = {}
+    self._matrices, self._flops = {}, {}
 
   def _head(self, variables, u):
     return self.backbone.apply(variables, u, method="head")
@@ -133,11 +133,15 @@ class Searcher:
     return self._fns[(affine, keys)]
 
   def head_flops(self, variables) -> float:
-    """XLA's FLOP count of F on one U (what the general path spends per face and pattern)."""
-    u = jnp.zeros((1, *self.u_shape), jnp.float32)
-    cost = jax.jit(self._head).lower(jax.device_get(variables), u).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost.get("flops", 0.0))
+    """XLA's FLOP count of F on one U (what the general path spends per face and pattern);
+    compiled once per network, not once per search."""
+    key = store_lib.fingerprint(variables)
+    if key not in self._flops:
+      u = jnp.zeros((1, *self.u_shape), jnp.float32)
+      cost = jax.jit(self._head).lower(jax.device_get(variables), u).compile().cost_analysis()
+      cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+      self._flops[key] = float(cost.get("flops", 0.0))
+    return self._flops[key]
 
   def uses_affine(self, variables, clean_variables=None) -> bool:
     """"affine" / "general" as asked; "auto": affine when F is, and its dense matrix costs at
