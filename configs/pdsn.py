@@ -86,6 +86,10 @@ def get_config() -> ml_collections.ConfigDict:
       search_path="auto",  # "affine": one matrix product for every FDM (affine F only),
       # "general": F applied per FDM, "auto": affine when F is
       occluder_dir="",  # occluders of the test probes; "" = those of config.occlusion
+      occluder_split="test",  # ... of this split of occlusion.splits ("select": choosing)
+      # AR's own photos of real sunglasses and scarves (labels.tsv; the "ar_real" protocol,
+      # paper Table 6), aligned by dlib landmarks ("landmarks") or centre-cropped ("centre")
+      ar_real_root="", ar_real_alignment="landmarks",
       procedural=True,  # with occluder_dir: also the built-in occluders
       procedural_categories=("sunglasses", "mask", "hand", "object"),  # ... of these kinds
       occlusion_source="ground_truth",  # where test-time occlusion masks come from; rows
@@ -107,10 +111,14 @@ def get_config() -> ml_collections.ConfigDict:
       neighbour_prob=0.5,  # also occlude one 4-neighbour of the target block
       min_overlap=0.5,  # block counts as occluded at this overlap
       overlap="coverage",  # "coverage" (intersection / block area) or "iou"
-      # globs (relative to occluder_dir) of files no training stage sees; evaluation occludes
-      # its test faces with exactly these (plus eval.procedural_categories' drawings)
       exact_blocks=True,  # a "block j" sample flags exactly j (+ the neighbour), nothing else
-      heldout=(),
+      # the occluder files split three ways by globs relative to occluder_dir (split them by
+      # source, so that one source's style never reaches two splits): "train" for stages I-III
+      # and the detector, "select" where settings are chosen (``:select`` configs, the
+      # detector's held-out score), "test" for the evaluation only; a file no glob names is
+      # unused. All empty: every detector.heldout_every-th file of a folder is test, the one
+      # before it select (data/occlusion.file_split)
+      splits=ml_collections.ConfigDict(dict(train=(), select=(), test=())),
       procedural_categories=("sunglasses", "mask", "hand", "object"),  # training's drawings
   ))
 
@@ -141,7 +149,10 @@ def get_config() -> ml_collections.ConfigDict:
       input_scale=0.5,  # the net sees the face at this scale; logits are upsampled back
       clean_prob=0.15,  # share of faces without occluder
       threshold=0.5,  # probability above which a pixel counts as occluded
-      heldout_every=4,  # every 4th occluder file per folder is held out of training
+      heldout_every=4,  # without occlusion.splits: every 4th occluder file per folder is test
+      # what users' photos look like and training faces do not (stages/detector.AUGMENTS):
+      # scarves, unlabelled clear eyeglasses, grey, low resolution, blur, light, tight crops
+      augment=("scarf", "eyeglasses", "grey", "lowres", "blur", "light", "border"),
       eval_images=400)
 
   # Stage II: the dictionary of binary Feature Discarding Masks.

@@ -29,7 +29,8 @@ def get_config():
                         distractor_identities=40)
   # test occluders are files no training stage sees (the same split as
   # configs/real_mobilefacenet.py); training draws only sunglasses and masks
-  c.occlusion.update(occluder_dir=f"{ROOT}/occluders", heldout=real_mobilefacenet.HELDOUT_OCCLUDERS,
+  c.occlusion.splits.update(real_mobilefacenet.OCCLUDER_SPLITS)
+  c.occlusion.update(occluder_dir=f"{ROOT}/occluders",
                      procedural_categories=("sunglasses", "mask"))
   c.trunk.update(num_epochs=1.0, batch_size=32, log_every=20, checkpoint_every=100)
   c.pdsn.update(num_epochs=0.3, log_every=10)

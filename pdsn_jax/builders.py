@@ -84,14 +84,28 @@ def frozen_features(trunk: dict, batch: dict, net) -> tuple[jax.Array, jax.Array
   return jax.lax.stop_gradient(u_clean), jax.lax.stop_gradient(u_occ)
 
 
-def training_occluders(config: ml_collections.ConfigDict) -> occlusion.OccluderLibrary:
-  """The occluders stages I-III train with: the files of ``occlusion.heldout`` left out
-  (evaluation uses them), the drawings limited to ``occlusion.procedural_categories``."""
+def occluders(config: ml_collections.ConfigDict, split: str, procedural: bool | None = None,
+              categories=None) -> occlusion.OccluderLibrary:
+  """The occluder files of ``split`` ("train" / "select" / "test", by ``occlusion.splits``)
+  under ``occlusion.occluder_dir`` (with no folder: the drawings only) and the drawings of
+  ``categories`` (default: training's ``occlusion.procedural_categories``)."""
   o = config.occlusion
-  return occlusion.OccluderLibrary(o.occluder_dir, o.procedural,
-                                   tuple(o.procedural_categories),
-                                   split="train" if o.heldout else "all",
-                                   face_template=config.data.alignment, heldout=tuple(o.heldout))
+  return occlusion.OccluderLibrary(
+      o.occluder_dir, o.procedural if procedural is None else procedural,
+      tuple(o.procedural_categories if categories is None else categories),
+      split=split if o.occluder_dir else "all", heldout_every=config.detector.heldout_every,
+      face_template=config.data.alignment, splits=split_globs(config))
+
+
+def split_globs(config: ml_collections.ConfigDict) -> dict:
+  """``occlusion.splits`` as {split: tuple of globs}."""
+  return {k: tuple(v) for k, v in config.occlusion.splits.items()}
+
+
+def training_occluders(config: ml_collections.ConfigDict) -> occlusion.OccluderLibrary:
+  """The occluders stages I-III and the detector train with: the train split's files and the
+  drawings of ``occlusion.procedural_categories``."""
+  return occluders(config, "train")
 
 
 def every_block_occlusion(config: ml_collections.ConfigDict) -> occlusion.OccludeEveryBlock:

@@ -3,7 +3,7 @@
 import ml_collections
 
 from pdsn_jax import builders, recognition, training
-from pdsn_jax.data import alignment, occlusion, placement, sources
+from pdsn_jax.data import alignment, ar_real, occlusion, placement, sources
 from pdsn_jax.evaluation import evaluators, protocols, search, store
 from pdsn_jax.models import dlib_resnet, iresnet
 
@@ -27,6 +27,8 @@ def _choices() -> dict:
       "eval.occlusion_source": protocols.OCCLUSION_SOURCES,
       "eval.gallery_dtype": store.DTYPES,
       "eval.search_path": search.PATHS,
+      "eval.occluder_split": ("select", "test"),
+      "eval.ar_real_alignment": ar_real.ALIGNMENTS,
   }
   for stage in ("trunk", "pdsn", "finetune", "detector"):
     out[f"{stage}.schedule"] = training.SCHEDULES
@@ -104,6 +106,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if bad or "verification" not in config.eval.protocols:
     raise ValueError(f"config.eval.protocols={tuple(config.eval.protocols)!r}: allowed values "
                      f"{tuple(evaluators.PROTOCOLS)}, 'verification' required")
+  if "ar_real" in config.eval.protocols and not config.eval.ar_real_root:
+    raise ValueError("config.eval.protocols names 'ar_real' but config.eval.ar_real_root is "
+                     "empty: set it to the AR real-occlusion folder (its labels.tsv)")
+  splits = config.occlusion.splits
+  bad = sorted(set(splits) - {"train", "select", "test"})
+  if bad:
+    raise ValueError(f"config.occlusion.splits has {bad}: allowed keys train, select, test")
   evaluators.parse_models(config.eval.models)
   for tau in config.eval.tau_sweep:
     if not 0 <= tau < 1:

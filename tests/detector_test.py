@@ -69,18 +69,41 @@ def test_block_flags_agree_on_numpy_and_jax():
   assert empty["iou_occluded"] == 0.0 and empty["block_accuracy"] < 1.0
 
 
-def test_heldout_occluder_files_are_never_in_training(tmp_path):
+def test_without_globs_every_fourth_file_is_test_and_the_one_before_select(tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   for k in range(8):
     os.makedirs(tmp_path / "mask", exist_ok=True)
     a = np.zeros((10, 10 + k, 4), np.uint8)
     a[1:, :, 3] = 255  # a cut-out: the first row transparent (opaque PNGs are refused)
     Image.fromarray(a).save(tmp_path / "mask" / f"m{k}.png")
-  train = occlusion.OccluderLibrary(str(tmp_path), False, split="train", heldout_every=4)
-  held = occlusion.OccluderLibrary(str(tmp_path), False, split="heldout", heldout_every=4)
-  widths = lambda lib: {im.shape[1] for im in lib.images["mask"]}  # noqa: E731
-  assert widths(held) == {13, 17} and not widths(held) & widths(train)
-  assert len(train.images["mask"]) == 6
+  libs = {s: occlusion.OccluderLibrary(str(tmp_path), False, split=s, heldout_every=4)
+          for s in ("train", "select", "test")}
+  widths = {s: {im.shape[1] for im in lib.images["mask"]} for s, lib in libs.items()}
+  assert widths == {"train": {10, 11, 14, 15}, "select": {12, 16}, "test": {13, 17}}
+
+
+def test_appearance_changes_the_image_never_the_mask():
+  rec = _batch(1)
+  t = detector.DetectorOcclusion(occlusion.OccluderLibrary(), 0.0, detector.AUGMENTS)
+  out = t({"image": rec["image"][0]}, np.random.default_rng(3))
+  mask = out["mask"].copy()
+  changed = [not np.array_equal(detector.appearance(out["image"], np.random.default_rng(s),
+                                                    detector.AUGMENTS), out["image"])
+             for s in range(6)]
+  assert any(changed) and out["mask"].shape == rec["image"].shape[1:3]
+  np.testing.assert_array_equal(out["mask"], mask)
+  grey = detector.appearance(out["image"], np.random.default_rng(0), ("grey",))
+  # with only "grey" drawn: either unchanged or equal channels
+  assert np.array_equal(grey, out["image"]) or (np.array_equal(grey[..., 0], grey[..., 1]) and
+                                                np.array_equal(grey[..., 1], grey[..., 2]))
+
+
+def test_eyeglasses_are_drawn_but_not_labelled():
+  face = _batch(1)["image"][0]
+  t = detector.DetectorOcclusion(occlusion.OccluderLibrary(), 1.0, ("eyeglasses",))
+  outs = [t({"image": face}, np.random.default_rng(s)) for s in range(12)]
+  drawn = [o for o in outs if not np.array_equal(o["image"], face)]
+  assert drawn and all(not o["mask"].any() for o in outs)
 
 
 def test_detector_stage_resumes_after_sigkill(tmp_path):

@@ -125,18 +125,60 @@ def _png(path, alpha: bool):
   Image.fromarray(rgba if alpha else rgba[..., :3]).save(path)
 
 
-def test_heldout_globs_split_files_and_alpha_is_required(tmp_path):
+def test_split_globs_split_files_and_alpha_is_required(tmp_path):
   root = tmp_path / "occ"
-  for name in ("mask/a/surgical.png", "mask/a/kn95.png", "sunglasses/b/avi.png"):
+  for name in ("mask/a/surgical.png", "mask/a/kn95.png", "sunglasses/b/avi.png",
+               "mask/c/cloth.png"):
     _png(root / name, alpha=True)
-  held = ("sunglasses/*", "mask/*/surgical*")
+  splits = {"train": ("mask/a/kn95*",), "select": ("mask/c/*",),
+            "test": ("sunglasses/*", "mask/*/surgical*")}
   train = occlusion.OccluderLibrary(str(root), procedural=True, categories=("mask",),
-                                    split="train", heldout=held)
-  test = occlusion.OccluderLibrary(str(root), procedural=False, split="heldout", heldout=held)
+                                    split="train", splits=splits)
+  test = occlusion.OccluderLibrary(str(root), procedural=False, split="test", splits=splits)
   assert {k: len(v) for k, v in train.images.items()} == {"mask": 1}
   assert {k: len(v) for k, v in test.images.items()} == {"mask": 1, "sunglasses": 1}
+  assert sorted(test.files) == ["mask/a/surgical.png", "sunglasses/b/avi.png"]
   with pytest.raises(ValueError, match=r"no occluder of category 'hand'"):
     train.sample(np.random.default_rng(0), "hand")
+  with pytest.raises(ValueError, match=r"mask/a/kn95.png matches the globs of two splits"):
+    occlusion.OccluderLibrary(str(root), split="test", splits={**splits, "test": ("mask/*",)})
   _png(root / "hat" / "c" / "flat.png", alpha=False)
   with pytest.raises(ValueError, match=r"flat.png has no transparent pixels"):
     occlusion.OccluderLibrary(str(root))
+
+
+def test_select_never_opens_a_test_file(tmp_path, monkeypatch):
+  root = tmp_path / "occ"
+  names = ("mask/s1/a.png", "mask/s2/b.png", "sunglasses/s2/c.png", "sunglasses/s3/d.png")
+  for name in names:
+    _png(root / name, alpha=True)
+  splits = {"train": ("*/s1/*",), "select": ("*/s3/*",), "test": ("*/s2/*",)}
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  opened, real_open = [], Image.open
+  monkeypatch.setattr(Image, "open", lambda p, *a, **k: opened.append(str(p)) or real_open(
+      p, *a, **k))
+  lib = occlusion.OccluderLibrary(str(root), procedural=False, split="select", splits=splits)
+  assert lib.files == ["sunglasses/s3/d.png"]
+  assert opened == [str(root / "sunglasses/s3/d.png")]
+
+
+def test_real_config_splits_are_disjoint_by_source_and_cover_the_evaluated_categories():
+  import os  # pylint: disable=g-import-not-at-top
+  from configs import real_mobilefacenet  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import builders  # pylint: disable=g-import-not-at-top
+  c = real_mobilefacenet.get_config()
+  if not os.path.isdir(c.occlusion.occluder_dir):
+    pytest.skip(f"the shared occluder files are not at {c.occlusion.occluder_dir}")
+  files = {s: occlusion.list_files(c.occlusion.occluder_dir, s, builders.split_globs(c))
+           for s in ("train", "select", "test")}
+  flat = {s: {p for v in f.values() for p in v} for s, f in files.items()}
+  sources = {s: {os.path.relpath(p, c.occlusion.occluder_dir).split(os.sep)[1] for p in v}
+             for s, v in flat.items()}
+  for a, b in (("train", "select"), ("train", "test"), ("select", "test")):
+    assert not flat[a] & flat[b] and not sources[a] & sources[b], (a, b)
+  file_conditions = [k for k in c.eval.conditions if k not in c.eval.procedural_categories
+                     and k != "blocks"]
+  assert file_conditions and all(files["test"].get(k) for k in file_conditions)
+  assert all(files["train"].get(k) for k in c.occlusion.procedural_categories)
+  sel = real_mobilefacenet.get_config("select")
+  assert sel.eval.occluder_split == "select" and not sel.eval.ar_real_root

@@ -89,9 +89,14 @@ def align_face(image: np.ndarray, landmarks: np.ndarray | None, image_size: tupl
     m = similarity_transform(np.asarray(landmarks).reshape(5, 2), template_for(image_size,
                                                                                template))
     return warp_affine(image, m, image_size)
-  h, w = image.shape[:2]
+  return warp_affine(image, centre_crop_matrix(image.shape[:2], image_size), image_size)
+
+
+def centre_crop_matrix(size: tuple[int, int], image_size: tuple[int, int]) -> np.ndarray:
+  """The 2x3 matrix of a centre crop of an image of ``size`` to the aspect of ``image_size``,
+  resized to it."""
+  h, w = size
   th, tw = image_size
   ch, cw = (h, int(round(h * tw / th))) if w * th >= h * tw else (int(round(w * th / tw)), w)
   y0, x0 = (h - ch) / 2, (w - cw) / 2
-  m = np.array([[tw / cw, 0, -x0 * tw / cw], [0, th / ch, -y0 * th / ch]])
-  return warp_affine(image, m, image_size)
+  return np.array([[tw / cw, 0, -x0 * tw / cw], [0, th / ch, -y0 * th / ch]])

@@ -132,15 +132,17 @@ class OccluderLibrary:
   """
 
   _ALIASES = {"glasses": "sunglasses", "hat": "object", "scarf": "mask"}
-  SPLITS = ("all", "train", "heldout")
+  SPLITS = ("all", "train", "select", "test")
 
   def __init__(self, root: str = "", procedural: bool = True, categories=CATEGORIES,
                split: str = "all", heldout_every: int = 4, face_template: str = "arcface",
-               heldout: tuple = ()):
-    """``split``: "train" drops the held-out files, "heldout" keeps only those, so models can
-    be scored on occluders no training stage saw. Held out are the files matching a glob of
-    ``heldout`` (paths relative to ``root``, e.g. "sunglasses/*/*.png"), or, when it is
-    empty, every ``heldout_every``-th file of each folder (sorted by path).
+               splits: dict | None = None):
+    """``split``: which files of ``root`` to load: "train" (stages I-III and the detector),
+    "select" (where settings are chosen) or "test" (the evaluation), never two at once, or
+    "all". ``splits`` maps each split to globs (relative to ``root``, e.g.
+    "sunglasses/tryon_rayban/*"); a file no glob names is in no split, a file two splits name
+    is an error. Without globs, every ``heldout_every``-th file of each folder (sorted by
+    path) is a test file, the one before it a select file (``file_split``).
     ``categories``: the procedural occluders' categories (with ``procedural``)."""
     if split not in self.SPLITS:
       raise ValueError(f"occluder split {split!r} is not one of {self.SPLITS}")
@@ -148,43 +150,33 @@ class OccluderLibrary:
     if bad:
       raise ValueError(f"procedural occluder categories {bad} are not among {CATEGORIES}")
     self.images: dict[str, list[np.ndarray]] = {}
+    self.files: list[str] = []  # the loaded files, relative to root
     self.face_template = face_template  # the alignment of the faces it occludes (placement.py)
     self.procedural = procedural
     self.categories = tuple(categories)
     if root:
-      if not os.path.isdir(root):
-        raise FileNotFoundError(f"occlusion.occluder_dir not found: {root}")
-      for folder in sorted(os.listdir(root)):
-        path = os.path.join(root, folder)
-        if not os.path.isdir(path):
-          continue
-        cat = self._ALIASES.get(folder, folder)
-        pngs = sorted(os.path.join(d, f) for d, _, files in os.walk(path) for f in files
-                      if f.lower().endswith(".png"))
-        if split != "all":
-          if heldout:
-            held = lambda i, p: any(fnmatch.fnmatch(os.path.relpath(p, root), g)  # noqa: E731
-                                    for g in heldout)
-          else:
-            held = lambda i, p: i % heldout_every == heldout_every - 1  # noqa: E731
-          pngs = [p for i, p in enumerate(pngs) if held(i, p) == (split == "heldout")]
-        for full in pngs:
-          try:
-            with Image.open(full) as im:
-              has_alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
-              rgba = np.asarray(im.convert("RGBA"))
-          except Exception as e:  # noqa: BLE001
-            raise ValueError(f"cannot read occluder {full}: {e}") from None
-          if not has_alpha or rgba[..., 3].min() == 255:
-            raise ValueError(f"occluder {full} has no transparent pixels (mode {im.mode}): it "
-                             "would paste as an opaque rectangle; cut it out with an alpha "
-                             "channel")
-          self.images.setdefault(cat, []).append(_crop_to_alpha(rgba))
+      for cat, pngs in list_files(root, split, splits, heldout_every).items():
+        self._load(root, cat, pngs)
       if not self.images and not (split == "train" and procedural):
-        raise ValueError(f"no PNG occluders under {root} (split {split!r}, held out: "
-                         f"{list(heldout) or f'every {heldout_every}th file'})")
+        raise ValueError(f"no PNG occluders under {root} (split {split!r}, globs: "
+                         f"{dict(splits or {}) or f'every {heldout_every}th file'})")
     if not procedural and not self.images:
       raise ValueError("an occluder library needs occluder_dir or procedural=True")
+
+  def _load(self, root: str, cat: str, pngs: list[str]) -> None:
+    for full in pngs:
+      try:
+        with Image.open(full) as im:
+          has_alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
+          rgba = np.asarray(im.convert("RGBA"))
+      except Exception as e:  # noqa: BLE001
+        raise ValueError(f"cannot read occluder {full}: {e}") from None
+      if not has_alpha or rgba[..., 3].min() == 255:
+        raise ValueError(f"occluder {full} has no transparent pixels (mode {im.mode}): it "
+                         "would paste as an opaque rectangle; cut it out with an alpha "
+                         "channel")
+      self.images.setdefault(cat, []).append(_crop_to_alpha(rgba))
+      self.files.append(os.path.relpath(full, root))
 
   def available(self) -> tuple[str, ...]:
     cats = set(self.images)
@@ -203,6 +195,46 @@ class OccluderLibrary:
     if use_file:
       return cat, files[rng.integers(len(files))]
     return cat, procedural_occluder(cat, rng)
+
+
+def file_split(rel: str, index: int, splits: dict | None, heldout_every: int = 4) -> str | None:
+  """The split of one occluder file (``rel``: its path under the root, ``index``: its place in
+  its category folder's sorted list): the split whose globs match it (None: no split), or,
+  without globs, "test" / "select" / "train" by ``index`` modulo ``heldout_every``."""
+  if splits and any(splits.get(k) for k in ("train", "select", "test")):
+    hits = [k for k in ("train", "select", "test")
+            if any(fnmatch.fnmatch(rel, g) for g in (splits.get(k) or ()))]
+    if len(hits) > 1:
+      raise ValueError(f"occluder file {rel} matches the globs of two splits {hits} "
+                       "(occlusion.splits): a file may be in one split only")
+    return hits[0] if hits else None
+  r = index % heldout_every
+  if r == heldout_every - 1:
+    return "test"
+  if heldout_every >= 3 and r == heldout_every - 2:
+    return "select"
+  return "train"
+
+
+def list_files(root: str, split: str, splits: dict | None = None,
+               heldout_every: int = 4) -> dict[str, list[str]]:
+  """category -> the PNG paths of ``split`` under ``root`` (nothing is opened)."""
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"occlusion.occluder_dir not found: {root}")
+  out: dict[str, list[str]] = {}
+  for folder in sorted(os.listdir(root)):
+    path = os.path.join(root, folder)
+    if not os.path.isdir(path):
+      continue
+    cat = OccluderLibrary._ALIASES.get(folder, folder)  # pylint: disable=protected-access
+    pngs = sorted(os.path.join(d, f) for d, _, files in os.walk(path) for f in files
+                  if f.lower().endswith(".png"))
+    keep = [p for i, p in enumerate(pngs)
+            if split == "all" or file_split(os.path.relpath(p, root), i, splits,
+                                            heldout_every) == split]
+    if keep:
+      out.setdefault(cat, []).extend(keep)
+  return out
 
 
 def _crop_to_alpha(rgba: np.ndarray) -> np.ndarray:

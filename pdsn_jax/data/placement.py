@@ -82,3 +82,39 @@ class RandomOcclusion:
     rec["blocks"] = occlusion.block_flags(mask, self.threshold, self.overlap)
     rec["occluded_fraction"] = np.float32(mask.mean())
     return rec
+
+
+def scarf(image: np.ndarray, rng: np.random.Generator, library: occlusion.OccluderLibrary):
+  """A mask occluder stretched like a scarf: from about the nose down past the chin, about the
+  face's width or wider (what AR's scarf photos show). (image, HxW bool mask)."""
+  h, w = image.shape[:2]
+  pts = template_for((h, w), library.face_template)
+  ed = float(np.linalg.norm(pts[1] - pts[0]))
+  _, occ = library.sample(rng, "mask")
+  top = pts[2, 1] - rng.uniform(-0.1, 0.4) * ed
+  bottom = h + rng.uniform(0.0, 0.5) * ed
+  width = w * rng.uniform(0.85, 1.3)
+  return _paste_scaled(image, occ, rng, (top + bottom) / 2, pts[2, 0] + rng.uniform(-0.1, 0.1) * ed,
+                       width, height=bottom - top, angle=4.0)
+
+
+def eyeglasses(image: np.ndarray, rng: np.random.Generator, face_template: str = "arcface"):
+  """Clear eyeglass frames drawn over the eyes (thin dark or light rims and a bridge). They
+  are not an occlusion to discard: the detector learns them as face (no mask returned)."""
+  h, w = image.shape[:2]
+  pts = template_for((h, w), face_template)
+  ed = float(np.linalg.norm(pts[1] - pts[0]))
+  yy, xx = np.mgrid[0:h, 0:w] + 0.5
+  ry, rx = ed * rng.uniform(0.22, 0.32), ed * rng.uniform(0.3, 0.42)
+  thick = rng.uniform(0.06, 0.14)
+  rim = np.zeros((h, w), bool)
+  for cx, cy in pts[:2]:
+    d = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2
+    rim |= (d <= 1.0) & (d >= (1 - thick) ** 2)
+  y = pts[:2, 1].mean()
+  rim |= (np.abs(yy - y + 0.1 * ry) < max(0.6, 0.05 * ed)) & (xx > pts[0, 0] + rx) & (
+      xx < pts[1, 0] - rx)
+  out = image.copy()
+  out[rim] = np.clip(rng.choice([rng.uniform(10, 70), rng.uniform(150, 230)])
+                     + rng.normal(0, 6, 3), 0, 255).astype(np.uint8)
+  return out

@@ -128,6 +128,49 @@ def distractor_identification(ctx: Context, model: Model) -> dict:
   return {"distractors": res}
 
 
+# the real AR protocol (the paper's Table 6): galleries from session 1, probes of both sessions
+AR_REAL_CLEAN = ("neutral", "expression", "light")
+HITS = "_hits"  # per-probe rank-1 hits, taken out by evaluate for the paired statistics
+
+
+def ar_real_sets(ar) -> tuple[dict, dict]:
+  """(galleries, probes) of the real AR protocol as index arrays: protocol 1's gallery is every
+  clean session-1 photo (neutral, expressions, lighting: 7 per subject), protocol 2's the
+  session-1 neutral one; probes are the 6 sunglasses and the 6 scarf photos of each subject and
+  the 7 clean session-2 ones."""
+  galleries = {"p1": ar.select(1, AR_REAL_CLEAN), "p2": ar.select(1, ("neutral",), first=True)}
+  probes = {"sunglasses": ar.select(None, ("sunglasses",)), "scarf": ar.select(None, ("scarf",)),
+            "clean": ar.select(2, AR_REAL_CLEAN)}
+  return galleries, probes
+
+
+def real_ar(ctx: Context, model: Model) -> dict:
+  """Rank-1 on AR's photos of real sunglasses and scarves, per way of locating the occlusion
+  (``protocols.AR_REAL_LOCATIONS``) and gallery protocol; the gallery is embedded under each
+  probe's FDM. Also the clean probes of the centre-cropped photos (alignment check)."""
+  ar = ctx.sets.ar_real
+  if ar is None or "ar_real" not in ctx.flags:  # e.g. the "(detector)" rows: located inside
+    return {}
+  u = ctx.feats["ar_real"]
+  galleries, probes = ar_real_sets(ar)
+  res, hits = {}, {}
+  for loc, fl in ctx.flags["ar_real"].items():
+    for p, g in galleries.items():
+      gallery = search.ArrayGallery(u[g], ar.subjects[g])
+      for cond, idx in probes.items():
+        h = ar.subjects[g][model.top1(ctx, gallery, u[idx], fl[idx])] == ar.subjects[idx]
+        res.setdefault(loc, {}).setdefault(p, {})[cond] = float(np.mean(h))
+        hits[f"{loc}/{p}/{cond}"] = h
+  if "ar_real_centre" in ctx.feats:
+    uc, none = ctx.feats["ar_real_centre"], np.zeros((len(ar.kinds), ctx.flags["blocks"]), bool)
+    idx = probes["clean"]
+    for p, g in galleries.items():
+      top = model.top1(ctx, search.ArrayGallery(uc[g], ar.subjects[g]), uc[idx], none[idx])
+      res.setdefault("centre_crop", {})[p] = {"clean": float(np.mean(
+          ar.subjects[g][top] == ar.subjects[idx]))}
+  return {"ar_real": res, HITS: hits}
+
+
 THRESHOLDS = "mean_fold_threshold"
 
 
@@ -149,7 +192,8 @@ def pop_thresholds(models: dict) -> dict:
 
 
 PROTOCOLS = {"verification": pair_verification, "ar_p1": _ar("gallery_p1"),
-             "ar_p2": _ar("gallery_p2"), "distractors": distractor_identification}
+             "ar_p2": _ar("gallery_p2"), "distractors": distractor_identification,
+             "ar_real": real_ar}
 
 
 def run_protocols(ctx: Context, model: Model, names) -> dict:

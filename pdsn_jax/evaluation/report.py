@@ -80,6 +80,63 @@ def _ablation_table(label: str, entries: dict) -> list[str]:
   return rows
 
 
+_LOCATIONS = {"detector": "detector", "category": "category blocks",
+              "ground_truth": "ground truth (oracle location)"}
+
+
+def _interval(iv: dict) -> str:
+  return f"{100 * iv['diff']:+.1f} [{100 * iv['lo']:+.1f}, {100 * iv['hi']:+.1f}]"
+
+
+def _ar_real_section(results: dict) -> list[str]:
+  """The paper's Table 6 on AR's real sunglasses and scarves: one table per way of locating the
+  occlusion, each row with its paired difference to the Baseline."""
+  m, paired = results["models"], results.get("paired", {})
+  rows_with = {n: r["ar_real"] for n, r in m.items() if "ar_real" in r}
+  first = next(iter(rows_with.values()))
+  lines = ["## Real occlusions: AR sunglasses and scarves (paper Table 6)", "",
+           "Rank-1 of AR's own photos of people wearing sunglasses and scarves (6 + 6 per "
+           "subject) and of clean session-2 photos (7 per subject); gallery protocol 1: the 7 "
+           "clean session-1 photos per subject, protocol 2: the session-1 neutral photo. The "
+           "gallery is embedded under each probe's FDM. In brackets: the difference to the "
+           "Baseline with its paired bootstrap 95% interval (points).", ""]
+  cols = [(p, c) for p in ("p1", "p2") for c in ("sunglasses", "scarf", "clean")]
+  for loc in [k for k in _LOCATIONS if k in first]:
+    lines += [f"Occlusion located by: **{_LOCATIONS[loc]}**", "",
+              "| Model | " + " | ".join(f"{p.upper()} {c}" for p, c in cols) + " |",
+              "|" + "---|" * (len(cols) + 1)]
+    for name, r in rows_with.items():
+      cells = []
+      for p, c in cols:
+        iv = paired.get(name, {}).get("Baseline", {}).get(f"{loc}/{p}/{c}")
+        cells.append(_pct(r[loc][p][c]) + (f" ({_interval(iv)})" if iv else ""))
+      lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+  if "centre_crop" in first:
+    lines += ["Alignment check, clean session-2 probes, plain embeddings: "
+              + "; ".join(f"{n}: centre crop P1 {_pct(r['centre_crop']['p1']['clean'])} / P2 "
+                          f"{_pct(r['centre_crop']['p2']['clean'])}, landmarks P1 "
+                          f"{_pct(r['ground_truth']['p1']['clean'])}"
+                          for n, r in rows_with.items() if "+" not in n and "PDSN" not in n)
+              + ".", ""]
+  det = results.get("detector_on_ar_real")
+  if det:
+    lines += ["The detector on the real AR photos, against the ground-truth masks "
+              "(data/ar_real.py):", "",
+              "| photos | mean IU | block accuracy | whole pattern right | category blocks' "
+              "block accuracy |", "|---|---|---|---|---|"]
+    for k in ("sunglasses", "scarf"):
+      r = det[k]
+      lines.append(f"| {k} | {_pct(r['mean_iu'])} | {_pct(r['block_accuracy'])} | "
+                   f"{_pct(r['image_block_pattern_accuracy'])} | "
+                   f"{_pct(r['category_block_accuracy'])} |")
+    c = det["clean"]
+    lines += ["", f"Clean AR photos: predicted occluded area {_pct(c['predicted_area'])}%, "
+              f"some block flagged on {_pct(c['any_block_flagged'])}% of them. Contact sheet: "
+              "`evaluate/ar_real_detections.png` (research-only data: keep it in the run).", ""]
+  return lines
+
+
 def markdown(results: dict) -> str:
   m = results["models"]
   lines = ["# Results", "", f"Data: {results['data']}. Occlusion located from: "
@@ -94,6 +151,8 @@ def markdown(results: dict) -> str:
     first = next(iter(m.values()))
     if _ar_columns(first) or "distractors" in first:
       lines += ["## Identification", ""] + _identification_table(m) + [""]
+  if any("ar_real" in r for r in m.values()):
+    lines += _ar_real_section(results)
   det = results.get("detector_on_probes")
   if det:
     lines += ["## The occlusion detector on the evaluation probes", "",

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from PIL import Image
 
 from pdsn_jax import builders, inference, loop, parallel, training, visualize
 from pdsn_jax import workdir as workdir_lib
@@ -30,29 +31,86 @@ from pdsn_jax.evaluation.segmentation import segmentation_metrics
 STAGE = workdir_lib.DETECTOR
 
 
-class DetectorOcclusion:
-  """grain transform: pastes 0-2 occluders (natural or random placement); adds ``mask`` (uint8)."""
+AUGMENTS = ("scarf", "eyeglasses", "grey", "lowres", "blur", "light", "border")
 
-  def __init__(self, library: occlusion.OccluderLibrary, clean_prob: float = 0.15):
-    self.library, self.clean_prob = library, clean_prob
+
+class DetectorOcclusion:
+  """grain transform: pastes 0-2 occluders (natural or random placement; with "scarf" in
+  ``augment`` also masks stretched like a scarf from the nose to below the chin); with
+  "eyeglasses", clear eyeglass frames on some faces, left *unlabelled* (they hide nothing the
+  recognizer needs). Adds ``mask`` (uint8)."""
+
+  def __init__(self, library: occlusion.OccluderLibrary, clean_prob: float = 0.15,
+               augment=()):
+    self.library, self.clean_prob, self.augment = library, clean_prob, tuple(augment)
     # the natural placements of the categories the library has (a real-data config trains
     # the detector on its training categories only)
     have = set(library.available())
     self.conditions = tuple(c for c in placement.CONDITIONS if c == "blocks" or c in have)
+    if "scarf" in self.augment and "mask" in have:
+      self.conditions += ("scarf",)
 
   def __call__(self, rec: dict, rng: np.random.Generator) -> dict:
     image = rec["image"]
     mask = np.zeros(image.shape[:2], bool)
+    if "eyeglasses" in self.augment and rng.uniform() < 0.2:
+      image = placement.eyeglasses(image, rng, self.library.face_template)
     if rng.uniform() >= self.clean_prob:
       for _ in range(1 + int(rng.uniform() < 0.25)):
         if rng.uniform() < 0.5:
           cond = self.conditions[rng.integers(len(self.conditions))]
-          image, m = placement.occlude(image, rng, self.library, cond)
+          if cond == "scarf":
+            image, m = placement.scarf(image, rng, self.library)
+          else:
+            image, m = placement.occlude(image, rng, self.library, cond)
         else:
           image, m = occlusion.random_occlusion(image, rng, self.library, area=(0.03, 0.35))
         mask |= m
     rec["image"], rec["mask"] = image, mask.astype(np.uint8)
     return rec
+
+
+class Appearance:
+  """grain transform: what users' photos look like and the training faces do not, on the
+  (occluded) image only, each part of ``augment`` drawn independently: "grey" (luminance in 3
+  channels), "lowres" (down to 20-60 px wide and back up), "blur", "light" (contrast,
+  brightness, gamma and a side-light ramp), "border" (a tight crop whose sides are the edge
+  pixels repeated, as an aligned tight crop has)."""
+
+  def __init__(self, augment=()):
+    self.augment = tuple(augment)
+
+  def __call__(self, rec: dict, rng: np.random.Generator) -> dict:
+    rec["image"] = appearance(rec["image"], rng, self.augment)
+    return rec
+
+
+def appearance(image: np.ndarray, rng: np.random.Generator, augment) -> np.ndarray:
+  """One draw of ``Appearance`` on a uint8 (H, W, 3) image."""
+  from PIL import ImageFilter  # pylint: disable=g-import-not-at-top
+  h, w = image.shape[:2]
+  x = image
+  if "border" in augment and rng.uniform() < 0.3:
+    l, r = int(rng.uniform(0, 0.15) * w), int(rng.uniform(0, 0.15) * w)
+    t = int(rng.uniform(0, 0.1) * h)
+    x = np.pad(x[t:, l:w - r], ((t, 0), (l, r), (0, 0)), mode="edge")
+  if "lowres" in augment and rng.uniform() < 0.5:
+    small = int(rng.uniform(20, 60))
+    size = (small, max(8, int(round(small * h / w))))
+    x = np.asarray(Image.fromarray(x).resize(size, Image.BILINEAR).resize((w, h),
+                                                                           Image.BILINEAR))
+  if "blur" in augment and rng.uniform() < 0.2:
+    x = np.asarray(Image.fromarray(x).filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.5))))
+  x = x.astype(np.float32)
+  if "grey" in augment and rng.uniform() < 0.35:
+    x = np.repeat((x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None], 3, -1)
+  if "light" in augment and rng.uniform() < 0.6:
+    x = 255 * (x / 255) ** rng.uniform(0.6, 1.6)
+    x = (x - 128) * rng.uniform(0.6, 1.4) + 128 + rng.uniform(-40, 40)
+    if rng.uniform() < 0.4:  # light from one side
+      ramp = np.linspace(*(rng.uniform(0.5, 1.0), rng.uniform(1.0, 1.5))[::rng.choice([1, -1])], w)
+      x = x * ramp[None, :, None]
+  return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
 def train_step(state: training.TrainState, batch: dict, rng: jax.Array, *, model, tx, schedule,
@@ -96,34 +154,35 @@ def init_fn(config, model, tx):
   return init
 
 
-def training_library(config) -> occlusion.OccluderLibrary:
-  """The drawings of ``occlusion.procedural_categories`` and the files, less those of
-  ``occlusion.heldout`` (or, without it, every ``detector.heldout_every``-th one)."""
-  o = config.occlusion
-  return occlusion.OccluderLibrary(o.occluder_dir, o.procedural, tuple(o.procedural_categories),
-                                   split="train" if o.occluder_dir else "all",
-                                   heldout_every=config.detector.heldout_every,
-                                   face_template=config.data.alignment, heldout=tuple(o.heldout))
-
-
 def heldout_sets(config) -> dict:
-  """name -> (images, true masks) of held-out faces with seen and, if files exist, unseen
-  occluders (seeded)."""
+  """name -> (images, true masks) of held-out faces: clean, with the training occluders, and,
+  with an occluder folder, with the *select* split's files (where the detector's settings are
+  chosen; never the test files); the last two also as grey, low-resolution photos under
+  changed light ("..., grey low-res", drawn like ``Appearance``) (seeded)."""
   heldout = sources.build_eval(config.data, 0)[0]
   o, n = config.occlusion, min(config.detector.eval_images, len(heldout))
   faces = [heldout[int(i)]["image"] for i in np.linspace(0, len(heldout) - 1, n).astype(int)]
-  libs = {"seen occluders": training_library(config)}
+  libs = {"seen occluders": builders.training_occluders(config)}
   if o.occluder_dir:
-    libs["unseen occluder files"] = occlusion.OccluderLibrary(
-        o.occluder_dir, False, split="heldout", heldout_every=config.detector.heldout_every,
-        face_template=config.data.alignment, heldout=tuple(o.heldout))
-  out = {"clean faces": (np.stack(faces), np.zeros((n, *np.shape(faces[0])[:2]), bool))}
+    libs["select occluder files"] = builders.occluders(config, "select", procedural=False)
+  none = np.zeros((n, *np.shape(faces[0])[:2]), bool)
+  out = {"clean faces": (np.stack(faces), none),
+         "clean faces, grey low-res": (np.stack([_hard(f, config.eval.seed, 59, i)
+                                                 for i, f in enumerate(faces)]), none)}
   for k, (name, lib) in enumerate(libs.items()):
     t = DetectorOcclusion(lib, clean_prob=0.1)
     recs = [t({"image": f}, np.random.default_rng([config.eval.seed, 50 + k, i]))
             for i, f in enumerate(faces)]
     out[name] = (np.stack([r["image"] for r in recs]), np.stack([r["mask"] for r in recs]) > 0)
+    out[f"{name}, grey low-res"] = (np.stack([_hard(r["image"], config.eval.seed, 60 + k, i)
+                                              for i, r in enumerate(recs)]), out[name][1])
   return out
+
+
+def _hard(image: np.ndarray, *seed) -> np.ndarray:
+  """A face as a grey, low-resolution photo under changed light (held-out sets)."""
+  grey = np.asarray(Image.fromarray(image).convert("L").convert("RGB"))
+  return appearance(grey, np.random.default_rng(list(seed)), ("lowres", "light"))
 
 
 def evaluate(config, variables: dict, mesh=None, sets: dict | None = None) -> dict:
@@ -170,7 +229,8 @@ def plan(ctx: loop.Context) -> loop.Plan:
       step=functools.partial(train_step, model=builders.detector(config, True), tx=tx,
                              schedule=schedule, scale=cfg.input_scale),
       stream="detector",
-      transforms=flip + (DetectorOcclusion(training_library(config), cfg.clean_prob),),
+      transforms=flip + (DetectorOcclusion(builders.training_occluders(config), cfg.clean_prob,
+                                           cfg.augment), Appearance(cfg.augment)),
       evaluate=evaluate_hook, summary=lambda results: {"heldout": results["final"]},
       description=f", widths {tuple(cfg.widths)} at {cfg.input_scale:g}x input")
 

@@ -10,6 +10,7 @@ scored with the occlusion located by the detector instead of the synthesizer's g
 checkpoints that differ only in F) and reused by every protocol and ablation.
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -21,10 +22,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from pdsn_jax import builders, fdm, inference, parallel
+from pdsn_jax import builders, fdm, inference, parallel, visualize
 from pdsn_jax import workdir as workdir_lib
-from pdsn_jax.data import occlusion, pairs as pairs_lib, sources
-from pdsn_jax.evaluation import evaluators, masked, protocols, report, search
+from pdsn_jax.data import ar_real, occlusion, pairs as pairs_lib, sources
+from pdsn_jax.evaluation import evaluators, masked, protocols, report, search, stats
 from pdsn_jax.evaluation import store as store_lib
 from pdsn_jax.evaluation.segmentation import segmentation_metrics
 
@@ -40,18 +41,16 @@ def _dictionary(workdir: str, name: str):
 
 
 def _test_library(config) -> occlusion.OccluderLibrary:
-  """The occluders of the test faces: ``eval.occluder_dir``, else the files every training
-  stage left out (``occlusion.heldout``), else the training ones."""
-  cfg, o = config.eval, config.occlusion
+  """The occluders of the test faces: ``eval.occluder_dir`` (every file), else the
+  ``eval.occluder_split`` files of ``occlusion.occluder_dir`` (the test split; "select" for
+  choosing settings); both with the drawings of ``eval.procedural_categories``."""
+  cfg = config.eval
   if cfg.occluder_dir:
     return occlusion.OccluderLibrary(cfg.occluder_dir, cfg.procedural,
                                      tuple(cfg.procedural_categories),
                                      face_template=config.data.alignment)
-  if o.heldout:
-    return occlusion.OccluderLibrary(o.occluder_dir, cfg.procedural,
-                                     tuple(cfg.procedural_categories), split="heldout",
-                                     face_template=config.data.alignment, heldout=tuple(o.heldout))
-  return builders.training_occluders(config)
+  return builders.occluders(config, cfg.occluder_split, cfg.procedural,
+                            cfg.procedural_categories)
 
 
 def _eval_sets(config, library) -> protocols.EvalSets:
@@ -79,6 +78,17 @@ def _eval_sets(config, library) -> protocols.EvalSets:
                                                config.data.image_size, config.data.alignment)
     sets = protocols.with_pairs(sets, pair_faces, idx, issame, library, cfg.seed,
                                 tuple(cfg.conditions))
+  if cfg.ar_real_root and "ar_real" in cfg.protocols:
+    t = time.time()
+    d = config.data
+    ar = ar_real.load(cfg.ar_real_root, d.image_size, d.alignment, cfg.ar_real_alignment)
+    centre = (ar_real.load(cfg.ar_real_root, d.image_size, d.alignment, "centre")
+              if cfg.ar_real_alignment != "centre" else None)
+    sets = dataclasses.replace(sets, ar_real=ar, ar_real_centre=centre)
+    fallback = sorted(k for k, v in ar.points_source.items() if v != "dlib")
+    logging.info("[evaluate] real AR photos: %d, aligned by %s (%d subject-sessions without "
+                 "dlib points: %s) (%.1fs)", len(ar.kinds), cfg.ar_real_alignment, len(fallback),
+                 fallback, time.time() - t)
   return sets
 
 
@@ -89,6 +99,10 @@ def _features(embedder, variables, sets: protocols.EvalSets) -> dict:
          "second": {c: f(o.images) for c, o in sets.occluded_second.items()},
          "probes": {c: f(o.images) for c, o in sets.occluded_probes.items()}}
   out["pair_faces"] = out["faces"] if sets.pair_faces is sets.faces else f(sets.pair_faces)
+  if sets.ar_real is not None:
+    out["ar_real"] = f(sets.ar_real.images)
+  if sets.ar_real_centre is not None:
+    out["ar_real_centre"] = f(sets.ar_real_centre.images)
   return out
 
 
@@ -221,6 +235,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   flags = _flags(config, sets, cfg.occlusion_source, predict)
   flags_det = (_flags(config, sets, "detector", predict)
                if predict is not None and cfg.occlusion_source != "detector" else None)
+  ar_scores = None
+  if sets.ar_real is not None:
+    o = config.occlusion
+    flags["ar_real"], ar_scores, ar_pred = protocols.ar_real_flags(
+        sets.ar_real, o.min_overlap, o.overlap, predict)
+    if ar_pred is not None and jax.process_index() == 0:  # research-only: stays in the run
+      ar = sets.ar_real
+      pick = np.concatenate([np.flatnonzero(ar.kinds == k)[::97][:4]
+                             for k in ("sunglasses", "scarf", "neutral", "light")])
+      visualize.detection_sheet(ar.images[pick], ar_pred[pick], os.path.join(
+          workdir_lib.stage_dir(workdir, STAGE), "ar_real_detections.png"),
+                                true_masks=ar.masks[pick], min_overlap=o.min_overlap,
+                                overlap=o.overlap, names=[ar.paths[i] for i in pick])
   logging.info("[evaluate] %d held-out faces, %d pairs x %d conditions, %d AR probes x %d, "
                "%d distractors (%.1fs)", len(sets.faces), len(sets.pairs),
                len(sets.occluded_second), len(sets.probes), len(sets.occluded_probes),
@@ -244,6 +271,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   _evaluate_models(config, nets, sets, flags, flags_det, dictionary, results)
   if flags_det is not None:
     results["detector_on_probes"] = flags_det["detector_scores"]
+  if ar_scores:
+    results["detector_on_ar_real"] = ar_scores
+  hits = {row: r.pop(evaluators.HITS) for row, r in results["models"].items()
+          if evaluators.HITS in r}
+  if hits:
+    results["paired"] = _paired(hits, ("Baseline", "Trunk"), cfg.seed)
   if dictionary is not None and cfg.ablations:
     results["ablations"] = _ablations(config, workdir, nets, sets, flags, dictionary)
   results["seconds"] = round(time.time() - t0, 1)
@@ -270,7 +303,7 @@ def _ablations(config, workdir, nets: _Networks, sets, flags, dictionary) -> dic
   fdms, mean_masks, meta = dictionary
   variables, feats = nets.get(workdir_lib.TRUNK)
   ctx = evaluators.Context(nets.embedder, sets, feats, flags, nets.searcher)
-  names = [p for p in config.eval.protocols if p != "distractors"]
+  names = [p for p in config.eval.protocols if p not in ("distractors", "ar_real")]
   put = lambda x: parallel.put_replicated(np.asarray(x, np.float32), nets.mesh)  # noqa: E731
   score = lambda table: evaluators.run_protocols(  # noqa: E731
       ctx, evaluators.Model(variables, put(table)), names)
@@ -296,15 +329,34 @@ def _ablations(config, workdir, nets: _Networks, sets, flags, dictionary) -> dic
   return out
 
 
+def _paired(hits: dict, references, seed: int) -> dict:
+  """Every row against each reference row that exists (not itself): the paired bootstrap of
+  the per-probe hits, per column (``stats.paired_bootstrap``)."""
+  out = {}
+  for ref in references:
+    if ref not in hits:
+      continue
+    for row, h in hits.items():
+      if row == ref:
+        continue
+      out.setdefault(row, {})[ref] = {
+          k: stats.paired_bootstrap(v.astype(float), hits[ref][k].astype(float), seed=seed)
+          for k, v in h.items() if k in hits[ref]}
+  return out
+
+
 def _test_occluders(config) -> str:
   cfg, o = config.eval, config.occlusion
   drawn = f"; built-in drawings of {', '.join(cfg.procedural_categories)}" if cfg.procedural else ""
   if cfg.occluder_dir:
     return cfg.occluder_dir + drawn
-  if o.heldout:
-    return (f"files of {o.occluder_dir} held out of every training stage "
-            f"({', '.join(o.heldout)}){drawn}")
-  return o.occluder_dir or "built-in"
+  if o.occluder_dir:
+    files = occlusion.list_files(o.occluder_dir, cfg.occluder_split, builders.split_globs(config),
+                                 config.detector.heldout_every)
+    names = sorted(os.path.relpath(p, o.occluder_dir) for v in files.values() for p in v)
+    return (f"the {cfg.occluder_split} split of {o.occluder_dir} ({len(names)} files, seen by "
+            f"no training stage: {', '.join(names)}){drawn}")
+  return "built-in" + drawn
 
 
 def _data_description(config) -> str:
