@@ -151,8 +151,10 @@ def get_config() -> ml_collections.ConfigDict:
       threshold=0.5,  # probability above which a pixel counts as occluded
       heldout_every=4,  # without occlusion.splits: every 4th occluder file per folder is test
       # what users' photos look like and training faces do not (stages/detector.AUGMENTS):
-      # scarves, unlabelled clear eyeglasses, grey, low resolution, blur, light, tight crops
-      augment=("scarf", "eyeglasses", "grey", "lowres", "blur", "light", "border"),
+      # scarves (and drawn cloth), unlabelled clear eyeglasses, specular highlights on
+      # occluders, grey, low resolution, blur, light, tight crops
+      augment=("scarf", "eyeglasses", "cloth", "highlights", "grey", "lowres", "blur", "light",
+               "border"),
       eval_images=400)
 
   # Stage II: the dictionary of binary Feature Discarding Masks.

@@ -28,7 +28,10 @@ Hygiene:
   block-assignment accuracy over "select occluder files" and "select occluder files, grey
   low-res" wins, among those whose predicted occluded area is at most 2% on both clean sets
   ("clean faces", "clean faces, grey low-res"); a tie within 0.5 points goes to the cheaper.
-  AR's real photos only report the chosen one (docs/results.md lists every candidate);
+  AR's real photos only report the chosen one (docs/results.md lists every candidate).
+  Candidates (2 epochs unless said): no augmentation; the first seven parts (before cloth and
+  highlights existed); all nine parts; all nine at 5 epochs; appearance only (grey, lowres,
+  blur, light, border); geometry only (scarf, eyeglasses, cloth, highlights);
 * stage III is label-free distillation of F only (the trunk keeps its metric), and the
   Baseline gets the same loss, budget and trainable set without masks; both keep the
   trunk's F for faces with no occluded block (said in the tables).

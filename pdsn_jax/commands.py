@@ -31,6 +31,12 @@ _SHEET = flags.DEFINE_string("sheet", "", "embed: also a contact sheet PNG (face
 _GALLERY = flags.DEFINE_string("gallery", "", "identify: gallery photos, one folder per person.")
 _PROBES = flags.DEFINE_string("probes", "", "identify: probe photos.")
 _K = flags.DEFINE_integer("k", 5, "identify: ranks written per probe.")
+_OCCLUSION = flags.DEFINE_string(
+    "occlusion", "auto",
+    "Where the faces are occluded: 'auto' (the run's detector finds it), 'none', 'sunglasses', "
+    "'mask' or 'scarf' (that category's place on the template), or generator blocks as "
+    "'row,col;row,col' (rows/columns 1-3, e.g. '2,1;2,2;2,3' for the eye row). identify: the "
+    "probes' occlusion (the gallery is always 'auto').")
 _CHUNK = 64  # faces per progress step
 
 
@@ -60,11 +66,11 @@ def _faces(paths: list[str], config):
   return [f for f in found if f.face is not None], [f for f in found if f.face is None]
 
 
-def _analyse(rec, faces: np.ndarray, what: str) -> dict:
+def _analyse(rec, faces: np.ndarray, what: str, where: str = "auto") -> dict:
   """U, masks, flags and embeddings in chunks, with progress and throughput."""
   out, t0 = [], time.time()
   for start in range(0, len(faces), _CHUNK):
-    a = rec.analyse(faces[start:start + _CHUNK])
+    a = rec.analyse(faces[start:start + _CHUNK], where)
     a["embeddings"] = rec.embed(a["u"], a["flags"])
     out.append(a)
     done = min(start + _CHUNK, len(faces))
@@ -92,7 +98,7 @@ def embed_main(argv):
   if not found:
     raise ValueError(f"no face found in any photo under {_IMAGES.value}")
   faces = np.stack([f.face for f in found])
-  a = _analyse(rec, faces, "embed")
+  a = _analyse(rec, faces, "embed", _OCCLUSION.value)
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   np.savez_compressed(
       _OUT.value, embeddings=a["embeddings"], masks=a["masks"], blocks=a["flags"],
@@ -112,12 +118,13 @@ def embed_main(argv):
     logging.info("contact sheet: %s", _SHEET.value)
 
 
-def verify(rec, path_a: str, path_b: str) -> dict:
-  """Score and decision for two photos, both embedded under the AND of both occlusions."""
+def verify(rec, path_a: str, path_b: str, where: str = "auto") -> dict:
+  """Score and decision for two photos, both embedded under the AND of both occlusions
+  (``where``: how they are located, as ``--occlusion``)."""
   found, skipped = _faces([path_a, path_b], rec.config)
   if skipped:
     raise ValueError("; ".join(f"{f.path}: {f.note}" for f in skipped))
-  a = rec.analyse(np.stack([f.face for f in found]))
+  a = rec.analyse(np.stack([f.face for f in found]), where)
   both = a["flags"][0] | a["flags"][1]
   emb = rec.embed(a["u"], np.stack([both, both]))
   score = float(emb[0] @ emb[1])
@@ -131,7 +138,7 @@ def verify(rec, path_a: str, path_b: str) -> dict:
 def verify_main(argv):
   if len(argv) != 3:
     raise ValueError("usage: python -m pdsn_jax.verify --workdir=RUN A.jpg B.jpg")
-  r = verify(_recognizer(), argv[1], argv[2])
+  r = verify(_recognizer(), argv[1], argv[2], _OCCLUSION.value)
   for path, blocks, area in zip(argv[1:], r["blocks"], r["occluded_area"]):
     print(f"{path}: occluded blocks {blocks} ({100 * area:.1f}% of the face)")
   decision = ("no decision" if r["same"] is None else
@@ -140,8 +147,9 @@ def verify_main(argv):
   print(f"score {r['score']:.4f} -> {decision} (threshold {t}: {r['threshold_from']})")
 
 
-def identify(rec, gallery_dir: str, probe_dir: str, k: int) -> list[dict]:
-  """Rank-k gallery faces for every probe, the gallery embedded once per distinct pattern."""
+def identify(rec, gallery_dir: str, probe_dir: str, k: int, where: str = "auto") -> list[dict]:
+  """Rank-k gallery faces for every probe, the gallery embedded under each probe's FDM
+  (``where``: how the probes' occlusion is located, as ``--occlusion``)."""
   from pdsn_jax.data import faces as faces_lib  # pylint: disable=g-import-not-at-top
   from pdsn_jax.evaluation import search  # pylint: disable=g-import-not-at-top
   gallery, _ = _faces(faces_lib.list_images(gallery_dir), rec.config)
@@ -151,7 +159,7 @@ def identify(rec, gallery_dir: str, probe_dir: str, k: int) -> list[dict]:
   ids = [os.path.relpath(f.path, gallery_dir).split(os.sep)[0] for f in gallery]
   ids = [os.path.splitext(i)[0] for i in ids]
   g = _analyse(rec, np.stack([f.face for f in gallery]), "gallery")
-  p = _analyse(rec, np.stack([f.face for f in probes]), "probes")
+  p = _analyse(rec, np.stack([f.face for f in probes]), "probes", where)
   k = min(k, len(gallery))
   searcher = search.Searcher(rec.net, rec.u_shape, rec.config.eval.batch_size, k=k)
   scores, index = search.identify(searcher, rec.host, rec.host_table, p["embeddings"],
@@ -167,7 +175,7 @@ def identify_main(argv):
   del argv
   if not (_GALLERY.value and _PROBES.value and _OUT.value):
     raise ValueError("identify needs --gallery=DIR --probes=DIR --out=ranks.csv")
-  rows = identify(_recognizer(), _GALLERY.value, _PROBES.value, _K.value)
+  rows = identify(_recognizer(), _GALLERY.value, _PROBES.value, _K.value, _OCCLUSION.value)
   with open(_OUT.value, "w", newline="", encoding="utf-8") as f:
     w = csv.DictWriter(f, fieldnames=list(rows[0]))
     w.writeheader()

@@ -4,12 +4,13 @@ embed / verify / identify commands and the exported functions)."""
 
 import json
 import os
+import re
 
 import jax
 import numpy as np
 
 from pdsn_jax import builders, parallel
-from pdsn_jax.data import occlusion, pipeline
+from pdsn_jax.data import occlusion, pipeline, placement
 
 
 def detector_logits(model, variables, images: jax.Array, scale: float, train: bool = False,
@@ -49,6 +50,35 @@ def occlusion_predictor(config, variables: dict, mesh=None):
     return np.concatenate(out) if out else np.zeros((0, *np.shape(images)[1:3]), bool)
 
   return predict
+
+
+OCCLUSION_CHOICES = ("auto", "none") + placement.CATEGORY_REGIONS
+
+
+def occlusion_masks(where: str, n: int, image_size, template: str = "arcface") -> np.ndarray:
+  """(n, H, W) bool masks of an occlusion the user names: "none", a category of
+  ``placement.CATEGORY_REGIONS`` (its region on the template), or generator blocks as
+  "row,col;row,col" (rows and columns 1-3 of the 5x5 grid, e.g. "2,1;2,2;2,3" for the eye
+  row). "auto" (the detector) is the Recognizer's."""
+  h, w = image_size
+  if where == "none":
+    return np.zeros((n, h, w), bool)
+  if where in placement.CATEGORY_REGIONS:
+    return np.repeat(placement.category_mask(where, (h, w), template)[None], n, 0)
+  pairs = re.findall(r"\(?\s*(\d+)\s*,\s*(\d+)\s*\)?", where)
+  rest = re.sub(r"[\s;()]", "", re.sub(r"\(?\s*\d+\s*,\s*\d+\s*\)?", "", where))
+  blocks = [int(r) * occlusion.GRID + int(c) for r, c in pairs]
+  if not pairs or rest.strip(",") or any(b not in occlusion.CENTRAL_BLOCKS for b in blocks):
+    central = ";".join(f"{b // occlusion.GRID},{b % occlusion.GRID}"
+                       for b in occlusion.CENTRAL_BLOCKS)
+    raise ValueError(f"--occlusion={where!r}: allowed values {OCCLUSION_CHOICES} or generator "
+                     f"blocks as 'row,col;row,col' among {central}")
+  boxes = occlusion.block_boxes((h, w))
+  m = np.zeros((h, w), bool)
+  for b in blocks:
+    y0, x0, y1, x1 = boxes[b]
+    m[int(np.ceil(y0 - 0.5)):int(np.ceil(y1 - 0.5)), int(np.ceil(x0 - 0.5)):int(np.ceil(x1 - 0.5))] = True
+  return np.repeat(m[None], n, 0)
 
 
 class Recognizer:
@@ -102,11 +132,15 @@ class Recognizer:
       with open(thresholds, encoding="utf-8") as f:
         self.thresholds = json.load(f).get(self.spec.name, {})
 
-  def analyse(self, faces: np.ndarray) -> dict:
-    """U, the predicted pixel masks and the 9 block flags of aligned uint8 faces."""
+  def analyse(self, faces: np.ndarray, where: str = "auto") -> dict:
+    """U, the pixel masks and the 9 block flags of aligned uint8 faces, the occlusion located
+    as ``where`` says (``occlusion_masks``)."""
     o = self.config.occlusion
-    masks = (self.predict(faces) if self.predict is not None
-             else np.zeros(faces.shape[:3], bool))
+    if where == "auto" and self.predict is not None:
+      masks = self.predict(faces)
+    else:
+      masks = occlusion_masks("none" if where == "auto" else where, len(faces),
+                              faces.shape[1:3], self.config.data.alignment)
     return {"u": self.embedder.features(self.variables, faces), "masks": masks,
             "flags": occlusion.block_flags(masks, o.min_overlap, o.overlap)}
 

@@ -11,17 +11,17 @@ occluded ones included. ``alignment="centre"`` is the old centre crop, kept for 
 Grey is replicated to three channels.
 
 Ground-truth occlusion masks (to score a detector on real occluders). For an occluded image,
-the pixels that differ from the same session's neutral image, inside its category's region
-(``category_region``), cleaned up: a 3x3 smoothing of both images first, a difference above
-``DIFF_THRESHOLD`` grey levels (or, for sunglasses, a pixel darker than ``DARK_LEVEL``), a
-morphological closing, components under ``MIN_COMPONENT`` pixels dropped, and each row filled
-between its leftmost and rightmost occluded pixel (a scarf or a pair of sunglasses is one
-band). Computed on the native crop, then warped like the image.
+the pixels that differ from the same session's neutral image by more than ``DIFF_THRESHOLD``
+grey levels, inside its category's region (``placement.category_region``), cleaned up.
+Sunglasses: on the raw pixels (the nose between the lenses is 1-2 px wide in a 42x30 crop),
+also any pixel darker than ``DARK_LEVEL``; components under ``MIN_COMPONENT`` pixels dropped;
+the holes the frame encloses (lens highlights) filled. Scarf: after a 3x3 smoothing of both
+images and a morphological closing; small components dropped; each row filled between its
+leftmost and rightmost occluded pixel (a scarf is one band). Computed on the native crop,
+then warped like the image.
 
-Category blocks. Where the template says a category sits: sunglasses cover the box around both
-eyes (``category_region``), a scarf everything below the nose; the blocks that box covers by
-``occlusion.min_overlap`` are that category's blocks (112x96: the eye row (2,1)-(2,3) for
-sunglasses, the nose row (3,1)-(3,3) for scarves).
+Category blocks: ``placement.category_flags`` (the eye row for sunglasses, the nose row for
+scarves).
 """
 
 import csv
@@ -32,7 +32,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from pdsn_jax.data import alignment, occlusion
+from pdsn_jax.data import alignment
+from pdsn_jax.data.placement import category_mask
 
 KINDS = ("neutral", "expression", "light", "sunglasses", "scarf")
 OCCLUDED_KINDS = ("sunglasses", "scarf")
@@ -83,34 +84,6 @@ def read_labels(root: str) -> list[dict]:
   return rows
 
 
-def category_region(kind: str, image_size: tuple[int, int],
-                    template: str = "arcface") -> tuple[float, float, float, float]:
-  """(y0, x0, y1, x1) of where ``kind`` sits on an aligned face of ``image_size``."""
-  pts = alignment.template_for(image_size, template)
-  h, w = image_size
-  ed = float(np.linalg.norm(pts[1] - pts[0]))
-  if kind == "sunglasses":
-    ey = float(pts[:2, 1].mean())
-    return (ey - 0.45 * ed, pts[0, 0] - 0.6 * ed, ey + 0.45 * ed, pts[1, 0] + 0.6 * ed)
-  if kind in ("scarf", "mask"):
-    return (float(pts[2, 1]) - 0.15 * ed, 0.0, float(h), float(w))
-  raise ValueError(f"no category region for {kind!r}: one of {OCCLUDED_KINDS}")
-
-
-def category_mask(kind: str, image_size: tuple[int, int], template: str = "arcface"):
-  """(H, W) bool: the category's region as a pixel mask."""
-  h, w = image_size
-  y0, x0, y1, x1 = category_region(kind, image_size, template)
-  yy, xx = np.mgrid[0:h, 0:w] + 0.5
-  return (yy >= y0) & (yy < y1) & (xx >= x0) & (xx < x1)
-
-
-def category_flags(kind: str, image_size, min_overlap: float = 0.5, overlap: str = "coverage",
-                   template: str = "arcface") -> np.ndarray:
-  """The 9 generator-block flags of a category (see the module docstring)."""
-  return occlusion.block_flags(category_mask(kind, image_size, template), min_overlap, overlap)
-
-
 # ------------------------------------------------------------------ morphology (tiny, numpy)
 
 
@@ -155,16 +128,23 @@ def _smooth(x: np.ndarray) -> np.ndarray:
 def truth_mask(image: np.ndarray, neutral: np.ndarray, kind: str, region: np.ndarray):
   """Ground-truth mask of a grey occluded crop against its session's neutral crop (module
   docstring); ``region``: the category's (H, W) bool region in the crop's frame."""
-  a, b = _smooth(image), _smooth(neutral)
-  m = np.abs(a - b) > DIFF_THRESHOLD
-  if kind == "sunglasses":
-    m |= a < DARK_LEVEL
-  m = _close(m & region) & region
+  if kind == "sunglasses":  # unsmoothed: the nose between the lenses is 1-2 px wide
+    a, b = image.astype(np.float32), neutral.astype(np.float32)
+    m = ((np.abs(a - b) > DIFF_THRESHOLD) | (a < DARK_LEVEL)) & region
+  else:
+    m = _close((np.abs(_smooth(image) - _smooth(neutral)) > DIFF_THRESHOLD) & region) & region
   keep = np.zeros_like(m)
   for comp in _components(m):
     if len(comp) >= MIN_COMPONENT:
       keep[comp[:, 0], comp[:, 1]] = True
-  for y in np.flatnonzero(keep.any(1)):
+  if kind == "sunglasses":  # two lenses and a bridge: fill what they enclose (highlights)
+    h, w = keep.shape
+    for comp in _components(~keep):
+      if not ((comp[:, 0] == 0) | (comp[:, 0] == h - 1) | (comp[:, 1] == 0) |
+              (comp[:, 1] == w - 1)).any():
+        keep[comp[:, 0], comp[:, 1]] = True
+    return keep
+  for y in np.flatnonzero(keep.any(1)):  # a scarf is one band
     xs = np.flatnonzero(keep[y])
     keep[y, xs[0]:xs[-1] + 1] = True
   return keep

@@ -14,6 +14,41 @@ from pdsn_jax.data import occlusion
 from pdsn_jax.data.alignment import template_for
 
 CONDITIONS = ("sunglasses", "mask", "hand", "object", "blocks")
+# categories whose place on an aligned face the template fixes (``category_region``): where a
+# user who knows the occlusion, or the "category blocks" rows of the real AR protocol, put it
+CATEGORY_REGIONS = ("sunglasses", "mask", "scarf")
+
+
+def category_region(kind: str, image_size: tuple[int, int],
+                    template: str = "arcface") -> tuple[float, float, float, float]:
+  """(y0, x0, y1, x1) where ``kind`` sits on an aligned face of ``image_size``: sunglasses the
+  box around both eyes (0.45 eye distances above and below them, 0.6 beyond each), a mask or
+  scarf everything from 0.15 eye distances above the nose tip down. With the 112x96 template
+  and coverage >= 0.5 these are the eye row of blocks (2,1)-(2,3) and the nose row
+  (3,1)-(3,3)."""
+  pts = template_for(image_size, template)
+  h, w = image_size
+  ed = float(np.linalg.norm(pts[1] - pts[0]))
+  if kind == "sunglasses":
+    ey = float(pts[:2, 1].mean())
+    return (ey - 0.45 * ed, pts[0, 0] - 0.6 * ed, ey + 0.45 * ed, pts[1, 0] + 0.6 * ed)
+  if kind in ("scarf", "mask"):
+    return (float(pts[2, 1]) - 0.15 * ed, 0.0, float(h), float(w))
+  raise ValueError(f"no category region for {kind!r}: one of {CATEGORY_REGIONS}")
+
+
+def category_mask(kind: str, image_size: tuple[int, int], template: str = "arcface"):
+  """(H, W) bool: the category's region as a pixel mask."""
+  h, w = image_size
+  y0, x0, y1, x1 = category_region(kind, image_size, template)
+  yy, xx = np.mgrid[0:h, 0:w] + 0.5
+  return (yy >= y0) & (yy < y1) & (xx >= x0) & (xx < x1)
+
+
+def category_flags(kind: str, image_size, min_overlap: float = 0.5, overlap: str = "coverage",
+                   template: str = "arcface") -> np.ndarray:
+  """The 9 generator-block flags of a category's region (``category_region``)."""
+  return occlusion.block_flags(category_mask(kind, image_size, template), min_overlap, overlap)
 
 
 def _paste_scaled(image, occ, rng, cy, cx, width, height=None, angle=8.0):
@@ -84,13 +119,36 @@ class RandomOcclusion:
     return rec
 
 
-def scarf(image: np.ndarray, rng: np.random.Generator, library: occlusion.OccluderLibrary):
-  """A mask occluder stretched like a scarf: from about the nose down past the chin, about the
-  face's width or wider (what AR's scarf photos show). (image, HxW bool mask)."""
+def cloth(rng: np.random.Generator, size=(48, 96)) -> np.ndarray:
+  """A drawn RGBA piece of woven (checked) or striped cloth with a wavy top edge."""
+  h, w = size
+  yy, xx = np.mgrid[0:h, 0:w]
+  base = rng.uniform(10, 200, 3) * rng.uniform(0.3, 1.0)
+  other = np.clip(base * rng.uniform(0.4, 1.6) + rng.normal(0, 25, 3), 0, 255)
+  p1, p2 = rng.uniform(3, 14, 2)
+  a = rng.uniform(-0.6, 0.6)
+  u, v = (xx + a * yy) / p1, (yy - a * xx) / p2
+  if rng.uniform() < 0.5:  # checked
+    t = ((np.floor(u) + np.floor(v)) % 2)[..., None]
+  else:  # stripes
+    t = (np.sin(2 * np.pi * v) > rng.uniform(-0.5, 0.5))[..., None].astype(np.float32)
+  rgba = np.zeros((h, w, 4), np.uint8)
+  rgba[..., :3] = np.clip(base * (1 - t) + other * t + rng.normal(0, 8, (h, w, 3)), 0, 255)
+  top = (0.12 * h * (1 + np.sin(xx[0] / w * np.pi * rng.uniform(1, 3) + rng.uniform(0, 6)))
+         * rng.uniform(0.2, 1.0))
+  rgba[..., 3] = np.where(yy >= top[None, :], 255, 0)
+  return rgba
+
+
+def scarf(image: np.ndarray, rng: np.random.Generator, library: occlusion.OccluderLibrary,
+          drawn_cloth: bool = False):
+  """A mask occluder (``drawn_cloth``: a drawn ``cloth``) stretched like a scarf: from about
+  the nose down past the chin, about the face's width or wider (what scarves over the mouth
+  look like). (image, HxW bool mask)."""
   h, w = image.shape[:2]
   pts = template_for((h, w), library.face_template)
   ed = float(np.linalg.norm(pts[1] - pts[0]))
-  _, occ = library.sample(rng, "mask")
+  occ = cloth(rng) if drawn_cloth else library.sample(rng, "mask")[1]
   top = pts[2, 1] - rng.uniform(-0.1, 0.4) * ed
   bottom = h + rng.uniform(0.0, 0.5) * ed
   width = w * rng.uniform(0.85, 1.3)

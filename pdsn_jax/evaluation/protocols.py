@@ -132,7 +132,8 @@ def locate(occluded: Occluded, source: str = "ground_truth", detector=None) -> n
   raise ValueError(f"eval.occlusion_source={source!r} is not one of {OCCLUSION_SOURCES}")
 
 
-def ar_real_flags(ar, min_overlap: float, overlap: str, detector=None):
+def ar_real_flags(ar, min_overlap: float, overlap: str, detector=None,
+                  template: str = "arcface"):
   """(flags, scores, predicted masks): block flags of every real AR photo per way of locating
   (``AR_REAL_LOCATIONS``; the detector's only with one), the detector's scores against the
   ground truth (per occluded kind the segmentation metrics, on clean photos the predicted area,
@@ -142,7 +143,8 @@ def ar_real_flags(ar, min_overlap: float, overlap: str, detector=None):
   size = ar.images.shape[1:3]
   cat = np.zeros((len(ar.kinds), len(occlusion.CENTRAL_BLOCKS)), bool)
   for kind in ar_lib.OCCLUDED_KINDS:
-    cat[ar.kinds == kind] = ar_lib.category_flags(kind, size, min_overlap, overlap)
+    cat[ar.kinds == kind] = placement.category_flags(kind, size, min_overlap, overlap,
+                                                     template)
   flags = {"category": cat,
            "ground_truth": occlusion.block_flags(ar.masks, min_overlap, overlap)}
   scores, pred = {}, None

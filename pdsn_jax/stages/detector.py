@@ -31,14 +31,17 @@ from pdsn_jax.evaluation.segmentation import segmentation_metrics
 STAGE = workdir_lib.DETECTOR
 
 
-AUGMENTS = ("scarf", "eyeglasses", "grey", "lowres", "blur", "light", "border")
+AUGMENTS = ("scarf", "eyeglasses", "cloth", "highlights", "grey", "lowres", "blur", "light",
+            "border")
 
 
 class DetectorOcclusion:
-  """grain transform: pastes 0-2 occluders (natural or random placement; with "scarf" in
-  ``augment`` also masks stretched like a scarf from the nose to below the chin); with
-  "eyeglasses", clear eyeglass frames on some faces, left *unlabelled* (they hide nothing the
-  recognizer needs). Adds ``mask`` (uint8)."""
+  """grain transform: pastes 0-2 occluders (natural or random placement). ``augment`` adds:
+  "scarf", masks stretched like a scarf from the nose to below the chin ("cloth": half of them
+  a drawn woven or striped cloth instead); "eyeglasses", clear eyeglass frames on some faces,
+  left *unlabelled* (they hide nothing the recognizer needs); "highlights", bright specular
+  spots on some occluders (labelled occluded: glossy lenses reflect the light). Adds ``mask``
+  (uint8)."""
 
   def __init__(self, library: occlusion.OccluderLibrary, clean_prob: float = 0.15,
                augment=()):
@@ -60,14 +63,33 @@ class DetectorOcclusion:
         if rng.uniform() < 0.5:
           cond = self.conditions[rng.integers(len(self.conditions))]
           if cond == "scarf":
-            image, m = placement.scarf(image, rng, self.library)
+            cloth = "cloth" in self.augment and rng.uniform() < 0.5
+            image, m = placement.scarf(image, rng, self.library, cloth)
           else:
             image, m = placement.occlude(image, rng, self.library, cond)
         else:
           image, m = occlusion.random_occlusion(image, rng, self.library, area=(0.03, 0.35))
+        if "highlights" in self.augment and rng.uniform() < 0.3:
+          image = _highlights(image, m, rng)
         mask |= m
     rec["image"], rec["mask"] = image, mask.astype(np.uint8)
     return rec
+
+
+def _highlights(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """1-3 bright soft spots inside ``mask`` (specular reflections)."""
+  ys, xs = np.nonzero(mask)
+  if not len(ys):
+    return image
+  h, w = mask.shape
+  yy, xx = np.mgrid[0:h, 0:w] + 0.5
+  out = image.astype(np.float32)
+  for _ in range(rng.integers(1, 4)):
+    k = rng.integers(len(ys))
+    r = rng.uniform(1.5, 5.0)
+    spot = np.exp(-((yy - ys[k]) ** 2 + (xx - xs[k]) ** 2) / (2 * r * r)) * mask
+    out = out + spot[..., None] * (rng.uniform(200, 255) - out)
+  return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 class Appearance:

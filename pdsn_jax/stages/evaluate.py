@@ -239,7 +239,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if sets.ar_real is not None:
     o = config.occlusion
     flags["ar_real"], ar_scores, ar_pred = protocols.ar_real_flags(
-        sets.ar_real, o.min_overlap, o.overlap, predict)
+        sets.ar_real, o.min_overlap, o.overlap, predict, config.data.alignment)
     if ar_pred is not None and jax.process_index() == 0:  # research-only: stays in the run
       ar = sets.ar_real
       pick = np.concatenate([np.flatnonzero(ar.kinds == k)[::97][:4]

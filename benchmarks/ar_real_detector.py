@@ -1,0 +1,66 @@
+"""The occlusion detector of one or more runs on AR's photos of real sunglasses and scarves,
+against the ground-truth masks of ``pdsn_jax/data/ar_real.py``, beside its held-out CelebA
+scores (where its settings are chosen). Prints a markdown table.
+
+  python benchmarks/ar_real_detector.py RUN [RUN ...] [--ar_real=../shared/data/ar_real]
+
+Columns: block-assignment accuracy (the 9 generator blocks flagged from the predicted vs the
+true mask) and mean IU on the sunglasses and the scarf photos; the predicted occluded area and
+the share with any block flagged on the clean photos; then the run's own held-out scores
+(``detector/summary.json``): block accuracy with the select occluder files (plain and grey
+low-res) and the predicted area on clean held-out faces. AR is evaluation only: never choose a
+setting by its columns.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("runs", nargs="+")
+  ap.add_argument("--ar_real", default="../shared/data/ar_real")
+  ap.add_argument("--alignment", default="landmarks")
+  a = ap.parse_args()
+  if not os.path.isfile(os.path.join(a.ar_real, "labels.tsv")):
+    sys.exit(f"no AR real-occlusion folder at {a.ar_real} (labels.tsv)")
+  from pdsn_jax import inference, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data import ar_real  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.evaluation import protocols  # pylint: disable=g-import-not-at-top
+  ar = None
+  head = ["run", "sunglasses block acc", "sunglasses mean IU", "scarf block acc",
+          "scarf mean IU", "clean area", "clean any block", "held-out select block acc",
+          "held-out select grey low-res block acc", "held-out clean area",
+          "held-out clean grey low-res area"]
+  print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+  for run in a.runs:
+    config = workdir_lib.load_config(run)
+    variables = workdir_lib.load(run, workdir_lib.DETECTOR)
+    if variables is None:
+      print(f"| {run} | no detector stage |")
+      continue
+    if ar is None:
+      ar = ar_real.load(a.ar_real, config.data.image_size, config.data.alignment, a.alignment)
+    o = config.occlusion
+    _, s, _ = protocols.ar_real_flags(ar, o.min_overlap, o.overlap,
+                                      inference.occlusion_predictor(config, variables),
+                                      config.data.alignment)
+    with open(os.path.join(workdir_lib.stage_dir(run, workdir_lib.DETECTOR), "summary.json"),
+              encoding="utf-8") as f:
+      held = json.load(f).get("heldout", {})
+    g = lambda k, m: held.get(k, {}).get(m, float("nan"))  # noqa: E731
+    cells = [s["sunglasses"]["block_accuracy"], s["sunglasses"]["mean_iu"],
+             s["scarf"]["block_accuracy"], s["scarf"]["mean_iu"], s["clean"]["predicted_area"],
+             s["clean"]["any_block_flagged"], g("select occluder files", "block_accuracy"),
+             g("select occluder files, grey low-res", "block_accuracy"),
+             g("clean faces", "predicted_area"), g("clean faces, grey low-res", "predicted_area")]
+    print(f"| {os.path.basename(os.path.normpath(run))} | " +
+          " | ".join(f"{100 * c:.2f}" for c in cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+  main()
