@@ -31,7 +31,8 @@ Hygiene:
   AR's real photos only report the chosen one (docs/results.md lists every candidate).
   Candidates (2 epochs unless said): no augmentation; the first seven parts (before cloth and
   highlights existed); all nine parts; all nine at 5 epochs; appearance only (grey, lowres,
-  blur, light, border); geometry only (scarf, eyeglasses, cloth, highlights);
+  blur, light, border); geometry only (scarf, eyeglasses, cloth, highlights); added after the
+  5-epoch run, before its own run: all nine at 10 epochs;
 * stage III is label-free distillation of F only (the trunk keeps its metric), and the
   Baseline gets the same loss, budget and trainable set without masks; both keep the
   trunk's F for faces with no occluded block (said in the tables).

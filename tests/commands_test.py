@@ -162,3 +162,55 @@ def test_dlib_landmarks_match_the_lfw_tsv():
     errors.append(np.linalg.norm(to(pts) - to(marks[path]), axis=1).mean())
   assert len(missed) <= 3, missed
   assert np.mean(errors) < 4.0, errors  # px in the 112x96 frame
+
+
+def test_a_user_who_knows_the_occlusion_names_it(run):
+  wd, root = run
+  a, b = root / "probes" / "person0_1.png", root / "probes" / "person1_4.png"
+  out = _cmd("verify", f"--workdir={wd}", str(a), str(b), "--occlusion=sunglasses").stdout
+  assert re.findall(r"occluded blocks (.*) \(", out) == ["(2,1), (2,2), (2,3)"] * 2
+  out = _cmd("verify", f"--workdir={wd}", str(a), str(b), "--occlusion=3,1;3,3").stdout
+  assert re.findall(r"occluded blocks (.*) \(", out) == ["(3,1), (3,3)"] * 2
+  out = _cmd("verify", f"--workdir={wd}", str(a), str(b), "--occlusion=none").stdout
+  assert re.findall(r"occluded blocks (.*) \(", out) == ["none"] * 2
+  proc = subprocess.run([sys.executable, "-m", "pdsn_jax.verify", f"--workdir={wd}", str(a),
+                         str(b), "--face_detector=none", "--occlusion=4,4"], cwd=helpers.REPO,
+                        env=helpers.env_with_devices(1), capture_output=True, text=True,
+                        timeout=600, check=False)
+  assert proc.returncode != 0 and "--occlusion='4,4': allowed values" in proc.stderr
+
+
+def test_real_ar_protocol_ranks_by_hand(run, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data import ar_real  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.evaluation import evaluators  # pylint: disable=g-import-not-at-top
+  from tests import ar_real_test  # pylint: disable=g-import-not-at-top
+  wd, _ = run
+  wd2 = str(tmp_path / "run")
+  shutil.copytree(wd, wd2)
+  folder = str(tmp_path / "ar")
+  ar_real_test.make_ar_folder(folder, subjects=4)
+  helpers.run_main(wd2, STAGES, f"--config.eval.ar_real_root={folder}",
+                   "--config.eval.ar_real_alignment=centre",
+                   "--config.eval.protocols=('verification','ar_p1','ar_p2','ar_real')")
+  res = json.load(open(os.path.join(wd2, "results.json")))
+  row = res["models"]["PDSN + fine-tune"]["ar_real"]
+  assert set(row) == {"detector", "category", "ground_truth"}
+  assert set(row["category"]) == {"p1", "p2"}
+  assert set(row["category"]["p2"]) == {"sunglasses", "scarf", "clean"}
+  assert not any(evaluators.HITS in r for r in res["models"].values())
+  iv = res["paired"]["PDSN + fine-tune"]["Trunk"]["category/p2/sunglasses"]
+  assert iv["n"] == 4 * 6 and iv["lo"] <= iv["diff"] <= iv["hi"]
+  assert "Real occlusions: AR sunglasses and scarves" in open(os.path.join(wd2, "results.md")).read()
+  # by hand: protocol 2, sunglasses located by their category (the eye row): probes and the
+  # session-1 neutral gallery both embedded under the AND of the eye row's items
+  ar = ar_real.load(folder, (112, 96), how="centre")
+  galleries, probes = evaluators.ar_real_sets(ar)
+  g, p = galleries["p2"], probes["sunglasses"]
+  flags = np.repeat(placement.category_flags("sunglasses", (112, 96))[None], len(ar.kinds), 0)
+  items = np.load(os.path.join(wd, "export", "dictionary.npy"))
+  emb = np.asarray(_exported(wd, "embed").call(ar.images, _fdm(flags, items)))
+  top = np.argmax(emb[p] @ emb[g].T, axis=1)
+  assert row["category"]["p2"]["sunglasses"] == pytest.approx(
+      np.mean(ar.subjects[g][top] == ar.subjects[p]))
+  assert len(g) == 4 and len(galleries["p1"]) == 4 * 7 and len(probes["clean"]) == 4 * 7

@@ -95,7 +95,8 @@ def pair_verification(ctx: Context, model: Model) -> dict:
 
 def _ar(gallery_name: str) -> Callable[[Context, Model], dict]:
   def ar(ctx: Context, model: Model) -> dict:
-    """AR-style rank-1: occluded probes against a clean gallery, per condition."""
+    """AR-style (pasted) rank-1: probes with pasted occluders against a clean gallery, per
+    condition."""
     sets = ctx.sets
     gallery = getattr(sets, gallery_name)
     probe_labels = sets.labels[sets.probes]

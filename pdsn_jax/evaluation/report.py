@@ -21,7 +21,8 @@ def _occ_mean(res: dict) -> float:
   return float(np.mean([v["accuracy"] for v in res["occluded"].values()]))
 
 
-_AR = (("ar_p1", "AR P1"), ("ar_p2", "AR P2"))  # identification columns, when measured
+# rank-1 columns of the protocols with pasted occluders (the real AR photos: _ar_real_section)
+_AR = (("ar_p1", "AR-style (pasted) P1"), ("ar_p2", "AR-style (pasted) P2"))
 
 
 def one_line(res: dict) -> str:

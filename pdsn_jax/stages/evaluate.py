@@ -235,19 +235,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   flags = _flags(config, sets, cfg.occlusion_source, predict)
   flags_det = (_flags(config, sets, "detector", predict)
                if predict is not None and cfg.occlusion_source != "detector" else None)
-  ar_scores = None
-  if sets.ar_real is not None:
-    o = config.occlusion
-    flags["ar_real"], ar_scores, ar_pred = protocols.ar_real_flags(
-        sets.ar_real, o.min_overlap, o.overlap, predict, config.data.alignment)
-    if ar_pred is not None and jax.process_index() == 0:  # research-only: stays in the run
-      ar = sets.ar_real
-      pick = np.concatenate([np.flatnonzero(ar.kinds == k)[::97][:4]
-                             for k in ("sunglasses", "scarf", "neutral", "light")])
-      visualize.detection_sheet(ar.images[pick], ar_pred[pick], os.path.join(
-          workdir_lib.stage_dir(workdir, STAGE), "ar_real_detections.png"),
-                                true_masks=ar.masks[pick], min_overlap=o.min_overlap,
-                                overlap=o.overlap, names=[ar.paths[i] for i in pick])
+  ar_scores = _ar_real_flags(config, sets, flags, predict, workdir)
   logging.info("[evaluate] %d held-out faces, %d pairs x %d conditions, %d AR probes x %d, "
                "%d distractors (%.1fs)", len(sets.faces), len(sets.pairs),
                len(sets.occluded_second), len(sets.probes), len(sets.occluded_probes),
@@ -273,10 +261,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results["detector_on_probes"] = flags_det["detector_scores"]
   if ar_scores:
     results["detector_on_ar_real"] = ar_scores
-  hits = {row: r.pop(evaluators.HITS) for row, r in results["models"].items()
-          if evaluators.HITS in r}
-  if hits:
-    results["paired"] = _paired(hits, ("Baseline", "Trunk"), cfg.seed)
+  _paired(results, ("Baseline", "Trunk"), cfg.seed)
   if dictionary is not None and cfg.ablations:
     results["ablations"] = _ablations(config, workdir, nets, sets, flags, dictionary)
   results["seconds"] = round(time.time() - t0, 1)
@@ -329,10 +314,33 @@ def _ablations(config, workdir, nets: _Networks, sets, flags, dictionary) -> dic
   return out
 
 
-def _paired(hits: dict, references, seed: int) -> dict:
-  """Every row against each reference row that exists (not itself): the paired bootstrap of
-  the per-probe hits, per column (``stats.paired_bootstrap``)."""
-  out = {}
+def _ar_real_flags(config, sets, flags: dict, predict, workdir: str):
+  """Adds the real AR photos' block flags per way of locating to ``flags``; returns the
+  detector's scores on them (None without those photos) and draws its contact sheet."""
+  if sets.ar_real is None:
+    return None
+  o, ar = config.occlusion, sets.ar_real
+  flags["ar_real"], scores, pred = protocols.ar_real_flags(ar, o.min_overlap, o.overlap,
+                                                           predict, config.data.alignment)
+  if pred is not None and jax.process_index() == 0:  # research-only: stays in the run
+    pick = np.concatenate([np.flatnonzero(ar.kinds == k)[::97][:4]
+                           for k in ("sunglasses", "scarf", "neutral", "light")])
+    visualize.detection_sheet(ar.images[pick], pred[pick], os.path.join(
+        workdir_lib.stage_dir(workdir, STAGE), "ar_real_detections.png"),
+                              true_masks=ar.masks[pick], min_overlap=o.min_overlap,
+                              overlap=o.overlap, names=[ar.paths[i] for i in pick])
+  return scores
+
+
+def _paired(results: dict, references, seed: int) -> None:
+  """Takes the per-probe hits out of every row and puts into ``results["paired"]`` each row
+  against each reference row that exists (not itself): the paired bootstrap of the hits, per
+  column (``stats.paired_bootstrap``)."""
+  hits = {row: r.pop(evaluators.HITS) for row, r in results["models"].items()
+          if evaluators.HITS in r}
+  if not hits:
+    return
+  out = results["paired"] = {}
   for ref in references:
     if ref not in hits:
       continue
@@ -342,7 +350,6 @@ def _paired(hits: dict, references, seed: int) -> dict:
       out.setdefault(row, {})[ref] = {
           k: stats.paired_bootstrap(v.astype(float), hits[ref][k].astype(float), seed=seed)
           for k, v in h.items() if k in hits[ref]}
-  return out
 
 
 def _test_occluders(config) -> str:
