@@ -102,6 +102,17 @@ def split_globs(config: ml_collections.ConfigDict) -> dict:
   return {k: tuple(v) for k, v in config.occlusion.splits.items()}
 
 
+def occluder_splits(config: ml_collections.ConfigDict) -> dict:
+  """{"train" / "select" / "test": the occluder files of that split, relative to
+  ``occlusion.occluder_dir``} (empty without a folder); nothing is opened."""
+  o = config.occlusion
+  if not o.occluder_dir:
+    return {}
+  return {s: sorted(os.path.relpath(p, o.occluder_dir) for v in occlusion.list_files(
+      o.occluder_dir, s, split_globs(config), config.detector.heldout_every).values() for p in v)
+          for s in ("train", "select", "test")}
+
+
 def training_occluders(config: ml_collections.ConfigDict) -> occlusion.OccluderLibrary:
   """The occluders stages I-III and the detector train with: the train split's files and the
   drawings of ``occlusion.procedural_categories``."""

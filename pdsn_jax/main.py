@@ -30,7 +30,8 @@ def main(argv):
   del argv
   # Imported here so --help is fast and jax starts after flags (device count flags, etc.).
   import jax  # pylint: disable=g-import-not-at-top
-  from pdsn_jax import distributed, stages, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import builders, distributed, stages  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from pdsn_jax.config_validation import validate  # pylint: disable=g-import-not-at-top
 
   # orbax and grain log every save at INFO through absl; keep the console to our progress lines.
@@ -45,6 +46,8 @@ def main(argv):
       with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
         f.write(config.to_json_best_effort(indent=2))
     logging.info("workdir %s; devices: %s", os.path.abspath(workdir), jax.devices())
+    for split, files in builders.occluder_splits(config).items():
+      logging.info("occluder files, %s split (%d): %s", split, len(files), ", ".join(files))
     summaries = {}
     for name in stages.parse_stages(config.stages):
       summaries[name] = stages.STAGES[name](config, workdir)

@@ -199,7 +199,7 @@ def test_real_ar_protocol_ranks_by_hand(run, tmp_path):
   assert set(row["category"]) == {"p1", "p2"}
   assert set(row["category"]["p2"]) == {"sunglasses", "scarf", "clean"}
   assert not any(evaluators.HITS in r for r in res["models"].values())
-  iv = res["paired"]["PDSN + fine-tune"]["Trunk"]["category/p2/sunglasses"]
+  iv = res["paired"]["PDSN + fine-tune"]["Trunk"]["ar_real/category/p2/sunglasses"]
   assert iv["n"] == 4 * 6 and iv["lo"] <= iv["diff"] <= iv["hi"]
   assert "Real occlusions: AR sunglasses and scarves" in open(os.path.join(wd2, "results.md")).read()
   # by hand: protocol 2, sunglasses located by their category (the eye row): probes and the

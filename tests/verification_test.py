@@ -23,6 +23,9 @@ def test_ten_fold_known_error_rate():
     issame += [True] * 5 + [False] * 5
   res = verification.ten_fold_accuracy(np.array(scores), np.array(issame))
   assert res["accuracy"] == pytest.approx(0.9)
+  # the per-pair decisions behind it: exactly the high-scoring mismatched pair of each fold
+  wrong = np.flatnonzero(~res["correct"])
+  np.testing.assert_array_equal(wrong, np.arange(9, 100, 10))
 
 
 def test_threshold_is_chosen_on_other_folds():

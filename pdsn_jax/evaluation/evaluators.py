@@ -70,8 +70,9 @@ class Model:
     return idx[:, 0]
 
 
-def _verification(scores, issame) -> dict:
+def _verification(scores, issame, hits: dict, key: str) -> dict:
   r = verification.ten_fold_accuracy(scores, issame)
+  hits[key] = r["correct"]
   return {"accuracy": r["accuracy"], "std": r["std"],
           "tar_at_far_1e-3": verification.tar_at_far(scores, issame, 1e-3),
           "negatives": int(np.sum(~np.asarray(issame, bool))),
@@ -86,10 +87,13 @@ def pair_verification(ctx: Context, model: Model) -> dict:
   pa, pb = sets.pairs[:, 0], sets.pairs[:, 1]
   none = np.zeros((len(pa), ctx.flags["blocks"]), bool)
   ea, eb = model.embed(ctx, u[pa], none), model.embed(ctx, u[pb], none)
-  out = {"clean": _verification(np.sum(ea * eb, 1), sets.issame), "occluded": {}}
+  hits: dict = {}
+  out = {"clean": _verification(np.sum(ea * eb, 1), sets.issame, hits, "verification/clean"),
+         "occluded": {}, HITS: hits}
   for cond, fl in ctx.flags["second"].items():
     ea, eb = model.embed(ctx, u[pa], fl), model.embed(ctx, ctx.feats["second"][cond], fl)
-    out["occluded"][cond] = _verification(np.sum(ea * eb, 1), sets.issame)
+    out["occluded"][cond] = _verification(np.sum(ea * eb, 1), sets.issame, hits,
+                                          f"verification/{cond}")
   return out
 
 
@@ -100,12 +104,14 @@ def _ar(gallery_name: str) -> Callable[[Context, Model], dict]:
     sets = ctx.sets
     gallery = getattr(sets, gallery_name)
     probe_labels = sets.labels[sets.probes]
-    res = {}
+    res, hits = {}, {}
+    name = gallery_name.replace("gallery_", "ar_")
     faces = search.ArrayGallery(ctx.feats["faces"][gallery], sets.labels[gallery])
     for cond, fl in ctx.flags["probes"].items():
       arg = model.top1(ctx, faces, ctx.feats["probes"][cond], fl)
-      res[cond] = float(np.mean(sets.labels[gallery][arg] == probe_labels))
-    return {gallery_name.replace("gallery_", "ar_"): res}
+      hits[f"{name}/{cond}"] = sets.labels[gallery][arg] == probe_labels
+      res[cond] = float(np.mean(hits[f"{name}/{cond}"]))
+    return {name: res, HITS: hits}
   return ar
 
 
@@ -124,14 +130,16 @@ def distractor_identification(ctx: Context, model: Model) -> dict:
   probe_sets = {"clean": (feats["faces"][sets.probes],
                           np.zeros((len(sets.probes), ctx.flags["blocks"]), bool))}
   probe_sets.update({c: (feats["probes"][c], fl) for c, fl in ctx.flags["probes"].items()})
+  hits = {}
   for cond, (pu, fl) in probe_sets.items():
-    res[cond] = float(np.mean(gallery_labels[model.top1(ctx, gallery, pu, fl)] == probe_labels))
-  return {"distractors": res}
+    hits[f"distractors/{cond}"] = gallery_labels[model.top1(ctx, gallery, pu, fl)] == probe_labels
+    res[cond] = float(np.mean(hits[f"distractors/{cond}"]))
+  return {"distractors": res, HITS: hits}
 
 
 # the real AR protocol (the paper's Table 6): galleries from session 1, probes of both sessions
 AR_REAL_CLEAN = ("neutral", "expression", "light")
-HITS = "_hits"  # per-probe rank-1 hits, taken out by evaluate for the paired statistics
+HITS = "_hits"  # per pair / probe right or wrong, taken out by evaluate for paired statistics
 
 
 def ar_real_sets(ar) -> tuple[dict, dict]:
@@ -161,7 +169,7 @@ def real_ar(ctx: Context, model: Model) -> dict:
       for cond, idx in probes.items():
         h = ar.subjects[g][model.top1(ctx, gallery, u[idx], fl[idx])] == ar.subjects[idx]
         res.setdefault(loc, {}).setdefault(p, {})[cond] = float(np.mean(h))
-        hits[f"{loc}/{p}/{cond}"] = h
+        hits[f"ar_real/{loc}/{p}/{cond}"] = h
   if "ar_real_centre" in ctx.feats:
     uc, none = ctx.feats["ar_real_centre"], np.zeros((len(ar.kinds), ctx.flags["blocks"]), bool)
     idx = probes["clean"]
@@ -198,8 +206,11 @@ PROTOCOLS = {"verification": pair_verification, "ar_p1": _ar("gallery_p1"),
 
 
 def run_protocols(ctx: Context, model: Model, names) -> dict:
-  """Every protocol of ``names`` (``eval.protocols``) for one model, merged into one dict."""
-  res: dict = {}
+  """Every protocol of ``names`` (``eval.protocols``) for one model, merged into one dict;
+  their per-item hits (``HITS``, "protocol/column" -> bool per pair or probe) merged too."""
+  res: dict = {HITS: {}}
   for name in names:
-    res.update(PROTOCOLS[name](ctx, model))
+    out = PROTOCOLS[name](ctx, model)
+    res[HITS].update(out.pop(HITS, {}))
+    res.update(out)
   return res

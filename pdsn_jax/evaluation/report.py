@@ -109,16 +109,17 @@ def _ar_real_section(results: dict) -> list[str]:
     for name, r in rows_with.items():
       cells = []
       for p, c in cols:
-        iv = paired.get(name, {}).get("Baseline", {}).get(f"{loc}/{p}/{c}")
+        iv = paired.get(name, {}).get("Baseline", {}).get(f"ar_real/{loc}/{p}/{c}")
         cells.append(_pct(r[loc][p][c]) + (f" ({_interval(iv)})" if iv else ""))
       lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
   if "centre_crop" in first:
-    lines += ["Alignment check, clean session-2 probes, plain embeddings: "
-              + "; ".join(f"{n}: centre crop P1 {_pct(r['centre_crop']['p1']['clean'])} / P2 "
-                          f"{_pct(r['centre_crop']['p2']['clean'])}, landmarks P1 "
-                          f"{_pct(r['ground_truth']['p1']['clean'])}"
-                          for n, r in rows_with.items() if "+" not in n and "PDSN" not in n)
+    lines += ["Alignment check, rank-1 of the clean session-2 probes (P1 / P2): "
+              + "; ".join(f"{n}: centre crop {_pct(r['centre_crop']['p1']['clean'])} / "
+                          f"{_pct(r['centre_crop']['p2']['clean'])}, aligned by landmarks "
+                          f"{_pct(r['ground_truth']['p1']['clean'])} / "
+                          f"{_pct(r['ground_truth']['p2']['clean'])}"
+                          for n, r in rows_with.items() if "PDSN" not in n)
               + ".", ""]
   det = results.get("detector_on_ar_real")
   if det:
@@ -138,12 +139,48 @@ def _ar_real_section(results: dict) -> list[str]:
   return lines
 
 
+_COLUMN_NAMES = (("verification/", "verification "), ("ar_p1/", "AR-style (pasted) P1 "),
+                 ("ar_p2/", "AR-style (pasted) P2 "), ("distractors/", "distractors "))
+
+
+def _paired_section(paired: dict) -> list[str]:
+  """Each row minus each reference row on every column but the real AR ones (those are in
+  their own tables): paired bootstrap 95% intervals over the same pairs or probes."""
+  lines = ["## Paired differences", "",
+           "Each row minus the reference, in points, with its paired bootstrap 95% interval "
+           "over the same pairs (verification: each pair's decision at its fold's threshold) "
+           "or probes (rank-1). An interval that excludes 0 is a difference; one that does not "
+           "is within noise.", ""]
+  refs = sorted({ref for r in paired.values() for ref in r}, key=lambda r: r != "Baseline")
+  for ref in refs:
+    rows = {n: r[ref] for n, r in paired.items() if ref in r}
+    keys = [k for k in next(iter(rows.values())) if not k.startswith("ar_real/")]
+    if not keys:
+      continue
+    names = []
+    for k in keys:
+      for prefix, title in _COLUMN_NAMES:
+        k = k.replace(prefix, title) if k.startswith(prefix) else k
+      names.append(k)
+    lines += [f"Against **{ref}**:", "", "| Model | " + " | ".join(names) + " |",
+              "|" + "---|" * (len(keys) + 1)]
+    for n, r in rows.items():
+      lines.append(f"| {n} | " + " | ".join(_interval(r[k]) if k in r else "" for k in keys)
+                   + " |")
+    lines.append("")
+  return lines
+
+
 def markdown(results: dict) -> str:
   m = results["models"]
   lines = ["# Results", "", f"Data: {results['data']}. Occlusion located from: "
            f"{results['occlusion_source']}. Test occluders: {results.get('test_occluders', '')}. All numbers in %; verification is 10-fold accuracy "
            "(threshold chosen on the other 9 folds) ± std over folds; the second image of "
            "every pair is occluded in the occluded columns; identification is rank-1.", ""]
+  splits = results.get("occluder_splits") or {}
+  if splits:
+    lines += ["Occluder files by split (no file in two): " + "; ".join(
+        f"{k} ({len(v)}): {', '.join(v) or 'none'}" for k, v in splits.items()) + ".", ""]
   lines += [f"Note: {n}" for n in results.get("notes", [])] + ([""] if results.get("notes") else [])
   if results.get("missing"):
     lines += [f"Left out (their stage did not run): {', '.join(results['missing'])}.", ""]
@@ -154,6 +191,8 @@ def markdown(results: dict) -> str:
       lines += ["## Identification", ""] + _identification_table(m) + [""]
   if any("ar_real" in r for r in m.values()):
     lines += _ar_real_section(results)
+  if results.get("paired"):
+    lines += _paired_section(results["paired"])
   det = results.get("detector_on_probes")
   if det:
     lines += ["## The occlusion detector on the evaluation probes", "",

@@ -15,7 +15,9 @@ def ten_fold_accuracy(scores: np.ndarray, issame: np.ndarray, num_folds: int = 1
   """LFW protocol: per fold, the threshold is chosen on the other folds, accuracy measured on it.
 
   Pairs are split into ``num_folds`` contiguous folds, as in the official
-  pairs.txt order. Returns mean, std (over folds) and per-fold accuracy and thresholds.
+  pairs.txt order. Returns mean, std (over folds) and per-fold accuracy and thresholds, and
+  ``correct``: each pair's decision under its fold's threshold was right (bool array; for
+  paired statistics, not for results.json).
   """
   scores = np.asarray(scores, np.float64)
   issame = np.asarray(issame, bool)
@@ -24,14 +26,16 @@ def ten_fold_accuracy(scores: np.ndarray, issame: np.ndarray, num_folds: int = 1
                      f"scores and {len(issame)} labels")
   folds = np.array_split(np.arange(len(scores)), num_folds)
   accs, thresholds = [], []
+  correct = np.zeros(len(scores), bool)
   for k, test in enumerate(folds):
     train = np.concatenate([f for j, f in enumerate(folds) if j != k])
     t = _best_threshold(scores[train], issame[train])
-    accs.append(np.mean((scores[test] >= t) == issame[test]))
+    correct[test] = (scores[test] >= t) == issame[test]
+    accs.append(np.mean(correct[test]))
     thresholds.append(t)
   accs = np.asarray(accs)
   return {"accuracy": float(accs.mean()), "std": float(accs.std()),
-          "fold_accuracy": accs.tolist(), "thresholds": thresholds}
+          "fold_accuracy": accs.tolist(), "thresholds": thresholds, "correct": correct}
 
 
 def tar_at_far(scores: np.ndarray, issame: np.ndarray, far: float = 1e-3) -> float | None:
