@@ -77,7 +77,7 @@ def get_config(arg: str | None = None):
                     weight_decay=0.0, warmup_steps=10, log_every=20, checkpoint_every=50)
   # the detector learns real skin: CelebA training faces with the training occluder files and
   # the training drawings (sunglasses, masks); scored on held-out CelebA faces with the
-  # held-out files; the "(detector)" rows of the tables locate test occlusions with it
+  # select files; the "(detector)" rows and tables locate test occlusions with it
   # 10 epochs with every augmentation: chosen by the rule in the docstring (docs/results.md)
   c.detector.update(num_epochs=10.0, batch_size=32, eval_images=400)
   c.eval.update(pairs_file=f"{DATA}/lfw/pairs.txt", pairs_root=f"{DATA}/lfw",

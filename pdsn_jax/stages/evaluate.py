@@ -246,10 +246,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if not nets.available(workdir_lib.TRUNK):
     workdir_lib.require(workdir, workdir_lib.TRUNK, needed_by=STAGE)
   dictionary = _dictionary(workdir, workdir_lib.DICTIONARY)
-  results = {"data": _data_description(config), "occlusion_source": cfg.occlusion_source,
-             "test_occluders": _test_occluders(config),
-             "occluder_splits": builders.occluder_splits(config),
-             "models": {}, "ablations": {}, "missing": []}
+  results = {**_description(config), "models": {}, "ablations": {}, "missing": []}
   if config.finetune.trunk_head_when_clean:
     results["notes"] = ["Baseline and PDSN + fine-tune embed faces with no occluded block "
                         "(clean pairs, probes whose occlusion flags no block) with the trunk's "
@@ -356,6 +353,13 @@ def _paired(results: dict, references, seed: int) -> None:
       out.setdefault(row, {})[ref] = {
           k: stats.paired_bootstrap(v.astype(float), hits[ref][k].astype(float), seed=seed)
           for k, v in h.items() if k in hits[ref]}
+
+
+def _description(config) -> dict:
+  """What results.md says about the data: faces, where occlusions are located, occluders."""
+  return {"data": _data_description(config), "occlusion_source": config.eval.occlusion_source,
+          "test_occluders": _test_occluders(config),
+          "occluder_splits": builders.occluder_splits(config)}
 
 
 def _test_occluders(config) -> str:
