@@ -4,6 +4,7 @@
       [--sheet=PNG]
   python -m pdsn_jax.verify --workdir=RUN A.jpg B.jpg
   python -m pdsn_jax.identify --workdir=RUN --gallery=DIR --probes=DIR --out=ranks.csv [--k=5]
+  python -m pdsn_jax.identify --workdir=RUN --store=STORE --probes=DIR --out=ranks.csv
 
 Faces are found and aligned with dlib (``--face_detector``) unless a landmarks TSV names the
 photo; a photo with no face, or that cannot be read, is reported and skipped. Each face's
@@ -31,6 +32,9 @@ _SHEET = flags.DEFINE_string("sheet", "", "embed: also a contact sheet PNG (face
 _GALLERY = flags.DEFINE_string("gallery", "", "identify: gallery photos, one folder per person.")
 _PROBES = flags.DEFINE_string("probes", "", "identify: probe photos.")
 _K = flags.DEFINE_integer("k", 5, "identify: ranks written per probe.")
+_STORE = flags.DEFINE_string(
+    "store", "", "identify: a prebuilt gallery store (python -m pdsn_jax.gallery --images=DIR, "
+    "one folder per person) to search instead of --gallery; never re-embedded.")
 _OCCLUSION = flags.DEFINE_string(
     "occlusion", "auto",
     "Where the faces are occluded: 'auto' (the run's detector finds it), 'none', 'sunglasses', "
@@ -171,16 +175,58 @@ def identify(rec, gallery_dir: str, probe_dir: str, k: int, where: str = "auto")
           for i, f in enumerate(probes) for r in range(k)]
 
 
+def identify_store(rec, store_path: str, probe_dir: str, k: int, where: str = "auto") -> list[dict]:
+  """Rank-k faces of a prebuilt gallery store for every probe, the stored U embedded under each
+  probe's FDM shard by shard (the same search as the evaluation's). A store whose U another
+  trunk computed is refused (its fingerprint is checked first); identities are the first
+  folder of each stored path."""
+  from pdsn_jax import builders  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data import faces as faces_lib  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.evaluation import search, store as store_lib  # pylint: disable=g-import-not-at-top
+  st = store_lib.Store(store_path)
+  if st.missing():
+    raise ValueError(f"the gallery store {store_path} is incomplete (shards {st.missing()[:5]} "
+                     "missing): run python -m pdsn_jax.gallery again to finish it")
+  try:
+    st.check_trunk(f"the {rec.spec.stage} checkpoint of the run", store_lib.fingerprint(
+        builders.feature_variables(rec.net, rec.host)))
+  except store_lib.TrunkMismatch as e:
+    raise store_lib.TrunkMismatch(f"{e} (python -m pdsn_jax.gallery --workdir=... "
+                                  f"--stage={rec.spec.stage}, for --model={rec.spec.name!r})"
+                                  ) from None
+  probes, _ = _faces(faces_lib.list_images(probe_dir), rec.config)
+  if not probes:
+    raise ValueError(f"identify needs at least one face in --probes={probe_dir}")
+  p = _analyse(rec, np.stack([f.face for f in probes]), "probes", where)
+  k = min(k, st.num_faces)
+  searcher = search.Searcher(rec.net, rec.u_shape, rec.config.eval.batch_size, k=k)
+  scores, index = search.identify(searcher, rec.host, rec.host_table, p["embeddings"],
+                                  p["flags"], st, rec.host_clean)
+  paths = [q for i in range(st.num_shards) for q in st.paths(i)]
+  return [{"probe": f.path, "rank": r + 1, "identity": paths[index[i, r]].split(os.sep)[0],
+           "gallery_image": paths[index[i, r]], "score": float(scores[i, r]),
+           "probe_blocks": _block_names(p["flags"][i])}
+          for i, f in enumerate(probes) for r in range(k)]
+
+
 def identify_main(argv):
   del argv
-  if not (_GALLERY.value and _PROBES.value and _OUT.value):
-    raise ValueError("identify needs --gallery=DIR --probes=DIR --out=ranks.csv")
-  rows = identify(_recognizer(), _GALLERY.value, _PROBES.value, _K.value, _OCCLUSION.value)
+  if _K.value < 1:
+    raise ValueError(f"--k={_K.value}: must be >= 1")
+  if not (_PROBES.value and _OUT.value) or bool(_GALLERY.value) == bool(_STORE.value):
+    raise ValueError("identify needs --probes=DIR --out=ranks.csv and one of --gallery=DIR "
+                     "and --store=STORE")
+  if _STORE.value:
+    rows = identify_store(_recognizer(), _STORE.value, _PROBES.value, _K.value,
+                          _OCCLUSION.value)
+  else:
+    rows = identify(_recognizer(), _GALLERY.value, _PROBES.value, _K.value, _OCCLUSION.value)
   with open(_OUT.value, "w", newline="", encoding="utf-8") as f:
     w = csv.DictWriter(f, fieldnames=list(rows[0]))
     w.writeheader()
     w.writerows(rows)
-  logging.info("wrote %s: %d probes x rank %d", _OUT.value, len(rows) // _K.value, _K.value)
+  k = max(r["rank"] for r in rows)
+  logging.info("wrote %s: %d probes x rank %d", _OUT.value, len(rows) // k, k)
 
 
 def run(main):

@@ -214,3 +214,44 @@ def test_real_ar_protocol_ranks_by_hand(run, tmp_path):
   assert row["category"]["p2"]["sunglasses"] == pytest.approx(
       np.mean(ar.subjects[g][top] == ar.subjects[p]))
   assert len(g) == 4 and len(galleries["p1"]) == 4 * 7 and len(probes["clean"]) == 4 * 7
+
+
+def test_identify_searches_a_prebuilt_store_and_refuses_another_trunks(run, tmp_path):
+  wd, root = run
+
+  def build(stage):
+    out = str(tmp_path / f"store_{stage}")
+    subprocess.run([sys.executable, "-m", "pdsn_jax.gallery", f"--workdir={wd}", f"--out={out}",
+                    f"--images={root / 'gallery'}", "--dtype=float32", "--shard_size=2",
+                    f"--stage={stage}"], cwd=helpers.REPO, env=helpers.env_with_devices(1),
+                   check=True, capture_output=True, timeout=600)
+    return out
+
+  # the run's model is PDSN + fine-tune, whose whole network was fine-tuned (tiny config):
+  # its U is the finetune stage's
+  out, ref = str(tmp_path / "store.csv"), str(tmp_path / "folder.csv")
+  _cmd("identify", f"--workdir={wd}", f"--store={build('finetune')}",
+       f"--probes={root / 'probes'}", f"--out={out}", "--k=3")
+  _cmd("identify", f"--workdir={wd}", f"--gallery={root / 'gallery'}",
+       f"--probes={root / 'probes'}", f"--out={ref}", "--k=3")
+  rows, refs = list(csv.DictReader(open(out))), list(csv.DictReader(open(ref)))
+  assert len(rows) == len(refs) == 6 * 3
+  # the same faces, ranked as the folder search ranks them (a hand sort, checked above)
+  for a, b in zip(rows, refs):
+    assert (a["probe"], a["rank"], a["identity"]) == (b["probe"], b["rank"], b["identity"])
+    assert os.path.join(str(root / "gallery"), a["gallery_image"]) == b["gallery_image"]
+    assert float(a["score"]) == pytest.approx(float(b["score"]), abs=2e-4)
+  # a store of the trunk's U (another network than the fine-tuned one) is refused
+  proc = subprocess.run([sys.executable, "-m", "pdsn_jax.identify", f"--workdir={wd}",
+                         f"--store={build('trunk')}", f"--probes={root / 'probes'}",
+                         f"--out={tmp_path / 'x.csv'}", "--face_detector=none"],
+                        cwd=helpers.REPO, env=helpers.env_with_devices(1), capture_output=True,
+                        text=True, timeout=600, check=False)
+  assert proc.returncode != 0 and "holds U of the trunk" in proc.stderr
+  assert not os.path.exists(tmp_path / "x.csv")
+  proc = subprocess.run([sys.executable, "-m", "pdsn_jax.identify", f"--workdir={wd}",
+                         f"--store={out}", f"--probes={root / 'probes'}", "--k=0",
+                         f"--out={tmp_path / 'x.csv'}"], cwd=helpers.REPO,
+                        env=helpers.env_with_devices(1), capture_output=True, text=True,
+                        timeout=600, check=False)
+  assert proc.returncode != 0 and "--k=0: must be >= 1" in proc.stderr
