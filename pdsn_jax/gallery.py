@@ -87,6 +87,8 @@ def main(argv):
   from pdsn_jax.evaluation import masked, store  # pylint: disable=g-import-not-at-top
 
   logging.getLogger("absl").setLevel(logging.WARNING)
+  if _SHARD.value < 1:
+    raise ValueError(f"--shard_size={_SHARD.value}: must be >= 1 (faces per shard)")
   config = workdir.load_config(_WORKDIR.value)
   workdir.require(_WORKDIR.value, _STAGE.value, needed_by="gallery")
   variables = workdir.backbone_variables(_WORKDIR.value, _STAGE.value)

@@ -255,3 +255,14 @@ def test_identify_searches_a_prebuilt_store_and_refuses_another_trunks(run, tmp_
                         env=helpers.env_with_devices(1), capture_output=True, text=True,
                         timeout=600, check=False)
   assert proc.returncode != 0 and "--k=0: must be >= 1" in proc.stderr
+
+
+@pytest.mark.parametrize("size", ["0", "-3"])
+def test_gallery_refuses_a_shard_size_below_one(tmp_path, size):
+  proc = subprocess.run([sys.executable, "-m", "pdsn_jax.gallery", f"--workdir={tmp_path}",
+                         f"--out={tmp_path / 'store'}", f"--images={tmp_path}",
+                         f"--shard_size={size}"], cwd=helpers.REPO,
+                        env=helpers.env_with_devices(1), capture_output=True, text=True,
+                        timeout=300, check=False)
+  assert proc.returncode != 0 and f"--shard_size={size}: must be >= 1" in proc.stderr
+  assert not os.path.exists(tmp_path / "store")

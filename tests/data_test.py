@@ -235,3 +235,41 @@ def test_landmark_rows_and_images_are_reconciled(tmp_path):
     FolderFaces(str(tmp_path / "faces"), str(tsv), require_landmarks=True)
   with pytest.raises(ValueError, match=r"1 rows of .*lm.tsv name files that do not exist"):
     FolderFaces(str(tmp_path / "faces"), str(tsv), strict_landmarks=True)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F", "P", "CMYK", "LA", "RGBA", "1", "L",
+                                  "YCbCr"])
+def test_images_of_every_mode_are_converted_by_value(tmp_path, mode):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data.folders import load_rgb  # pylint: disable=g-import-not-at-top
+  grey = np.tile(np.linspace(0, 255, 32).round().astype(np.uint8), (20, 1))  # 0 -> 255 ramp
+  if mode in ("I;16", "I"):  # 16-bit grey scanner output; 32-bit integer grey
+    im = Image.fromarray((grey.astype(np.uint32) * 257).astype(
+        np.uint16 if mode == "I;16" else np.int32))
+  elif mode == "F":
+    im = Image.fromarray((grey / 255.0).astype(np.float32))
+  elif mode == "1":
+    im = Image.fromarray(grey).convert("1", dither=Image.Dither.NONE)
+  elif mode == "P":
+    im = Image.fromarray(np.repeat(grey[..., None], 3, -1)).convert(
+        "P", palette=Image.Palette.ADAPTIVE)
+  else:
+    im = Image.fromarray(np.repeat(grey[..., None], 3, -1)).convert(mode)
+  path = str(tmp_path / ("x.tiff" if mode in ("F", "I", "CMYK", "YCbCr") else "x.png"))
+  im.save(path)
+  with Image.open(path) as back:
+    assert back.mode == ("I;16" if mode == "I;16" else back.mode)
+  rgb = load_rgb(path)
+  assert rgb.shape == (20, 32, 3) and rgb.dtype == np.uint8
+  if mode == "1":  # black or white at the ramp's middle
+    np.testing.assert_array_equal(rgb[..., 0] > 127, grey > 127)
+  else:  # the ramp, within palette / colour-space rounding, never clipped white or black
+    assert np.abs(rgb.astype(int) - grey[..., None]).max() <= 3, (mode, rgb[0, :, 0])
+
+
+def test_a_photo_too_small_for_a_face_is_skipped_with_the_reason(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data import faces  # pylint: disable=g-import-not-at-top
+  Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "dot.png")
+  found = faces.find([str(tmp_path / "dot.png")], (112, 96))
+  assert found[0].face is None and found[0].note.startswith("too small: 1x1 px")

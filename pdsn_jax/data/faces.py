@@ -15,6 +15,7 @@ from pdsn_jax.data.alignment import align_face
 from pdsn_jax.data.folders import load_rgb
 
 DETECTORS = ("hog", "cnn")
+MIN_FACE_PX = 16  # a photo smaller than this on either side holds no usable face
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm")
 
 # 68-point indices (iBUG 300-W, 0-based): eyes 36-41 (image left) and 42-47, nose tip 30,
@@ -82,6 +83,10 @@ def find(paths, image_size, template: str = "arcface", landmarks: dict | None = 
       image = load_rgb(p)
     except (OSError, ValueError) as e:
       out.append(Found(p, None, None, f"unreadable: {e}"))
+      continue
+    if min(image.shape[:2]) < MIN_FACE_PX:
+      out.append(Found(p, None, None, f"too small: {image.shape[1]}x{image.shape[0]} px, "
+                       f"a face needs at least {MIN_FACE_PX}x{MIN_FACE_PX}"))
       continue
     key = os.path.normpath(os.path.abspath(p))
     pts, note = None, "ok"

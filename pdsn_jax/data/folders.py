@@ -56,11 +56,28 @@ def _readable(path: str) -> bool:
     return False
 
 
+def to_rgb(im: Image.Image) -> np.ndarray:
+  """uint8 HxWx3 of an image of any mode Pillow decodes, converted by value: 16- and 32-bit
+  integer grey scaled from their range (65535, or the maximum when larger), float grey from
+  [0, 1] when it fits there (else clipped to [0, 255]); palette, CMYK, YCbCr, 1-bit, grey and
+  alpha modes through Pillow's own conversion (alpha dropped). Grey is replicated."""
+  if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    a = np.asarray(im, np.float64)
+    top = 65535.0 if a.max(initial=0) <= 65535 else float(a.max())
+    g = np.clip(np.rint(np.maximum(a, 0) * 255.0 / top), 0, 255).astype(np.uint8)
+    return np.repeat(g[..., None], 3, -1)
+  if im.mode == "F":
+    a = np.asarray(im, np.float64)
+    a = a * 255.0 if a.size and a.min() >= 0 and a.max() <= 1 else a
+    return np.repeat(np.clip(np.rint(a), 0, 255).astype(np.uint8)[..., None], 3, -1)
+  return np.asarray(im.convert("RGB"))
+
+
 def load_rgb(path: str) -> np.ndarray:
-  """Decodes an image file to uint8 HxWx3 (grey images are replicated), naming the file on error."""
+  """Decodes an image file to uint8 HxWx3 (``to_rgb``), naming the file on error."""
   try:
     with Image.open(path) as im:
-      return np.asarray(im.convert("RGB"))
+      return to_rgb(im)
   except FileNotFoundError:
     raise FileNotFoundError(f"image not found: {path}") from None
   except Exception as e:  # noqa: BLE001
