@@ -180,5 +180,7 @@ def test_real_config_splits_are_disjoint_by_source_and_cover_the_evaluated_categ
                      and k != "blocks"]
   assert file_conditions and all(files["test"].get(k) for k in file_conditions)
   assert all(files["train"].get(k) for k in c.occlusion.procedural_categories)
+  # hands and objects stay categories no training stage sees: no training file of theirs
+  assert set(files["train"]) == set(c.occlusion.procedural_categories) == {"sunglasses", "mask"}
   sel = real_mobilefacenet.get_config("select")
   assert sel.eval.occluder_split == "select" and not sel.eval.ar_real_root
