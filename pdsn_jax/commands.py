@@ -163,14 +163,21 @@ def identify(rec, gallery_dir: str, probe_dir: str, k: int, where: str = "auto")
   ids = [os.path.relpath(f.path, gallery_dir).split(os.sep)[0] for f in gallery]
   ids = [os.path.splitext(i)[0] for i in ids]
   g = _analyse(rec, np.stack([f.face for f in gallery]), "gallery")
+  return _ranks(rec, probes, where, search.ArrayGallery(g["u"], np.arange(len(g["u"]))), k, ids,
+                [f.path for f in gallery])
+
+
+def _ranks(rec, probes, where: str, gallery, k: int, ids: list, paths: list) -> list[dict]:
+  """The probes' rank-k rows over ``gallery`` (a store or ``search.ArrayGallery``), searched
+  under each probe's FDM; ``ids`` / ``paths`` name the gallery's faces in order."""
+  from pdsn_jax.evaluation import search  # pylint: disable=g-import-not-at-top
   p = _analyse(rec, np.stack([f.face for f in probes]), "probes", where)
-  k = min(k, len(gallery))
+  k = min(k, gallery.num_faces)
   searcher = search.Searcher(rec.net, rec.u_shape, rec.config.eval.batch_size, k=k)
   scores, index = search.identify(searcher, rec.host, rec.host_table, p["embeddings"],
-                                  p["flags"], search.ArrayGallery(g["u"], np.arange(len(g["u"]))),
-                                  rec.host_clean)
+                                  p["flags"], gallery, rec.host_clean)
   return [{"probe": f.path, "rank": r + 1, "identity": ids[index[i, r]],
-           "gallery_image": gallery[index[i, r]].path, "score": float(scores[i, r]),
+           "gallery_image": paths[index[i, r]], "score": float(scores[i, r]),
            "probe_blocks": _block_names(p["flags"][i])}
           for i, f in enumerate(probes) for r in range(k)]
 
@@ -182,7 +189,7 @@ def identify_store(rec, store_path: str, probe_dir: str, k: int, where: str = "a
   folder of each stored path."""
   from pdsn_jax import builders  # pylint: disable=g-import-not-at-top
   from pdsn_jax.data import faces as faces_lib  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.evaluation import search, store as store_lib  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.evaluation import store as store_lib  # pylint: disable=g-import-not-at-top
   st = store_lib.Store(store_path)
   if st.missing():
     raise ValueError(f"the gallery store {store_path} is incomplete (shards {st.missing()[:5]} "
@@ -197,16 +204,8 @@ def identify_store(rec, store_path: str, probe_dir: str, k: int, where: str = "a
   probes, _ = _faces(faces_lib.list_images(probe_dir), rec.config)
   if not probes:
     raise ValueError(f"identify needs at least one face in --probes={probe_dir}")
-  p = _analyse(rec, np.stack([f.face for f in probes]), "probes", where)
-  k = min(k, st.num_faces)
-  searcher = search.Searcher(rec.net, rec.u_shape, rec.config.eval.batch_size, k=k)
-  scores, index = search.identify(searcher, rec.host, rec.host_table, p["embeddings"],
-                                  p["flags"], st, rec.host_clean)
   paths = [q for i in range(st.num_shards) for q in st.paths(i)]
-  return [{"probe": f.path, "rank": r + 1, "identity": paths[index[i, r]].split(os.sep)[0],
-           "gallery_image": paths[index[i, r]], "score": float(scores[i, r]),
-           "probe_blocks": _block_names(p["flags"][i])}
-          for i, f in enumerate(probes) for r in range(k)]
+  return _ranks(rec, probes, where, st, k, [q.split(os.sep)[0] for q in paths], paths)
 
 
 def identify_main(argv):

@@ -73,11 +73,7 @@ def occlusion_masks(where: str, n: int, image_size, template: str = "arcface") -
                        for b in occlusion.CENTRAL_BLOCKS)
     raise ValueError(f"--occlusion={where!r}: allowed values {OCCLUSION_CHOICES} or generator "
                      f"blocks as 'row,col;row,col' among {central}")
-  boxes = occlusion.block_boxes((h, w))
-  m = np.zeros((h, w), bool)
-  for b in blocks:
-    y0, x0, y1, x1 = boxes[b]
-    m[int(np.ceil(y0 - 0.5)):int(np.ceil(y1 - 0.5)), int(np.ceil(x0 - 0.5)):int(np.ceil(x1 - 0.5))] = True
+  m = occlusion.block_pixel_masks((h, w))[blocks].any(0)
   return np.repeat(m[None], n, 0)
 
 

@@ -177,7 +177,6 @@ def _dlib():
 def crop_points(grey: np.ndarray) -> np.ndarray | None:
   """Five template points of a tight grey crop (its own pixel frame), or None."""
   from pdsn_jax.data.faces import five_points  # pylint: disable=g-import-not-at-top
-  import dlib  # pylint: disable=g-import-not-at-top
   detect, shape = _dlib()
   h, w = grey.shape
   up = np.asarray(Image.fromarray(grey).resize((w * UPSCALE, h * UPSCALE), Image.BICUBIC))
@@ -206,23 +205,28 @@ def load(root: str, image_size: tuple[int, int], template: str = "arcface",
   if len(shapes) != 1:
     raise ValueError(f"{root}: the crops differ in size ({sorted(shapes)}); expected one size")
   crop_hw = greys[0].shape
+  keys = list(zip(subj.tolist(), sess.tolist()))
+  neutral = {}  # (subject, session) -> its first neutral image
+  for i, key in enumerate(keys):
+    if kinds[i] == "neutral":
+      neutral.setdefault(key, i)
   # the points of each (subject, session): median over its neutral and lighting images
   points, source = {}, {}
   if how == "landmarks":
-    for key in sorted(set(zip(subj.tolist(), sess.tolist()))):
-      idx = [i for i in range(len(rows)) if (subj[i], sess[i]) == key
-             and kinds[i] in ("neutral", "light")]
-      found = [p for p in (crop_points(greys[i]) for i in idx) if p is not None]
+    for key in sorted(set(keys)):
+      found = [p for p in (crop_points(greys[i]) for i in range(len(keys))
+                           if keys[i] == key and kinds[i] in ("neutral", "light"))
+               if p is not None]
       if found:
         points[key], source[key] = np.median(np.stack(found), 0), "dlib"
     if not points:
       raise ValueError(f"{root}: dlib found no face in any clean AR crop")
     fallback = np.median(np.stack(list(points.values())), 0)
-    for key in set(zip(subj.tolist(), sess.tolist())) - set(points):
+    for key in set(keys) - set(points):
       points[key], source[key] = fallback, "fallback"  # the median face of the others
   images, masks = [], []
   for i, g in enumerate(greys):
-    key = (subj[i], sess[i])
+    key = keys[i]
     if how == "landmarks":
       m = alignment.similarity_transform(points[key], alignment.template_for(image_size,
                                                                              template))
@@ -230,16 +234,13 @@ def load(root: str, image_size: tuple[int, int], template: str = "arcface",
       m = alignment.centre_crop_matrix(crop_hw, image_size)
     images.append(np.repeat(alignment.warp_affine(g, m, image_size), 3, -1))
     truth = np.zeros(image_size, bool)
-    if kinds[i] in OCCLUDED_KINDS:
-      neutral = [j for j in range(len(rows)) if key == (subj[j], sess[j])
-                 and kinds[j] == "neutral"]
-      if neutral:
-        # the category's region mapped back into the crop's frame
-        inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
-        region = alignment.warp_affine(category_mask(kinds[i], image_size, template)
-                                       .astype(np.uint8) * 255, inv, crop_hw)[..., 0] > 127
-        t = truth_mask(g, greys[neutral[0]], kinds[i], region)
-        truth = alignment.warp_affine(t.astype(np.uint8) * 255, m, image_size)[..., 0] > 127
+    if kinds[i] in OCCLUDED_KINDS and key in neutral:
+      # the category's region mapped back into the crop's frame
+      inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
+      region = alignment.warp_affine(category_mask(kinds[i], image_size, template)
+                                     .astype(np.uint8) * 255, inv, crop_hw)[..., 0] > 127
+      t = truth_mask(g, greys[neutral[key]], kinds[i], region)
+      truth = alignment.warp_affine(t.astype(np.uint8) * 255, m, image_size)[..., 0] > 127
     masks.append(truth)
   return ArReal(np.stack(images), subj, sess, kinds, np.stack(masks),
                 [r["relative_path"] for r in rows], source)

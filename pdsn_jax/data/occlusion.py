@@ -22,6 +22,8 @@ from PIL import Image
 GRID = 5
 CENTRAL_BLOCKS = tuple(r * GRID + c for r in (1, 2, 3) for c in (1, 2, 3))  # the 9 generators
 CATEGORIES = ("sunglasses", "mask", "hand", "object")
+# occluder folder names counted as a protocol category
+ALIASES = {"glasses": "sunglasses", "hat": "object", "scarf": "mask"}
 OVERLAPS = ("coverage", "iou")
 
 
@@ -131,7 +133,6 @@ class OccluderLibrary:
   (``glasses`` -> sunglasses, ``hat`` -> object); unknown folder names are kept.
   """
 
-  _ALIASES = {"glasses": "sunglasses", "hat": "object", "scarf": "mask"}
   SPLITS = ("all", "train", "select", "test")
 
   def __init__(self, root: str = "", procedural: bool = True, categories=CATEGORIES,
@@ -226,7 +227,7 @@ def list_files(root: str, split: str, splits: dict | None = None,
     path = os.path.join(root, folder)
     if not os.path.isdir(path):
       continue
-    cat = OccluderLibrary._ALIASES.get(folder, folder)  # pylint: disable=protected-access
+    cat = ALIASES.get(folder, folder)
     pngs = sorted(os.path.join(d, f) for d, _, files in os.walk(path) for f in files
                   if f.lower().endswith(".png"))
     keep = [p for i, p in enumerate(pngs)
