@@ -31,6 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Table 3's lambda=0 generators, the occlusion detector, then every protocol and
   # ablation into results.md
   c.stages = "trunk,pdsn,dictionary,baseline,finetune,lambda0,detector,evaluate"
+  # stages whose outputs, made under other config fields, may be moved aside and made again
+  # (pdsn_jax.provenance); without it such a rerun stops and names the fields
+  c.overwrite = ""
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "synthetic"  # "synthetic" (built-in, no files) or "folders"

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from pdsn_jax import parallel
+from pdsn_jax import distributed, parallel
 
 
 def manager(directory: str, max_to_keep: int = 3, save_every: int = 1,
@@ -71,6 +71,7 @@ def _set_aside(directory: str, step: int) -> None:
     if os.path.exists(dst):
       dst = f"{dst}.{os.getpid()}"
     os.rename(src, dst)
+  distributed.barrier(f"{directory}/{step} set aside")  # before any process lists steps again
 
 
 def restore_latest(mgr: ocp.CheckpointManager, abstract_state: Any, data_iter: Any = None):

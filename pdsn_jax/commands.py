@@ -179,7 +179,8 @@ def _ranks(rec, probes, where: str, gallery, k: int, ids: list, paths: list) -> 
   return [{"probe": f.path, "rank": r + 1, "identity": ids[index[i, r]],
            "gallery_image": paths[index[i, r]], "score": float(scores[i, r]),
            "probe_blocks": _block_names(p["flags"][i])}
-          for i, f in enumerate(probes) for r in range(k)]
+          for i, f in enumerate(probes) for r in range(k)
+          if np.isfinite(scores[i, r])]  # fewer searchable faces than k (unreadable ones)
 
 
 def identify_store(rec, store_path: str, probe_dir: str, k: int, where: str = "auto") -> list[dict]:
@@ -225,7 +226,8 @@ def identify_main(argv):
     w.writeheader()
     w.writerows(rows)
   k = max(r["rank"] for r in rows)
-  logging.info("wrote %s: %d probes x rank %d", _OUT.value, len(rows) // k, k)
+  logging.info("wrote %s: %d probes x up to rank %d", _OUT.value, len({r["probe"] for r in rows}),
+               k)
 
 
 def run(main):

@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from pdsn_jax import builders, recognition, training
+from pdsn_jax import builders, provenance, recognition, training
 from pdsn_jax.data import alignment, ar_real, occlusion, placement, sources
 from pdsn_jax.evaluation import evaluators, protocols, search, store
 from pdsn_jax.models import dlib_resnet, iresnet
@@ -43,6 +43,10 @@ _POSITIVE = ("model.width", "model.embedding_dim", "eval.num_pairs", "cosface.sc
              "detector.heldout_every", "detector.eval_images", "eval.gallery_shard_size")
 _NON_NEGATIVE = ("trunk.momentum", "trunk.warmup_steps", "model.dropout", "cosface.margin",
                  "data.num_workers", "eval.num_distractors")
+
+
+# stages whose folder holds no recognition network (eval.models cannot name them)
+NOT_NETWORKS = ("pdsn", "dictionary", "lambda0", "detector", "evaluate")
 
 
 def _get(config, dotted: str):
@@ -120,5 +124,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
   size = tuple(config.data.image_size)
   if len(size) != 2 or min(size) < 16:
     raise ValueError(f"config.data.image_size={size!r} must be (height, width), each >= 16")
-  from pdsn_jax.stages import parse_stages  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.stages import STAGES, parse_stages  # pylint: disable=g-import-not-at-top
   parse_stages(config.stages)
+  networks = [s for s in STAGES if s not in NOT_NETWORKS]
+  for m in evaluators.parse_models(config.eval.models):
+    if m.stage not in networks:  # a folder of this workdir, never a path to another run's
+      raise ValueError(f"config.eval.models entry {m.name!r}={m.stage!r}: the stage must be "
+                       f"one of this workdir's networks {networks}")
+  bad = [s for s in provenance.overwrite_names(config) if s not in STAGES]
+  if bad:
+    raise ValueError(f"config.overwrite={config.get('overwrite')!r}: unknown stage(s) {bad}; "
+                     f"allowed: {list(STAGES)}")
+  if not config.detector.input_scale <= 4:
+    raise ValueError(f"config.detector.input_scale={config.detector.input_scale!r} must be "
+                     "in (0, 4]: the detector sees the face at this scale")

@@ -1,7 +1,10 @@
 """Runs a trained occlusion detector on a folder of photos and writes a contact sheet.
 
-  python -m pdsn_jax.detect --config=configs/pdsn.py --workdir=runs/pdsn \\
+  python -m pdsn_jax.detect --workdir=runs/pdsn \\
       --images=DIR [--landmarks=TSV] [--out=detections.png] [--limit=24]
+
+The run's own config (``config.json``, validated) describes the detector; ``--config`` is
+only for a run made before that file existed.
 
 Images are aligned to the 112x96 template with the 5-point landmarks TSV when
 given (the format of ``data.folders.landmarks``), otherwise centre-cropped and
@@ -15,13 +18,14 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (default: the run's "
+                                          "config.json).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a run with a 'detector' stage.")
 _IMAGES = flags.DEFINE_string("images", None, "Folder of images (searched recursively).")
 _LANDMARKS = flags.DEFINE_string("landmarks", "", "Optional 5-point landmarks TSV.")
 _OUT = flags.DEFINE_string("out", "detections.png", "Output PNG.")
 _LIMIT = flags.DEFINE_integer("limit", 24, "At most this many images.")
-flags.mark_flags_as_required(["config", "workdir", "images"])
+flags.mark_flags_as_required(["workdir", "images"])
 
 _EXT = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm")
 
@@ -34,7 +38,9 @@ def main(argv):
   from pdsn_jax.data.folders import load_rgb, read_landmarks  # pylint: disable=g-import-not-at-top
   from pdsn_jax import inference, workdir  # pylint: disable=g-import-not-at-top
 
-  config = _CONFIG.value
+  if _LIMIT.value < 1:
+    raise ValueError(f"--limit={_LIMIT.value}: must be >= 1 (images on the sheet)")
+  config = _CONFIG.value or workdir.load_config(_WORKDIR.value)
   if not os.path.isdir(_IMAGES.value):
     raise FileNotFoundError(f"--images folder not found: {_IMAGES.value}")
   workdir.require(_WORKDIR.value, workdir.DETECTOR, needed_by="detect")

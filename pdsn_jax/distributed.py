@@ -5,10 +5,6 @@ import os
 
 import jax
 
-_ENV_HINTS = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
-              "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
-
-
 def _multi_process_env() -> bool:
   if os.environ.get("SLURM_NTASKS", "1") not in ("", "1"):
     return True
@@ -39,3 +35,11 @@ def maybe_initialize(coordinator_address: str = "", num_processes: int = 0,
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())
+
+
+def barrier(tag: str) -> None:
+  """Waits until every process reaches the same ``tag``: after process 0 writes, renames or
+  deletes what the others then read. A no-op in a single process."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(tag)

@@ -9,18 +9,25 @@ writes ``RUN/export/``:
                        detector stage)
   dictionary.npy       the FDM items (9, h, w, c) uint8, to compose a face's fdm (AND of the
                        items of its occluded blocks)
-  meta.json            shapes, the model, the blocks, the decision thresholds
-The batch dimension b is symbolic. Load with only jax and numpy:
+  meta.json            shapes, the model, the blocks, the decision thresholds, and the size
+                       and sha256 of every file above
+The batch dimension b is symbolic. Load with only jax and numpy, checking the checksum:
 
-  exp = jax.export.deserialize(open("embed.jaxexport", "rb").read())
-  emb = exp.call(faces, fdm)
+  meta = json.load(open("export/meta.json"))
+  blob = open("export/embed.jaxexport", "rb").read()
+  assert hashlib.sha256(blob).hexdigest() == meta["files"]["embed"]["sha256"], "damaged"
+  emb = jax.export.deserialize(bytearray(blob)).call(faces, fdm)
+
+or ``pdsn_jax.export.load("export", "embed")``, which checks it and names a damaged file.
 """
 
-import json
+import io
 import logging
 import os
 
 from absl import app, flags
+
+from pdsn_jax import files
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run folder of python -m pdsn_jax.main.")
 _MODEL = flags.DEFINE_string("model", "", "One of the run's eval.models (default: the last).")
@@ -67,22 +74,38 @@ def export(workdir: str, model: str = "") -> dict:
     exp = jax.export.export(jax.jit(occluded))(faces)
     paths["occlusion"] = _write(os.path.join(out_dir, "occlusion.jaxexport"), exp.serialize())
   np.save(os.path.join(out_dir, "dictionary.npy"), rec.host_table.astype(np.uint8))
+  paths["dictionary"] = os.path.join(out_dir, "dictionary.npy")
   meta = {"model": rec.spec.name, "image_size": [h, w], "u_shape": list(rec.u_shape),
           "alignment": config.data.alignment, "blocks": list(occlusion.CENTRAL_BLOCKS),
           "grid": occlusion.GRID, "min_overlap": config.occlusion.min_overlap,
           "overlap": config.occlusion.overlap, "thresholds": rec.thresholds,
-          "files": {k: os.path.basename(v) for k, v in paths.items()}}
-  with open(os.path.join(out_dir, "meta.json"), "w", encoding="utf-8") as f:
-    json.dump(meta, f, indent=2)
+          "files": {k: {"file": os.path.basename(v), **files.describe(v)}
+                    for k, v in paths.items()}}
+  files.write_json(os.path.join(out_dir, "meta.json"), meta)
   return paths
 
 
 def _write(path: str, blob) -> str:
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    f.write(blob)
-  os.replace(tmp, path)
-  return path
+  return files.atomic_write(path, bytes(blob))
+
+
+def load(export_dir: str, name: str = "embed"):
+  """The exported function ``name`` ("embed", "occlusion"), or the dictionary items
+  ("dictionary"), after checking its size and sha256 against ``meta.json``;
+  ``files.DamagedFile`` naming the file otherwise."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  fix = f"export the run again (python -m pdsn_jax.export) into {export_dir}"
+  meta = files.read_json(os.path.join(export_dir, "meta.json"), "the export's metadata", fix)
+  entry = meta.get("files", {}).get(name)
+  if not isinstance(entry, dict):
+    raise files.DamagedFile(f"{os.path.join(export_dir, 'meta.json')} lists no checksummed "
+                            f"'{name}' (files: {list(meta.get('files', {}))}); {fix}")
+  path = os.path.join(export_dir, entry["file"])
+  blob = files.read_verified(path, entry, fix)
+  if name == "dictionary":
+    return np.load(io.BytesIO(blob), allow_pickle=False)
+  return jax.export.deserialize(bytearray(blob))
 
 
 def main(argv):

@@ -8,11 +8,13 @@ stage writes them with ``export`` and every later user reads them with ``load``.
 
 import json
 import os
+import zipfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pdsn_jax import files
 from pdsn_jax.data import occlusion
 
 
@@ -57,13 +59,19 @@ def export(path: str, mean_masks: np.ndarray, fdms: np.ndarray, meta: dict,
 
 
 def load(path: str) -> tuple[np.ndarray, np.ndarray, dict]:
-  """(fdms uint8 (J, h, w, c), mean masks float32, metadata) from ``dictionary.npz``."""
+  """(fdms uint8 (J, h, w, c), mean masks float32, metadata) from ``dictionary.npz``;
+  ``files.DamagedFile`` naming it when it cannot be read (the dictionary stage rebuilds it)."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"FDM dictionary not found: {path}")
-  with np.load(path) as z:
-    shape = tuple(z["fdm_shape"])
-    fdms = np.unpackbits(z["fdm_bits"])[:int(np.prod(shape))].reshape(shape)
-    return fdms, z["mean_masks"].astype(np.float32), json.loads(str(z["metadata"]))
+  try:
+    with np.load(path) as z:
+      shape = tuple(int(v) for v in z["fdm_shape"])
+      fdms = np.unpackbits(z["fdm_bits"])[:int(np.prod(shape))].reshape(shape)
+      return fdms, z["mean_masks"].astype(np.float32), json.loads(str(z["metadata"]))
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+    raise files.DamagedFile(
+        f"{path} (the FDM dictionary) cannot be read: {type(e).__name__}: {e}; run the "
+        "'dictionary' stage again (it rebuilds a damaged file)") from None
 
 
 def load_change_scores(path: str) -> np.ndarray | None:

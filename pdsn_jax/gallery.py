@@ -15,6 +15,7 @@ of identities no stage trained on (for benchmarks).
 import logging
 import os
 
+import numpy as np
 from absl import app, flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (python -m pdsn_jax.main).")
@@ -57,7 +58,12 @@ class _Folder:
     from pdsn_jax.data.folders import load_rgb  # pylint: disable=g-import-not-at-top
     p = self.paths[i]
     pts = self.marks.get(os.path.normpath(os.path.abspath(p)), self.marks.get(os.path.realpath(p)))
-    return {"image": align_face(load_rgb(p), pts, self.size, self.template), "label": self.label(i)}
+    try:
+      image = load_rgb(p)
+    except (OSError, ValueError) as e:  # kept in place (the shards stay valid), never found
+      return {"image": np.zeros((*self.size, 3), np.uint8), "label": self.label(i),
+              "unreadable": f"{type(e).__name__}: {e}"}
+    return {"image": align_face(image, pts, self.size, self.template), "label": self.label(i)}
 
 
 def source_from_flags(config):

@@ -2,7 +2,6 @@
 evaluation stage) and the whole pipeline for aligned faces (``Recognizer``, used by the
 embed / verify / identify commands and the exported functions)."""
 
-import json
 import os
 import re
 
@@ -77,6 +76,12 @@ def occlusion_masks(where: str, n: int, image_size, template: str = "arcface") -
   return np.repeat(m[None], n, 0)
 
 
+def model_fingerprint(variables: dict, dictionary) -> str:
+  """Which network (and dictionary, for an FDM model) a decision threshold belongs to."""
+  from pdsn_jax.evaluation import store  # pylint: disable=g-import-not-at-top
+  return store.fingerprint({"variables": variables, "dictionary": dictionary})
+
+
 class Recognizer:
   """A finished run's recognition pipeline for aligned faces: occlusion mask (the run's
   detector) -> occluded blocks -> FDM (the run's dictionary) -> embedding F(FDM * U).
@@ -121,12 +126,22 @@ class Recognizer:
     self.predict = occlusion_predictor(config, det, self.mesh) if det is not None else None
     self.note = "" if det is not None else ("the run has no detector stage: every face is "
                                             "taken as unoccluded")
-    thresholds = os.path.join(workdir_lib.stage_dir(workdir, workdir_lib.EVALUATE),
-                              "thresholds.json")
-    self.thresholds = {}
-    if os.path.isfile(thresholds):
-      with open(thresholds, encoding="utf-8") as f:
-        self.thresholds = json.load(f).get(self.spec.name, {})
+    self.thresholds, self.thresholds_note = self._thresholds(workdir, host, table)
+
+  def _thresholds(self, workdir: str, host: dict, table: np.ndarray) -> tuple[dict, str]:
+    """The evaluation's thresholds for this model, only if they were measured on the very
+    network and dictionary loaded here (a fallback to an older checkpoint has none)."""
+    from pdsn_jax import files, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+    path = workdir_lib.thresholds_file(workdir)
+    if not os.path.isfile(path):
+      return {}, "none: run the 'evaluate' stage to store thresholds"
+    mine = files.read_json(path, "the evaluation's decision thresholds",
+                           "run the 'evaluate' stage again to rewrite it").get(self.spec.name, {})
+    fp = model_fingerprint(host, table.astype(np.uint8) if self.spec.fdm else None)
+    if mine.get("model_fingerprint") != fp:
+      return {}, (f"none for the loaded network: {path} was measured on another checkpoint or "
+                  "dictionary (run the 'evaluate' stage again)")
+    return mine, ""
 
   def analyse(self, faces: np.ndarray, where: str = "auto") -> dict:
     """U, the pixel masks and the 9 block flags of aligned uint8 faces, the occlusion located
@@ -149,5 +164,5 @@ class Recognizer:
     key = "occluded" if occluded else "clean"
     t = self.thresholds.get(key)
     what = (f"mean of the 10 fold thresholds of {self.spec.name}'s {key} verification"
-            if t is not None else "none: run the 'evaluate' stage to store thresholds")
+            if t is not None else self.thresholds_note or "none measured")
     return t, what

@@ -17,7 +17,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from pdsn_jax import builders, checkpointing, metrics as metrics_lib, parallel, training
+from pdsn_jax import builders, checkpointing, metrics as metrics_lib, parallel, provenance
+from pdsn_jax import training
 from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.data import pipeline, sources
 
@@ -159,9 +160,13 @@ class Plan:
 
 
 def run_stage(config: ml_collections.ConfigDict, workdir: str, name: str,
-              cfg: ml_collections.ConfigDict, plan_fn: Callable[[Context], Plan]) -> dict:
+              cfg: ml_collections.ConfigDict, plan_fn: Callable[[Context], Plan], *,
+              kind: str = "", upstream=(), overrides: dict | None = None) -> dict:
   """Trains (or resumes) one stage into ``<workdir>/<name>``; returns its summary, which
-  process 0 also writes to ``summary.json``."""
+  process 0 also writes to ``summary.json``. ``kind`` (default: ``name``), ``upstream`` (the
+  stage folders it reads) and ``overrides`` (config fields it changed, e.g. Table 3's) are
+  its provenance: outputs made under another config are never resumed (``provenance``)."""
+  record = provenance.begin(config, workdir, name, kind or name, upstream, overrides)
   mesh = parallel.make_mesh()
   pcount, pindex = jax.process_count(), jax.process_index()
   pipeline.check_batch_size(cfg.batch_size, mesh.size, pcount, f"{name}.batch_size")
@@ -208,7 +213,8 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, name: str,
     mgr.close()
     writer.close()
   summary = {"stage": name, "data": getattr(train_src, "description", ""), "steps": steps,
-             "seconds_this_run": round(time.time() - t0, 1)}
+             "seconds_this_run": round(time.time() - t0, 1),
+             "provenance": record["fingerprint"]}
   summary.update(plan.summary(results) if plan.summary is not None else {})
   if pindex == 0:
     workdir_lib.write_summary(workdir, name, summary)

@@ -30,7 +30,7 @@ def main(argv):
   del argv
   # Imported here so --help is fast and jax starts after flags (device count flags, etc.).
   import jax  # pylint: disable=g-import-not-at-top
-  from pdsn_jax import builders, distributed, stages  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import builders, distributed, files, provenance, stages  # pylint: disable=g-import-not-at-top
   from pdsn_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from pdsn_jax.config_validation import validate  # pylint: disable=g-import-not-at-top
 
@@ -42,15 +42,30 @@ def main(argv):
   workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
   os.makedirs(workdir, exist_ok=True)
   with workdir_lib.locked(workdir, jax.process_index()):
-    if jax.process_index() == 0:
-      with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-        f.write(config.to_json_best_effort(indent=2))
+    # config.json describes the workdir's outputs: written now on a first run, else only once
+    # every stage has passed (a refused rerun leaves it as it was; earlier ones are kept)
+    first = not os.path.isfile(workdir_lib.config_file(workdir))
+    if first and jax.process_index() == 0:
+      workdir_lib.save_config(workdir, config.to_json_best_effort(indent=2))
     logging.info("workdir %s; devices: %s", os.path.abspath(workdir), jax.devices())
     for split, files in builders.occluder_splits(config).items():
       logging.info("occluder files, %s split (%d): %s", split, len(files), ", ".join(files))
     summaries = {}
     for name in stages.parse_stages(config.stages):
-      summaries[name] = stages.STAGES[name](config, workdir)
+      try:
+        summaries[name] = stages.STAGES[name](config, workdir)
+      except provenance.StaleStage as e:  # the fields and the ways out, without a traceback
+        logging.error("%s", e)
+        raise SystemExit(1) from None
+      except Exception as e:  # noqa: BLE001  (a full disk, from any writer, in one line)
+        line = files.disk_full(e)
+        if line is None:
+          raise
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # orbax's thread noise
+        logging.error("[%s] %s", name, line)
+        raise SystemExit(1) from None
+    if not first and jax.process_index() == 0:
+      workdir_lib.save_config(workdir, config.to_json_best_effort(indent=2))
   if jax.process_index() == 0:
     print(json.dumps(summaries, indent=2))
 

@@ -1,18 +1,21 @@
 """The workdir: the one place that knows its layout, and one run at a time (a lock per process).
 
-  <workdir>/config.json                  the config of the last run
+  <workdir>/config.json                  the config of the last run (earlier ones in
+                                         config_history/)
+  <workdir>/<stage>/provenance.json      the config fields and upstream records that made the
+                                         stage's outputs (``provenance``)
   <workdir>/<stage>/checkpoints/<step>/  orbax: train state + grain iterator (training stages)
   <workdir>/<stage>/logs/                tensorboard events + metrics.jsonl
   <workdir>/<stage>/summary.json         what the stage measured
   <workdir>/dictionary/dictionary.npz    the FDMs (stage II's output; marks it complete)
-  <workdir>/evaluate/results.{md,json}   every protocol and ablation
+  <workdir>/results.{md,json}            every protocol and ablation (figures, thresholds.json,
+                                         the config that made them: evaluate/)
 
 A stage reads what earlier stages left only through the functions here.
 """
 
 import contextlib
 import fcntl
-import json
 import os
 
 from pdsn_jax import checkpointing
@@ -21,6 +24,7 @@ TRUNK, PDSN, DICTIONARY = "trunk", "pdsn", "dictionary"
 BASELINE, FINETUNE, DETECTOR, EVALUATE = "baseline", "finetune", "detector", "evaluate"
 LAMBDA0 = "lambda0"  # Table 3's ablation: its generators and dictionary are "lambda0_<stage>"
 DICTIONARY_FILE = "dictionary.npz"
+RESULTS = ("results.md", "results.json")
 
 
 def stage_dir(workdir: str, stage: str) -> str:
@@ -37,6 +41,12 @@ def logs(workdir: str, stage: str) -> str:
 
 def dictionary_file(workdir: str, stage: str = DICTIONARY) -> str:
   return os.path.join(workdir, stage, DICTIONARY_FILE)
+
+
+def thresholds_file(workdir: str) -> str:
+  """Per model, the mean of the 10 fold thresholds of clean and occluded verification and the
+  fingerprint of the network they were measured on: what ``verify`` decides with."""
+  return os.path.join(workdir, EVALUATE, "thresholds.json")
 
 
 def latest_step(workdir: str, stage: str) -> int | None:
@@ -69,23 +79,48 @@ def backbone_variables(workdir: str, stage: str) -> dict | None:
                                  "batch_stats": v["batch_stats"]}
 
 
+def config_file(workdir: str) -> str:
+  return os.path.join(workdir, "config.json")
+
+
 def load_config(workdir: str):
-  """The config a run was made with (``config.json``), as a ConfigDict."""
+  """The config a run was made with (``config.json``), as a ConfigDict, checked by the same
+  validator as ``main`` (an error names the file and the key)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, "config.json")
+  from pdsn_jax import config_validation, files  # pylint: disable=g-import-not-at-top
+  path = config_file(workdir)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} not found: --workdir must be a run folder of "
                             "python -m pdsn_jax.main")
-  with open(path, encoding="utf-8") as f:
-    return ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(files.read_json(path, "the run's config"))
+  try:
+    config_validation.validate(config)
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"{path}: {e}") from None
+  return config
+
+
+def save_config(workdir: str, text: str) -> str:
+  """Writes ``config.json``; a different earlier one is kept as ``config_history/<n>.json``
+  (each stage's ``provenance.json`` holds the fields its outputs were made with)."""
+  from pdsn_jax import files  # pylint: disable=g-import-not-at-top
+  path = config_file(workdir)
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      old = f.read()
+    if old.strip() != text.strip():
+      hist = os.path.join(workdir, "config_history")
+      os.makedirs(hist, exist_ok=True)
+      n = len([f for f in os.listdir(hist) if f.endswith(".json")])
+      files.atomic_write(os.path.join(hist, f"{n:04d}.json"), old)
+  return files.atomic_write(path, text)
 
 
 def write_summary(workdir: str, stage: str, summary: dict) -> str:
+  from pdsn_jax import files  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, stage, "summary.json")
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(summary, f, indent=2)
-  return path
+  return files.write_json(path, summary)
 
 
 class WorkdirInUse(RuntimeError):

@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -266,3 +267,84 @@ def test_gallery_refuses_a_shard_size_below_one(tmp_path, size):
                         timeout=300, check=False)
   assert proc.returncode != 0 and f"--shard_size={size}: must be >= 1" in proc.stderr
   assert not os.path.exists(tmp_path / "store")
+
+
+def test_exports_carry_checksums_and_a_damaged_one_is_named(run, tmp_path):
+  from pdsn_jax import export, files  # pylint: disable=g-import-not-at-top
+  wd, root = run
+  faces = np.stack([np.asarray(Image.open(p).convert("RGB"))
+                    for p in sorted((root / "gallery").rglob("*.png"))])
+  fdm_ones = np.ones((len(faces), *np.load(os.path.join(wd, "export", "dictionary.npy")).shape[1:]),
+                     np.float32)
+  want = np.asarray(_exported(wd, "embed").call(faces, fdm_ones))
+  np.testing.assert_array_equal(np.asarray(export.load(os.path.join(wd, "export")).call(
+      faces, fdm_ones)), want)
+  # the probe: 400 bytes flipped loaded and ran (cosine 0.04 to the truth); truncated gave
+  # struct.error without the file
+  bad = tmp_path / "export"
+  shutil.copytree(os.path.join(wd, "export"), bad)
+  blob = bytearray((bad / "embed.jaxexport").read_bytes())
+  blob[1000:1400] = bytes(b ^ 0x5A for b in blob[1000:1400])
+  (bad / "embed.jaxexport").write_bytes(bytes(blob))
+  with pytest.raises(files.DamagedFile, match=r"embed\.jaxexport: checksum mismatch"):
+    export.load(str(bad), "embed")
+  (bad / "occlusion.jaxexport").write_bytes((bad / "occlusion.jaxexport").read_bytes()[:500])
+  with pytest.raises(files.DamagedFile, match=r"occlusion\.jaxexport has 500 bytes"):
+    export.load(str(bad), "occlusion")
+  assert export.load(str(bad), "dictionary").dtype == np.uint8
+
+
+def test_thresholds_belong_to_the_network_they_were_measured_on(run, tmp_path):
+  """The probe: verify fell back to an older checkpoint and applied the newer one's
+  thresholds; a damaged thresholds.json was not named."""
+  wd, root = run
+  copy = str(tmp_path / "run")
+  shutil.copytree(wd, copy, ignore=shutil.ignore_patterns("distractors_*", "export"))
+  a, b = root / "probes" / "person0_1.png", root / "probes" / "person1_4.png"
+  path = os.path.join(copy, "evaluate", "thresholds.json")
+  t = json.load(open(path))
+  t["PDSN + fine-tune"]["model_fingerprint"] = "another checkpoint"
+  json.dump(t, open(path, "w"))
+  out = _cmd("verify", f"--workdir={copy}", str(a), str(b)).stdout
+  assert "threshold n/a: none for the loaded network" in out
+  open(path, "w").write('{"PDSN + fine-tune": {"clean": 0.')
+  proc = subprocess.run([sys.executable, "-m", "pdsn_jax.verify", f"--workdir={copy}", str(a),
+                         str(b), "--face_detector=none"], cwd=helpers.REPO,
+                        env=helpers.env_with_devices(1), capture_output=True, text=True,
+                        timeout=600, check=False)
+  assert proc.returncode != 0 and "thresholds.json (the evaluation's decision thresholds) is " \
+      "damaged" in proc.stderr
+
+
+def test_a_gallery_build_keeps_going_past_an_unreadable_image(run, tmp_path):
+  from pdsn_jax.evaluation import store  # pylint: disable=g-import-not-at-top
+  wd, root = run
+  images = tmp_path / "gallery"
+  shutil.copytree(root / "gallery", images)
+  (images / "person1" / "zz_broken.png").write_bytes(b"\x89PNG not really")
+  out = str(tmp_path / "store")
+  proc = subprocess.run([sys.executable, "-m", "pdsn_jax.gallery", f"--workdir={wd}",
+                         f"--out={out}", f"--images={images}", "--dtype=float32",
+                         "--shard_size=2"], cwd=helpers.REPO, env=helpers.env_with_devices(1),
+                        capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "1 images could not be read" in proc.stderr and "zz_broken.png" in proc.stderr
+  s = store.Store(out)
+  labels = s.labels()
+  paths = [p for i in range(s.num_shards) for p in s.paths(i)]
+  assert labels[paths.index(os.path.join("person1", "zz_broken.png"))] == store.UNREADABLE
+  assert (labels >= 0).sum() == 3 and s.damaged() == {}
+
+
+def test_evaluate_rebuilds_a_distractor_store_made_with_other_settings(run, tmp_path):
+  """The probe: changing eval.num_distractors made evaluate fail with advice to use another
+  --out, a flag main does not have."""
+  wd, _ = run
+  copy = str(tmp_path / "run")
+  shutil.copytree(wd, copy, ignore=shutil.ignore_patterns("export"))
+  proc = helpers.run_main(copy, "--config.stages=evaluate", "--config.eval.num_distractors=6")
+  assert "made with another num_faces; rebuilding" in proc.stderr
+  from pdsn_jax.evaluation import store  # pylint: disable=g-import-not-at-top
+  assert store.Store(os.path.join(copy, "evaluate", "distractors_trunk")).num_faces == 6
+  res = json.load(open(os.path.join(copy, "results.json")))
+  assert res["models"]["Trunk"]["distractors"]["num_distractors"] == 6

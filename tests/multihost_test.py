@@ -8,7 +8,7 @@ import subprocess
 import jax
 import numpy as np
 
-from pdsn_jax import checkpointing
+from pdsn_jax import checkpointing, provenance
 from tests import helpers
 
 # A small learning rate keeps training out of the chaotic regime in which float
@@ -39,18 +39,7 @@ def test_two_processes_equal_one_process(tmp_path):
   helpers.run_main(single, *_STEPS, devices=4)
 
   multi = str(tmp_path / "multi")
-  port = _free_port()
-  procs = [
-      subprocess.Popen(
-          helpers.main_cmd(multi, *_STEPS, f"--coordinator_address=127.0.0.1:{port}",
-                           "--num_processes=2", f"--process_id={i}"),
-          cwd=helpers.REPO, env=helpers.env_with_devices(2), stdout=subprocess.PIPE,
-          stderr=subprocess.STDOUT, text=True)
-      for i in range(2)
-  ]
-  outs = [p.communicate(timeout=600)[0] for p in procs]
-  for p, out in zip(procs, outs):
-    assert p.returncode == 0, out[-5000:]
+  outs = _two_processes(multi)
   assert "process 0 of 2, 2 local / 4 global devices" in outs[0]
   ckpt = os.path.join(multi, "trunk", "checkpoints", "4", "data")
   assert sorted(f for f in os.listdir(ckpt) if f.endswith(".json")) == [
@@ -79,3 +68,27 @@ def test_two_processes_equal_one_process(tmp_path):
   assert rel <= 5e-3, rel
   diff = max(float(np.abs(x - y).max()) for x, y in zip(la_, lb_))
   print(f"max |param difference| 1x4 vs 2x2: {diff:.3g}")
+
+  # Provenance across processes: process 0 moves the stale stage aside and records the new
+  # one; the barriers keep process 1 from reading the folder while it moves.
+  outs = _two_processes(multi, "--config.trunk.learning_rate=0.02", "--config.overwrite=trunk")
+  assert "config changed (trunk.learning_rate: 0.01 -> 0.02)" in outs[0]
+  assert [d for d in os.listdir(multi) if d.startswith("trunk.replaced-")]
+  assert provenance.read(multi, "trunk")["fields"]["trunk.learning_rate"] == 0.02
+  assert max(checkpointing.finished_steps(os.path.join(multi, "trunk", "checkpoints"))) == 4
+
+
+def _two_processes(workdir, *extra):
+  port = _free_port()
+  procs = [
+      subprocess.Popen(
+          helpers.main_cmd(workdir, *_STEPS, *extra, f"--coordinator_address=127.0.0.1:{port}",
+                           "--num_processes=2", f"--process_id={i}"),
+          cwd=helpers.REPO, env=helpers.env_with_devices(2), stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT, text=True)
+      for i in range(2)
+  ]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-5000:]
+  return outs

@@ -6,10 +6,12 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pdsn_jax import files
 from pdsn_jax.data import occlusion
 from pdsn_jax.evaluation import verification
+from pdsn_jax.workdir import RESULTS
 
-RESULTS_MD, RESULTS_JSON = "results.md", "results.json"
+RESULTS_MD, RESULTS_JSON = RESULTS
 _COLOURS = [(90, 90, 90), (230, 150, 40), (40, 110, 200), (40, 170, 90), (180, 60, 160)]
 
 
@@ -177,6 +179,10 @@ def markdown(results: dict) -> str:
            f"{results['occlusion_source']}. Test occluders: {results.get('test_occluders', '')}. All numbers in %; verification is 10-fold accuracy "
            "(threshold chosen on the other 9 folds) ± std over folds; the second image of "
            "every pair is occluded in the occluded columns; identification is rank-1.", ""]
+  prov = results.get("provenance")
+  if prov:  # which config made these numbers: the stages' records (provenance.json)
+    lines += [f"Config: evaluate/config.json (provenance {prov['evaluate']}); the stages' "
+              "records: " + ", ".join(f"{k} {v}" for k, v in prov["stages"].items()) + ".", ""]
   splits = results.get("occluder_splits") or {}
   if splits:
     lines += ["Occluder files by split (no file in two): " + "; ".join(
@@ -281,9 +287,7 @@ def write(results: dict, sets, flags: dict, workdir: str) -> list[str]:
   os.makedirs(os.path.join(workdir, "evaluate"), exist_ok=True)
   paths = [os.path.join(workdir, RESULTS_JSON), os.path.join(workdir, RESULTS_MD)]
   for p, text in zip(paths, (json.dumps(results, indent=2), markdown(results))):
-    with open(p + ".tmp", "w", encoding="utf-8") as f:
-      f.write(text)
-    os.replace(p + ".tmp", p)
+    files.atomic_write(p, text)
   paths.append(probes_figure(sets, flags, os.path.join(workdir, "evaluate", "probes.png")))
   if results["models"]:
     paths.append(bar_figure(results["models"],

@@ -202,19 +202,22 @@ class Searcher:
     if shards is None:
       shards = range(jax.process_index(), gallery.num_shards, jax.process_count())
     for i in shards:
-      u, scale, _ = gallery.shard(i)
+      u, scale, labels = gallery.shard(i)
       for start in range(0, len(u), self.batch):
-        batch = self._batch(u, scale, start, gallery.offset(i))
+        batch = self._batch(u, scale, start, gallery.offset(i), labels)
         state = self._fn(affine, tuple(sorted(batch)))(state, batch)
     best, idx = jax.device_get((state["best"], state["best_index"]))
     return best[inverse, slot], idx[inverse, slot]
 
-  def _batch(self, u, scale, start: int, offset: int) -> dict:
+  def _batch(self, u, scale, start: int, offset: int, labels=None) -> dict:
     stop = min(start + self.batch, len(u))
     real, pad = stop - start, self.batch - (stop - start)
     rows = np.asarray(u[start:stop])
+    valid = np.arange(self.batch) < real
+    if labels is not None:  # rows of images that could not be read are never found
+      valid[:real] &= np.asarray(labels[start:stop]) != store_lib.UNREADABLE
     out = {"u": np.concatenate([rows, np.zeros((pad, *rows.shape[1:]), rows.dtype)]),
-           "valid": np.arange(self.batch) < real,
+           "valid": valid,
            "index": (offset + start + np.arange(self.batch)).astype(np.int32)}
     if scale is not None:
       s = np.asarray(scale[start:stop])

@@ -3,14 +3,19 @@ process memory-maps, so identification against millions of faces needs no host m
 grows with the gallery.
 
   STORE/meta.json             version, U's shape, dtype, shard size, face count, the trunk
-                              (checkpoint and a fingerprint of its variables), the source
+                              (checkpoint and a fingerprint of its variables), the source,
+                              and its own checksum
   STORE/shard_00000.npy       U of faces [0, shard_size): float32, float16, or int8 ...
   STORE/scale_00000.npy       ... with per-face, per-channel scales (int8 only)
-  STORE/labels_00000.npy      identity labels (-1: a distractor)
+  STORE/labels_00000.npy      identity labels (-1: a distractor; -2: an unreadable image,
+                              kept in place so the other shards stay valid, never found)
   STORE/paths_00000.json      where each face came from
+  STORE/check_00000.json      size and sha256 of each of the shard's files
 
 A shard is complete when its ``shard_*.npy`` exists: it is written last, through a temporary
-name, so a build killed at any point resumes at the first missing shard.
+name, so a build killed at any point resumes at the first missing shard. Every file is checked
+against ``check_*.json`` before its first use in a process (sizes, then sha256): a damaged
+shard is never read silently; a build finds damaged shards and makes them again.
 """
 
 import hashlib
@@ -23,8 +28,11 @@ from typing import Callable
 import jax
 import numpy as np
 
-VERSION = 1
+from pdsn_jax import distributed, files
+
+VERSION = 2
 DTYPES = ("float32", "float16", "int8")
+UNREADABLE = -2  # the label of a face whose image could not be read: kept, never found
 
 
 def fingerprint(variables) -> str:
@@ -69,28 +77,60 @@ class Store:
     if not os.path.isfile(meta_path):
       raise FileNotFoundError(f"no gallery store at {path} (missing {meta_path}); build one with "
                               "python -m pdsn_jax.gallery build")
-    with open(meta_path, encoding="utf-8") as f:
-      self.meta = json.load(f)
+    fix = "delete the store and build it again"
+    self.meta = files.read_json(meta_path, "a gallery store's metadata", fix)
     if self.meta.get("version") != VERSION:
       raise ValueError(f"{meta_path}: store version {self.meta.get('version')}, this code reads "
                        f"{VERSION}; rebuild it")
+    if self.meta.get("checksum") != _meta_checksum(self.meta):
+      raise files.DamagedFile(f"{meta_path}: checksum mismatch (edited or damaged); {fix}")
     self.num_faces, self.shard_size = self.meta["num_faces"], self.meta["shard_size"]
     self.num_shards = -(-self.num_faces // self.shard_size)
+    self._verified = set()
 
   def _file(self, kind: str, i: int, ext: str = "npy") -> str:
     return os.path.join(self.path, f"{kind}_{i:05d}.{ext}")
 
   def complete(self, i: int) -> bool:
-    return os.path.isfile(self._file("shard", i))
+    return os.path.isfile(self._file("shard", i)) and os.path.isfile(self._file("check", i, "json"))
 
   def missing(self) -> list[int]:
     return [i for i in range(self.num_shards) if not self.complete(i)]
 
+  def _shard_files(self, i: int) -> list[str]:
+    kinds = [("labels", "npy"), ("paths", "json"), ("shard", "npy")]
+    kinds += [("scale", "npy")] if self.meta["dtype"] == "int8" else []
+    return [self._file(k, i, ext) for k, ext in kinds]
+
+  def verify(self, i: int) -> None:
+    """Checks shard ``i``'s files against its ``check_*.json`` (once per process);
+    ``files.DamagedFile`` names the first file that does not match."""
+    if i in self._verified:
+      return
+    fix = (f"the gallery store {self.path} is damaged: run the same gallery build again (it "
+           "makes damaged shards again)")
+    expected = files.read_json(self._file("check", i, "json"), "a store shard's checksums", fix)
+    for path in self._shard_files(i):
+      files.verify(path, expected.get(os.path.basename(path), {"bytes": -1, "sha256": ""}), fix)
+    self._verified.add(i)
+
+  def damaged(self) -> dict[int, str]:
+    """{shard: why} for every complete shard whose files fail ``verify`` (reads them all)."""
+    out = {}
+    for i in range(self.num_shards):
+      if self.complete(i):
+        try:
+          self.verify(i)
+        except files.DamagedFile as e:
+          out[i] = str(e)
+    return out
+
   def shard(self, i: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """(stored U memory-mapped, its scales or None, labels) of shard ``i``."""
+    """(stored U memory-mapped, its scales or None, labels) of shard ``i``, verified."""
     if not self.complete(i):
       raise FileNotFoundError(f"{self._file('shard', i)} missing: the store at {self.path} is "
                               "incomplete; run the build again to finish it")
+    self.verify(i)
     u = np.load(self._file("shard", i), mmap_mode="r")
     scale = np.load(self._file("scale", i)) if self.meta["dtype"] == "int8" else None
     return u, scale, np.load(self._file("labels", i))
@@ -99,9 +139,12 @@ class Store:
     return i * self.shard_size
 
   def labels(self) -> np.ndarray:
+    for i in range(self.num_shards):
+      self.verify(i)
     return np.concatenate([np.load(self._file("labels", i)) for i in range(self.num_shards)])
 
   def paths(self, i: int) -> list[str]:
+    self.verify(i)
     with open(self._file("paths", i, "json"), encoding="utf-8") as f:
       return json.load(f)
 
@@ -117,14 +160,20 @@ class Store:
 
   def write_shard(self, i: int, u: np.ndarray, labels: np.ndarray, paths: list[str]) -> None:
     q, scale = quantize(u, self.meta["dtype"])
+    for f in (self._file("shard", i), self._file("check", i, "json")):
+      if os.path.exists(f):  # making a damaged shard again: incomplete until the end
+        os.remove(f)
     np.save(self._file("labels", i), np.asarray(labels, np.int64))
-    with open(self._file("paths", i, "json"), "w", encoding="utf-8") as f:
-      json.dump(list(paths), f)
+    files.atomic_write(self._file("paths", i, "json"), json.dumps(list(paths)))
     if scale is not None:
       np.save(self._file("scale", i), scale)
     tmp = self._file("shard", i) + ".tmp.npy"
     np.save(tmp, q)
+    check = {os.path.basename(f): files.describe(tmp if f == self._file("shard", i) else f)
+             for f in self._shard_files(i)}
+    files.write_json(self._file("check", i, "json"), check)
     os.replace(tmp, self._file("shard", i))  # last: marks the shard complete
+    self._verified.discard(i)
 
 
 def create_or_resume(path: str, *, num_faces: int, u_shape, dtype: str, shard_size: int,
@@ -149,11 +198,14 @@ def create_or_resume(path: str, *, num_faces: int, u_shape, dtype: str, shard_si
                        + "); use another --out, or delete it to start again")
     return store
   os.makedirs(path, exist_ok=True)
-  tmp = meta_path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(meta, f, indent=2)
-  os.replace(tmp, meta_path)
+  meta["checksum"] = _meta_checksum(meta)
+  files.write_json(meta_path, meta)
   return Store(path)
+
+
+def _meta_checksum(meta: dict) -> str:
+  body = json.dumps({k: v for k, v in meta.items() if k != "checksum"}, sort_keys=True)
+  return hashlib.sha256(body.encode()).hexdigest()
 
 
 def build(store: Store, load: Callable[[int, int], tuple[np.ndarray, np.ndarray, list[str]]],
@@ -161,7 +213,11 @@ def build(store: Store, load: Callable[[int, int], tuple[np.ndarray, np.ndarray,
   """Fills every missing shard: ``load(start, stop)`` gives (uint8 images, labels, paths),
   ``features(images)`` their U (float32; every process calls it, data-parallel); only
   ``write`` (process 0) writes. Returns counts and throughput."""
-  todo = store.missing()
+  bad = store.damaged()
+  for i, why in bad.items():
+    logging.warning("[gallery] %s: making shard %d again", why, i)
+  todo = sorted(set(store.missing()) | set(bad))
+  distributed.barrier(f"{store.path}: shards to build")  # every process, before any is written
   done_before = store.num_shards - len(todo)
   t0, faces = time.time(), 0
   for n, i in enumerate(todo):
@@ -190,15 +246,21 @@ def build_from_source(path: str, source, features: Callable[[np.ndarray], np.nda
                            shard_size=shard_size, trunk_checkpoint=trunk_checkpoint,
                            trunk_fingerprint=trunk_fingerprint, source=description)
 
+  unreadable = []
+
   def load(start: int, stop: int):
     recs = [source[i] for i in range(start, stop)]
-    labels = [label_fn(i) if label_fn else int(r.get("label", -1))
-              for i, r in zip(range(start, stop), recs)]
+    labels = [UNREADABLE if r.get("unreadable") else label_fn(i) if label_fn
+              else int(r.get("label", -1)) for i, r in zip(range(start, stop), recs)]
     paths = [path_fn(i) if path_fn else f"{description}#{i}" for i in range(start, stop)]
+    unreadable.extend(f"{p}: {r['unreadable']}" for p, r in zip(paths, recs)
+                      if r.get("unreadable"))
     return np.stack([r["image"] for r in recs]), np.asarray(labels), paths
 
   stats = build(store, load, features, write=jax.process_index() == 0)
-  if jax.process_count() > 1:  # the others read what process 0 wrote
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices(f"gallery store {path}")
+  if unreadable:
+    stats["unreadable"] = unreadable
+    logging.warning("[gallery] %d images could not be read (kept as label %d, never found): %s",
+                    len(unreadable), UNREADABLE, "; ".join(unreadable))
+  distributed.barrier(f"gallery store {path}")  # the others read what process 0 wrote
   return store, stats

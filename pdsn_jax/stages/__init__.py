@@ -10,12 +10,13 @@ def run_lambda0(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Table 3's ablation: generators without differential input (so lambda = 0) and their
   dictionary, in ``<workdir>/lambda0_pdsn`` and ``<workdir>/lambda0_dictionary``."""
   c = ml_collections.ConfigDict(config.to_dict())
+  overrides = {"pdsn.differential": False}
   c.pdsn.differential = False
   gens = f"{workdir_lib.LAMBDA0}_{workdir_lib.PDSN}"
-  return {"pdsn": pdsn.run(c, workdir, name=gens),
+  return {"pdsn": pdsn.run(c, workdir, name=gens, overrides=overrides),
           "dictionary": dictionary.run(c, workdir,
                                        name=f"{workdir_lib.LAMBDA0}_{workdir_lib.DICTIONARY}",
-                                       generators=gens)}
+                                       generators=gens, overrides=overrides)}
 
 
 STAGES = {workdir_lib.TRUNK: trunk.run, workdir_lib.PDSN: pdsn.run,

@@ -23,7 +23,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from pdsn_jax import builders, fdm, parallel, training, visualize
+from pdsn_jax import builders, distributed, fdm, files, parallel, provenance, training
+from pdsn_jax import visualize
 from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.data import occlusion, pipeline, sources
 
@@ -145,20 +146,24 @@ def _metadata(config, workdir: str, fdms: np.ndarray, count, shape) -> dict:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, name: str = STAGE,
-        generators: str = workdir_lib.PDSN) -> dict:
-  """Builds ``<workdir>/<name>/dictionary.npz`` from the generators in ``<workdir>/<generators>``."""
+        generators: str = workdir_lib.PDSN, overrides: dict | None = None) -> dict:
+  """Builds ``<workdir>/<name>/dictionary.npz`` from the generators in ``<workdir>/<generators>``
+  (skipped when it exists and its provenance matches; rebuilt when it cannot be read)."""
   cfg = config.dictionary
   stage_dir, out_path = workdir_lib.stage_dir(workdir, name), workdir_lib.dictionary_file(
       workdir, name)
+  workdir_lib.require(workdir, generators, needed_by=name)
+  record = provenance.begin(config, workdir, name, STAGE, (generators,), overrides)
   if os.path.isfile(out_path):
-    _, _, meta = fdm.load(out_path)
-    if meta.get("tau") == cfg.tau and meta.get("pairs_per_block_requested") == cfg.pairs_per_block:
+    try:
+      _, _, meta = fdm.load(out_path)
       logging.info("[%s] complete, skipping: %s", name, out_path)
       return {"stage": name, "skipped": True, **meta}
+    except files.DamagedFile as e:
+      logging.warning("[%s] %s; building it again", name, e)
   mesh = parallel.make_mesh()
   pipeline.check_batch_size(cfg.batch_size, mesh.size, jax.process_count(),
                             "dictionary.batch_size")
-  workdir_lib.require(workdir, generators, needed_by=name)
   gen_vars = workdir_lib.load(workdir, generators, keys=("params", "batch_stats", "frozen"))
   t0 = time.time()
   carry, med = _accumulate(config, gen_vars, name, mesh)
@@ -176,12 +181,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str = STAGE,
     fdm.export(out_path, mean, fdms, meta, relative_change_scores(change, level))
     logging.info("[%s] figures: %s, %s", name, os.path.join(stage_dir, "dictionary.png"),
                  os.path.join(stage_dir, "med.png"))
+  distributed.barrier(f"{out_path} written")  # later stages read it in every process
   logging.info("[%s] wrote %s: %d pairs per block, %d of %d elements discarded per item; "
                "AND of 2 / 3 adjacent items discards %.1f%% / %.1f%% of U", name, out_path,
                int(count), meta["zeros_per_item"][0], int(np.prod(mean.shape[1:])),
                100 * meta["discarded_share_of_and"]["2_adjacent"]["mean"],
                100 * meta["discarded_share_of_and"]["3_connected"]["mean"])
-  summary = {"stage": name, **meta, "seconds": round(time.time() - t0, 1)}
+  summary = {"stage": name, **meta, "seconds": round(time.time() - t0, 1),
+             "provenance": record["fingerprint"]}
   if jax.process_index() == 0:
     workdir_lib.write_summary(workdir, name, summary)
   return summary

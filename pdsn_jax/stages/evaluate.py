@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from pdsn_jax import builders, fdm, inference, parallel, visualize
+from pdsn_jax import builders, distributed, fdm, files, inference, parallel, provenance
+from pdsn_jax import visualize
 from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.data import ar_real, occlusion, pairs as pairs_lib, sources
 from pdsn_jax.evaluation import evaluators, masked, protocols, report, search, stats
@@ -30,9 +31,6 @@ from pdsn_jax.evaluation import store as store_lib
 from pdsn_jax.evaluation.segmentation import segmentation_metrics
 
 STAGE = workdir_lib.EVALUATE
-# per model, the mean of the 10 fold thresholds of clean and occluded verification: what
-# python -m pdsn_jax.verify decides with
-THRESHOLDS_FILE = "thresholds.json"
 
 
 def _dictionary(workdir: str, name: str):
@@ -177,12 +175,19 @@ class _Networks:
       return None
     path = os.path.join(workdir_lib.stage_dir(self.workdir, STAGE), f"distractors_{stage}")
     print_ = store_lib.fingerprint(builders.feature_variables(self.backbone, self.host[stage]))
-    if os.path.isfile(os.path.join(path, "meta.json")):
-      old = store_lib.Store(path).meta
-      if old["trunk"]["fingerprint"] != print_ or old["dtype"] != cfg.gallery_dtype:
-        logging.info("[evaluate] %s: made from another checkpoint or dtype; rebuilding", path)
+    if os.path.isdir(path):
+      try:
+        old = store_lib.Store(path).meta
+        why = [k for k, now in (("trunk", print_), ("dtype", cfg.gallery_dtype),
+                                ("num_faces", len(src)), ("shard_size", cfg.gallery_shard_size))
+               if (old["trunk"]["fingerprint"] if k == "trunk" else old.get(k)) != now]
+      except (FileNotFoundError, files.DamagedFile, ValueError, KeyError) as e:
+        why = [f"unreadable ({e})"]
+      if why:
+        logging.info("[evaluate] %s: made with another %s; rebuilding", path, ", ".join(why))
         if jax.process_index() == 0:
           shutil.rmtree(path)
+        distributed.barrier(f"{path} removed")
     out, stats = store_lib.build_from_source(
         path, src, lambda images: self.embedder.features(self.reps[stage], images),
         u_shape=builders.u_shape(self.config), dtype=cfg.gallery_dtype,
@@ -224,7 +229,10 @@ def _evaluate_models(config, nets: _Networks, sets, flags, flags_det, dictionary
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every protocol for every available model and ablation; writes results.md/.json."""
   cfg, t0 = config.eval, time.time()
-  os.makedirs(workdir_lib.stage_dir(workdir, STAGE), exist_ok=True)
+  lam0 = [f"{workdir_lib.LAMBDA0}_{s}" for s in (workdir_lib.PDSN, workdir_lib.DICTIONARY)]
+  upstream = list(dict.fromkeys([m.stage for m in evaluators.parse_models(cfg.models)] + [
+      workdir_lib.DICTIONARY, workdir_lib.DETECTOR] + lam0))
+  record = provenance.begin(config, workdir, STAGE, STAGE, upstream, reuse=False)
   mesh = parallel.make_mesh()
   sets = _eval_sets(config, _test_library(config))
   det_vars = workdir_lib.load(workdir, workdir_lib.DETECTOR)
@@ -246,7 +254,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if not nets.available(workdir_lib.TRUNK):
     workdir_lib.require(workdir, workdir_lib.TRUNK, needed_by=STAGE)
   dictionary = _dictionary(workdir, workdir_lib.DICTIONARY)
-  results = {**_description(config), "models": {}, "ablations": {}, "missing": []}
+  results = {**_description(config), "models": {}, "ablations": {}, "missing": [],
+             "provenance": {"evaluate": record["fingerprint"],
+                            "stages": provenance.records(workdir, upstream)}}
   if config.finetune.trunk_head_when_clean:
     results["notes"] = ["Baseline and PDSN + fine-tune embed faces with no occluded block "
                         "(clean pairs, probes whose occlusion flags no block) with the trunk's "
@@ -263,22 +273,31 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if dictionary is not None and cfg.ablations:
     results["ablations"] = _ablations(config, workdir, nets, sets, flags, dictionary)
   results["seconds"] = round(time.time() - t0, 1)
+  thresholds = _thresholds(config, results, nets, dictionary)
+  summary = {"stage": STAGE, "results": os.path.join(workdir, report.RESULTS_MD),
+             "seconds": results["seconds"]}
+  if jax.process_index() == 0:
+    files.write_json(workdir_lib.thresholds_file(workdir), thresholds)
+    files.write_json(os.path.join(workdir_lib.stage_dir(workdir, STAGE), "config.json"),
+                     json.loads(config.to_json_best_effort()))
+    logging.info("[evaluate] wrote %s", ", ".join(report.write(results, sets, flags, workdir)))
+    print(report.summary(results), flush=True)
+    workdir_lib.write_summary(workdir, STAGE, summary)
+  return summary
+
+
+def _thresholds(config, results: dict, nets: _Networks, dictionary) -> dict:
+  """Takes the verification thresholds out of ``results``: per model, with the fingerprint of
+  the network and dictionary they were measured on (``inference.Recognizer`` checks it)."""
   thresholds = evaluators.pop_thresholds(results["models"])
   for table in (results.get("ablations") or {}).values():
     if isinstance(table, dict):
       evaluators.pop_thresholds(table)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir_lib.stage_dir(workdir, STAGE), THRESHOLDS_FILE), "w",
-              encoding="utf-8") as f:
-      json.dump(thresholds, f, indent=2)
-    paths = report.write(results, sets, flags, workdir)
-    logging.info("[evaluate] wrote %s", ", ".join(paths))
-    print(report.summary(results), flush=True)
-  summary = {"stage": STAGE, "results": os.path.join(workdir, report.RESULTS_MD),
-             "seconds": results["seconds"]}
-  if jax.process_index() == 0:
-    workdir_lib.write_summary(workdir, STAGE, summary)
-  return summary
+  for spec in evaluators.parse_models(config.eval.models):
+    if spec.name in thresholds:
+      thresholds[spec.name]["model_fingerprint"] = inference.model_fingerprint(
+          nets.host[spec.stage], dictionary[0] if spec.fdm else None)
+  return thresholds
 
 
 def _ablations(config, workdir, nets: _Networks, sets, flags, dictionary) -> dict:

@@ -34,8 +34,10 @@ def occlusion_transform(config: ml_collections.ConfigDict) -> placement.RandomOc
 
 def _run(config, workdir: str, name: str, dictionary=None) -> dict:
   start = workdir_lib.require(workdir, workdir_lib.TRUNK, needed_by=name)
+  upstream = (workdir_lib.TRUNK,) + ((workdir_lib.DICTIONARY,) if dictionary is not None else ())
   return loop.run_stage(config, workdir, name, config.finetune, lambda ctx: recognition.plan(
-      ctx, transforms=(occlusion_transform(config),), dictionary=dictionary, init_from=start))
+      ctx, transforms=(occlusion_transform(config),), dictionary=dictionary, init_from=start),
+                        upstream=upstream)
 
 
 def run_finetune(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -152,6 +152,9 @@ def plan(ctx: loop.Context) -> loop.Plan:
                   f"differential={cfg.differential}")
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, name: str = STAGE) -> dict:
-  """Trains (or resumes) the 9 generators against the frozen trunk into ``<workdir>/<name>``."""
-  return loop.run_stage(config, workdir, name, config.pdsn, plan)
+def run(config: ml_collections.ConfigDict, workdir: str, name: str = STAGE,
+        overrides: dict | None = None) -> dict:
+  """Trains (or resumes) the 9 generators against the frozen trunk into ``<workdir>/<name>``
+  (``overrides``: the fields ``config`` changed from the run's, as Table 3's ablation does)."""
+  return loop.run_stage(config, workdir, name, config.pdsn, plan, kind=STAGE,
+                        upstream=(workdir_lib.TRUNK,), overrides=overrides)

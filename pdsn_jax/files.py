@@ -1,0 +1,113 @@
+"""Writing and reading the run's small files safely: atomic writes (a crash leaves the old file
+or the new one, never half of one), checksums, a damaged file named, a full disk in one line.
+"""
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+from typing import Any
+
+
+class DamagedFile(ValueError):
+  """A file that exists but cannot be read back, or whose bytes do not match its checksum."""
+
+
+def atomic_write(path: str, data: bytes | str) -> str:
+  """Writes ``data`` to ``path`` through a temporary name in the same folder, then renames."""
+  tmp = f"{path}.tmp.{os.getpid()}"
+  mode = "wb" if isinstance(data, bytes) else "w"
+  try:
+    with open(tmp, mode, **({} if isinstance(data, bytes) else {"encoding": "utf-8"})) as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return path
+
+
+def write_json(path: str, obj: Any) -> str:
+  return atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str, what: str = "", fix: str = "") -> Any:
+  """The JSON in ``path``; ``DamagedFile`` naming the file (and ``what`` it is, ``fix``) when
+  it is not JSON. FileNotFoundError is left to the caller."""
+  with open(path, encoding="utf-8") as f:
+    text = f.read()
+  try:
+    return json.loads(text)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise DamagedFile(f"{path}{f' ({what})' if what else ''} is damaged: {e}"
+                      f"{f'; {fix}' if fix else ''}") from None
+
+
+def sha256(path: str, chunk: int = 1 << 22) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    while block := f.read(chunk):
+      h.update(block)
+  return h.hexdigest()
+
+
+def describe(path: str) -> dict:
+  """{"bytes", "sha256"} of a file: what ``verify`` checks it against later."""
+  return {"bytes": os.path.getsize(path), "sha256": sha256(path)}
+
+
+def verify_size(path: str, expected: dict, fix: str = "") -> None:
+  """Raises ``DamagedFile`` naming ``path`` if it is missing or its size is not
+  ``expected["bytes"]``: the cheap check, without reading it."""
+  if not os.path.isfile(path):
+    raise DamagedFile(f"{path} is missing{f'; {fix}' if fix else ''}")
+  size = os.path.getsize(path)
+  if size != expected["bytes"]:
+    raise DamagedFile(f"{path} has {size} bytes, {expected['bytes']} when written (truncated or "
+                      f"replaced){f'; {fix}' if fix else ''}")
+
+
+def verify(path: str, expected: dict, fix: str = "") -> None:
+  """Raises ``DamagedFile`` naming ``path`` unless its size and sha256 are ``expected``'s
+  (``describe``); the size first, so a truncated file is named without reading it."""
+  verify_size(path, expected, fix)
+  if sha256(path) != expected["sha256"]:
+    raise DamagedFile(f"{path}: checksum mismatch (the bytes changed since it was written)"
+                      f"{f'; {fix}' if fix else ''}")
+
+
+def read_verified(path: str, expected: dict, fix: str = "") -> bytes:
+  """The bytes of ``path``, read once, after checking them as ``verify`` does."""
+  verify_size(path, expected, fix)
+  with open(path, "rb") as f:
+    blob = f.read()
+  if len(blob) != expected["bytes"] or hashlib.sha256(blob).hexdigest() != expected["sha256"]:
+    raise DamagedFile(f"{path}: checksum mismatch (the bytes changed since it was written)"
+                      f"{f'; {fix}' if fix else ''}")
+  return blob
+
+
+def disk_full(e: BaseException) -> str | None:
+  """One line for an exception chain caused by a full disk (errno ENOSPC or EDQUOT): the
+  file and the free space left; None for any other error."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+      name = e.filename or ""
+      where = name or os.getcwd()
+      probe = where
+      while probe and not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+      try:
+        free = shutil.disk_usage(probe or ".").free
+        left = f"{free / 2**20:.1f} MiB free on that disk"
+      except OSError:
+        left = "free space unknown"
+      return (f"disk full{f' writing {name}' if name else ''} ({left}): free some space and "
+              "run the same command again; it resumes from the last finished checkpoint")
+    e = e.__cause__ or e.__context__
+  return None

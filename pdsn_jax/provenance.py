@@ -1,0 +1,219 @@
+"""What made each stage's outputs: the config fields it depends on and the upstream stages'
+records, in ``<workdir>/<stage>/provenance.json``, so a changed config never reuses stale
+outputs and results are always labelled by the config that produced them.
+
+The rule, applied when a stage starts (``begin``):
+  1. Every upstream stage it reads must match the config (its fields, and recursively its own
+     upstream): else the run stops naming the stage, the fields that changed, and the ways out.
+  2. Its own outputs are reused (resumed or skipped) only if made with the same fields from the
+     same upstream records.
+     - Its own fields changed: the run stops naming them; ``--config.overwrite=<stage>`` moves
+       the old outputs aside (``<stage>.replaced-<time>``) and the stage starts again.
+     - Only an upstream record changed (that stage was made again): the old outputs are moved
+       aside the same way, with a warning, and the stage starts again. So overwriting a stage
+       retrains it and everything downstream that runs.
+  3. Outputs without a record (made before records existed) are adopted, with a warning.
+
+A record carries a random ``id`` made when the stage first starts, so a stage trained again
+under the same config still changes its fingerprint: downstream stages never pair with a
+network they were not made from. Fields that change only logging or speed are left out
+(``IGNORED``).
+"""
+
+import datetime
+import hashlib
+import json
+import logging
+import os
+import uuid
+
+import jax
+import ml_collections
+
+from pdsn_jax import distributed, files
+from pdsn_jax import workdir as workdir_lib
+
+RECORD = "provenance.json"
+IGNORED = frozenset({"log_every", "checkpoint_every", "keep_checkpoints", "eval_every",
+                     "num_workers", "cache", "eval_images"})
+# config sections (or dotted fields) each kind of stage's outputs depend on
+_BASE = ("seed", "prng_impl", "data")
+SECTIONS = {
+    "trunk": _BASE + ("model", "cosface", "trunk"),
+    "pdsn": _BASE + ("model", "cosface", "pdsn", "occlusion"),
+    "dictionary": _BASE + ("model", "dictionary", "occlusion"),
+    "baseline": _BASE + ("model", "cosface", "finetune", "occlusion"),
+    "finetune": _BASE + ("model", "cosface", "finetune", "occlusion"),
+    "detector": _BASE + ("detector", "occlusion"),
+    "evaluate": _BASE + ("model", "eval", "occlusion"),
+}
+
+
+class StaleStage(RuntimeError):
+  """A stage's outputs, or an upstream stage's, were made under another config."""
+
+
+def _flatten(node, prefix: str = "") -> dict:
+  out = {}
+  for key, value in node.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      out.update(_flatten(value, path + "."))
+    elif key not in IGNORED:
+      out[path] = json.loads(json.dumps(value, default=str))  # tuples -> lists
+  return out
+
+
+def fields(config, kind: str, overrides: dict | None = None) -> dict:
+  """The dotted config fields ``kind``'s outputs depend on, with ``overrides`` applied."""
+  flat = _flatten(config)
+  flat.update({k: json.loads(json.dumps(v)) for k, v in (overrides or {}).items()})
+  return {k: v for k, v in sorted(flat.items())
+          if any(k == s or k.startswith(s + ".") for s in SECTIONS[kind])}
+
+
+def _path(workdir: str, name: str) -> str:
+  return os.path.join(workdir, name, RECORD)
+
+
+def read(workdir: str, name: str) -> dict | None:
+  path = _path(workdir, name)
+  if not os.path.isfile(path):
+    return None
+  return files.read_json(path, f"the '{name}' stage's provenance record",
+                         f"delete it to adopt the stage's outputs as they are")
+
+
+def has_outputs(workdir: str, name: str) -> bool:
+  d = os.path.join(workdir, name)
+  return os.path.isdir(d) and any(f != RECORD for f in os.listdir(d))
+
+
+def _diff(old: dict, new: dict) -> list[str]:
+  return [f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}"
+          for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def stale(config, workdir: str, name: str) -> list[str]:
+  """Why ``name``'s outputs do not match ``config`` (empty when they do, or when they have no
+  record): its changed fields, and recursively its upstream's."""
+  rec = read(workdir, name)
+  if rec is None:
+    return []
+  why = [f"{name}: {d}" for d in _diff(rec["fields"], fields(config, rec["kind"],
+                                                               rec.get("overrides")))]
+  for up, fp in rec["upstream"].items():
+    now = read(workdir, up)
+    if now is not None and now["fingerprint"] != fp:
+      why.append(f"{name}: made from another '{up}' (fingerprint {fp}, now {now['fingerprint']})")
+    why += stale(config, workdir, up)
+  return why
+
+
+def _stage(folder: str) -> str:
+  """The ``config.stages`` name that makes a stage folder (Table 3's "lambda0_*" -> lambda0)."""
+  return folder.split("_", 1)[0] if "_" in folder else folder
+
+
+def overwrite_names(config) -> list[str]:
+  return [s.strip() for s in str(config.get("overwrite", "")).split(",") if s.strip()]
+
+
+def _overwrite(config, name: str) -> bool:
+  return _stage(name) in overwrite_names(config)
+
+
+def _move_aside(workdir: str, name: str) -> str:
+  """Renames the stage's folder to ``<name>.replaced-<time>``, and the results made from it
+  (``results.md/json`` -> ``results.replaced-<time>.*``) so they never describe outputs that
+  are gone."""
+  stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+  dst = os.path.join(workdir, f"{name}.replaced-{stamp}")
+  if jax.process_index() == 0:
+    if os.path.exists(dst):
+      dst = f"{dst}-{os.getpid()}"
+    os.rename(os.path.join(workdir, name), dst)
+    for f in workdir_lib.RESULTS:
+      if os.path.isfile(os.path.join(workdir, f)):
+        base, ext = os.path.splitext(f)
+        os.replace(os.path.join(workdir, f), os.path.join(workdir, f"{base}.replaced-{stamp}{ext}"))
+  distributed.barrier(f"provenance: {name} moved aside")
+  return dst
+
+
+def _fingerprint(rec: dict) -> str:
+  body = json.dumps({k: rec[k] for k in ("fields", "upstream", "id")}, sort_keys=True)
+  return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def require_fresh(config, workdir: str, upstream, needed_by: str) -> None:
+  """Raises ``StaleStage`` if any of the ``upstream`` stages present was made under another
+  config than ``config``, naming the fields and the ways out."""
+  for up in upstream:
+    why = stale(config, workdir, up)
+    if why:
+      raise StaleStage(
+          f"stage '{needed_by}' reads '{up}', which was made under another config:\n  "
+          + "\n  ".join(why) + f"\nmake it again: add '{_stage(up)}' to config.stages (and "
+          f"--config.overwrite={_stage(up)} where its own fields changed), or use a new "
+          "--workdir")
+
+
+def begin(config, workdir: str, name: str, kind: str, upstream=(), overrides: dict | None = None,
+          reuse: bool = True) -> dict:
+  """Applies the module's rule before stage ``name`` (of ``kind``) reads or writes anything;
+  returns its record (written). ``reuse=False``: the stage remakes every output each run (the
+  evaluation), so only rule 1 applies."""
+  upstream = [u for u in upstream if has_outputs(workdir, u)]
+  require_fresh(config, workdir, upstream, name)
+  up = {}
+  for u in upstream:
+    r = read(workdir, u)
+    up[u] = r["fingerprint"] if r is not None else "unrecorded"
+  new = {"stage": name, "kind": kind, "fields": fields(config, kind, overrides),
+         "overrides": dict(overrides or {}), "upstream": up}
+  old = read(workdir, name) if reuse and has_outputs(workdir, name) else None
+  if reuse and has_outputs(workdir, name):
+    if old is None:
+      logging.warning("[%s] outputs without a provenance record (made by an older version): "
+                      "adopted as made under this config", name)
+    else:
+      changed = _diff(old["fields"], new["fields"])
+      moved = [u for u in up if old["upstream"].get(u) != up[u]]
+      if changed and not _overwrite(config, name):
+        raise StaleStage(
+            f"stage '{name}' in {workdir} was made under another config:\n  "
+            + "\n  ".join(changed) + f"\neither use a new --workdir, or rerun with "
+            f"--config.overwrite={_stage(name)} to move the old outputs aside and make it again "
+            "(and every stage downstream that runs)")
+      if changed or moved:
+        why = (f"config changed ({'; '.join(changed)})" if changed else
+               f"upstream {', '.join(moved)} made again since")
+        dst = _move_aside(workdir, name)
+        logging.warning("[%s] %s: old outputs moved to %s; starting the stage again", name, why,
+                        dst)
+        old = None
+  if old is not None:
+    new["id"], new["created"] = old["id"], old["created"]
+  else:
+    new["id"] = uuid.uuid4().hex
+    new["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+  new["fingerprint"] = _fingerprint(new)
+  if jax.process_index() == 0:
+    os.makedirs(os.path.join(workdir, name), exist_ok=True)
+    files.write_json(_path(workdir, name), new)
+  distributed.barrier(f"provenance: {name} recorded")
+  return new
+
+
+def records(workdir: str, names) -> dict:
+  """{stage: fingerprint} of the ``names`` that have a record and everything upstream of them
+  (for labelling results)."""
+  out, todo = {}, list(names)
+  while todo:
+    n = todo.pop(0)
+    r = read(workdir, n) if n not in out and os.path.isdir(os.path.join(workdir, n)) else None
+    if r is not None:
+      out[n] = r["fingerprint"]
+      todo += list(r["upstream"])
+  return out

@@ -1,0 +1,121 @@
+"""Provenance: a changed config never reuses stale outputs (issue 22's first probe), the
+rule of ``pdsn_jax.provenance`` on a workdir of placeholder outputs, then end to end."""
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from configs import tiny
+from pdsn_jax import fdm, files, provenance
+from tests import helpers
+
+
+def _make(workdir, name):
+  """A stage folder with an output in it (what ``has_outputs`` looks for)."""
+  os.makedirs(os.path.join(workdir, name), exist_ok=True)
+  with open(os.path.join(workdir, name, "out.bin"), "w") as f:
+    f.write(name)
+
+
+def _chain(config, wd):
+  """trunk -> pdsn -> dictionary, as the stages call ``begin``."""
+  recs = {}
+  for name, kind, up in (("trunk", "trunk", ()), ("pdsn", "pdsn", ("trunk",)),
+                         ("dictionary", "dictionary", ("pdsn",))):
+    recs[name] = provenance.begin(config, wd, name, kind, up)
+    _make(wd, name)
+  return recs
+
+
+def test_same_config_reuses_and_ignores_logging_fields(tmp_path):
+  wd, c = str(tmp_path), tiny.get_config()
+  first = _chain(c, wd)
+  c.trunk.log_every = 7  # logging only: not part of what the outputs depend on
+  c.data.num_workers = 3
+  again = _chain(c, wd)
+  assert {k: r["fingerprint"] for k, r in again.items()} == {
+      k: r["fingerprint"] for k, r in first.items()}
+  assert sorted(os.listdir(wd)) == ["dictionary", "pdsn", "trunk"]  # nothing moved aside
+
+
+def test_changed_field_refuses_naming_it_and_overwrite_remakes_downstream(tmp_path):
+  wd, c = str(tmp_path), tiny.get_config()
+  first = _chain(c, wd)
+  c.pdsn.lambda_l1 = 50.0
+  with pytest.raises(provenance.StaleStage,
+                     match=r"'pdsn'.*\n  pdsn.lambda_l1: 10.0 -> 50.0\n.*overwrite=pdsn"):
+    provenance.begin(c, wd, "pdsn", "pdsn", ("trunk",))
+  assert os.path.isfile(os.path.join(wd, "pdsn", "out.bin"))  # untouched
+  # a stage that reads the stale one refuses too, naming the field
+  with pytest.raises(provenance.StaleStage, match=r"(?s)reads .pdsn.*pdsn.lambda_l1"):
+    provenance.begin(c, wd, "dictionary", "dictionary", ("pdsn",))
+  c.overwrite = "pdsn"
+  rec = provenance.begin(c, wd, "pdsn", "pdsn", ("trunk",))
+  assert rec["fields"]["pdsn.lambda_l1"] == 50.0 and rec["id"] != first["pdsn"]["id"]
+  assert not os.path.exists(os.path.join(wd, "pdsn", "out.bin"))
+  _make(wd, "pdsn")
+  # downstream: its own fields are the same, its upstream was made again -> moved aside
+  rec = provenance.begin(c, wd, "dictionary", "dictionary", ("pdsn",))
+  assert rec["upstream"] == {"pdsn": provenance.read(wd, "pdsn")["fingerprint"]}
+  moved = sorted(d for d in os.listdir(wd) if ".replaced-" in d)
+  assert [d.split(".")[0] for d in moved] == ["dictionary", "pdsn"]
+  assert os.path.isfile(os.path.join(wd, moved[1], "out.bin"))  # the old outputs are kept
+
+
+def test_overrides_keep_table3s_stages_fresh_under_the_run_config(tmp_path):
+  wd, c = str(tmp_path), tiny.get_config()
+  _chain(c, wd)
+  c0 = tiny.get_config()
+  c0.pdsn.differential = False
+  provenance.begin(c0, wd, "lambda0_pdsn", "pdsn", ("trunk",), {"pdsn.differential": False})
+  _make(wd, "lambda0_pdsn")
+  assert provenance.stale(c, wd, "lambda0_pdsn") == []
+  c.trunk.learning_rate = 0.5  # and a change upstream is seen through it
+  why = provenance.stale(c, wd, "lambda0_pdsn")
+  assert why == ["trunk: trunk.learning_rate: 0.1 -> 0.5"]
+  with pytest.raises(provenance.StaleStage, match=r"add .lambda0. to config.stages"):
+    provenance.require_fresh(c, wd, ["lambda0_pdsn"], "evaluate")
+
+
+def test_outputs_without_a_record_are_adopted_with_a_warning(tmp_path, caplog):
+  wd, c = str(tmp_path), tiny.get_config()
+  _make(wd, "trunk")
+  rec = provenance.begin(c, wd, "trunk", "trunk")
+  assert "adopted" in caplog.text and rec["fields"]["trunk.num_steps"] == 6
+  assert os.path.isfile(os.path.join(wd, "trunk", "out.bin"))
+
+
+def test_a_rerun_with_a_changed_field_never_reuses_or_mislabels(tmp_path):
+  """The probe: a finished run rerun with --config.pdsn.lambda_l1=50 trained nothing, skipped
+  the dictionary, overwrote config.json and labelled lambda=10 numbers as lambda=50."""
+  wd = str(tmp_path / "run")
+  helpers.run_main(wd)  # trunk, pdsn, dictionary
+  npz = os.path.join(wd, "dictionary", "dictionary.npz")
+  before = (files.sha256(npz), files.sha256(os.path.join(wd, "config.json")))
+  proc = subprocess.run(helpers.main_cmd(wd, "--config.stages=pdsn,dictionary",
+                                         "--config.pdsn.lambda_l1=50"),
+                        cwd=helpers.REPO, env=helpers.env_with_devices(1), capture_output=True,
+                        text=True, timeout=600, check=False)
+  assert proc.returncode != 0
+  assert "pdsn.lambda_l1: 10.0 -> 50.0" in proc.stderr and "Traceback" not in proc.stderr
+  assert (files.sha256(npz), files.sha256(os.path.join(wd, "config.json"))) == before
+  helpers.run_main(wd, "--config.stages=pdsn,dictionary", "--config.pdsn.lambda_l1=50",
+                   "--config.overwrite=pdsn")
+  assert json.load(open(os.path.join(wd, "config.json")))["pdsn"]["lambda_l1"] == 50.0
+  hist = os.path.join(wd, "config_history", "0000.json")
+  assert json.load(open(hist))["pdsn"]["lambda_l1"] == 10.0
+  assert files.sha256(npz) != before[0]  # made again from the new generators
+  assert provenance.read(wd, "dictionary")["upstream"]["pdsn"] == provenance.read(
+      wd, "pdsn")["fingerprint"]
+  # a damaged dictionary.npz is named and made again by its stage (same provenance)
+  good = fdm.load(npz)[0]
+  with open(npz, "r+b") as f:
+    f.truncate(100)
+  with pytest.raises(files.DamagedFile, match=r"dictionary.npz \(the FDM dictionary\)"):
+    fdm.load(npz)
+  proc = helpers.run_main(wd, "--config.stages=dictionary", "--config.pdsn.lambda_l1=50")
+  assert "building it again" in proc.stderr
+  np.testing.assert_array_equal(fdm.load(npz)[0], good)
