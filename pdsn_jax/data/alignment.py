@@ -17,15 +17,30 @@ TEMPLATE_SIZE = (112, 96)  # (height, width)
 DLIB_CHIP_TEMPLATE_150 = np.array(
     [[47.5476, 46.3294], [100.3063, 45.9795], [74.0379, 81.3230],
      [51.9898, 103.9618], [96.7743, 103.7377]], dtype=np.float64)
+# Where BlazeFace's 4 keypoints (eyes, nose tip, mouth centre: data.blazeface) land in the
+# 112x96 template: the mean over 1,971 CelebA photos aligned by their landmarks TSV, fitted by
+# benchmarks/fit_blazeface_points.py (per-point std 3.3, 3.4, 7.1, 3.5 px). Its mouth centre
+# needs no visible mouth corners, so a masked face aligns as a bare one does.
+BLAZEFACE_112x96 = np.array(
+    [[29.9773, 53.2891], [65.9508, 53.2264], [48.0177, 74.6144], [48.1269, 92.6881]],
+    dtype=np.float64)
 TEMPLATES = {"arcface": (TEMPLATE_112x96, TEMPLATE_SIZE),
              "dlib_chip": (DLIB_CHIP_TEMPLATE_150, (150, 150))}
 
 
-def template_for(image_size: tuple[int, int], kind: str = "arcface") -> np.ndarray:
-  """The ``kind`` template ("arcface" 112x96, "dlib_chip" 150x150) scaled to ``image_size``."""
+def template_for(image_size: tuple[int, int], kind: str = "arcface",
+                 num_points: int = 5) -> np.ndarray:
+  """The ``kind`` template ("arcface" 112x96, "dlib_chip" 150x150) scaled to ``image_size``:
+  its 5 points, or with ``num_points=4`` where BlazeFace's 4 keypoints land in it."""
   if kind not in TEMPLATES:
     raise ValueError(f"data.alignment={kind!r} is not one of {tuple(TEMPLATES)}")
   pts, (th, tw) = TEMPLATES[kind]
+  if num_points == 4:  # the arcface frame's 4 points, moved into this template's frame
+    m = similarity_transform(TEMPLATE_112x96, pts)
+    pts = BLAZEFACE_112x96 @ m[:, :2].T + m[:, 2]
+  elif num_points != 5:
+    raise ValueError(f"{num_points} landmarks: expected 5 (eyes, nose, mouth corners) or 4 "
+                     "(eyes, nose, mouth centre)")
   h, w = image_size
   return pts * np.array([w / tw, h / th])
 
@@ -83,11 +98,11 @@ def warp_affine(image: np.ndarray, matrix: np.ndarray, out_size: tuple[int, int]
 
 def align_face(image: np.ndarray, landmarks: np.ndarray | None, image_size: tuple[int, int],
                template: str = "arcface"):
-  """Aligns a face by its 5 landmarks to ``template``; without landmarks, a centre crop to the
-  aspect, resized."""
+  """Aligns a face by its 5 landmarks (or BlazeFace's 4) to ``template``; without landmarks, a
+  centre crop to the aspect, resized."""
   if landmarks is not None:
-    m = similarity_transform(np.asarray(landmarks).reshape(5, 2), template_for(image_size,
-                                                                               template))
+    pts = np.asarray(landmarks, np.float64).reshape(-1, 2)
+    m = similarity_transform(pts, template_for(image_size, template, len(pts)))
     return warp_affine(image, m, image_size)
   return warp_affine(image, centre_crop_matrix(image.shape[:2], image_size), image_size)
 

@@ -1,20 +1,29 @@
-"""Faces in raw photos: dlib's face detector and 68-point predictor give the five template
-points (eye centres, nose tip, mouth corners), which align the face like the landmarks TSV.
+"""Faces in raw photos, found and given the points that align them like the landmarks TSV.
 
-dlib (``dlib-bin``) and its model files (``face_recognition_models``, CC0) are optional: the
-error says what to install. Every photo gets a result, never an exception: a face (several:
-the largest, and the note says so), or the reason there is none.
+* ``blazeface`` (default): MediaPipe's BlazeFace in JAX (``data.blazeface``), batched, the
+  short-range model and then the full-range one on the photos where it found none
+  (``blazeface_full``: the full-range model alone, for small, far faces); its 4 keypoints (eyes, nose tip, mouth centre) align
+  with ``alignment.BLAZEFACE_112x96``, so a mask over the mouth does not move the face.
+* ``hog`` / ``cnn``: dlib's detectors and 68-point predictor, giving the five template points
+  (eye centres, nose tip, mouth corners).
+
+Each finder's files come in an optional package; the error says what to install. Every photo
+gets a result, never an exception: a face (several: the largest, and the note says so), or
+the reason there is none.
 """
 
 import dataclasses
+import logging
 import os
+import time
 
 import numpy as np
 
 from pdsn_jax.data.alignment import align_face
 from pdsn_jax.data.folders import load_rgb
 
-DETECTORS = ("hog", "cnn")
+DETECTORS = ("blazeface", "blazeface_full", "hog", "cnn")
+_BLAZEFACE = {"blazeface": ("short", "full"), "blazeface_full": ("full",)}  # tried in order
 MIN_FACE_PX = 16  # a photo smaller than this on either side holds no usable face
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm")
 
@@ -41,11 +50,17 @@ class Found:
 
 
 class FaceFinder:
-  """dlib's HOG (fast, frontal) or CNN (MMOD, slower, more poses) detector + 68-point model."""
+  """BlazeFace (short or full range; 4 points), or dlib's HOG (fast, frontal) or CNN (MMOD,
+  slower, more poses) detector + 68-point model (5 points)."""
 
-  def __init__(self, detector: str = "hog", upsample: int = 1):
+  def __init__(self, detector: str = "blazeface", upsample: int = 1):
     if detector not in DETECTORS:
       raise ValueError(f"face detector {detector!r} is not one of {DETECTORS}")
+    self.name, self._blaze = detector, None
+    if detector in _BLAZEFACE:
+      from pdsn_jax.data import blazeface  # pylint: disable=g-import-not-at-top
+      self._blaze = [blazeface.BlazeFace(m) for m in _BLAZEFACE[detector]]
+      return
     try:
       import dlib  # pylint: disable=g-import-not-at-top
       import face_recognition_models as frm  # pylint: disable=g-import-not-at-top
@@ -63,7 +78,30 @@ class FaceFinder:
     self._shape = dlib.shape_predictor(frm.pose_predictor_model_location())
 
   def points(self, image: np.ndarray) -> tuple[np.ndarray | None, str]:
-    """(5, 2) points of the largest face in an RGB uint8 image, and a note."""
+    """The points of the largest face in an RGB uint8 image ((4, 2) BlazeFace, (5, 2) dlib),
+    and a note."""
+    return self.points_batch([image])[0]
+
+  def points_batch(self, images) -> list[tuple[np.ndarray | None, str]]:
+    """``points`` of every image; BlazeFace runs them as batches."""
+    if self._blaze is None:
+      return [self._dlib_points(im) for im in images]
+    found = self._blaze[0].detect(images)
+    for model in self._blaze[1:]:  # the next model on the photos still without a face
+      todo = [i for i, d in enumerate(found) if not d]
+      for i, d in zip(todo, model.detect([images[i] for i in todo]) if todo else []):
+        found[i] = d
+    out = []
+    for dets in found:
+      if not dets:
+        out.append((None, "no face found"))
+        continue
+      best = max(dets, key=lambda d: d.area)
+      out.append((best.keypoints[:4], "ok" if len(dets) == 1 else
+                  f"{len(dets)} faces, the largest taken"))
+    return out
+
+  def _dlib_points(self, image: np.ndarray) -> tuple[np.ndarray | None, str]:
     rects = self._detect(np.ascontiguousarray(image))
     if not rects:
       return None, "no face found"
@@ -74,33 +112,49 @@ class FaceFinder:
 
 
 def find(paths, image_size, template: str = "arcface", landmarks: dict | None = None,
-         finder: FaceFinder | None = None) -> list[Found]:
+         finder: FaceFinder | None = None, chunk: int = 64) -> list[Found]:
   """Aligned faces of ``paths``: points from ``landmarks`` (path -> (5, 2)) when it has the
-  photo, else from ``finder``; with neither, a centre crop (noted)."""
-  out = []
-  for p in paths:
+  photo, else from ``finder``; with neither, a centre crop (noted). Photos are read and
+  searched ``chunk`` at a time, with a progress line (found, skipped, photos/s) per chunk."""
+  out, t0 = [], time.time()
+  for start in range(0, len(paths), chunk):
+    out += _find_chunk(paths[start:start + chunk], tuple(image_size), template, landmarks,
+                       finder)
+    if len(paths) > chunk:
+      done = len(out)
+      logging.info("[faces] %d/%d photos: %d faces, %d skipped | %.1f photos/s", done,
+                   len(paths), sum(f.face is not None for f in out),
+                   sum(f.face is None for f in out), done / max(time.time() - t0, 1e-9))
+  return out
+
+
+def _find_chunk(paths, image_size, template, landmarks, finder) -> list[Found]:
+  found: dict[int, Found] = {}
+  search = []  # (index, image) for the finder
+  for i, p in enumerate(paths):
     try:
       image = load_rgb(p)
     except (OSError, ValueError) as e:
-      out.append(Found(p, None, None, f"unreadable: {e}"))
+      found[i] = Found(p, None, None, f"unreadable: {e}")
       continue
     if min(image.shape[:2]) < MIN_FACE_PX:
-      out.append(Found(p, None, None, f"too small: {image.shape[1]}x{image.shape[0]} px, "
-                       f"a face needs at least {MIN_FACE_PX}x{MIN_FACE_PX}"))
+      found[i] = Found(p, None, None, f"too small: {image.shape[1]}x{image.shape[0]} px, "
+                       f"a face needs at least {MIN_FACE_PX}x{MIN_FACE_PX}")
       continue
     key = os.path.normpath(os.path.abspath(p))
-    pts, note = None, "ok"
     if landmarks is not None and (key in landmarks or os.path.realpath(p) in landmarks):
       pts = landmarks.get(key, landmarks.get(os.path.realpath(p)))
+      found[i] = Found(p, align_face(image, pts, image_size, template), pts, "ok")
     elif finder is not None:
-      pts, note = finder.points(image)
-      if pts is None:
-        out.append(Found(p, None, None, note))
-        continue
+      search.append((i, image))
     else:  # an aligned crop already (or the caller accepts a centre crop)
-      note = "ok" if image.shape[:2] == tuple(image_size) else "no landmarks: centre crop"
-    out.append(Found(p, align_face(image, pts, tuple(image_size), template), pts, note))
-  return out
+      note = "ok" if image.shape[:2] == image_size else "no landmarks: centre crop"
+      found[i] = Found(p, align_face(image, None, image_size, template), None, note)
+  if search:
+    for (i, image), (pts, note) in zip(search, finder.points_batch([im for _, im in search])):
+      found[i] = Found(paths[i], None if pts is None else align_face(
+          image, pts, image_size, template), pts, note)
+  return [found[i] for i in range(len(paths))]
 
 
 def list_images(root: str) -> list[str]:

@@ -11,7 +11,7 @@ its seed.
 import numpy as np
 
 from pdsn_jax.data import occlusion
-from pdsn_jax.data.alignment import template_for
+from pdsn_jax.data.alignment import similarity_transform, template_for, warp_affine
 
 CONDITIONS = ("sunglasses", "mask", "hand", "object", "blocks")
 # categories whose place on an aligned face the template fixes (``category_region``): where a
@@ -176,3 +176,18 @@ def eyeglasses(image: np.ndarray, rng: np.random.Generator, face_template: str =
   out[rim] = np.clip(rng.choice([rng.uniform(10, 70), rng.uniform(150, 230)])
                      + rng.normal(0, 6, 3), 0, 255).astype(np.uint8)
   return out
+
+
+def occlude_photo(photo: np.ndarray, points: np.ndarray, rng: np.random.Generator,
+                  library: occlusion.OccluderLibrary, condition: str) -> np.ndarray:
+  """A raw photo with ``condition`` pasted on its face, in place: the face is aligned by its 5
+  ``points`` (the landmarks-TSV order), occluded in the 112x96 frame as ``occlude`` does, and
+  the occluder warped back into the photo (to test face finders on occluded photos)."""
+  m = similarity_transform(np.asarray(points, np.float64).reshape(5, 2),
+                           template_for((112, 96), library.face_template))
+  occ, mask = occlude(warp_affine(photo, m, (112, 96)), rng, library, condition)
+  inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
+  back = warp_affine(occ, inv, photo.shape[:2])
+  alpha = warp_affine(np.repeat(mask[..., None].astype(np.uint8) * 255, 3, -1), inv,
+                      photo.shape[:2])[..., :1] / 255.0
+  return (photo * (1 - alpha) + back * alpha).astype(np.uint8)

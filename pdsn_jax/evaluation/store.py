@@ -249,7 +249,8 @@ def build_from_source(path: str, source, features: Callable[[np.ndarray], np.nda
   unreadable = []
 
   def load(start: int, stop: int):
-    recs = [source[i] for i in range(start, stop)]
+    recs = (source.batch(list(range(start, stop))) if hasattr(source, "batch")
+            else [source[i] for i in range(start, stop)])
     labels = [UNREADABLE if r.get("unreadable") else label_fn(i) if label_fn
               else int(r.get("label", -1)) for i, r in zip(range(start, stop), recs)]
     paths = [path_fn(i) if path_fn else f"{description}#{i}" for i in range(start, stop)]

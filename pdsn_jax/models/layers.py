@@ -20,3 +20,18 @@ class PReLU(nn.Module):
         "alpha", nn.initializers.constant(self.init_slope), (x.shape[-1],), jnp.float32
     )
     return jnp.where(x >= 0, x, alpha.astype(x.dtype) * x)
+
+
+def depthwise_sum(x: jnp.ndarray, kernel: jnp.ndarray, stride: int = 1) -> jnp.ndarray:
+  """Depthwise convolution (VALID, NHWC; ``kernel`` (kh, kw, C)) as the sum of its kh*kw
+  shifted, per-channel-scaled taps. XLA:CPU runs grouped convolutions 8-35x slower than this
+  sum (measured at batch 64 on MobileFaceNet's shapes, e.g. 256 ms vs 30 ms at 56x48x64); on
+  GPUs both are memory-bound."""
+  kh, kw = kernel.shape[:2]
+  ho, wo = (x.shape[1] - kh) // stride + 1, (x.shape[2] - kw) // stride + 1
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      tap = x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
+      out = tap * kernel[i, j] if out is None else out + tap * kernel[i, j]
+  return out
