@@ -44,6 +44,10 @@ _OCCLUSION = flags.DEFINE_string(
     "'row,col;row,col' (rows/columns 1-3, e.g. '2,1;2,2;2,3' for the eye row). identify: the "
     "probes' occlusion (the gallery is always 'auto').")
 _CHUNK = 64  # faces per progress step
+_COMMON = ("workdir", "model", "landmarks", "face_detector", "occlusion")
+EMBED_FLAGS = _COMMON + ("images", "out", "sheet")
+VERIFY_FLAGS = _COMMON
+IDENTIFY_FLAGS = _COMMON + ("gallery", "store", "probes", "out", "k")
 
 
 def _recognizer():
@@ -233,8 +237,8 @@ def identify_main(argv):
                k)
 
 
-def run(main):
-  from absl import app  # pylint: disable=g-import-not-at-top
+def run(main, module, key_flags):
+  """Runs a command whose entry module is ``module``; ``--help`` lists ``key_flags``."""
+  from pdsn_jax import cli  # pylint: disable=g-import-not-at-top
   flags.mark_flags_as_required(["workdir"])
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-  app.run(main)
+  cli.run(main, module, key_flags)

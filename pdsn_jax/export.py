@@ -24,8 +24,9 @@ or ``pdsn_jax.export.load("export", "embed")``, which checks it and names a dama
 import io
 import logging
 import os
+import sys
 
-from absl import app, flags
+from absl import flags
 
 from pdsn_jax import files
 
@@ -115,7 +116,12 @@ def main(argv):
     logging.info("%s: %s (%d bytes)", name, path, os.path.getsize(path))
 
 
-if __name__ == "__main__":
+def cli():
+  """``pdsn-export``: the console script of ``pip install -e .``."""
+  from pdsn_jax import cli as cli_lib  # pylint: disable=g-import-not-at-top
   flags.mark_flags_as_required(["workdir"])
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-  app.run(main)
+  cli_lib.run(main, sys.modules[__name__])
+
+
+if __name__ == "__main__":
+  cli()

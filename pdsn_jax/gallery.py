@@ -16,9 +16,10 @@ of identities no stage trained on (for benchmarks).
 
 import logging
 import os
+import sys
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (python -m pdsn_jax.main).")
 _OUT = flags.DEFINE_string("out", None, "Store folder to create or resume.")
@@ -126,6 +127,11 @@ def main(argv):
                out.num_shards, out.meta["dtype"], stats)
 
 
+def cli():
+  """``pdsn-gallery``: the console script of ``pip install -e .``."""
+  from pdsn_jax import cli as cli_lib  # pylint: disable=g-import-not-at-top
+  cli_lib.run(main, sys.modules[__name__])
+
+
 if __name__ == "__main__":
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-  app.run(main)
+  cli()

@@ -7,8 +7,9 @@ checkpoints under the workdir and is skipped quickly when already complete.
 import json
 import logging
 import os
+import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
@@ -70,6 +71,11 @@ def main(argv):
     print(json.dumps(summaries, indent=2))
 
 
+def cli():
+  """``pdsn-train``: the console script of ``pip install -e .``."""
+  from pdsn_jax import cli as cli_lib  # pylint: disable=g-import-not-at-top
+  cli_lib.run(main, sys.modules[__name__])
+
+
 if __name__ == "__main__":
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-  app.run(main)
+  cli()

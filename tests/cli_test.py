@@ -1,0 +1,30 @@
+"""Each command's --help shows its usage and its own flags (issue 23), as python -m and as the
+console script's module would."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests import helpers
+
+CASES = {
+    "embed": ("Embeddings, occlusion masks", ["--images", "--out", "--sheet", "--face_detector"]),
+    "verify": ("Same person?", ["--workdir", "--occlusion", "--face_detector"]),
+    "identify": ("Rank-k gallery faces", ["--gallery", "--store", "--probes", "--k"]),
+    "gallery": ("Builds a gallery feature store", ["--out", "--shard_size", "--face_detector"]),
+    "export": ("Exports a run's inference", ["--workdir", "--model"]),
+    "main": ("Entry point", ["--config", "--workdir", "--num_processes"]),
+}
+
+
+@pytest.mark.parametrize("command", sorted(CASES))
+def test_help_lists_the_commands_own_flags(command):
+  first, wanted = CASES[command]
+  out = subprocess.run([sys.executable, "-m", f"pdsn_jax.{command}", "--help"], cwd=helpers.REPO,
+                       capture_output=True, text=True, timeout=120, check=False).stdout
+  assert out.startswith(first), out[:300]
+  listed = {line.split(":")[0].strip() for line in out.splitlines() if line.startswith("  --")}
+  assert set(wanted) <= listed, (wanted, listed)
+  if command == "verify":  # only its own: identify's and embed's flags are not listed
+    assert not {"--gallery", "--images", "--k"} & listed
