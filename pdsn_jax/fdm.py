@@ -39,13 +39,6 @@ def compose(flags: jax.Array, dictionary: jax.Array) -> jax.Array:
   return jnp.prod(f * items + (1.0 - f), axis=-4)
 
 
-def fdm_from_pixel_mask(pixel_masks: jax.Array, dictionary: jax.Array, threshold: float = 0.5,
-                        overlap: str = "coverage") -> jax.Array:
-  """(..., H, W) pixel masks -> (..., h, w, c) FDMs."""
-  return compose(occlusion.block_flags(jnp.asarray(pixel_masks), threshold, overlap),
-                 dictionary)
-
-
 def export(path: str, mean_masks: np.ndarray, fdms: np.ndarray, meta: dict,
            change_scores: np.ndarray | None = None) -> None:
   """Bit-packed FDMs + float32 means (the tau sweep re-binarises them) + metadata in one .npz,

@@ -91,6 +91,7 @@ def train_loop(*, stage: str, state: Any, step_fn: Callable, data_iter: Any, mes
     extra = {}
     if is_log or is_ckpt:
       out = jax.device_get(out)
+      check_metrics(out, stage)
       check_divergence(stage, out, done, start_norm, max_growth, mgr)
       if on_metrics is not None:
         extra = on_metrics(done, out)
@@ -130,11 +131,13 @@ class Context:
 
 @dataclasses.dataclass
 class Plan:
-  """What a training stage gives the skeleton.
+  """What a training stage gives the skeleton: its contract, checked by ``check_plan``.
 
   ``init() -> TrainState`` builds the starting state (traced for shapes, jitted);
-  ``step(state, batch, rng) -> (state, metrics)`` is per-device (mapped over the mesh),
-  metrics with ``loss`` and ``param_norm``; ``transforms`` make the batches (after the
+  ``step(state, batch, rng) -> (state, metrics)`` is per-device (mapped over the mesh), and
+  its metrics must hold the scalars ``loss`` and ``param_norm`` (the divergence check and the
+  logs read them); ``stream`` names its randomness: a key of ``training.STREAMS`` (its data
+  seed offset and init key); ``transforms`` make the batches (after the
   seeded shuffle of ``stream``'s seed); ``init_from``/``merge``/``loader``: a starting
   network (``checkpointing.restore_or_init``); ``prepare(state, origin)`` runs after the
   restore; ``evaluate(state, step, writer) -> dict`` is the held-out evaluation, run at
@@ -159,6 +162,24 @@ class Plan:
   description: str = ""
 
 
+REQUIRED_METRICS = ("loss", "param_norm")
+
+
+def check_plan(plan: Plan, name: str) -> None:
+  """Raises ValueError saying what to add when ``plan`` breaks the ``Plan`` contract."""
+  if plan.stream not in training.STREAMS:
+    raise ValueError(f"stage '{name}': Plan.stream={plan.stream!r} is not registered; add it to "
+                     f"training.STREAMS (its data-seed offset and init-key fold), which has "
+                     f"{sorted(training.STREAMS)}")
+
+
+def check_metrics(metrics: dict, name: str) -> None:
+  missing = [k for k in REQUIRED_METRICS if k not in metrics]
+  if missing:
+    raise ValueError(f"stage '{name}': its Plan.step returned metrics {sorted(metrics)} without "
+                     f"{missing}; return them from the step (see loop.Plan)")
+
+
 def run_stage(config: ml_collections.ConfigDict, workdir: str, name: str,
               cfg: ml_collections.ConfigDict, plan_fn: Callable[[Context], Plan], *,
               kind: str = "", upstream=(), overrides: dict | None = None) -> dict:
@@ -174,6 +195,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, name: str,
   steps = builders.total_steps(cfg, len(train_src))
   ctx = Context(config, workdir, name, cfg, mesh, train_src, heldout_src, steps)
   plan = plan_fn(ctx)
+  check_plan(plan, name)
   ds = pipeline.train_dataset(train_src, cfg.batch_size, training.data_seed(config, plan.stream),
                               pindex, pcount, plan.transforms)
   data_iter = pipeline.to_iterator(ds, config.data.num_workers)
@@ -187,7 +209,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, name: str,
                "processes)%s; starting at step %d (%s)", name,
                getattr(train_src, "description", ""), len(train_src), train_src.num_classes,
                steps, cfg.batch_size, mesh.size, pcount, plan.description, start, origin)
-  writer = metrics_lib.MetricWriter(workdir_lib.logs(workdir, name), name)
+  writer = metrics_lib.MetricWriter(workdir_lib.logs(workdir, name), name, resume_step=start)
   step_fn = parallel.data_parallel(plan.step, mesh)
   root = stage_root_key(state, mesh, config.prng_impl)
   results, t0 = {}, time.time()

@@ -10,9 +10,13 @@ import numpy as np
 
 
 class MetricWriter:
-  """Console + tensorboardX scalars + a JSON-lines file; silent on processes other than 0."""
+  """Console + tensorboardX scalars + a JSON-lines file; silent on processes other than 0.
 
-  def __init__(self, logdir: str, stage: str):
+  ``resume_step``: the checkpoint step a resumed run starts from. What an interrupted run
+  logged after it is dropped (metrics.jsonl rewritten, TensorBoard's ``purge_step``), so the
+  resumed run's steps are never there twice."""
+
+  def __init__(self, logdir: str, stage: str, resume_step: int = 0):
     self.stage = stage
     self.active = jax.process_index() == 0
     self._tb = None
@@ -20,8 +24,12 @@ class MetricWriter:
     if self.active:
       os.makedirs(logdir, exist_ok=True)
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(logdir, flush_secs=30)
-      self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a", encoding="utf-8")
+      path = os.path.join(logdir, "metrics.jsonl")
+      if resume_step > 0 and os.path.isfile(path):
+        _truncate(path, resume_step)
+      self._tb = SummaryWriter(logdir, flush_secs=30,
+                               purge_step=resume_step + 1 if resume_step > 0 else None)
+      self._jsonl = open(path, "a", encoding="utf-8")
 
   def write(self, step: int, scalars: dict, prefix: str = "train") -> None:
     if not self.active:
@@ -36,6 +44,20 @@ class MetricWriter:
     if self.active:
       self._tb.close()
       self._jsonl.close()
+
+
+def _truncate(path: str, last_step: int) -> None:
+  """Keeps the records of ``path`` up to ``last_step`` (and any unreadable tail is dropped)."""
+  from pdsn_jax import files  # pylint: disable=g-import-not-at-top
+  keep = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        if json.loads(line)["step"] <= last_step:
+          keep.append(line if line.endswith("\n") else line + "\n")
+      except (json.JSONDecodeError, KeyError, TypeError):
+        continue
+  files.atomic_write(path, "".join(keep))
 
 
 class Throughput:

@@ -2,6 +2,7 @@
 
 import io
 import pickle
+import struct
 
 import numpy as np
 import pytest
@@ -10,6 +11,23 @@ from PIL import Image
 from pdsn_jax.data import insightface
 from pdsn_jax.data.synthetic import SyntheticFaces
 from tests import helpers
+
+
+def pack(labels, image_bytes: bytes = b"") -> bytes:
+  """One record's payload, as insightface's writer packs it (the reader's test input)."""
+  labels = np.atleast_1d(np.asarray(labels, np.float32))
+  header = insightface._HEADER  # pylint: disable=protected-access
+  if len(labels) == 1:
+    return header.pack(0, float(labels[0]), 0, 0) + image_bytes
+  return header.pack(len(labels), 0.0, 0, 0) + labels.astype("<f4").tobytes() + image_bytes
+
+
+def write_recordio(rec_path: str, idx_path: str, payloads: list[bytes]) -> None:
+  """Records 0..n-1 in insightface's .rec/.idx layout."""
+  with open(rec_path, "wb") as rec, open(idx_path, "w", encoding="ascii") as idx:
+    for i, p in enumerate(payloads):
+      idx.write(f"{i}\t{rec.tell()}\n")
+      rec.write(struct.pack("<II", insightface.MAGIC, len(p)) + p + b"\0" * (-len(p) % 4))
 
 FACES = SyntheticFaces(3, 2, 0, 400, (112, 112))
 
@@ -22,11 +40,11 @@ def _jpeg(a):
 
 def _write_set(tmp_path):
   images = [FACES[i]["image"] for i in range(6)]  # identities 0,0,1,1,2,2
-  payloads = [insightface.pack([7.0, 10.0])]  # header: images 1..6, identities 7..9
-  payloads += [insightface.pack(float(i // 2), _jpeg(im)) for i, im in enumerate(images)]
-  payloads += [insightface.pack([1 + 2 * k, 3 + 2 * k]) for k in range(3)]
+  payloads = [pack([7.0, 10.0])]  # header: images 1..6, identities 7..9
+  payloads += [pack(float(i // 2), _jpeg(im)) for i, im in enumerate(images)]
+  payloads += [pack([1 + 2 * k, 3 + 2 * k]) for k in range(3)]
   rec, idx = str(tmp_path / "train.rec"), str(tmp_path / "train.idx")
-  insightface.write_recordio(rec, idx, payloads)
+  write_recordio(rec, idx, payloads)
   return rec, idx, images
 
 
@@ -109,8 +127,8 @@ def test_bin_decoding_failure_names_the_image(tmp_path):
 def test_recordio_header_is_checked_before_allocating(tmp_path):
   for first, end in ((3e8, 3e8 + 2), (2.0 ** 40, 2.0 ** 40 + 1), (7.0, 20.0)):
     rec, idx = str(tmp_path / "big.rec"), str(tmp_path / "big.idx")
-    insightface.write_recordio(rec, idx, [insightface.pack([first, end]),
-                                          insightface.pack(0.0, _jpeg(FACES[0]["image"]))])
+    write_recordio(rec, idx, [pack([first, end]),
+                                          pack(0.0, _jpeg(FACES[0]["image"]))])
     with pytest.raises(insightface.RecordIOError, match=r"big.rec: header claims .*big.idx "
                                                         r"indexes 2 records"):
       insightface.RecordIOFaces(rec)

@@ -78,7 +78,7 @@ def test_fdm_composition_is_and_of_items_and_all_ones_without_occlusion():
   np.testing.assert_array_equal(out[2], items[0] & items[4] & items[8])
   masks = np.zeros((2, *SIZE), bool)
   masks[1, 45:67, 38:58] = True
-  f = fdm.fdm_from_pixel_mask(masks, items)
+  f = fdm.compose(occlusion.block_flags(masks), items)
   chex.assert_shape(f, (2, 7, 6, 4))
   np.testing.assert_array_equal(np.asarray(f[1]), items[4])
 

@@ -48,6 +48,11 @@ def test_sigkill_resume_equals_uninterrupted(tmp_path):
   assert "(checkpoint)" in resumed.stderr  # it resumed, not restarted
   a, b = _params(ref), _params(wd)
   jax.tree.map(np.testing.assert_array_equal, a, b)  # bit for bit
+  # what the killed run logged after its last checkpoint is not there twice
+  def logged(w):
+    with open(os.path.join(w, "trunk", "logs", "metrics.jsonl")) as f:
+      return [r["step"] for r in map(json.loads, f) if r["split"] == "train"]
+  assert logged(wd) == logged(ref) == list(range(1, 9))
 
 
 def test_nan_loss_stops_with_last_good_checkpoint(tmp_path):

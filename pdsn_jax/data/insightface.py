@@ -54,21 +54,6 @@ def unpack(payload: bytes) -> tuple[np.ndarray, bytes]:
   return np.array([label], np.float32), rest
 
 
-def pack(labels, image_bytes: bytes = b"") -> bytes:
-  labels = np.atleast_1d(np.asarray(labels, np.float32))
-  if len(labels) == 1:
-    return _HEADER.pack(0, float(labels[0]), 0, 0) + image_bytes
-  return _HEADER.pack(len(labels), 0.0, 0, 0) + labels.astype("<f4").tobytes() + image_bytes
-
-
-def write_recordio(rec_path: str, idx_path: str, payloads: list[bytes]) -> None:
-  """Writes records 0..n-1 (for tests and small conversions)."""
-  with open(rec_path, "wb") as rec, open(idx_path, "w", encoding="ascii") as idx:
-    for i, p in enumerate(payloads):
-      idx.write(f"{i}\t{rec.tell()}\n")
-      rec.write(struct.pack("<II", MAGIC, len(p)) + p + b"\0" * (-len(p) % 4))
-
-
 class RecordIOFaces:
   """grain random-access source over an insightface RecordIO set; labels 0..K-1 by identity."""
 

@@ -89,13 +89,10 @@ def ar_split(labels: np.ndarray, gallery_images: int) -> tuple[np.ndarray, np.nd
 
 def build(faces: np.ndarray, labels: np.ndarray, distractors,
           library: occlusion.OccluderLibrary, *, num_pairs: int, seed: int,
-          ar_gallery_images: int, conditions=placement.CONDITIONS,
-          pairs: tuple[np.ndarray, np.ndarray] | None = None) -> EvalSets:
-  """All evaluation sets; ``pairs`` = (indices, issame) from a pairs file, else generated."""
+          ar_gallery_images: int, conditions=placement.CONDITIONS) -> EvalSets:
+  """All evaluation sets, with generated pairs (``with_pairs`` replaces them by a file's)."""
   labels = np.asarray(labels)
-  if pairs is None:
-    pairs = generate_pairs(labels, num_pairs, seed)
-  pair_idx, issame = pairs
+  pair_idx, issame = generate_pairs(labels, num_pairs, seed)
   second = faces[pair_idx[:, 1]]
   occluded_second = {c: occlude_all(second, c, library, seed, 100 + k)
                      for k, c in enumerate(conditions)}

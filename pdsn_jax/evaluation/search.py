@@ -70,7 +70,7 @@ def _merge_topk(s_a, i_a, s_b, i_b, k):
   return top, jnp.take_along_axis(i, arg, -1)
 
 
-def _search_step(state: dict, batch: dict, *, k: int, affine: bool, head, u_shape):
+def _search_step(state: dict, batch: dict, *, k: int, affine: bool, head):
   """Per device: embed the rows under every pattern, score the probes of each pattern, merge
   into the running top-k, then the top-k of every device's top-k."""
   u = store_lib.dequantize(batch["u"], batch.get("scale"))
@@ -125,8 +125,7 @@ class Searcher:
 
   def _fn(self, affine: bool, keys: tuple):
     if (affine, keys) not in self._fns:
-      step = functools.partial(_search_step, k=self.k, affine=affine, head=self._head,
-                               u_shape=self.u_shape)
+      step = functools.partial(_search_step, k=self.k, affine=affine, head=self._head)
       mapped = jax.shard_map(step, mesh=self.mesh, in_specs=(P(), P(parallel.AXIS)),
                              out_specs=P(), check_vma=False)
       self._fns[(affine, keys)] = jax.jit(mapped, donate_argnums=(0,))
