@@ -10,12 +10,11 @@ import ml_collections
 
 from pdsn_jax import checkpointing, parallel
 from pdsn_jax.data import occlusion
-from pdsn_jax.models import CosFaceHead, IResNet, dlib_files, dlib_resnet, mobilefacenet
+from pdsn_jax.models import CosFaceHead, trunks
 from pdsn_jax.models.detector import OcclusionDetector
 from pdsn_jax.models.generator import StackedMaskGenerators
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-KINDS = ("iresnet", "dlib", "mobilefacenet")
 
 
 def normalize(images: jax.Array) -> jax.Array:
@@ -24,25 +23,15 @@ def normalize(images: jax.Array) -> jax.Array:
 
 
 def backbone(config: ml_collections.ConfigDict, train: bool):
-  """The trunk: IResNet, MobileFaceNet (trained here or loaded from the original's checkpoint),
-  or dlib's pretrained ResNet (``model.kind="dlib"``). ``train``: BatchNorm statistics are
-  averaged over the mesh (inference mode needs no mesh axis)."""
+  """The trunk of ``model.kind`` (``models.trunks``: IResNet, MobileFaceNet, dlib's ResNet, or
+  a registered one). ``train``: BatchNorm statistics are averaged over the mesh (inference
+  mode needs no mesh axis)."""
   m = config.model
   if m.dtype not in DTYPES:
     raise ValueError(f"model.dtype={m.dtype!r} is not one of {tuple(DTYPES)}")
-  if m.kind == "dlib":
-    if m.dlib_u not in dlib_resnet.U_BLOCKS:
-      raise ValueError(f"model.dlib_u={m.dlib_u!r} is not one of {tuple(dlib_resnet.U_BLOCKS)}")
-    return dlib_resnet.DlibResNet(dlib_resnet.U_BLOCKS[m.dlib_u], dtype=DTYPES[m.dtype])
-  if m.kind == "mobilefacenet":
-    return mobilefacenet.MobileFaceNet(width=m.width, embedding_dim=m.embedding_dim,
-                                       bn_axis_name=parallel.AXIS if train else None,
-                                       dtype=DTYPES[m.dtype])
-  if m.kind != "iresnet":
-    raise ValueError(f"model.kind={m.kind!r} is not one of {KINDS}")
-  return IResNet(depth=m.depth, width=m.width, embedding_dim=m.embedding_dim,
-                 dropout=m.dropout, bn_axis_name=parallel.AXIS if train else None,
-                 dtype=DTYPES[m.dtype])
+  kind = trunks.get(m.kind)
+  kind.validate(m)
+  return kind.build(m, parallel.AXIS if train else None, DTYPES[m.dtype])
 
 
 def classifier(config: ml_collections.ConfigDict, num_classes: int) -> CosFaceHead:
@@ -68,14 +57,9 @@ def u_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
   return tuple(jax.eval_shape(lambda v: net.apply(v, x, method="features"), v).shape[1:])
 
 
-def trunk_variables(trunk: dict) -> dict:
-  """Inference variables of the backbone from a checkpointed ``{params: {backbone, ...}}``."""
-  return {"params": trunk["params"]["backbone"], "batch_stats": trunk["batch_stats"]}
-
-
 def frozen_features(trunk: dict, batch: dict, net) -> tuple[jax.Array, jax.Array]:
   """U of the clean batch (B, ...) and of its occluded copies (J, B, ...), no gradient."""
-  bvars = trunk_variables(trunk)
+  bvars = checkpointing.backbone_of(trunk)
   occ = normalize(batch["occluded"])  # (B, J, H, W, 3)
   b, j = occ.shape[:2]
   u_clean = net.apply(bvars, normalize(batch["image"]), method="features")
@@ -95,6 +79,18 @@ def occluders(config: ml_collections.ConfigDict, split: str, procedural: bool | 
       tuple(o.procedural_categories if categories is None else categories),
       split=split if o.occluder_dir else "all", heldout_every=config.detector.heldout_every,
       face_template=config.data.alignment, splits=split_globs(config))
+
+
+def test_occluders(config: ml_collections.ConfigDict) -> occlusion.OccluderLibrary:
+  """The occluders of the evaluation's test faces: ``eval.occluder_dir`` (every file), else the
+  ``eval.occluder_split`` files of ``occlusion.occluder_dir`` (the test split; "select" for
+  choosing settings); both with the drawings of ``eval.procedural_categories``."""
+  cfg = config.eval
+  if cfg.occluder_dir:
+    return occlusion.OccluderLibrary(cfg.occluder_dir, cfg.procedural,
+                                     tuple(cfg.procedural_categories),
+                                     face_template=config.data.alignment)
+  return occluders(config, cfg.occluder_split, cfg.procedural, cfg.procedural_categories)
 
 
 def split_globs(config: ml_collections.ConfigDict) -> dict:
@@ -134,21 +130,16 @@ def total_steps(cfg: ml_collections.ConfigDict, num_train: int) -> int:
 
 
 def init_from_loader(config: ml_collections.ConfigDict):
-  """Reads ``init_from`` into ``{params: {backbone}, batch_stats}``: orbax checkpoints; with
-  ``model.kind="dlib"`` a dlib network file (``"dlib"``: face_recognition_models' one); with
-  ``model.kind="mobilefacenet"`` the original's legacy PyTorch checkpoint."""
+  """Reads ``init_from`` into ``{params: {backbone}, batch_stats}``: the trunk kind's own
+  weight files (``TrunkKind.load``: dlib's network file, ``"dlib"`` for face_recognition_models'
+  one; the original MobileFaceNet's PyTorch checkpoint), else another run's orbax checkpoints."""
   kind = config.model.kind
 
   def load(path: str) -> dict:
-    if kind == "mobilefacenet" and not os.path.isdir(path):
-      v = mobilefacenet.load(path)
-      logging.info("loaded MobileFaceNet weights from %s", path)
-    elif kind == "dlib" and (path == "dlib" or path.endswith(".dat")):
-      path = dlib_files.path() if path == "dlib" else path
-      v = dlib_resnet.to_variables(dlib_resnet.read_network(path))
-      logging.info("loaded dlib's ResNet from %s", path)
-    else:  # another run's checkpoints
+    v = trunks.get(kind).load(path)
+    if v is None:  # another run's checkpoints
       return checkpointing.load_variables(path)
+    logging.info("loaded %s weights from %s", kind, path)
     return {"params": {"backbone": v["params"]}, "batch_stats": v["batch_stats"]}
 
   return load

@@ -103,6 +103,12 @@ def restore_latest(mgr: ocp.CheckpointManager, abstract_state: Any, data_iter: A
   return None
 
 
+def backbone_of(checkpointed: dict) -> dict:
+  """Inference variables (``params``, ``batch_stats``) of the recognition network in a
+  checkpointed ``{params: {backbone, ...}, batch_stats}`` tree."""
+  return {"params": checkpointed["params"]["backbone"], "batch_stats": checkpointed["batch_stats"]}
+
+
 def finished_steps(directory: str) -> list[int]:
   """Steps of the finished checkpoints under ``directory``, as orbax lists them (temporary
   saves and ``<step>.unreadable`` folders are not steps)."""

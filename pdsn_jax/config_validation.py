@@ -5,7 +5,7 @@ import ml_collections
 from pdsn_jax import builders, provenance, recognition, training
 from pdsn_jax.data import alignment, ar_real, occlusion, placement, sources
 from pdsn_jax.evaluation import evaluators, protocols, search, store
-from pdsn_jax.models import dlib_resnet, iresnet
+from pdsn_jax.models import trunks
 
 
 def _choices() -> dict:
@@ -15,10 +15,8 @@ def _choices() -> dict:
       "prng_impl": training.PRNG_IMPLS,
       "data.source": sources.SOURCES,
       "data.alignment": tuple(alignment.TEMPLATES),
-      "model.kind": builders.KINDS,
-      "model.dlib_u": tuple(dlib_resnet.U_BLOCKS),
+      "model.kind": tuple(trunks.KINDS),
       "model.dtype": tuple(builders.DTYPES),
-      "model.depth": tuple(iresnet.STAGE_BLOCKS),
       "pdsn.loss": pdsn.LOSSES,
       "occlusion.overlap": occlusion.OVERLAPS,
       "finetune.loss": recognition.LOSSES,
@@ -88,6 +86,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = _get(config, key)
     if value not in allowed:
       raise ValueError(f"config.{key}={value!r} is not one of {allowed}")
+  trunks.get(config.model.kind).validate(config.model)  # the kind's own model.* fields
   for key in _POSITIVE:
     if not _get(config, key) > 0:
       raise ValueError(f"config.{key}={_get(config, key)!r} must be > 0")

@@ -41,6 +41,7 @@ def export(workdir: str, model: str = "") -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from pdsn_jax import builders, inference  # pylint: disable=g-import-not-at-top
   from pdsn_jax.data import occlusion  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.models.layers import l2_normalize  # pylint: disable=g-import-not-at-top
 
   rec = inference.Recognizer(workdir, model)
   config, net = rec.config, rec.net
@@ -54,7 +55,7 @@ def export(workdir: str, model: str = "") -> dict:
     if clean is not None:  # faces with nothing discarded: the trunk's own F
       plain = net.apply(clean, u, method="head")
       e = jnp.where(jnp.all(fdm_masks > 0, axis=(1, 2, 3))[:, None], plain, e)
-    return e / jnp.maximum(jnp.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+    return l2_normalize(e)
 
   (b,) = jax.export.symbolic_shape("b")
   faces = jax.ShapeDtypeStruct((b, h, w, 3), jnp.uint8)

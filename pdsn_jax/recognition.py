@@ -15,6 +15,7 @@ from pdsn_jax import builders, fdm, loop, parallel, training
 from pdsn_jax.data import pipeline
 from pdsn_jax.data.pairs import generate_pairs
 from pdsn_jax.evaluation import verification
+from pdsn_jax.models.layers import l2_normalize
 
 LOSSES = ("cosface", "distill")
 TRAINABLE = ("all", "head", "classifier")
@@ -64,7 +65,7 @@ def init_fn(config, backbone, head, tx: optax.GradientTransformation, with_teach
 
 
 def _unit(e: jax.Array) -> jax.Array:
-  return e / jnp.maximum(jnp.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+  return l2_normalize(e)
 
 
 def train_step(state: training.TrainState, batch: dict, rng: jax.Array, *, backbone, head,

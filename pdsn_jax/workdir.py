@@ -75,8 +75,7 @@ def load(workdir: str, stage: str, keys=("params", "batch_stats")) -> dict | Non
 def backbone_variables(workdir: str, stage: str) -> dict | None:
   """Inference variables (``params``, ``batch_stats``) of a recognition stage's network."""
   v = load(workdir, stage)
-  return None if v is None else {"params": v["params"]["backbone"],
-                                 "batch_stats": v["batch_stats"]}
+  return None if v is None else checkpointing.backbone_of(v)
 
 
 def config_file(workdir: str) -> str:

@@ -16,13 +16,14 @@ import numpy as np
 
 from pdsn_jax import fdm, parallel
 from pdsn_jax.data import pipeline
+from pdsn_jax.models.layers import l2_normalize
 
 
 def masked_embeddings(head_fn: Callable[[jax.Array], jax.Array], u: jax.Array,
                       masks: jax.Array) -> jax.Array:
   """L2-normalised F(M * U): ``u`` (N, h, w, c), ``masks`` (N, h, w, c) or (h, w, c)."""
   e = head_fn(u * masks)
-  return e / jnp.maximum(jnp.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+  return l2_normalize(e)
 
 
 # ------------------------------------------------------- data-parallel engine

@@ -23,6 +23,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from pdsn_jax import fdm, parallel
 from pdsn_jax.evaluation import store as store_lib
+from pdsn_jax.models.layers import l2_normalize
 
 PATHS = ("auto", "affine", "general")
 
@@ -82,7 +83,7 @@ def _search_step(state: dict, batch: dict, *, k: int, affine: bool, head):
     if "clean_variables" in state:  # (n, K, E); the all-clear pattern under its own network
       plain = head(state["clean_variables"], u)
       g = jnp.where(state["clean"][None, :, None], plain[:, None], g)
-  g = g / jnp.maximum(jnp.linalg.norm(g, axis=-1, keepdims=True), 1e-12)
+  g = l2_normalize(g)
   s = jnp.einsum("kpe,nke->kpn", state["probes"], g)
   s = jnp.where(batch["valid"][None, None, :], s, -jnp.inf)
   top, arg = jax.lax.top_k(s, min(k, n))  # this device's rows

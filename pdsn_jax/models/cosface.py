@@ -3,6 +3,8 @@
 import flax.linen as nn
 import jax.numpy as jnp
 
+from pdsn_jax.models.layers import l2_normalize
+
 
 def cosface_logits(
     cosine: jnp.ndarray, labels: jnp.ndarray, scale: float, margin: float
@@ -33,8 +35,8 @@ class CosFaceHead(nn.Module):
         jnp.float32,
     )
     e = embeddings.astype(jnp.float32)
-    e = e / jnp.maximum(jnp.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
-    w = w / jnp.maximum(jnp.linalg.norm(w, axis=0, keepdims=True), 1e-12)
+    e = l2_normalize(e)
+    w = l2_normalize(w, axis=0)
     cosine = e @ w
     if labels is None:
       return self.scale * cosine, cosine

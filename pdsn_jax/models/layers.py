@@ -4,6 +4,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 
+def l2_normalize(x: jnp.ndarray, axis: int = -1) -> jnp.ndarray:
+  """``x`` scaled to unit L2 norm along ``axis`` (zero vectors stay zero)."""
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
+
+
 class PReLU(nn.Module):
   """PReLU with one learnable slope per channel (last axis).
 

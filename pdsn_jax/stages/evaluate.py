@@ -38,19 +38,6 @@ def _dictionary(workdir: str, name: str):
   return fdm.load(path) if os.path.isfile(path) else None
 
 
-def _test_library(config) -> occlusion.OccluderLibrary:
-  """The occluders of the test faces: ``eval.occluder_dir`` (every file), else the
-  ``eval.occluder_split`` files of ``occlusion.occluder_dir`` (the test split; "select" for
-  choosing settings); both with the drawings of ``eval.procedural_categories``."""
-  cfg = config.eval
-  if cfg.occluder_dir:
-    return occlusion.OccluderLibrary(cfg.occluder_dir, cfg.procedural,
-                                     tuple(cfg.procedural_categories),
-                                     face_template=config.data.alignment)
-  return builders.occluders(config, cfg.occluder_split, cfg.procedural,
-                            cfg.procedural_categories)
-
-
 def _eval_sets(config, library) -> protocols.EvalSets:
   cfg = config.eval
   heldout, distractor_src = sources.build_eval(config.data, cfg.num_distractors)
@@ -234,7 +221,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       workdir_lib.DICTIONARY, workdir_lib.DETECTOR] + lam0))
   record = provenance.begin(config, workdir, STAGE, STAGE, upstream, reuse=False)
   mesh = parallel.make_mesh()
-  sets = _eval_sets(config, _test_library(config))
+  sets = _eval_sets(config, builders.test_occluders(config))
   det_vars = workdir_lib.load(workdir, workdir_lib.DETECTOR)
   if cfg.occlusion_source == "detector" and det_vars is None:
     workdir_lib.require(workdir, workdir_lib.DETECTOR, "eval.occlusion_source='detector'")

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from pdsn_jax import builders, loop, parallel, training, visualize
+from pdsn_jax import builders, checkpointing, loop, parallel, training, visualize
 from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.data import occlusion
 
@@ -43,7 +43,7 @@ def pdsn_losses(gen_params, gen_stats, trunk, clean_u, occ_u, labels, *, backbon
     new_stats = updates["batch_stats"]
   else:
     masks, new_stats = gens.apply(variables, gen_in, False), gen_stats
-  bvars = builders.trunk_variables(trunk)
+  bvars = checkpointing.backbone_of(trunk)
   tiled = jnp.tile(labels, num)
 
   def ce(u):
