@@ -139,7 +139,7 @@ def init_from_loader(config: ml_collections.ConfigDict):
     v = trunks.get(kind).load(path)
     if v is None:  # another run's checkpoints
       return checkpointing.load_variables(path)
-    logging.info("loaded %s weights from %s", kind, path)
+    logging.info("loaded model.kind=%s weights from %s", kind, path)
     return {"params": {"backbone": v["params"]}, "batch_stats": v["batch_stats"]}
 
   return load

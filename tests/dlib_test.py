@@ -130,7 +130,7 @@ def test_dlib_trunk_runs_the_pdsn_stages(tmp_path):
       "--config.pdsn.num_steps=2", "--config.pdsn.batch_size=4", "--config.pdsn.log_every=1",
       "--config.dictionary.pairs_per_block=4", "--config.dictionary.batch_size=4",
       config="configs/dlib_trunk.py")
-  assert "loaded dlib's ResNet" in proc.stderr and "init_from:dlib" in proc.stderr
+  assert "loaded model.kind=dlib weights from" in proc.stderr and "init_from:dlib" in proc.stderr
   from pdsn_jax import checkpointing  # pylint: disable=g-import-not-at-top
   t = checkpointing.load_variables(os.path.join(wd, "trunk", "checkpoints"))
   ref = dlib_resnet.to_variables(dlib_resnet.read_network(_model_file()))
