@@ -172,27 +172,30 @@ def begin(config, workdir: str, name: str, kind: str, upstream=(), overrides: di
     up[u] = r["fingerprint"] if r is not None else "unrecorded"
   new = {"stage": name, "kind": kind, "fields": fields(config, kind, overrides),
          "overrides": dict(overrides or {}), "upstream": up}
-  old = read(workdir, name) if reuse and has_outputs(workdir, name) else None
-  if reuse and has_outputs(workdir, name):
-    if old is None:
-      logging.warning("[%s] outputs without a provenance record (made by an older version): "
-                      "adopted as made under this config", name)
-    else:
-      changed = _diff(old["fields"], new["fields"])
-      moved = [u for u in up if old["upstream"].get(u) != up[u]]
-      if changed and not _overwrite(config, name):
-        raise StaleStage(
-            f"stage '{name}' in {workdir} was made under another config:\n  "
-            + "\n  ".join(changed) + f"\neither use a new --workdir, or rerun with "
-            f"--config.overwrite={_stage(name)} to move the old outputs aside and make it again "
-            "(and every stage downstream that runs)")
-      if changed or moved:
-        why = (f"config changed ({'; '.join(changed)})" if changed else
-               f"upstream {', '.join(moved)} made again since")
-        dst = _move_aside(workdir, name)
-        logging.warning("[%s] %s: old outputs moved to %s; starting the stage again", name, why,
-                        dst)
-        old = None
+  present = reuse and has_outputs(workdir, name)
+  old = read(workdir, name) if present else None
+  why = ""
+  if present and old is None:
+    logging.warning("[%s] outputs without a provenance record (made by an older version): "
+                    "adopted as made under this config", name)
+  elif present:
+    changed = _diff(old["fields"], new["fields"])
+    moved = [u for u in up if old["upstream"].get(u) != up[u]]
+    if changed and not _overwrite(config, name):
+      raise StaleStage(
+          f"stage '{name}' in {workdir} was made under another config:\n  "
+          + "\n  ".join(changed) + f"\neither use a new --workdir, or rerun with "
+          f"--config.overwrite={_stage(name)} to move the old outputs aside and make it again "
+          "(and every stage downstream that runs)")
+    if changed or moved:
+      why = (f"config changed ({'; '.join(changed)})" if changed else
+             f"upstream {', '.join(moved)} made again since")
+  # every process has decided on the same files before process 0 changes any
+  distributed.barrier(f"provenance: {name} checked")
+  if why:
+    dst = _move_aside(workdir, name)
+    logging.warning("[%s] %s: old outputs moved to %s; starting the stage again", name, why, dst)
+    old = None
   if old is not None:
     new["id"], new["created"] = old["id"], old["created"]
   else:
@@ -203,7 +206,7 @@ def begin(config, workdir: str, name: str, kind: str, upstream=(), overrides: di
     os.makedirs(os.path.join(workdir, name), exist_ok=True)
     files.write_json(_path(workdir, name), new)
   distributed.barrier(f"provenance: {name} recorded")
-  return new
+  return read(workdir, name)  # process 0's (its random id) in every process
 
 
 def records(workdir: str, names) -> dict:

@@ -23,10 +23,9 @@ STAGES = "--config.stages=trunk,pdsn,dictionary,finetune,detector,evaluate"
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, tiny_run):
   root = tmp_path_factory.mktemp("commands")
-  wd = str(root / "run")
-  helpers.run_main(wd, STAGES)
+  wd = tiny_run
   # photos: a gallery of 3 people, probes of the same people (one masked), an unreadable file
   src = SyntheticFaces(3, 3, 0, 40)
   lib = occlusion.OccluderLibrary("", True)

@@ -16,3 +16,18 @@ if not flags.FLAGS.is_parsed():
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
+
+import pytest  # noqa: E402
+
+from tests import helpers  # noqa: E402
+
+TINY_RUN_STAGES = "--config.stages=trunk,pdsn,dictionary,finetune,detector,evaluate"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> str:
+  """A finished tiny run of every stage the commands need, made once per session. Tests that
+  change a run work on a copy (shutil.copytree)."""
+  wd = str(tmp_path_factory.mktemp("tiny_run") / "run")
+  helpers.run_main(wd, TINY_RUN_STAGES)
+  return wd

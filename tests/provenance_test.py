@@ -3,6 +3,7 @@ rule of ``pdsn_jax.provenance`` on a workdir of placeholder outputs, then end to
 
 import json
 import os
+import shutil
 import subprocess
 
 import numpy as np
@@ -88,11 +89,12 @@ def test_outputs_without_a_record_are_adopted_with_a_warning(tmp_path, caplog):
   assert os.path.isfile(os.path.join(wd, "trunk", "out.bin"))
 
 
-def test_a_rerun_with_a_changed_field_never_reuses_or_mislabels(tmp_path):
+def test_a_rerun_with_a_changed_field_never_reuses_or_mislabels(tmp_path, tiny_run):
   """The probe: a finished run rerun with --config.pdsn.lambda_l1=50 trained nothing, skipped
   the dictionary, overwrote config.json and labelled lambda=10 numbers as lambda=50."""
   wd = str(tmp_path / "run")
-  helpers.run_main(wd)  # trunk, pdsn, dictionary
+  shutil.copytree(tiny_run, wd, ignore=shutil.ignore_patterns("export"))  # every stage ran
+  results = open(os.path.join(wd, "results.md")).read()
   npz = os.path.join(wd, "dictionary", "dictionary.npz")
   before = (files.sha256(npz), files.sha256(os.path.join(wd, "config.json")))
   proc = subprocess.run(helpers.main_cmd(wd, "--config.stages=pdsn,dictionary",
@@ -102,12 +104,22 @@ def test_a_rerun_with_a_changed_field_never_reuses_or_mislabels(tmp_path):
   assert proc.returncode != 0
   assert "pdsn.lambda_l1: 10.0 -> 50.0" in proc.stderr and "Traceback" not in proc.stderr
   assert (files.sha256(npz), files.sha256(os.path.join(wd, "config.json"))) == before
+  assert open(os.path.join(wd, "results.md")).read() == results
   helpers.run_main(wd, "--config.stages=pdsn,dictionary", "--config.pdsn.lambda_l1=50",
                    "--config.overwrite=pdsn")
   assert json.load(open(os.path.join(wd, "config.json")))["pdsn"]["lambda_l1"] == 50.0
   hist = os.path.join(wd, "config_history", "0000.json")
   assert json.load(open(hist))["pdsn"]["lambda_l1"] == 10.0
   assert files.sha256(npz) != before[0]  # made again from the new generators
+  # the old results described the old generators: moved aside with them, never relabelled
+  assert not os.path.exists(os.path.join(wd, "results.md"))
+  assert [f for f in os.listdir(wd) if f.startswith("results.replaced-") and f.endswith(".md")]
+  # the fine-tuned network read the old dictionary: evaluating it now is refused
+  proc = subprocess.run(helpers.main_cmd(wd, "--config.stages=evaluate",
+                                         "--config.pdsn.lambda_l1=50"),
+                        cwd=helpers.REPO, env=helpers.env_with_devices(1), capture_output=True,
+                        text=True, timeout=600, check=False)
+  assert proc.returncode != 0 and "reads 'finetune', which was made under another" in proc.stderr
   assert provenance.read(wd, "dictionary")["upstream"]["pdsn"] == provenance.read(
       wd, "pdsn")["fingerprint"]
   # a damaged dictionary.npz is named and made again by its stage (same provenance)

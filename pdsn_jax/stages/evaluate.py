@@ -170,6 +170,7 @@ class _Networks:
                if (old["trunk"]["fingerprint"] if k == "trunk" else old.get(k)) != now]
       except (FileNotFoundError, files.DamagedFile, ValueError, KeyError) as e:
         why = [f"unreadable ({e})"]
+      distributed.barrier(f"{path} checked")  # every process read it before it goes
       if why:
         logging.info("[evaluate] %s: made with another %s; rebuilding", path, ", ".join(why))
         if jax.process_index() == 0:
