@@ -20,12 +20,14 @@ import time
 from absl import flags
 import numpy as np
 
+from pdsn_jax.data.faces import FINDERS
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run folder of python -m pdsn_jax.main.")
 _MODEL = flags.DEFINE_string("model", "", "One of the run's eval.models (default: the last).")
 _LANDMARKS = flags.DEFINE_string("landmarks", "", "5-point landmarks TSV (else the face "
                                  "detector finds the points).")
 _FACE_DETECTOR = flags.DEFINE_enum(
-    "face_detector", "blazeface", ["blazeface", "blazeface_full", "hog", "cnn", "none"],
+    "face_detector", "blazeface", list(FINDERS),
     "'blazeface': MediaPipe's BlazeFace in JAX (finds masked faces; '_full' for small, far "
     "faces), 'hog' / 'cnn': dlib's; 'none': the photos are already aligned crops")
 _IMAGES = flags.DEFINE_string("images", "", "embed: folder of photos (searched recursively).")

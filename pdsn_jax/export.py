@@ -64,7 +64,8 @@ def export(workdir: str, model: str = "") -> dict:
   paths = {}
   exp = jax.export.export(jax.jit(embed))(faces, jax.ShapeDtypeStruct((b, *rec.u_shape),
                                                                       jnp.float32))
-  paths["embed"] = _write(os.path.join(out_dir, "embed.jaxexport"), exp.serialize())
+  paths["embed"] = files.atomic_write(os.path.join(out_dir, "embed.jaxexport"),
+                                      bytes(exp.serialize()))
   if rec.detector_variables is not None:
     det, cfg = builders.detector(config, False), config.detector
     dvars = jax.device_get(rec.detector_variables)
@@ -74,7 +75,8 @@ def export(workdir: str, model: str = "") -> dict:
       return jax.nn.sigmoid(logits) >= cfg.threshold
 
     exp = jax.export.export(jax.jit(occluded))(faces)
-    paths["occlusion"] = _write(os.path.join(out_dir, "occlusion.jaxexport"), exp.serialize())
+    paths["occlusion"] = files.atomic_write(os.path.join(out_dir, "occlusion.jaxexport"),
+                                            bytes(exp.serialize()))
   np.save(os.path.join(out_dir, "dictionary.npy"), rec.host_table.astype(np.uint8))
   paths["dictionary"] = os.path.join(out_dir, "dictionary.npy")
   meta = {"model": rec.spec.name, "image_size": [h, w], "u_shape": list(rec.u_shape),
@@ -85,10 +87,6 @@ def export(workdir: str, model: str = "") -> dict:
                     for k, v in paths.items()}}
   files.write_json(os.path.join(out_dir, "meta.json"), meta)
   return paths
-
-
-def _write(path: str, blob) -> str:
-  return files.atomic_write(path, bytes(blob))
 
 
 def load(export_dir: str, name: str = "embed"):

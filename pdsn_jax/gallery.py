@@ -21,6 +21,8 @@ import sys
 import numpy as np
 from absl import flags
 
+from pdsn_jax.data.faces import FINDERS
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (python -m pdsn_jax.main).")
 _OUT = flags.DEFINE_string("out", None, "Store folder to create or resume.")
 _IMAGES = flags.DEFINE_string("images", "", "Folder of face images (searched recursively).")
@@ -30,7 +32,7 @@ _DTYPE = flags.DEFINE_enum("dtype", "float16", ["float32", "float16", "int8"], "
 _SHARD = flags.DEFINE_integer("shard_size", 4096, "Faces per shard.")
 _STAGE = flags.DEFINE_string("stage", "trunk", "The run's stage whose network computes U.")
 _FACE_DETECTOR = flags.DEFINE_enum(
-    "face_detector", "blazeface", ["blazeface", "blazeface_full", "hog", "cnn", "none"],
+    "face_detector", "blazeface", list(FINDERS),
     "--images: finds each face not in --landmarks ('none': the photos are aligned crops, "
     "centre-cropped)")
 flags.mark_flags_as_required(["workdir", "out"])

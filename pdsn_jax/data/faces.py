@@ -23,6 +23,7 @@ from pdsn_jax.data.alignment import align_face
 from pdsn_jax.data.folders import load_rgb
 
 DETECTORS = ("blazeface", "blazeface_full", "hog", "cnn")
+FINDERS = DETECTORS + ("none",)  # --face_detector: "none" takes the photos as aligned crops
 _BLAZEFACE = {"blazeface": ("short", "full"), "blazeface_full": ("full",)}  # tried in order
 MIN_FACE_PX = 16  # a photo smaller than this on either side holds no usable face
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm")

@@ -78,6 +78,13 @@ SUPPORTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "RELU", "RELU6", "PAD", "MAX
              "RESHAPE", "CONCATENATION", "RESIZE_BILINEAR", "DEQUANTIZE")
 
 
+def check_supported(kind: str, path: str) -> str:
+  """``kind`` if ``apply`` runs it, else ValueError naming the operator and the file."""
+  if kind not in SUPPORTED:
+    raise ValueError(f"{path}: operator {kind} is not supported (supported: {SUPPORTED})")
+  return kind
+
+
 def read(path: str) -> tuple[Graph, dict]:
   """(graph, params) of a float ``.tflite`` file; ValueError naming an unsupported operator."""
   import tflite  # pylint: disable=g-import-not-at-top
@@ -103,9 +110,7 @@ def read(path: str) -> tuple[Graph, dict]:
   ops = []
   for k in range(g.OperatorsLength()):
     op = g.Operators(k)
-    kind = _opname(model, tflite, op)
-    if kind not in SUPPORTED:
-      raise ValueError(f"{path}: operator {kind} is not supported (supported: {SUPPORTED})")
+    kind = check_supported(_opname(model, tflite, op), path)
     ops.append(Op(kind, tuple(int(v) for v in op.InputsAsNumpy()),
                   tuple(int(v) for v in op.OutputsAsNumpy()), _options(tflite, kind, op)))
   graph = Graph(tuple(ops), tuple(int(v) for v in g.InputsAsNumpy()),
