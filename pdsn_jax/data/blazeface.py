@@ -110,8 +110,9 @@ class BlazeFace:
     small = np.asarray(Image.fromarray(square).resize((self.side, self.side), Image.BILINEAR))
     return small.astype(np.float32) / 127.5 - 1.0, float(s), int(left), int(top)
 
-  def detect(self, images) -> list[list[Detection]]:
-    """Every face of each photo, best first."""
+  def detect(self, images, threshold: float | None = None) -> list[list[Detection]]:
+    """Every face of each photo scoring at least ``threshold`` (default: the model's), best
+    first."""
     out = []
     for start in range(0, len(images), self.batch):
       chunk = images[start:start + self.batch]
@@ -120,12 +121,13 @@ class BlazeFace:
       x[:len(chunk)] = np.stack([b[0] for b in boxed])
       reg, cls = (np.asarray(v) for v in self._run(self.params, x))
       for i, (_, s, left, top) in enumerate(boxed):
-        out.append(self._decode(reg[i], cls[i, :, 0], s, left, top))
+        out.append(self._decode(reg[i], cls[i, :, 0], s, left, top,
+                                self.threshold if threshold is None else threshold))
     return out
 
-  def _decode(self, reg, logits, s, left, top) -> list[Detection]:
+  def _decode(self, reg, logits, s, left, top, threshold) -> list[Detection]:
     scores = 0.5 * (1.0 + np.tanh(0.5 * np.clip(logits, -100.0, 100.0)))  # sigmoid
-    keep = scores >= self.threshold
+    keep = scores >= threshold
     if not keep.any():
       return []
     r, a = reg[keep] / self.side, self.anchors[keep]

@@ -54,10 +54,11 @@ class FaceFinder:
   """BlazeFace (short or full range; 4 points), or dlib's HOG (fast, frontal) or CNN (MMOD,
   slower, more poses) detector + 68-point model (5 points)."""
 
-  def __init__(self, detector: str = "blazeface", upsample: int = 1):
+  def __init__(self, detector: str = "blazeface", upsample: int = 1,
+               fallback: float | None = None):
     if detector not in DETECTORS:
       raise ValueError(f"face detector {detector!r} is not one of {DETECTORS}")
-    self.name, self._blaze = detector, None
+    self.name, self._blaze, self.fallback = detector, None, fallback
     if detector in _BLAZEFACE:
       from pdsn_jax.data import blazeface  # pylint: disable=g-import-not-at-top
       self._blaze = [blazeface.BlazeFace(m) for m in _BLAZEFACE[detector]]
@@ -88,9 +89,12 @@ class FaceFinder:
     if self._blaze is None:
       return [self._dlib_points(im) for im in images]
     found = self._blaze[0].detect(images)
-    for model in self._blaze[1:]:  # the next model on the photos still without a face
+    tries = [(m, None) for m in self._blaze[1:]]
+    if self.fallback is not None:  # a last try, every model at the lower threshold
+      tries += [(m, self.fallback) for m in self._blaze]
+    for model, threshold in tries:  # the next try on the photos still without a face
       todo = [i for i, d in enumerate(found) if not d]
-      for i, d in zip(todo, model.detect([images[i] for i in todo]) if todo else []):
+      for i, d in zip(todo, model.detect([images[i] for i in todo], threshold) if todo else []):
         found[i] = d
     out = []
     for dets in found:

@@ -1,0 +1,136 @@
+"""Choosing BlazeFace's fallback pass on training-side data: the score threshold of a last try
+on photos where neither model found a face at its own threshold.
+
+  python benchmarks/blazeface_fallback.py [--celeba=../shared/data/celeba] \\
+      [--occluders=../shared/data/occluders] [--thresholds=off,0.4,0.3,0.2,0.1]
+
+Faces: the CelebA held-out identities (the last 30 with at least 2 images, as
+``configs/real_mobilefacenet.py`` holds them out; no stage trains on them), as raw crops. Sets:
+* clean, and with each *select*-split occluder category (``OCCLUDER_SPLITS["select"]``: mask,
+  sunglasses, hat) pasted in place (``placement.occlude_photo``);
+* the same as grey, low-resolution photos: the crop scaled to 48 px wide, grey, scaled back up
+  4x and padded by half its size with edge pixels (the path AR-like photos take);
+* non-faces: every select and train occluder file alone on a grey or noise background, and
+  CelebA crops with the face region (landmark box, grown 60%) filled by its mean colour.
+
+Columns per candidate: faces found % per set, the mean point error of the found faces (px of
+the 112x96 frame, against the landmarks TSV, like ``raw_photos.py``), and the share of
+non-faces given a face.
+
+Selection rule (fixed before this script was first run, commit "BlazeFace fallback: the rule
+and its benchmark"): the candidate with the highest mean found % over the occluded sets (plain
+and grey low-res) wins, among those that give a face to at most 1% of the non-faces and whose
+mean point error on the occluded sets is at most 0.5 px above "off"'s; a tie within 0.5 points
+goes to the higher threshold (fewer chances of a wrong face). AR's real photos and LFW only
+report the chosen one (``raw_photos.py``).
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def grey_lowres(image: np.ndarray) -> np.ndarray:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  h, w = image.shape[:2]
+  small = Image.fromarray(image).convert("L").resize((48, max(8, round(48 * h / w))),
+                                                     Image.BILINEAR)
+  big = np.asarray(small.resize((small.width * 4, small.height * 4), Image.BICUBIC))
+  ph, pw = big.shape[0] // 2, big.shape[1] // 2
+  return np.repeat(np.pad(big, ((ph, ph), (pw, pw)), mode="edge")[..., None], 3, -1)
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--celeba", default="../shared/data/celeba")
+  ap.add_argument("--occluders", default="../shared/data/occluders")
+  ap.add_argument("--thresholds", default="off,0.4,0.3,0.2,0.1")
+  ap.add_argument("--heldout", type=int, default=30)
+  args = ap.parse_args()
+  from configs import real_mobilefacenet  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data import alignment, faces as faces_lib, occlusion, placement  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data.folders import FolderFaces, load_rgb  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  folders = FolderFaces(os.path.join(args.celeba, "images"),
+                        os.path.join(args.celeba, "landmarks.tsv"), min_images=2)
+  first = folders.num_classes - args.heldout
+  paths = [p for p, y in zip(folders.paths, folders.labels) if y >= first]
+  marks = [np.asarray(folders.landmarks[os.path.normpath(p)]).reshape(5, 2) for p in paths]
+  clean = [load_rgb(p) for p in paths]
+  select = occlusion.OccluderLibrary(args.occluders, False, split="select",
+                                     splits=real_mobilefacenet.OCCLUDER_SPLITS)
+  sets = {"clean": (clean, marks)}
+  for k, cat in enumerate(("mask", "sunglasses", "hat")):
+    sets[f"select {cat}"] = ([placement.occlude_photo(im, m, np.random.default_rng([k, i]),
+                                                      select, cat)
+                              for i, (im, m) in enumerate(zip(clean, marks))], marks)
+  for name in list(sets):
+    images, pts = sets[name]
+    scaled = []
+    for im, m in zip(images, pts):  # the points follow the 48-px-wide, 4x, padded photo
+      s = 48 * 4 / im.shape[1]
+      big_h = max(8, round(48 * im.shape[0] / im.shape[1])) * 4
+      scaled.append(m * np.array([s, big_h / im.shape[0]]) + np.array([96, big_h // 2]))
+    sets[f"{name}, grey low-res"] = ([grey_lowres(im) for im in images], scaled)
+
+  rng = np.random.default_rng(0)
+  nonfaces = []
+  for split in ("select", "train"):
+    lib = occlusion.OccluderLibrary(args.occluders, False, split=split,
+                                    splits=real_mobilefacenet.OCCLUDER_SPLITS)
+    for occluders in lib.images.values():
+      for o in occluders:
+        rgba = np.asarray(Image.fromarray(o).resize((160, 160)), np.float32) / 255
+        for bg in (np.full((160, 160, 3), 0.5), rng.uniform(0, 1, (160, 160, 3))):
+          a = rgba[..., 3:]
+          nonfaces.append((255 * (rgba[..., :3] * a + bg * (1 - a))).astype(np.uint8))
+  for im, m in zip(clean, marks):
+    c, half = m.mean(0), 0.8 * (m.max(0) - m.min(0)).max() + 4
+    x0, y0 = np.maximum((c - half).astype(int), 0)
+    x1, y1 = (c + half).astype(int)
+    out = im.copy()
+    out[y0:y1, x0:x1] = im.reshape(-1, 3).mean(0).astype(np.uint8)
+    nonfaces.append(out)
+
+  tmpl5 = alignment.template_for((112, 96))
+  offset = alignment.template_for((112, 96), num_points=4) - np.concatenate(
+      [tmpl5[:3], tmpl5[3:].mean(0, keepdims=True)])
+
+  def error(found, pts):
+    errs = []
+    for (q, _), p in zip(found, pts):
+      if q is None:
+        continue
+      m = alignment.similarity_transform(p, tmpl5)
+      to = lambda a: np.asarray(a).reshape(-1, 2) @ m[:, :2].T + m[:, 2]  # noqa: E731
+      truth = to(p)
+      truth = np.concatenate([truth[:3], truth[3:].mean(0, keepdims=True)]) + offset
+      errs.append(np.linalg.norm(to(q) - truth, axis=1).mean())
+    return errs
+
+  head = (["fallback threshold"] + [f"{k} found %" for k in sets]
+          + ["occluded point error (px)", "non-faces given a face %", "s"])
+  print("| " + " | ".join(head) + " |\n|" + "---|" * len(head), flush=True)
+  for t in args.thresholds.split(","):
+    finder = faces_lib.FaceFinder("blazeface", fallback=None if t == "off" else float(t))
+    t0 = time.time()
+    row, errs = [t], []
+    for name, (images, pts) in sets.items():
+      found = finder.points_batch(images)
+      row.append(f"{100 * np.mean([q is not None for q, _ in found]):.2f}")
+      if not name.startswith("clean"):
+        errs += error(found, pts)
+    bad = np.mean([q is not None for q, _ in finder.points_batch(nonfaces)])
+    row += [f"{np.mean(errs):.2f}", f"{100 * bad:.2f}", f"{time.time() - t0:.0f}"]
+    print("| " + " | ".join(row) + " |", flush=True)
+  print(f"\n({len(paths)} held-out CelebA faces per set; {len(nonfaces)} non-faces)")
+
+
+if __name__ == "__main__":
+  main()
