@@ -7,7 +7,7 @@ on photos where neither model found a face at its own threshold.
 Faces: the CelebA held-out identities (the last 30 with at least 2 images, as
 ``configs/real_mobilefacenet.py`` holds them out; no stage trains on them), as raw crops. Sets:
 * clean, and with each *select*-split occluder category (``OCCLUDER_SPLITS["select"]``: mask,
-  sunglasses, hat) pasted in place (``placement.occlude_photo``);
+  sunglasses; its hat is no condition of the placement) pasted in place (``placement.occlude_photo``);
 * the same as grey, low-resolution photos: the crop scaled to 48 px wide, grey, scaled back up
   4x and padded by half its size with edge pixels (the path AR-like photos take);
 * non-faces: every select and train occluder file alone on a grey or noise background, and
@@ -66,7 +66,7 @@ def main():
   select = occlusion.OccluderLibrary(args.occluders, False, split="select",
                                      splits=real_mobilefacenet.OCCLUDER_SPLITS)
   sets = {"clean": (clean, marks)}
-  for k, cat in enumerate(("mask", "sunglasses", "hat")):
+  for k, cat in enumerate(("mask", "sunglasses")):
     sets[f"select {cat}"] = ([placement.occlude_photo(im, m, np.random.default_rng([k, i]),
                                                       select, cat)
                               for i, (im, m) in enumerate(zip(clean, marks))], marks)
