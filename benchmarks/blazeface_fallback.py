@@ -23,6 +23,21 @@ and grey low-res) wins, among those that give a face to at most 1% of the non-fa
 mean point error on the occluded sets is at most 0.5 px above "off"'s; a tie within 0.5 points
 goes to the higher threshold (fewer chances of a wrong face). AR's real photos and LFW only
 report the chosen one (``raw_photos.py``).
+
+Outcome (2026-12-02, the command above with ``--thresholds=off,0.4,0.3``; 526 faces per set):
+
+| fallback | mask grey low-res found % | sunglasses grey low-res found % | occluders alone given a face % | face-erased crops given a face % |
+|---|---|---|---|---|
+| off | 91.06 | 98.67 | 23.81 | 17.87 |
+| 0.4 | 96.39 | 99.81 | 33.33 | 38.97 |
+| 0.3 | 97.91 | 100.00 | 35.71 | 65.78 |
+
+(every other set: 98.86-100% found by all three.) No candidate passes the 1% non-face bound,
+"off" included: the non-face sets are not free of faces (occluder files cut from photos keep
+chins and eyes; the erased box leaves foreheads and chins). Judged against "off" instead, a
+fallback more than doubles the wrong faces on the erased crops for 5-7 points of masked grey
+faces, so it stays off by default (``--face_fallback_score`` for users who know every photo
+holds a face).
 """
 
 import argparse
@@ -80,7 +95,7 @@ def main():
     sets[f"{name}, grey low-res"] = ([grey_lowres(im) for im in images], scaled)
 
   rng = np.random.default_rng(0)
-  nonfaces = []
+  nonfaces, erased = [], []
   for split in ("select", "train"):
     lib = occlusion.OccluderLibrary(args.occluders, False, split=split,
                                     splits=real_mobilefacenet.OCCLUDER_SPLITS)
@@ -96,7 +111,7 @@ def main():
     x1, y1 = (c + half).astype(int)
     out = im.copy()
     out[y0:y1, x0:x1] = im.reshape(-1, 3).mean(0).astype(np.uint8)
-    nonfaces.append(out)
+    erased.append(out)
 
   tmpl5 = alignment.template_for((112, 96))
   offset = alignment.template_for((112, 96), num_points=4) - np.concatenate(
@@ -115,7 +130,8 @@ def main():
     return errs
 
   head = (["fallback threshold"] + [f"{k} found %" for k in sets]
-          + ["occluded point error (px)", "non-faces given a face %", "s"])
+          + ["occluded point error (px)", "occluders alone given a face %",
+             "face-erased crops given a face %", "s"])
   print("| " + " | ".join(head) + " |\n|" + "---|" * len(head), flush=True)
   for t in args.thresholds.split(","):
     finder = faces_lib.FaceFinder("blazeface", fallback=None if t == "off" else float(t))
@@ -126,10 +142,12 @@ def main():
       row.append(f"{100 * np.mean([q is not None for q, _ in found]):.2f}")
       if not name.startswith("clean"):
         errs += error(found, pts)
-    bad = np.mean([q is not None for q, _ in finder.points_batch(nonfaces)])
-    row += [f"{np.mean(errs):.2f}", f"{100 * bad:.2f}", f"{time.time() - t0:.0f}"]
+    bad = [100 * np.mean([q is not None for q, _ in finder.points_batch(x)])
+           for x in (nonfaces, erased)]
+    row += [f"{np.mean(errs):.2f}", f"{bad[0]:.2f}", f"{bad[1]:.2f}", f"{time.time() - t0:.0f}"]
     print("| " + " | ".join(row) + " |", flush=True)
-  print(f"\n({len(paths)} held-out CelebA faces per set; {len(nonfaces)} non-faces)")
+  print(f"\n({len(paths)} held-out CelebA faces per set; {len(nonfaces)} occluders alone, "
+        f"{len(erased)} face-erased crops)")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,11 @@ _FACE_DETECTOR = flags.DEFINE_enum(
     "face_detector", "blazeface", list(FINDERS),
     "'blazeface': MediaPipe's BlazeFace in JAX (finds masked faces; '_full' for small, far "
     "faces), 'hog' / 'cnn': dlib's; 'none': the photos are already aligned crops")
+_FALLBACK = flags.DEFINE_float(
+    "face_fallback_score", None,
+    "BlazeFace: a last try at this lower score on photos where no face was found (e.g. 0.4: "
+    "more masked, grey, low-resolution faces found, but also more wrong faces on photos "
+    "without one; benchmarks/blazeface_fallback.py). Default: no last try.")
 _IMAGES = flags.DEFINE_string("images", "", "embed: folder of photos (searched recursively).")
 _OUT = flags.DEFINE_string("out", "", "embed: .npz to write; identify: .csv to write.")
 _SHEET = flags.DEFINE_string("sheet", "", "embed: also a contact sheet PNG (face, mask, blocks).")
@@ -46,7 +51,7 @@ _OCCLUSION = flags.DEFINE_string(
     "'row,col;row,col' (rows/columns 1-3, e.g. '2,1;2,2;2,3' for the eye row). identify: the "
     "probes' occlusion (the gallery is always 'auto').")
 _CHUNK = 64  # faces per progress step
-_COMMON = ("workdir", "model", "landmarks", "face_detector", "occlusion")
+_COMMON = ("workdir", "model", "landmarks", "face_detector", "face_fallback_score", "occlusion")
 EMBED_FLAGS = _COMMON + ("images", "out", "sheet")
 VERIFY_FLAGS = _COMMON
 IDENTIFY_FLAGS = _COMMON + ("gallery", "store", "probes", "out", "k")
@@ -68,7 +73,7 @@ def _faces(paths: list[str], config):
   from pdsn_jax.data.folders import read_landmarks  # pylint: disable=g-import-not-at-top
   marks = read_landmarks(_LANDMARKS.value) if _LANDMARKS.value else None
   need = marks is None or any(os.path.normpath(os.path.abspath(p)) not in marks for p in paths)
-  finder = (faces_lib.FaceFinder(_FACE_DETECTOR.value)
+  finder = (faces_lib.FaceFinder(_FACE_DETECTOR.value, fallback=_FALLBACK.value)
             if need and _FACE_DETECTOR.value != "none" else None)
   found = faces_lib.find(paths, config.data.image_size, config.data.alignment, marks, finder)
   for f in found:

@@ -102,3 +102,33 @@ def test_finds_bare_masked_and_sunglassed_faces_and_their_points():
     errs.append(np.linalg.norm(pts @ m[:, :2].T + m[:, 2] - t4, axis=1).mean())
   # in the aligned frame the points land near the template (its per-point std is 3-7 px)
   assert np.median(errs) < 6.0, errs
+
+
+class _Scored:
+  """A stand-in model: one face per photo, found only at a threshold at most its score."""
+
+  def __init__(self, score: float, threshold: float):
+    self.score, self.threshold, self.calls = score, threshold, []
+
+  def detect(self, images, threshold=None):
+    t = self.threshold if threshold is None else threshold
+    self.calls.append((len(images), t))
+    box, pts = np.array([0.0, 0.0, 10.0, 10.0]), np.arange(12.0).reshape(6, 2)
+    return [[blazeface.Detection(box, pts, self.score)] if self.score >= t else []
+            for _ in images]
+
+
+def test_the_fallback_is_a_last_try_on_the_photos_without_a_face():
+  finder = faces.FaceFinder.__new__(faces.FaceFinder)
+  short, full = _Scored(0.45, 0.5), _Scored(0.45, 0.6)
+  finder._blaze, finder.fallback = [short, full], None
+  assert [p for p, _ in finder.points_batch([np.zeros((8, 8, 3), np.uint8)] * 3)] == [None] * 3
+  finder.fallback = 0.4
+  found = finder.points_batch([np.zeros((8, 8, 3), np.uint8)] * 3)
+  np.testing.assert_array_equal(found[2][0], np.arange(8.0).reshape(4, 2))
+  # short at 0.5, full at 0.6, then short at 0.4 finds them all: full is not asked again
+  assert short.calls[-2:] == [(3, 0.5), (3, 0.4)] and full.calls[-1] == (3, 0.6)
+  with pytest.raises(ValueError, match="fallback score .* needs a BlazeFace detector"):
+    faces.FaceFinder("hog", fallback=0.4)
+  with pytest.raises(ValueError, match=r"in \(0, 1\)"):
+    faces.FaceFinder("blazeface", fallback=1.5)

@@ -4,6 +4,9 @@
   short-range model and then the full-range one on the photos where it found none
   (``blazeface_full``: the full-range model alone, for small, far faces); its 4 keypoints (eyes, nose tip, mouth centre) align
   with ``alignment.BLAZEFACE_112x96``, so a mask over the mouth does not move the face.
+  ``fallback``: a last try, both models at that lower score, on the photos still without a
+  face (off by default: it also finds faces where there are none,
+  ``benchmarks/blazeface_fallback.py``).
 * ``hog`` / ``cnn``: dlib's detectors and 68-point predictor, giving the five template points
   (eye centres, nose tip, mouth corners).
 
@@ -58,6 +61,9 @@ class FaceFinder:
                fallback: float | None = None):
     if detector not in DETECTORS:
       raise ValueError(f"face detector {detector!r} is not one of {DETECTORS}")
+    if fallback is not None and (detector not in _BLAZEFACE or not 0 < fallback < 1):
+      raise ValueError(f"a fallback score ({fallback}) needs a BlazeFace detector and a value "
+                       f"in (0, 1); got --face_detector={detector}")
     self.name, self._blaze, self.fallback = detector, None, fallback
     if detector in _BLAZEFACE:
       from pdsn_jax.data import blazeface  # pylint: disable=g-import-not-at-top
