@@ -29,6 +29,7 @@ import sys
 from absl import flags
 
 from pdsn_jax import files
+from pdsn_jax import workdir as workdir_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run folder of python -m pdsn_jax.main.")
 _MODEL = flags.DEFINE_string("model", "", "One of the run's eval.models (default: the last).")
@@ -59,7 +60,7 @@ def export(workdir: str, model: str = "") -> dict:
 
   (b,) = jax.export.symbolic_shape("b")
   faces = jax.ShapeDtypeStruct((b, h, w, 3), jnp.uint8)
-  out_dir = os.path.join(workdir, "export")
+  out_dir = workdir_lib.export_dir(workdir)
   os.makedirs(out_dir, exist_ok=True)
   paths = {}
   exp = jax.export.export(jax.jit(embed))(faces, jax.ShapeDtypeStruct((b, *rec.u_shape),

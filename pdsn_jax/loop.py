@@ -205,6 +205,8 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, name: str,
       mgr, plan.init, mesh, data_iter, plan.init_from, plan.merge, plan.loader)
   if plan.prepare is not None:
     state = plan.prepare(state, origin)
+  if workdir_lib.is_complete(workdir, name, steps):
+    logging.info("[%s] complete at step %d: nothing to train, only its summary", name, start)
   logging.info("[%s] %s: %d images, %d identities; %d steps of %d on %d devices (%d "
                "processes)%s; starting at step %d (%s)", name,
                getattr(train_src, "description", ""), len(train_src), train_src.num_classes,
@@ -228,7 +230,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, name: str,
                        on_step=periodic_eval if plan.evaluate is not None else None,
                        max_growth=config.max_param_norm_growth,
                        profile=(config.profile_steps,
-                                os.path.join(workdir_lib.stage_dir(workdir, name), "profile")))
+                                workdir_lib.stage_file(workdir, name, "profile")))
     if plan.evaluate is not None:
       results["final"] = plan.evaluate(state, steps, writer)
   finally:

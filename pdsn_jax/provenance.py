@@ -73,7 +73,7 @@ def fields(config, kind: str, overrides: dict | None = None) -> dict:
 
 
 def _path(workdir: str, name: str) -> str:
-  return os.path.join(workdir, name, RECORD)
+  return workdir_lib.stage_file(workdir, name, RECORD)
 
 
 def read(workdir: str, name: str) -> dict | None:
@@ -85,7 +85,7 @@ def read(workdir: str, name: str) -> dict | None:
 
 
 def has_outputs(workdir: str, name: str) -> bool:
-  d = os.path.join(workdir, name)
+  d = workdir_lib.stage_dir(workdir, name)
   return os.path.isdir(d) and any(f != RECORD for f in os.listdir(d))
 
 
@@ -128,15 +128,14 @@ def _move_aside(workdir: str, name: str) -> str:
   (``results.md/json`` -> ``results.replaced-<time>.*``) so they never describe outputs that
   are gone."""
   stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-  dst = os.path.join(workdir, f"{name}.replaced-{stamp}")
+  dst = workdir_lib.replaced(workdir, name, stamp)
   if jax.process_index() == 0:
     if os.path.exists(dst):
       dst = f"{dst}-{os.getpid()}"
-    os.rename(os.path.join(workdir, name), dst)
-    for f in workdir_lib.RESULTS:
-      if os.path.isfile(os.path.join(workdir, f)):
-        base, ext = os.path.splitext(f)
-        os.replace(os.path.join(workdir, f), os.path.join(workdir, f"{base}.replaced-{stamp}{ext}"))
+    os.rename(workdir_lib.stage_dir(workdir, name), dst)
+    for f, path in zip(workdir_lib.RESULTS, workdir_lib.results_files(workdir)):
+      if os.path.isfile(path):
+        os.replace(path, workdir_lib.replaced(workdir, f, stamp))
   distributed.barrier(f"provenance: {name} moved aside")
   return dst
 
@@ -203,7 +202,7 @@ def begin(config, workdir: str, name: str, kind: str, upstream=(), overrides: di
     new["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
   new["fingerprint"] = _fingerprint(new)
   if jax.process_index() == 0:
-    os.makedirs(os.path.join(workdir, name), exist_ok=True)
+    os.makedirs(workdir_lib.stage_dir(workdir, name), exist_ok=True)
     files.write_json(_path(workdir, name), new)
   distributed.barrier(f"provenance: {name} recorded")
   return read(workdir, name)  # process 0's (its random id) in every process
@@ -215,7 +214,7 @@ def records(workdir: str, names) -> dict:
   out, todo = {}, list(names)
   while todo:
     n = todo.pop(0)
-    r = read(workdir, n) if n not in out and os.path.isdir(os.path.join(workdir, n)) else None
+    r = read(workdir, n) if n not in out and os.path.isdir(workdir_lib.stage_dir(workdir, n)) else None
     if r is not None:
       out[n] = r["fingerprint"]
       todo += list(r["upstream"])

@@ -9,9 +9,13 @@
   <workdir>/<stage>/summary.json         what the stage measured
   <workdir>/dictionary/dictionary.npz    the FDMs (stage II's output; marks it complete)
   <workdir>/results.{md,json}            every protocol and ablation (figures, thresholds.json,
-                                         the config that made them: evaluate/)
+                                         the config that made them, distractor stores:
+                                         evaluate/)
+  <workdir>/<stage>.replaced-<time>/     a stage moved aside by ``--config.overwrite``
+  <workdir>/export/                      ``python -m pdsn_jax.export``'s functions
 
-A stage reads what earlier stages left only through the functions here.
+A stage reads what earlier stages left only through the functions here, and every path under a
+workdir is built here (``tests/architecture_test.py`` checks it).
 """
 
 import contextlib
@@ -31,6 +35,31 @@ def stage_dir(workdir: str, stage: str) -> str:
   return os.path.join(workdir, stage)
 
 
+def stage_file(workdir: str, stage: str, name: str) -> str:
+  """A file (or folder) of a stage's own: figures, records, stores."""
+  return os.path.join(workdir, stage, name)
+
+
+def results_files(workdir: str) -> tuple[str, str]:
+  """(results.md, results.json) of the evaluate stage, at the workdir's root."""
+  return tuple(os.path.join(workdir, f) for f in RESULTS)
+
+
+def replaced(workdir: str, name: str, stamp: str) -> str:
+  """Where ``name`` (a stage folder or a results file) goes when it is moved aside."""
+  base, ext = os.path.splitext(name)
+  return os.path.join(workdir, f"{base}.replaced-{stamp}{ext}")
+
+
+def distractor_store(workdir: str, stage: str) -> str:
+  """The evaluate stage's gallery store of the distractors' U under ``stage``'s network."""
+  return stage_file(workdir, EVALUATE, f"distractors_{stage}")
+
+
+def export_dir(workdir: str) -> str:
+  return os.path.join(workdir, "export")
+
+
 def checkpoints(workdir: str, stage: str) -> str:
   return os.path.join(workdir, stage, "checkpoints")
 
@@ -46,7 +75,7 @@ def dictionary_file(workdir: str, stage: str = DICTIONARY) -> str:
 def thresholds_file(workdir: str) -> str:
   """Per model, the mean of the 10 fold thresholds of clean and occluded verification and the
   fingerprint of the network they were measured on: what ``verify`` decides with."""
-  return os.path.join(workdir, EVALUATE, "thresholds.json")
+  return stage_file(workdir, EVALUATE, "thresholds.json")
 
 
 def latest_step(workdir: str, stage: str) -> int | None:
@@ -55,6 +84,17 @@ def latest_step(workdir: str, stage: str) -> int | None:
   if not os.path.isdir(path):
     return None
   return max(checkpointing.finished_steps(path), default=None)
+
+
+def is_complete(workdir: str, stage: str, steps: int | None = None) -> bool:
+  """Every stage's "am I done?": a training stage (``steps`` given) has a finished checkpoint at
+  its last step; a dictionary stage has its ``dictionary.npz`` (written last). The evaluate
+  stage is never complete: it reruns every time (cheap next to training, and always current)."""
+  if steps is not None:
+    return (latest_step(workdir, stage) or 0) >= steps
+  if stage == EVALUATE:
+    return False
+  return os.path.isfile(dictionary_file(workdir, stage))
 
 
 def require(workdir: str, stage: str, needed_by: str) -> str:
@@ -117,7 +157,7 @@ def save_config(workdir: str, text: str) -> str:
 
 def write_summary(workdir: str, stage: str, summary: dict) -> str:
   from pdsn_jax import files  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, stage, "summary.json")
+  path = stage_file(workdir, stage, "summary.json")
   os.makedirs(os.path.dirname(path), exist_ok=True)
   return files.write_json(path, summary)
 

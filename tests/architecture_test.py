@@ -1,5 +1,5 @@
 """The layout rules of docs/architecture.md, checked on the source: stages do not import each
-other, only workdir.py builds checkpoint paths, and every stage's entry point stays short."""
+other, only workdir.py builds paths under a workdir, and every stage's entry point stays short."""
 
 import ast
 import os
@@ -54,6 +54,39 @@ def test_only_workdir_builds_checkpoint_paths():
           if re.search(r"[\"']checkpoints[\"']", line):
             hits.append(f"{os.path.relpath(path, ROOT)}:{i}")
   assert hits and all(h.startswith("workdir.py:") for h in hits), hits
+
+
+# the first argument of an os.path.join that starts from a workdir (or a stage folder in it)
+_WORKDIR_ROOT = re.compile(r"\b(workdir|wd|run)\b|\bstage_dir\b")
+
+
+def _workdir_joins(source: str, name: str) -> list[str]:
+  """``name:line`` of every os.path.join whose first argument is a workdir or a stage folder."""
+  out = []
+  for node in ast.walk(ast.parse(source, name)):
+    if (isinstance(node, ast.Call) and ast.unparse(node.func) == "os.path.join" and node.args
+        and _WORKDIR_ROOT.search(ast.unparse(node.args[0]))):
+      out.append(f"{name}:{node.lineno}")
+  return out
+
+
+def test_the_workdir_check_sees_a_path_built_outside_workdir_py():
+  src = ("import os\n"
+         "a = os.path.join(workdir, 'evaluate', 'x.png')\n"
+         "b = os.path.join(workdir_lib.stage_dir(self.workdir, s), 'profile')\n"
+         "c = os.path.join(root, 'images')\n")
+  assert _workdir_joins(src, "m.py") == ["m.py:2", "m.py:3"]
+
+
+def test_only_workdir_builds_paths_under_a_workdir():
+  hits = []
+  for d, _, files in os.walk(ROOT):
+    for f in files:
+      path = os.path.join(d, f)
+      if f.endswith(".py") and os.path.relpath(path, ROOT) != "workdir.py":
+        hits += _workdir_joins(open(path, encoding="utf-8").read(), os.path.relpath(path, ROOT))
+  assert not hits, (f"paths under a workdir built outside pdsn_jax/workdir.py: {hits}; add a "
+                    "function there (stage_file, results_files, ...) and call it")
 
 
 @pytest.mark.parametrize("module", STAGE_MODULES)

@@ -1,5 +1,6 @@
 """One run per workdir: a second process fails at once naming the holder's pid."""
 
+import os
 import subprocess
 import sys
 import time
@@ -30,3 +31,16 @@ def test_second_run_on_a_locked_workdir_fails_at_once(tmp_path):
     with pytest.raises(workdir.WorkdirInUse, match="in use by pid"):
       with workdir.locked(str(tmp_path)):
         pass
+
+
+def test_every_stage_answers_complete_through_workdir(tmp_path):
+  wd = str(tmp_path)
+  assert not workdir.is_complete(wd, workdir.DICTIONARY)
+  os.makedirs(workdir.stage_dir(wd, workdir.DICTIONARY))
+  open(workdir.dictionary_file(wd), "w").close()
+  assert workdir.is_complete(wd, workdir.DICTIONARY)
+  assert not workdir.is_complete(wd, workdir.EVALUATE)  # it always reruns
+  assert not workdir.is_complete(wd, workdir.TRUNK, steps=10)  # no checkpoint yet
+  assert workdir.results_files(wd) == (os.path.join(wd, "results.md"),
+                                       os.path.join(wd, "results.json"))
+  assert workdir.replaced(wd, "results.md", "T") == os.path.join(wd, "results.replaced-T.md")

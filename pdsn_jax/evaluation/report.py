@@ -9,6 +9,7 @@ from PIL import Image, ImageDraw
 from pdsn_jax import files
 from pdsn_jax.data import occlusion
 from pdsn_jax.evaluation import verification
+from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.workdir import RESULTS
 
 RESULTS_MD, RESULTS_JSON = RESULTS
@@ -284,14 +285,15 @@ def bar_figure(models: dict, path: str, lo: float = 0.5) -> str:
 
 def write(results: dict, sets, flags: dict, workdir: str) -> list[str]:
   """results.json, results.md (workdir) and the figures (workdir/evaluate); returns the paths."""
-  os.makedirs(os.path.join(workdir, "evaluate"), exist_ok=True)
-  paths = [os.path.join(workdir, RESULTS_JSON), os.path.join(workdir, RESULTS_MD)]
+  figure = lambda name: workdir_lib.stage_file(workdir, workdir_lib.EVALUATE, name)  # noqa: E731
+  os.makedirs(workdir_lib.stage_dir(workdir, workdir_lib.EVALUATE), exist_ok=True)
+  md, js = workdir_lib.results_files(workdir)
+  paths = [js, md]
   for p, text in zip(paths, (json.dumps(results, indent=2), markdown(results))):
     files.atomic_write(p, text)
-  paths.append(probes_figure(sets, flags, os.path.join(workdir, "evaluate", "probes.png")))
+  paths.append(probes_figure(sets, flags, figure("probes.png")))
   if results["models"]:
-    paths.append(bar_figure(results["models"],
-                            os.path.join(workdir, "evaluate", "occluded_verification.png")))
+    paths.append(bar_figure(results["models"], figure("occluded_verification.png")))
   return paths
 
 
@@ -300,7 +302,7 @@ def compare(workdirs: list[str]) -> str:
   (each ``<workdir>/results.json``): ``python -m pdsn_jax.evaluation.report RUN [RUN ...]``."""
   rows, conds = [], None
   for wd in workdirs:
-    with open(os.path.join(wd, RESULTS_JSON), encoding="utf-8") as f:
+    with open(workdir_lib.results_files(wd)[1], encoding="utf-8") as f:
       res = json.load(f)
     for name, r in res["models"].items():
       conds = conds or list(r["occluded"])

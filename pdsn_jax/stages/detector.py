@@ -240,8 +240,8 @@ def plan(ctx: loop.Context) -> loop.Plan:
     if jax.process_index() == 0:
       images, masks = sets["seen occluders"]
       pred = inference.occlusion_predictor(config, variables, ctx.mesh)(images[:8])
-      visualize.detection_sheet(images[:8], pred, os.path.join(
-          workdir_lib.stage_dir(ctx.workdir, ctx.name), "detections.png"), true_masks=masks[:8],
+      visualize.detection_sheet(images[:8], pred, workdir_lib.stage_file(
+          ctx.workdir, ctx.name, "detections.png"), true_masks=masks[:8],
                                 min_overlap=config.occlusion.min_overlap,
                                 overlap=config.occlusion.overlap)
     return results

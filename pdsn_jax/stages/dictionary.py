@@ -150,11 +150,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str = STAGE,
   """Builds ``<workdir>/<name>/dictionary.npz`` from the generators in ``<workdir>/<generators>``
   (skipped when it exists and its provenance matches; rebuilt when it cannot be read)."""
   cfg = config.dictionary
-  stage_dir, out_path = workdir_lib.stage_dir(workdir, name), workdir_lib.dictionary_file(
-      workdir, name)
+  out_path = workdir_lib.dictionary_file(workdir, name)
+  own = lambda f: workdir_lib.stage_file(workdir, name, f)  # noqa: E731
   workdir_lib.require(workdir, generators, needed_by=name)
   record = provenance.begin(config, workdir, name, STAGE, (generators,), overrides)
-  if os.path.isfile(out_path):
+  if workdir_lib.is_complete(workdir, name):
     try:
       _, _, meta = fdm.load(out_path)
       logging.info("[%s] complete, skipping: %s", name, out_path)
@@ -171,16 +171,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str = STAGE,
   mean, fdms, count, change, level = map(np.asarray, jax.device_get(
       (carry["mean"], fdms, carry["count"], carry["change"], carry["level"])))
   ckptr = ocp.StandardCheckpointer()
-  ckptr.save(os.path.abspath(os.path.join(stage_dir, "state")),
+  ckptr.save(os.path.abspath(own("state")),
              {"mean_masks": mean, "fdms": fdms, "count": count}, force=True)
   ckptr.wait_until_finished()
   meta = _metadata(config, workdir, fdms, count, mean.shape[1:])
   if jax.process_index() == 0:  # the figures first: dictionary.npz marks the stage complete
-    visualize.dictionary_figure(mean, fdms, os.path.join(stage_dir, "dictionary.png"))
-    visualize.med_figure(med, os.path.join(stage_dir, "med.png"))
+    visualize.dictionary_figure(mean, fdms, own("dictionary.png"))
+    visualize.med_figure(med, own("med.png"))
     fdm.export(out_path, mean, fdms, meta, relative_change_scores(change, level))
-    logging.info("[%s] figures: %s, %s", name, os.path.join(stage_dir, "dictionary.png"),
-                 os.path.join(stage_dir, "med.png"))
+    logging.info("[%s] figures: %s, %s", name, own("dictionary.png"), own("med.png"))
   distributed.barrier(f"{out_path} written")  # later stages read it in every process
   logging.info("[%s] wrote %s: %d pairs per block, %d of %d elements discarded per item; "
                "AND of 2 / 3 adjacent items discards %.1f%% / %.1f%% of U", name, out_path,

@@ -160,7 +160,7 @@ class _Networks:
     cfg, src = self.config.eval, self.sets.distractors
     if "distractors" not in cfg.protocols or not len(src):
       return None
-    path = os.path.join(workdir_lib.stage_dir(self.workdir, STAGE), f"distractors_{stage}")
+    path = workdir_lib.distractor_store(self.workdir, stage)
     print_ = store_lib.fingerprint(builders.feature_variables(self.backbone, self.host[stage]))
     if os.path.isdir(path):
       try:
@@ -262,11 +262,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results["ablations"] = _ablations(config, workdir, nets, sets, flags, dictionary)
   results["seconds"] = round(time.time() - t0, 1)
   thresholds = _thresholds(config, results, nets, dictionary)
-  summary = {"stage": STAGE, "results": os.path.join(workdir, report.RESULTS_MD),
+  summary = {"stage": STAGE, "results": workdir_lib.results_files(workdir)[0],
              "seconds": results["seconds"]}
   if jax.process_index() == 0:
     files.write_json(workdir_lib.thresholds_file(workdir), thresholds)
-    files.write_json(os.path.join(workdir_lib.stage_dir(workdir, STAGE), "config.json"),
+    files.write_json(workdir_lib.stage_file(workdir, STAGE, "config.json"),
                      json.loads(config.to_json_best_effort()))
     logging.info("[evaluate] wrote %s", ", ".join(report.write(results, sets, flags, workdir)))
     print(report.summary(results), flush=True)
@@ -335,8 +335,8 @@ def _ar_real_flags(config, sets, flags: dict, predict, workdir: str):
   if pred is not None and jax.process_index() == 0:  # research-only: stays in the run
     pick = np.concatenate([np.flatnonzero(ar.kinds == k)[::97][:4]
                            for k in ("sunglasses", "scarf", "neutral", "light")])
-    visualize.detection_sheet(ar.images[pick], pred[pick], os.path.join(
-        workdir_lib.stage_dir(workdir, STAGE), "ar_real_detections.png"),
+    visualize.detection_sheet(ar.images[pick], pred[pick], workdir_lib.stage_file(
+        workdir, STAGE, "ar_real_detections.png"),
                               true_masks=ar.masks[pick], min_overlap=o.min_overlap,
                               overlap=o.overlap, names=[ar.paths[i] for i in pick])
   return scores

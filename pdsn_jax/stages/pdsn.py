@@ -116,11 +116,10 @@ def plan(ctx: loop.Context) -> loop.Plan:
   tx = training.optimizer(cfg, ctx.steps)
   transform = builders.every_block_occlusion(config)
   if jax.process_index() == 0:  # what the generators are trained on, to look at
-    stage_dir = workdir_lib.stage_dir(ctx.workdir, ctx.name)
-    os.makedirs(stage_dir, exist_ok=True)
+    os.makedirs(workdir_lib.stage_dir(ctx.workdir, ctx.name), exist_ok=True)
     every = max(1, len(ctx.train) // 4)
     visualize.occlusion_sheet([ctx.train[i]["image"] for i in range(0, len(ctx.train), every)][:4],
-                              transform.library, os.path.join(stage_dir, "occlusions.png"),
+                              transform.library, workdir_lib.stage_file(ctx.workdir, ctx.name, "occlusions.png"),
                               config.occlusion.neighbour_prob, config.seed)
   logged = []
 
