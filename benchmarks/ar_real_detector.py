@@ -30,7 +30,7 @@ def main():
     sys.exit(f"no AR real-occlusion folder at {a.ar_real} (labels.tsv)")
   from pdsn_jax import inference, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from pdsn_jax.data import ar_real  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.evaluation import protocols  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.evaluation import real_ar  # pylint: disable=g-import-not-at-top
   ar = None
   head = ["run", "sunglasses block acc", "sunglasses mean IU", "scarf block acc",
           "scarf mean IU", "clean area", "clean any block", "held-out select block acc",
@@ -46,7 +46,7 @@ def main():
     if ar is None:
       ar = ar_real.load(a.ar_real, config.data.image_size, config.data.alignment, a.alignment)
     o = config.occlusion
-    _, s, _ = protocols.ar_real_flags(ar, o.min_overlap, o.overlap,
+    _, s, _ = real_ar.ar_real_flags(ar, o.min_overlap, o.overlap,
                                       inference.occlusion_predictor(config, variables),
                                       config.data.alignment)
     with open(os.path.join(workdir_lib.stage_dir(run, workdir_lib.DETECTOR), "summary.json"),

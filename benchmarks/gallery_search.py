@@ -138,8 +138,12 @@ def child(n: int) -> dict:
       if shard_of(f) is not None and shard_of(f) < gallery.num_shards)}
   searcher_for = {p: search.Searcher(net, u_shape, 256, k=1, path=p)
                   for p in ("affine", "general")}
-  auto = search.Searcher(net, u_shape, 256, k=1).uses_affine(v)
-  out["auto_path"] = "affine" if auto else "general"
+  auto = search.Searcher(net, u_shape, 256, k=1)  # "auto": a timed trial, 9 patterns
+  auto.search(v, table, *_probes(9, _PROBES.value, config.model.embedding_dim), first,
+              shards=[0])
+  ((key, picked),) = auto.choices.items() if auto.choices else ((None, "general"),)
+  out["auto_path"] = picked
+  out["auto_trial"] = auto.trial_seconds.get(key, {})
   out["head_flops"] = searcher_for["general"].head_flops(v)
   out["affine_flops"] = 2.0 * np.prod(u_shape) * config.model.embedding_dim
 
@@ -197,7 +201,9 @@ def main(argv):
         f"store build: {stats['faces_built']} faces at {stats['faces_per_sec'] or 0:.1f} "
         "faces/s (render + align + trunk)" if stats["faces_built"] else "store reused")
   print(f"F: {small['head_flops'] / 1e6:.2f} MFLOP per face and pattern; affine matrix "
-        f"{small['affine_flops'] / 1e6:.2f} MFLOP; auto path: {path}\n")
+        f"{small['affine_flops'] / 1e6:.2f} MFLOP; auto path: {path} (its trial, ms per batch of "
+        f"256: " + ", ".join(f"{k} {1e3 * s:.1f}" for k, s in small["auto_trial"].items())
+        + ")\n")
   print("| distractors | store MB | peak RSS MB (search process) | distractor x pattern / s, 9 "
         f"patterns ({path}) | distractor x probe / s |")
   print("|---:|---:|---:|---:|---:|")

@@ -87,12 +87,17 @@ def get_config() -> ml_collections.ConfigDict:
       # "float32" (exact), "float16" or "int8" (per-face, per-channel scales)
       gallery_dtype="float32", gallery_shard_size=4096,
       search_path="auto",  # "affine": one matrix product for every FDM (affine F only),
-      # "general": F applied per FDM, "auto": affine when F is
+      # "general": F applied per FDM, "auto": the faster in a timed trial when F is affine
       occluder_dir="",  # occluders of the test probes; "" = those of config.occlusion
       occluder_split="test",  # ... of this split of occlusion.splits ("select": choosing)
       # AR's own photos of real sunglasses and scarves (labels.tsv; the "ar_real" protocol,
       # paper Table 6), aligned by dlib landmarks ("landmarks") or centre-cropped ("centre")
       ar_real_root="", ar_real_alignment="landmarks",
+      # MegaFace's curve on real faces (the "lfw_distractors" protocol): LFW's flat image
+      # folder and landmarks TSV; every lfw_probe_every-th identity with >= 2 images is
+      # probed (the rest are distractors, with the num_distractors above); rank-1 at these
+      # distractor counts (and 0 and all)
+      lfw_root="", lfw_landmarks="", lfw_probe_every=2, distractor_sizes=(10, 100, 1000),
       procedural=True,  # with occluder_dir: also the built-in occluders
       procedural_categories=("sunglasses", "mask", "hand", "object"),  # ... of these kinds
       occlusion_source="ground_truth",  # where test-time occlusion masks come from; rows
@@ -101,8 +106,10 @@ def get_config() -> ml_collections.ConfigDict:
       # (under the dictionary's FDMs, F(M * U)); pdsn_jax/evaluation/evaluators.py
       models=("Trunk=trunk", "Baseline=baseline", "PDSN=trunk+fdm",
               "PDSN + fine-tune=finetune+fdm"),
-      # what each row is measured by: pair verification (clean + occluded second image), AR
-      # protocols 1/2 rank-1, identification among distractors; "verification" is required
+      # what each row is measured by (pdsn_jax/evaluation/evaluators.PROTOCOLS): pair
+      # verification (clean + occluded second image; its thresholds are what `verify`
+      # decides with), AR-style (pasted) protocols 1/2 rank-1, identification among
+      # distractors; also "ar_real" and "lfw_distractors" (their own data, keys above)
       protocols=("verification", "ar_p1", "ar_p2", "distractors"),
       ablations=True,  # Tables 1-3 on the trunk + dictionary
       tau_sweep=(0.0, 0.05, 0.15, 0.25, 0.35, 0.45)))

@@ -89,12 +89,14 @@ def get_config(arg: str | None = None):
                 conditions=("sunglasses", "mask", "hand", "object"),
                 procedural_categories=("hand", "object"),
                 identification_root=f"{DATA}/ar_clean", ar_gallery_images=3,
-                num_distractors=500, tau_sweep=(0.0, 0.1, 0.25, 0.4),
-                ar_real_root=f"{DATA}/ar_real",
-                protocols=("verification", "ar_p1", "ar_p2", "distractors", "ar_real"))
+                num_distractors=100_000, tau_sweep=(0.0, 0.1, 0.25, 0.4),  # every distractor
+                ar_real_root=f"{DATA}/ar_real", gallery_dtype="int8",
+                lfw_root=f"{DATA}/lfw", lfw_landmarks=f"{DATA}/lfw/landmarks.tsv",
+                protocols=("verification", "ar_p1", "ar_p2", "distractors", "ar_real",
+                           "lfw_distractors"))
   if arg == "select":  # CelebA held-out identities and the select occluder files only
     c.eval.update(pairs_file="", identification_root="", num_pairs=3000, num_distractors=0,
-                  occluder_split="select", ar_real_root="",
+                  occluder_split="select", ar_real_root="", lfw_root="", lfw_landmarks="",
                   protocols=("verification", "ar_p1", "ar_p2"))
   elif arg:
     raise ValueError(f"configs/real_mobilefacenet.py:{arg}: the only variant is ':select'")

@@ -106,12 +106,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.{key}={tuple(_get(config, key))!r}: allowed values "
                        f"{placement.CONDITIONS}")
   bad = [p for p in config.eval.protocols if p not in evaluators.PROTOCOLS]
-  if bad or "verification" not in config.eval.protocols:
+  if bad or not config.eval.protocols:
     raise ValueError(f"config.eval.protocols={tuple(config.eval.protocols)!r}: allowed values "
-                     f"{tuple(evaluators.PROTOCOLS)}, 'verification' required")
-  if "ar_real" in config.eval.protocols and not config.eval.ar_real_root:
-    raise ValueError("config.eval.protocols names 'ar_real' but config.eval.ar_real_root is "
-                     "empty: set it to the AR real-occlusion folder (its labels.tsv)")
+                     f"{tuple(evaluators.PROTOCOLS)} (at least one)")
+  for name in config.eval.protocols:
+    for key in evaluators.get(name).config_keys:
+      if not config.eval.get(key):
+        raise ValueError(f"config.eval.protocols names {name!r} but config.eval.{key} is "
+                         f"empty: set it (see configs/pdsn.py)")
   splits = config.occlusion.splits
   bad = sorted(set(splits) - {"train", "select", "test"})
   if bad:

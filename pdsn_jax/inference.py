@@ -110,11 +110,10 @@ class Recognizer:
     host = workdir_lib.backbone_variables(workdir, self.spec.stage)
     self.net = builders.backbone(config, False)
     self.u_shape = builders.u_shape(config)
-    table = (fdm.load(dictionary)[0].astype(np.float32) if self.spec.fdm
-             else np.ones((9, *self.u_shape), np.float32))
-    clean = None
-    if self.spec.stage != workdir_lib.TRUNK and config.finetune.trunk_head_when_clean:
-      clean = workdir_lib.backbone_variables(workdir, workdir_lib.TRUNK)
+    table = evaluators.mask_table(self.spec, fdm.load(dictionary)[0] if self.spec.fdm else None,
+                                  self.u_shape)
+    clean = (workdir_lib.backbone_variables(workdir, workdir_lib.TRUNK)
+             if evaluators.trunk_head_when_clean(config, self.spec) else None)
     self.host, self.host_clean, self.host_table = host, clean, table
     self.variables = parallel.put_replicated(host, self.mesh)
     self.clean = None if clean is None else parallel.put_replicated(clean, self.mesh)

@@ -80,7 +80,8 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> 
 
 def sgd(cfg: ml_collections.ConfigDict, total_steps: int,
         trainable: Any = None) -> optax.GradientTransformation:
-  """SGD with momentum and decoupled-from-loss L2 weight decay (as in insightface)."""
+  """SGD with momentum and L2 weight decay added to the gradient (coupled: it is scaled by the
+  learning rate, as in insightface's SGD)."""
   tx = optax.chain(
       optax.add_decayed_weights(cfg.weight_decay),
       optax.sgd(learning_rate_schedule(cfg, total_steps), momentum=cfg.momentum or None,
@@ -106,7 +107,8 @@ OPTIMIZERS = ("sgd", "adam")
 
 def optimizer(cfg: ml_collections.ConfigDict, total_steps: int,
               trainable: Any = None) -> optax.GradientTransformation:
-  """``cfg.optimizer``: "sgd" (momentum, L2 decay) or "adam" (AdamW, decoupled decay), on the
+  """``cfg.optimizer``: "sgd" (momentum, L2 added to the gradient) or "adam" (builds AdamW:
+  Adam with weight decay decoupled from the gradient), on the
   ``trainable`` leaves only (see ``freeze``)."""
   name = cfg.get("optimizer", "sgd")
   if name == "sgd":

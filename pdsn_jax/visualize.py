@@ -145,6 +145,45 @@ def detection_sheet(images: np.ndarray, pred: np.ndarray, path: str, true_masks=
   return save_with_header(np.concatenate(rows, 0), header, path)
 
 
+_CURVE_COLOURS = [(90, 90, 90), (230, 150, 40), (40, 110, 200), (40, 170, 90), (180, 60, 160),
+                  (200, 40, 40), (120, 80, 30)]
+
+
+def curve_figure(panels: dict, xs: list[int], path: str, title: str) -> str:
+  """MegaFace's curve: one panel per key of ``panels`` ({panel: {series: [y per x]}}, y in
+  [0, 1]), x = ``xs`` on a log axis (0 drawn at the left edge), one line per series."""
+  pw, ph, left, top = 260, 200, 45, 40
+  names = list(next(iter(panels.values())))
+  img = Image.new("RGB", (left + len(panels) * (pw + 20), top + ph + 40 + 14 * len(names)),
+                  (255, 255, 255))
+  d = ImageDraw.Draw(img)
+  d.text((5, 5), title, fill=(0, 0, 0))
+  logs = [np.log10(max(x, 1)) for x in xs]
+  lo, hi = min(logs), max(max(logs), min(logs) + 1)
+  to_x = lambda v: int((np.log10(max(v, 1)) - lo) / (hi - lo) * (pw - 10)) + 5  # noqa: E731
+  for k, (panel, series) in enumerate(panels.items()):
+    x0 = left + k * (pw + 20)
+    d.rectangle([x0, top, x0 + pw, top + ph], outline=(160, 160, 160))
+    d.text((x0 + 5, top - 14), panel, fill=(0, 0, 0))
+    for t in range(5):
+      y = top + ph - int(t / 4 * ph)
+      d.line([x0, y, x0 + pw, y], fill=(230, 230, 230))
+      if k == 0:
+        d.text((5, y - 6), f"{25 * t}%", fill=(0, 0, 0))
+    for x in xs:
+      d.text((x0 + to_x(x) - 6, top + ph + 4), f"{x:,}" if x < 1000 else f"{x // 1000}k",
+             fill=(0, 0, 0))
+    for mi, (name, ys) in enumerate(series.items()):
+      pts = [(x0 + to_x(x), top + ph - int(y * ph)) for x, y in zip(xs, ys)]
+      d.line(pts, fill=_CURVE_COLOURS[mi % len(_CURVE_COLOURS)], width=2)
+  for mi, n in enumerate(names):
+    y = top + ph + 24 + 14 * mi
+    d.rectangle([left, y, left + 10, y + 10], fill=_CURVE_COLOURS[mi % len(_CURVE_COLOURS)])
+    d.text((left + 16, y - 1), n, fill=(0, 0, 0))
+  img.save(path)
+  return path
+
+
 def main(argv=None) -> None:
   import argparse  # pylint: disable=g-import-not-at-top
   from pdsn_jax.data.synthetic import SyntheticFaces  # pylint: disable=g-import-not-at-top

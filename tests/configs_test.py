@@ -55,8 +55,13 @@ def test_eval_models_and_protocols_are_checked():
   with pytest.raises(ValueError, match=r"eval.models entry 'PDSN=trunk\+masks'"):
     validate(c)
   c = pdsn.get_config()
-  c.eval.protocols = ("ar_p1",)
-  with pytest.raises(ValueError, match=r"eval.protocols.*'verification' required"):
+  c.eval.protocols = ("ar_p1", "nope")
+  with pytest.raises(ValueError, match=r"eval.protocols.*allowed values .*'ar_real'"):
+    validate(c)
+  c.eval.protocols = ("ar_p1",)  # verification is not required
+  validate(c)
+  c.eval.protocols = ("verification", "ar_real")  # a protocol's own config key, named
+  with pytest.raises(ValueError, match=r"names 'ar_real' but config.eval.ar_real_root is empty"):
     validate(c)
 
 

@@ -65,7 +65,7 @@ def test_head_matrix_reproduces_an_affine_head_and_rejects_another():
   assert search.head_matrix(lambda x: jnp.tanh(head(x)), U_SHAPE) is None
 
 
-@pytest.mark.parametrize("path", ["affine", "general"])
+@pytest.mark.parametrize("path", ["affine", "general", "auto"])
 def test_streaming_topk_equals_the_full_score_matrix(path):
   backbone, v = _net()
   _, clean = _net(seed=5)
@@ -83,6 +83,12 @@ def test_streaming_topk_equals_the_full_score_matrix(path):
   want = np.argsort(-full, axis=1, kind="stable")[:, :k]
   np.testing.assert_array_equal(index, want)
   chex.assert_trees_all_close(scores, np.take_along_axis(full, want, 1), atol=2e-5)
+  if path == "auto":  # a timed trial of both paths chose one, once per network and patterns
+    (key, choice), = searcher.choices.items()
+    t = searcher.trial_seconds[key]
+    assert choice == min(t, key=t.get) and set(t) == {"affine", "general"}
+    search.identify(searcher, v, table, emb, flags, gallery, clean_variables=clean)
+    assert len(searcher.choices) == 1
 
 
 def test_store_int8_round_trip_resume_and_trunk_check(tmp_path):

@@ -21,6 +21,7 @@ from PIL import Image
 
 GRID = 5
 CENTRAL_BLOCKS = tuple(r * GRID + c for r in (1, 2, 3) for c in (1, 2, 3))  # the 9 generators
+NUM_GENERATORS = len(CENTRAL_BLOCKS)
 CATEGORIES = ("sunglasses", "mask", "hand", "object")
 # occluder folder names counted as a protocol category
 ALIASES = {"glasses": "sunglasses", "hat": "object", "scarf": "mask"}

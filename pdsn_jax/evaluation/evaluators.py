@@ -3,16 +3,24 @@
 
 A model is ``"Name=stage"`` (the stage's network, plain embeddings F(U)) or
 ``"Name=stage+fdm"`` (the same under the probe's FDM from the stage II dictionary,
-F(M * U)). A protocol is a function ``(ctx, model) -> results`` registered in
-``PROTOCOLS``; adding one is a function and a line there.
+F(M * U)). A protocol is a ``Protocol``: it runs per model, may bring its own inputs, their U
+and their block flags, and writes its own section of results.md. Adding one is a module with a
+``PROTOCOL`` and its line in ``PROTOCOLS`` (e.g. ``evaluation/real_ar.py``); nothing in the
+evaluate stage, the report or the config validation names a protocol.
 """
 
 import dataclasses
+import importlib
 from typing import Any, Callable
 
 import numpy as np
 
-from pdsn_jax.evaluation import masked, protocols, search, verification
+from pdsn_jax import workdir as workdir_lib
+from pdsn_jax.data import occlusion
+from pdsn_jax.evaluation import masked, protocols, search, tables, verification
+
+HITS = "_hits"  # per pair / probe right or wrong, taken out by evaluate for paired statistics
+THRESHOLDS = "mean_fold_threshold"  # taken out into evaluate/thresholds.json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +44,19 @@ def parse_models(specs) -> list[ModelSpec]:
   if len(set(names)) != len(names):
     raise ValueError(f"config.eval.models has repeated names: {names}")
   return out
+
+
+def mask_table(spec: ModelSpec, items, u_shape) -> np.ndarray:
+  """The model's (9, *U) mask table: the dictionary's FDM items, or all ones (no masks)."""
+  if spec.fdm:
+    return np.asarray(items, np.float32)
+  return np.ones((occlusion.NUM_GENERATORS, *u_shape), np.float32)
+
+
+def trunk_head_when_clean(config, spec: ModelSpec) -> bool:
+  """Whether faces with no occluded block use the trunk's own F (``finetune.
+  trunk_head_when_clean``, for models of other stages than the trunk)."""
+  return spec.stage != workdir_lib.TRUNK and bool(config.finetune.trunk_head_when_clean)
 
 
 @dataclasses.dataclass
@@ -70,12 +91,51 @@ class Model:
     return idx[:, 0]
 
 
+def _no_columns(row: dict) -> dict:
+  del row
+  return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+  """One evaluation protocol. Each hook is optional but ``run`` and ``section``.
+
+  run(ctx, model) -> {key: results, HITS: {"key/column": bool per pair or probe}}: one row.
+  section(results) -> results.md lines of its own section (rows: ``results["models"]``).
+  columns(row) -> {header: fraction}: the row's headline numbers (the console line and the
+    ablation tables).
+  title: names its columns in the paired-difference tables ("<key>/..." hits).
+  config_keys: ``eval.*`` fields it needs set (the config validation says which is empty).
+  inputs(config, sets) -> sets: its own images, added to ``sets.extra``.
+  features(embed, sets) -> {name: U}: U of those images, into ``ctx.feats`` (per checkpoint).
+  locate(config, sets, flags, predict, workdir) -> dict: adds its block flags to ``flags``
+    (``predict``: the occlusion detector or None); what it returns goes into results.json.
+  figures(results, workdir) -> paths: its figures, written with results.md.
+  ablations: it also scores Tables 1-3; distractor_store: it searches the distractors' store
+  (``ctx.distractors``, built from ``sets.distractors``, which ``inputs`` may extend: every
+  such protocol searches the same store); paired_in_section: its section prints its paired
+  differences itself.
+  """
+
+  run: Callable[[Context, Model], dict]
+  section: Callable[[dict], list[str]]
+  columns: Callable[[dict], dict] = _no_columns
+  title: str = ""
+  config_keys: tuple[str, ...] = ()
+  inputs: Callable | None = None
+  features: Callable | None = None
+  locate: Callable | None = None
+  figures: Callable | None = None
+  ablations: bool = True
+  distractor_store: bool = False
+  paired_in_section: bool = False
+
+
 def _verification(scores, issame, hits: dict, key: str) -> dict:
-  r = verification.ten_fold_accuracy(scores, issame)
+  r = verification.report(scores, issame)
   hits[key] = r["correct"]
-  return {"accuracy": r["accuracy"], "std": r["std"],
-          "tar_at_far_1e-3": verification.tar_at_far(scores, issame, 1e-3),
-          "negatives": int(np.sum(~np.asarray(issame, bool))),
+  return {"accuracy": r["accuracy"], "std": r["std"], "tar_at_far_1e-3": r["tar_at_far_1e-3"],
+          "negatives": r["negatives"],
           # taken out into evaluate/thresholds.json (the commands' decision thresholds)
           THRESHOLDS: float(np.mean(r["thresholds"]))}
 
@@ -137,50 +197,6 @@ def distractor_identification(ctx: Context, model: Model) -> dict:
   return {"distractors": res, HITS: hits}
 
 
-# the real AR protocol (the paper's Table 6): galleries from session 1, probes of both sessions
-AR_REAL_CLEAN = ("neutral", "expression", "light")
-HITS = "_hits"  # per pair / probe right or wrong, taken out by evaluate for paired statistics
-
-
-def ar_real_sets(ar) -> tuple[dict, dict]:
-  """(galleries, probes) of the real AR protocol as index arrays: protocol 1's gallery is every
-  clean session-1 photo (neutral, expressions, lighting: 7 per subject), protocol 2's the
-  session-1 neutral one; probes are the 6 sunglasses and the 6 scarf photos of each subject and
-  the 7 clean session-2 ones."""
-  galleries = {"p1": ar.select(1, AR_REAL_CLEAN), "p2": ar.select(1, ("neutral",), first=True)}
-  probes = {"sunglasses": ar.select(None, ("sunglasses",)), "scarf": ar.select(None, ("scarf",)),
-            "clean": ar.select(2, AR_REAL_CLEAN)}
-  return galleries, probes
-
-
-def real_ar(ctx: Context, model: Model) -> dict:
-  """Rank-1 on AR's photos of real sunglasses and scarves, per way of locating the occlusion
-  (``protocols.AR_REAL_LOCATIONS``) and gallery protocol; the gallery is embedded under each
-  probe's FDM. Also the clean probes of the centre-cropped photos (alignment check)."""
-  ar = ctx.sets.ar_real
-  if ar is None or "ar_real" not in ctx.flags:  # e.g. the "(detector)" rows: located inside
-    return {}
-  u = ctx.feats["ar_real"]
-  galleries, probes = ar_real_sets(ar)
-  res, hits = {}, {}
-  for loc, fl in ctx.flags["ar_real"].items():
-    for p, g in galleries.items():
-      gallery = search.ArrayGallery(u[g], ar.subjects[g])
-      for cond, idx in probes.items():
-        h = ar.subjects[g][model.top1(ctx, gallery, u[idx], fl[idx])] == ar.subjects[idx]
-        res.setdefault(loc, {}).setdefault(p, {})[cond] = float(np.mean(h))
-        hits[f"ar_real/{loc}/{p}/{cond}"] = h
-  if "ar_real_centre" in ctx.feats:
-    uc, none = ctx.feats["ar_real_centre"], np.zeros((len(ar.kinds), ctx.flags["blocks"]), bool)
-    idx = probes["clean"]
-    for p, g in galleries.items():
-      top = model.top1(ctx, search.ArrayGallery(uc[g], ar.subjects[g]), uc[idx], none[idx])
-      res.setdefault("centre_crop", {})[p] = {"clean": float(np.mean(
-          ar.subjects[g][top] == ar.subjects[idx]))}
-  return {"ar_real": res, HITS: hits}
-
-
-THRESHOLDS = "mean_fold_threshold"
 
 
 def pop_thresholds(models: dict) -> dict:
@@ -200,9 +216,77 @@ def pop_thresholds(models: dict) -> dict:
   return out
 
 
-PROTOCOLS = {"verification": pair_verification, "ar_p1": _ar("gallery_p1"),
-             "ar_p2": _ar("gallery_p2"), "distractors": distractor_identification,
-             "ar_real": real_ar}
+def _occluded_mean(r: dict) -> float:
+  return float(np.mean([v["accuracy"] for v in r["occluded"].values()]))
+
+
+def _verification_section(results: dict) -> list[str]:
+  rows = {n: r for n, r in results["models"].items() if "clean" in r}
+  if not rows:
+    return []
+  pct, conds = tables.pct, list(next(iter(rows.values()))["occluded"])
+  body = []
+  for name, r in rows.items():
+    body.append([name, f"{pct(r['clean']['accuracy'])} ± {pct(r['clean']['std'])}",
+                 verification.format_tar(r["clean"]["tar_at_far_1e-3"], r["clean"]["negatives"])]
+                + [f"{pct(r['occluded'][c]['accuracy'])} ± {pct(r['occluded'][c]['std'])}"
+                   for c in conds] + [pct(_occluded_mean(r))])
+  return (["## Verification", ""] + tables.table(
+      ["Model", "clean", "clean TAR@FAR=1e-3"] + conds + ["occluded mean"], body) + [""])
+
+
+def _verification_columns(r: dict) -> dict:
+  if "clean" not in r:
+    return {}
+  return {"clean": r["clean"]["accuracy"], "occluded mean": _occluded_mean(r),
+          **{c: v["accuracy"] for c, v in r["occluded"].items()}}
+
+
+def _rank1_protocol(key: str, title: str, run, **kw) -> Protocol:
+  """A protocol whose row is ``{key: {column: rank-1}}``, in a table of its own."""
+  def columns(r: dict) -> dict:
+    return {f"{title} {c}": v for c, v in r.get(key, {}).items() if c != "num_distractors"}
+
+  def section(results: dict) -> list[str]:
+    rows = {n: columns(r) for n, r in results["models"].items() if key in r}
+    if not rows:
+      return []
+    first = next(r[key] for r in results["models"].values() if key in r)
+    n = first.get("num_distractors")
+    head = list(next(iter(rows.values())))
+    return ([f"## {title} rank-1" + (f" (+{n} distractors)" if n is not None else ""), ""]
+            + tables.table(["Model"] + head, [[name] + [tables.pct(c[h]) for h in head]
+                                              for name, c in rows.items()]) + [""])
+  return Protocol(run=run, section=section, columns=columns, title=title, **kw)
+
+
+# name -> Protocol, or "module:attribute" of one (imported on first use)
+PROTOCOLS: dict[str, Any] = {
+    "verification": Protocol(run=pair_verification, section=_verification_section,
+                             columns=_verification_columns, title="verification"),
+    "ar_p1": _rank1_protocol("ar_p1", "AR-style (pasted) P1", _ar("gallery_p1")),
+    "ar_p2": _rank1_protocol("ar_p2", "AR-style (pasted) P2", _ar("gallery_p2")),
+    "distractors": _rank1_protocol("distractors", "distractors", distractor_identification,
+                                   ablations=False, distractor_store=True),
+    "ar_real": "pdsn_jax.evaluation.real_ar:PROTOCOL",
+    "lfw_distractors": "pdsn_jax.evaluation.lfw_distractors:PROTOCOL",
+}
+
+
+def get(name: str) -> Protocol:
+  """The protocol registered as ``name``; ValueError naming the registered ones."""
+  if name not in PROTOCOLS:
+    raise ValueError(f"protocol {name!r} is not one of {tuple(PROTOCOLS)}")
+  p = PROTOCOLS[name]
+  if isinstance(p, str):
+    module, _, attr = p.partition(":")
+    p = PROTOCOLS[name] = getattr(importlib.import_module(module), attr)
+  return p
+
+
+def register(name: str, protocol: Protocol) -> None:
+  """Adds a protocol at run time (a test's, a user's): ``eval.protocols`` may then name it."""
+  PROTOCOLS[name] = protocol
 
 
 def run_protocols(ctx: Context, model: Model, names) -> dict:
@@ -210,7 +294,7 @@ def run_protocols(ctx: Context, model: Model, names) -> dict:
   their per-item hits (``HITS``, "protocol/column" -> bool per pair or probe) merged too."""
   res: dict = {HITS: {}}
   for name in names:
-    out = PROTOCOLS[name](ctx, model)
+    out = get(name).run(ctx, model)
     res[HITS].update(out.pop(HITS, {}))
     res.update(out)
   return res

@@ -25,9 +25,6 @@ from pdsn_jax.data.pairs import generate_pairs
 
 AR_CONDITIONS = ("sunglasses", "mask")
 OCCLUSION_SOURCES = ("ground_truth", "detector")  # where test-time occlusion masks come from
-# how the real AR protocol locates its occlusions: the detector, the category's fixed blocks
-# (data/ar_real.py), the ground-truth masks (oracle location)
-AR_REAL_LOCATIONS = ("detector", "category", "ground_truth")
 
 
 @dataclasses.dataclass
@@ -53,10 +50,8 @@ class EvalSets:
   # probes; read shard by shard into a gallery store, never held in memory at once
   distractors: Any
   pair_faces: np.ndarray  # the faces ``pairs`` index: ``faces`` itself unless from a pairs file
-  # AR's photos of real sunglasses and scarves (``data.ar_real.ArReal``), aligned by
-  # landmarks, and the same photos centre-cropped (the trunk's clean rank-1 before alignment)
-  ar_real: Any = None
-  ar_real_centre: Any = None
+  # what protocols bring themselves (``evaluators.Protocol.inputs``), by name
+  extra: dict = dataclasses.field(default_factory=dict)
 
 
 def occlude_all(faces: np.ndarray, condition: str, library: occlusion.OccluderLibrary,
@@ -127,32 +122,3 @@ def locate(occluded: Occluded, source: str = "ground_truth", detector=None) -> n
       raise ValueError("eval.occlusion_source='detector' needs a trained detector")
     return np.asarray(detector(occluded.images), bool)
   raise ValueError(f"eval.occlusion_source={source!r} is not one of {OCCLUSION_SOURCES}")
-
-
-def ar_real_flags(ar, min_overlap: float, overlap: str, detector=None,
-                  template: str = "arcface"):
-  """(flags, scores, predicted masks): block flags of every real AR photo per way of locating
-  (``AR_REAL_LOCATIONS``; the detector's only with one), the detector's scores against the
-  ground truth (per occluded kind the segmentation metrics, on clean photos the predicted area,
-  i.e. false alarms), and its pixel masks (None without a detector)."""
-  from pdsn_jax.data import ar_real as ar_lib  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.evaluation.segmentation import segmentation_metrics  # pylint: disable=g-import-not-at-top
-  size = ar.images.shape[1:3]
-  cat = np.zeros((len(ar.kinds), len(occlusion.CENTRAL_BLOCKS)), bool)
-  for kind in ar_lib.OCCLUDED_KINDS:
-    cat[ar.kinds == kind] = placement.category_flags(kind, size, min_overlap, overlap,
-                                                     template)
-  flags = {"category": cat,
-           "ground_truth": occlusion.block_flags(ar.masks, min_overlap, overlap)}
-  scores, pred = {}, None
-  if detector is not None:
-    pred = np.asarray(detector(ar.images), bool)
-    flags["detector"] = occlusion.block_flags(pred, min_overlap, overlap)
-    for kind in ar_lib.OCCLUDED_KINDS:
-      k = ar.kinds == kind
-      scores[kind] = segmentation_metrics(pred[k], ar.masks[k], min_overlap, overlap)
-      scores[kind]["category_block_accuracy"] = float(np.mean(cat[k] == flags["ground_truth"][k]))
-    clean = ~np.isin(ar.kinds, ar_lib.OCCLUDED_KINDS)
-    scores["clean"] = {"predicted_area": float(pred[clean].mean()),
-                       "any_block_flagged": float(flags["detector"][clean].any(1).mean())}
-  return {k: flags[k] for k in AR_REAL_LOCATIONS if k in flags}, scores, pred

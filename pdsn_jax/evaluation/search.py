@@ -15,6 +15,7 @@ not affine uses the general path, F applied to m * U per pattern.
 """
 
 import functools
+import time
 
 import jax
 import jax.numpy as jnp
@@ -97,7 +98,10 @@ def _search_step(state: dict, batch: dict, *, k: int, affine: bool, head):
 class Searcher:
   """Streaming masked top-k search for one network over this process's devices.
 
-  ``path``: "affine" (needs an affine head), "general", or "auto" (affine when it is).
+  ``path``: "affine" (needs an affine head), "general", or "auto": when F is affine, the faster
+  of the two in a short timed trial on this machine, per network and number of block patterns
+  (FLOP counts mislead: on a CPU the affine path beat the general one for MobileFaceNet, whose
+  dense matrix costs ~30x F's FLOPs).
   ``batch_size``: gallery rows per step over this process's devices.
   """
 
@@ -113,6 +117,10 @@ class Searcher:
     self.batch = batch_size
     self._fns = {}
     self._matrices, self._flops = {}, {}
+    # "auto": per (network, clean network, probe groups) the trial's seconds per batch of each
+    # path, and the path it chose
+    self.trial_seconds: dict = {}
+    self.choices: dict = {}
 
   def _head(self, variables, u):
     return self.backbone.apply(variables, u, method="head")
@@ -143,22 +151,47 @@ class Searcher:
       self._flops[key] = float(cost.get("flops", 0.0))
     return self._flops[key]
 
-  def uses_affine(self, variables, clean_variables=None) -> bool:
-    """"affine" / "general" as asked; "auto": affine when F is, and its dense matrix costs at
-    most twice F's own FLOPs (an FC head such as the paper's; not MobileFaceNet's depthwise +
-    1x1 head, whose dense matrix would cost ~30x F)."""
+  def can_use_affine(self, variables, clean_variables=None) -> bool:
+    return self._matrix(variables) is not None and (
+        clean_variables is None or self._matrix(clean_variables) is not None)
+
+  def uses_affine(self, variables, table, patterns, grouped, clean_variables=None) -> bool:
+    """"affine" / "general" as asked; "auto": the faster in a timed trial when F is affine."""
     if self.path == "general":
       return False
-    ok = self._matrix(variables) is not None and (
-        clean_variables is None or self._matrix(clean_variables) is not None)
+    ok = self.can_use_affine(variables, clean_variables)
     if self.path == "affine":
       if not ok:
         raise ValueError("search path 'affine' asked for, but the network's head is not affine")
       return True
     if not ok:
       return False
-    w, _ = self._matrix(variables)
-    return 2.0 * w.size <= 2.0 * self.head_flops(variables)
+    key = (store_lib.fingerprint(variables), None if clean_variables is None else
+           store_lib.fingerprint(clean_variables), grouped.shape[:2])
+    if key not in self.choices:
+      t = self.trial_seconds[key] = self._trial(variables, table, patterns, grouped,
+                                                clean_variables)
+      self.choices[key] = "affine" if t["affine"] <= t["general"] else "general"
+    return self.choices[key] == "affine"
+
+  def _trial(self, variables, table, patterns, grouped, clean_variables, repeats: int = 3):
+    """Seconds per gallery batch of each path (compiled first), on zero faces."""
+    sharding = jax.sharding.NamedSharding(self.mesh, P(parallel.AXIS))
+    batch = {"u": np.zeros((self.batch, *self.u_shape), np.float32),
+             "valid": np.ones(self.batch, bool), "index": np.arange(self.batch, dtype=np.int32)}
+    batch = {k: jax.device_put(v, sharding) for k, v in batch.items()}
+    out = {}
+    for affine in (True, False):
+      state = jax.device_put(self._state(variables, table, patterns, grouped, clean_variables,
+                                         affine), jax.sharding.NamedSharding(self.mesh, P()))
+      fn = self._fn(affine, tuple(sorted(batch)))
+      state = jax.block_until_ready(fn(state, batch))  # compile
+      t = time.perf_counter()
+      for _ in range(repeats):
+        state = fn(state, batch)
+      jax.block_until_ready(state)
+      out["affine" if affine else "general"] = (time.perf_counter() - t) / repeats
+    return out
 
   def _state(self, variables, table, patterns, probes, clean_variables, affine: bool) -> dict:
     num, pk, _ = probes.shape
@@ -196,7 +229,7 @@ class Searcher:
       rows = np.flatnonzero(inverse == g)
       slot[rows] = np.arange(len(rows))
       grouped[g, :len(rows)] = probe_emb[rows]
-    affine = self.uses_affine(variables, clean_variables)
+    affine = self.uses_affine(variables, table, patterns, grouped, clean_variables)
     state = self._state(variables, table, patterns, grouped, clean_variables, affine)
     state = jax.device_put(state, jax.sharding.NamedSharding(self.mesh, P()))
     if shards is None:
@@ -267,3 +300,24 @@ class ConcatGallery:
 
   def labels(self) -> np.ndarray:
     return np.concatenate([p.labels() for p in self.parts])
+
+
+class Prefix:
+  """The first ``n`` faces of a gallery (a store), read through its shards (MegaFace's curve:
+  the same distractors, fewer of them)."""
+
+  def __init__(self, gallery, n: int):
+    if not 0 < n <= gallery.num_faces:
+      raise ValueError(f"a prefix of {n} faces of a gallery of {gallery.num_faces}")
+    self.gallery, self.num_faces = gallery, n
+    self._shards = [i for i in range(gallery.num_shards) if gallery.offset(i) < n]
+    self.num_shards = len(self._shards)
+
+  def shard(self, i: int):
+    u, scale, labels = self.gallery.shard(self._shards[i])
+    m = min(len(u), self.num_faces - self.gallery.offset(self._shards[i]))
+    return u[:m], (None if scale is None else scale[:m]), labels[:m]
+
+  def offset(self, i: int) -> int:
+    return self.gallery.offset(self._shards[i])
+

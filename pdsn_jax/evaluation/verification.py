@@ -11,6 +11,15 @@ def _best_threshold(scores: np.ndarray, issame: np.ndarray) -> float:
   return float(cands[int(np.argmax(acc))])
 
 
+def report(scores: np.ndarray, issame: np.ndarray) -> dict:
+  """``ten_fold_accuracy`` with TAR at FAR 1e-3 and the number of negative pairs (which says
+  whether that FAR can be measured at all)."""
+  r = ten_fold_accuracy(scores, issame)
+  r["tar_at_far_1e-3"] = tar_at_far(scores, issame, 1e-3)
+  r["negatives"] = int(np.sum(~np.asarray(issame, bool)))
+  return r
+
+
 def ten_fold_accuracy(scores: np.ndarray, issame: np.ndarray, num_folds: int = 10) -> dict:
   """LFW protocol: per fold, the threshold is chosen on the other folds, accuracy measured on it.
 

@@ -17,9 +17,8 @@ def cosface_logits(
 class CosFaceHead(nn.Module):
   """Normalised classifier; returns (margin logits, plain cosines).
 
-  The margin logits train the trunk; the plain cosines give the accuracy and
-  are what later stages (PDSN's classification term) score masked features by
-  when ``labels`` is None.
+  The margin logits train the trunk, and PDSN's classification term scores masked features
+  with them too (it passes the labels); the plain cosines give the accuracy.
   """
 
   num_classes: int

@@ -10,7 +10,6 @@ scored with the occlusion located by the detector instead of the synthesizer's g
 checkpoints that differ only in F) and reused by every protocol and ablation.
 """
 
-import dataclasses
 import json
 import logging
 import os
@@ -23,9 +22,8 @@ import ml_collections
 import numpy as np
 
 from pdsn_jax import builders, distributed, fdm, files, inference, parallel, provenance
-from pdsn_jax import visualize
 from pdsn_jax import workdir as workdir_lib
-from pdsn_jax.data import ar_real, occlusion, pairs as pairs_lib, sources
+from pdsn_jax.data import occlusion, pairs as pairs_lib, sources
 from pdsn_jax.evaluation import evaluators, masked, protocols, report, search, stats
 from pdsn_jax.evaluation import store as store_lib
 from pdsn_jax.evaluation.segmentation import segmentation_metrics
@@ -63,31 +61,26 @@ def _eval_sets(config, library) -> protocols.EvalSets:
                                                config.data.image_size, config.data.alignment)
     sets = protocols.with_pairs(sets, pair_faces, idx, issame, library, cfg.seed,
                                 tuple(cfg.conditions))
-  if cfg.ar_real_root and "ar_real" in cfg.protocols:
-    t = time.time()
-    d = config.data
-    ar = ar_real.load(cfg.ar_real_root, d.image_size, d.alignment, cfg.ar_real_alignment)
-    centre = (ar_real.load(cfg.ar_real_root, d.image_size, d.alignment, "centre")
-              if cfg.ar_real_alignment != "centre" else None)
-    sets = dataclasses.replace(sets, ar_real=ar, ar_real_centre=centre)
-    fallback = sorted(k for k, v in ar.points_source.items() if v != "dlib")
-    logging.info("[evaluate] real AR photos: %d, aligned by %s (%d subject-sessions without "
-                 "dlib points: %s) (%.1fs)", len(ar.kinds), cfg.ar_real_alignment, len(fallback),
-                 fallback, time.time() - t)
+  for p in _protocols(config).values():  # the images protocols bring themselves
+    if p.inputs is not None:
+      sets = p.inputs(config, sets)
   return sets
 
 
-def _features(embedder, variables, sets: protocols.EvalSets) -> dict:
+def _protocols(config) -> dict[str, evaluators.Protocol]:
+  return {name: evaluators.get(name) for name in config.eval.protocols}
+
+
+def _features(config, embedder, variables, sets: protocols.EvalSets) -> dict:
   """U of every image any protocol uses, for one checkpoint."""
   f = lambda x: embedder.features(variables, x)  # noqa: E731
   out = {"faces": f(sets.faces),
          "second": {c: f(o.images) for c, o in sets.occluded_second.items()},
          "probes": {c: f(o.images) for c, o in sets.occluded_probes.items()}}
   out["pair_faces"] = out["faces"] if sets.pair_faces is sets.faces else f(sets.pair_faces)
-  if sets.ar_real is not None:
-    out["ar_real"] = f(sets.ar_real.images)
-  if sets.ar_real_centre is not None:
-    out["ar_real_centre"] = f(sets.ar_real_centre.images)
+  for p in _protocols(config).values():
+    if p.features is not None:
+      out.update(p.features(f, sets))
   return out
 
 
@@ -110,7 +103,7 @@ def _flags(config, sets: protocols.EvalSets, source: str, detector=None) -> dict
   """Block flags of every occluded image, from masks located by ``source``; with a detector,
   also its segmentation scores against the ground truth per condition."""
   o = config.occlusion
-  out = {"blocks": 9, "second": {}, "probes": {}, "detector_scores": {}}
+  out = {"blocks": occlusion.NUM_GENERATORS, "second": {}, "probes": {}, "detector_scores": {}}
   for group, occs in (("second", sets.occluded_second), ("probes", sets.occluded_probes)):
     for c, occ in occs.items():
       masks = protocols.locate(occ, source, detector)
@@ -149,7 +142,7 @@ class _Networks:
         self.feats[stage], self.stores[stage] = self.feats[same[0]], self.stores[same[0]]
         logging.info("[evaluate] %s differs from %s only in F: reusing its U", stage, same[0])
       else:
-        self.feats[stage] = _features(self.embedder, self.reps[stage], self.sets)
+        self.feats[stage] = _features(self.config, self.embedder, self.reps[stage], self.sets)
         self.stores[stage] = self._store(stage)
         logging.info("[evaluate] features of the %s checkpoint (%.1fs)", stage, time.time() - t)
     return self.reps[stage], self.feats[stage]
@@ -158,7 +151,7 @@ class _Networks:
     """U of the distractors on disk (``evaluate/distractors_<stage>/``), built or resumed;
     rebuilt when the checkpoint changed since."""
     cfg, src = self.config.eval, self.sets.distractors
-    if "distractors" not in cfg.protocols or not len(src):
+    if not any(p.distractor_store for p in _protocols(self.config).values()) or not len(src):
       return None
     path = workdir_lib.distractor_store(self.workdir, stage)
     print_ = store_lib.fingerprint(builders.feature_variables(self.backbone, self.host[stage]))
@@ -166,7 +159,8 @@ class _Networks:
       try:
         old = store_lib.Store(path).meta
         why = [k for k, now in (("trunk", print_), ("dtype", cfg.gallery_dtype),
-                                ("num_faces", len(src)), ("shard_size", cfg.gallery_shard_size))
+                                ("num_faces", len(src)), ("shard_size", cfg.gallery_shard_size),
+                                ("source", _store_description(src)))
                if (old["trunk"]["fingerprint"] if k == "trunk" else old.get(k)) != now]
       except (FileNotFoundError, files.DamagedFile, ValueError, KeyError) as e:
         why = [f"unreadable ({e})"]
@@ -180,18 +174,21 @@ class _Networks:
         path, src, lambda images: self.embedder.features(self.reps[stage], images),
         u_shape=builders.u_shape(self.config), dtype=cfg.gallery_dtype,
         shard_size=cfg.gallery_shard_size, trunk_fingerprint=print_,
-        trunk_checkpoint=workdir_lib.checkpoints(self.workdir, stage), description="distractors")
+        trunk_checkpoint=workdir_lib.checkpoints(self.workdir, stage),
+        description=_store_description(src))
     logging.info("[evaluate] distractor store %s: %d faces, %s; %s", path, out.num_faces,
                  cfg.gallery_dtype, stats)
     return out
+
+
+def _store_description(src) -> str:
+  return f"distractors: {getattr(src, 'description', '')}"
 
 
 def _evaluate_models(config, nets: _Networks, sets, flags, flags_det, dictionary, results) -> None:
   """Every model of ``eval.models`` under every protocol of ``eval.protocols``, and the FDM
   models again with the detector's flags when given; into ``results["models"]``."""
   put = lambda x: parallel.put_replicated(np.asarray(x, np.float32), nets.mesh)  # noqa: E731
-  ones = put(np.ones((9, *builders.u_shape(config)), np.float32))
-  trunk_when_clean = bool(config.finetune.trunk_head_when_clean)
   specs = evaluators.parse_models(config.eval.models)
   runs = [(m, flags, m.name) for m in specs]
   if flags_det is not None:
@@ -204,13 +201,16 @@ def _evaluate_models(config, nets: _Networks, sets, flags, flags_det, dictionary
       continue
     t = time.time()
     variables, feats = nets.get(spec.stage)
-    clean = (nets.reps[workdir_lib.TRUNK] if spec.stage != workdir_lib.TRUNK and
-             trunk_when_clean else None)
-    model = evaluators.Model(variables, put(dictionary[0]) if spec.fdm else ones, clean)
+    clean = (nets.reps[workdir_lib.TRUNK] if evaluators.trunk_head_when_clean(config, spec)
+             else None)
+    table = evaluators.mask_table(spec, dictionary[0] if spec.fdm else None,
+                                  builders.u_shape(config))
+    model = evaluators.Model(variables, put(table), clean)
     ctx = evaluators.Context(nets.embedder, sets, feats, fl, nets.searcher,
                              nets.stores[spec.stage])
     results["models"][row] = evaluators.run_protocols(ctx, model, config.eval.protocols)
-    logging.info("[evaluate] %s: %s (%.1fs)", row, report.one_line(results["models"][row]),
+    logging.info("[evaluate] %s: %s (%.1fs)", row, report.one_line(results["models"][row],
+                                                            _protocols(config).values()),
                  time.time() - t)
 
 
@@ -231,7 +231,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   flags = _flags(config, sets, cfg.occlusion_source, predict)
   flags_det = (_flags(config, sets, "detector", predict)
                if predict is not None and cfg.occlusion_source != "detector" else None)
-  ar_scores = _ar_real_flags(config, sets, flags, predict, workdir)
+  located = _locate(config, sets, flags, predict, workdir)
   logging.info("[evaluate] %d held-out faces, %d pairs x %d conditions, %d AR probes x %d, "
                "%d distractors (%.1fs)", len(sets.faces), len(sets.pairs),
                len(sets.occluded_second), len(sets.probes), len(sets.occluded_probes),
@@ -255,8 +255,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   _evaluate_models(config, nets, sets, flags, flags_det, dictionary, results)
   if flags_det is not None:
     results["detector_on_probes"] = flags_det["detector_scores"]
-  if ar_scores:
-    results["detector_on_ar_real"] = ar_scores
+  results.update(located)
   _paired(results, ("Baseline", "Trunk"), cfg.seed)
   if dictionary is not None and cfg.ablations:
     results["ablations"] = _ablations(config, workdir, nets, sets, flags, dictionary)
@@ -268,8 +267,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     files.write_json(workdir_lib.thresholds_file(workdir), thresholds)
     files.write_json(workdir_lib.stage_file(workdir, STAGE, "config.json"),
                      json.loads(config.to_json_best_effort()))
-    logging.info("[evaluate] wrote %s", ", ".join(report.write(results, sets, flags, workdir)))
-    print(report.summary(results), flush=True)
+    logging.info("[evaluate] wrote %s", ", ".join(report.write(
+        results, sets, flags, workdir, _protocols(config))))
+    print(report.summary(results, _protocols(config).values()), flush=True)
     workdir_lib.write_summary(workdir, STAGE, summary)
   return summary
 
@@ -289,11 +289,11 @@ def _thresholds(config, results: dict, nets: _Networks, dictionary) -> dict:
 
 
 def _ablations(config, workdir, nets: _Networks, sets, flags, dictionary) -> dict:
-  """Tables 1-3 on the trunk's U under the protocols of ``eval.protocols`` but distractors."""
+  """Tables 1-3 on the trunk's U under the protocols of ``eval.protocols`` that score them."""
   fdms, mean_masks, meta = dictionary
   variables, feats = nets.get(workdir_lib.TRUNK)
   ctx = evaluators.Context(nets.embedder, sets, feats, flags, nets.searcher)
-  names = [p for p in config.eval.protocols if p not in ("distractors", "ar_real")]
+  names = [n for n in config.eval.protocols if evaluators.get(n).ablations]
   put = lambda x: parallel.put_replicated(np.asarray(x, np.float32), nets.mesh)  # noqa: E731
   score = lambda table: _without_hits(evaluators.run_protocols(  # noqa: E731
       ctx, evaluators.Model(variables, put(table)), names))
@@ -324,22 +324,14 @@ def _without_hits(res: dict) -> dict:
   return res
 
 
-def _ar_real_flags(config, sets, flags: dict, predict, workdir: str):
-  """Adds the real AR photos' block flags per way of locating to ``flags``; returns the
-  detector's scores on them (None without those photos) and draws its contact sheet."""
-  if sets.ar_real is None:
-    return None
-  o, ar = config.occlusion, sets.ar_real
-  flags["ar_real"], scores, pred = protocols.ar_real_flags(ar, o.min_overlap, o.overlap,
-                                                           predict, config.data.alignment)
-  if pred is not None and jax.process_index() == 0:  # research-only: stays in the run
-    pick = np.concatenate([np.flatnonzero(ar.kinds == k)[::97][:4]
-                           for k in ("sunglasses", "scarf", "neutral", "light")])
-    visualize.detection_sheet(ar.images[pick], pred[pick], workdir_lib.stage_file(
-        workdir, STAGE, "ar_real_detections.png"),
-                              true_masks=ar.masks[pick], min_overlap=o.min_overlap,
-                              overlap=o.overlap, names=[ar.paths[i] for i in pick])
-  return scores
+def _locate(config, sets, flags: dict, predict, workdir: str) -> dict:
+  """The protocols' own block flags into ``flags``; what they report (e.g. the detector on the
+  real AR photos) for results.json."""
+  out = {}
+  for p in _protocols(config).values():
+    if p.locate is not None:
+      out.update(p.locate(config, sets, flags, predict, workdir))
+  return out
 
 
 def _paired(results: dict, references, seed: int) -> None:

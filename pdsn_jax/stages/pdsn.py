@@ -145,7 +145,7 @@ def plan(ctx: loop.Context) -> loop.Plan:
       step=functools.partial(train_step, backbone=backbone, head=head, gens=gens, tx=tx,
                              schedule=schedule, cfg=cfg),
       stream="pdsn", transforms=(transform,), prepare=prepare,
-      images_per_step=cfg.batch_size * 10,  # each face + its 9 occluded copies
+      images_per_step=cfg.batch_size * (1 + occlusion.NUM_GENERATORS),  # + occluded copies
       on_metrics=per_generator, summary=summary,
       description=f", {gens.num} generators, lambda={effective_lambda(cfg):g}, loss={cfg.loss}, "
                   f"differential={cfg.differential}")

@@ -1,0 +1,183 @@
+"""The real AR protocol (the paper's Table 6): rank-1 on AR's own photos of people wearing
+sunglasses and scarves, per way of locating the occlusion.
+
+A protocol in one module: its inputs (the photos of ``eval.ar_real_root``, aligned by
+landmarks, and centre-cropped for the alignment check), their U, their block flags per way of
+locating (the detector, the category's fixed blocks, the ground-truth masks), the rank-1
+search, and its section of results.md. Its line in ``evaluators.PROTOCOLS`` turns it on.
+"""
+
+import dataclasses
+import logging
+import time
+
+import numpy as np
+
+from pdsn_jax import visualize
+from pdsn_jax import workdir as workdir_lib
+from pdsn_jax.data import ar_real as ar_lib, occlusion, placement
+from pdsn_jax.evaluation import evaluators, search, tables
+from pdsn_jax.evaluation.segmentation import segmentation_metrics
+
+KEY = "ar_real"
+# how the occlusions are located: the detector, the category's fixed blocks (data/ar_real.py),
+# the ground-truth masks (oracle location)
+LOCATIONS = ("detector", "category", "ground_truth")
+_LOCATION_NAMES = {"detector": "detector", "category": "category blocks",
+                   "ground_truth": "ground truth (oracle location)"}
+# galleries from session 1, probes of both sessions
+CLEAN_KINDS = ("neutral", "expression", "light")
+
+
+def ar_real_sets(ar) -> tuple[dict, dict]:
+  """(galleries, probes) as index arrays: protocol 1's gallery is every clean session-1 photo
+  (neutral, expressions, lighting: 7 per subject), protocol 2's the session-1 neutral one;
+  probes are the 6 sunglasses and the 6 scarf photos of each subject and the 7 clean session-2
+  ones."""
+  galleries = {"p1": ar.select(1, CLEAN_KINDS), "p2": ar.select(1, ("neutral",), first=True)}
+  probes = {"sunglasses": ar.select(None, ("sunglasses",)), "scarf": ar.select(None, ("scarf",)),
+            "clean": ar.select(2, CLEAN_KINDS)}
+  return galleries, probes
+
+
+def ar_real_flags(ar, min_overlap: float, overlap: str, detector=None,
+                  template: str = "arcface"):
+  """(flags, scores, predicted masks): block flags of every photo per way of locating
+  (``LOCATIONS``; the detector's only with one), the detector's scores against the ground
+  truth (per occluded kind the segmentation metrics, on clean photos the predicted area, i.e.
+  false alarms), and its pixel masks (None without a detector)."""
+  size = ar.images.shape[1:3]
+  cat = np.zeros((len(ar.kinds), len(occlusion.CENTRAL_BLOCKS)), bool)
+  for kind in ar_lib.OCCLUDED_KINDS:
+    cat[ar.kinds == kind] = placement.category_flags(kind, size, min_overlap, overlap,
+                                                     template)
+  flags = {"category": cat,
+           "ground_truth": occlusion.block_flags(ar.masks, min_overlap, overlap)}
+  scores, pred = {}, None
+  if detector is not None:
+    pred = np.asarray(detector(ar.images), bool)
+    flags["detector"] = occlusion.block_flags(pred, min_overlap, overlap)
+    for kind in ar_lib.OCCLUDED_KINDS:
+      k = ar.kinds == kind
+      scores[kind] = segmentation_metrics(pred[k], ar.masks[k], min_overlap, overlap)
+      scores[kind]["category_block_accuracy"] = float(np.mean(cat[k] == flags["ground_truth"][k]))
+    clean = ~np.isin(ar.kinds, ar_lib.OCCLUDED_KINDS)
+    scores["clean"] = {"predicted_area": float(pred[clean].mean()),
+                       "any_block_flagged": float(flags["detector"][clean].any(1).mean())}
+  return {k: flags[k] for k in LOCATIONS if k in flags}, scores, pred
+
+
+def _inputs(config, sets):
+  cfg, d, t = config.eval, config.data, time.time()
+  ar = ar_lib.load(cfg.ar_real_root, d.image_size, d.alignment, cfg.ar_real_alignment)
+  centre = (ar_lib.load(cfg.ar_real_root, d.image_size, d.alignment, "centre")
+            if cfg.ar_real_alignment != "centre" else None)
+  fallback = sorted(k for k, v in ar.points_source.items() if v != "dlib")
+  logging.info("[evaluate] real AR photos: %d, aligned by %s (%d subject-sessions without "
+               "dlib points: %s) (%.1fs)", len(ar.kinds), cfg.ar_real_alignment, len(fallback),
+               fallback, time.time() - t)
+  return dataclasses.replace(sets, extra={**sets.extra, KEY: ar, f"{KEY}_centre": centre})
+
+
+def _features(features, sets) -> dict:
+  return {k: features(sets.extra[k].images) for k in (KEY, f"{KEY}_centre")
+          if sets.extra.get(k) is not None}
+
+
+def _locate(config, sets, flags: dict, predict, workdir: str) -> dict:
+  """Adds the photos' flags per way of locating to ``flags``; returns the detector's scores on
+  them for results.json, and draws its contact sheet (research-only: it stays in the run)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  o, ar = config.occlusion, sets.extra[KEY]
+  flags[KEY], scores, pred = ar_real_flags(ar, o.min_overlap, o.overlap, predict,
+                                           config.data.alignment)
+  if pred is not None and jax.process_index() == 0:
+    pick = np.concatenate([np.flatnonzero(ar.kinds == k)[::97][:4]
+                           for k in ("sunglasses", "scarf", "neutral", "light")])
+    visualize.detection_sheet(ar.images[pick], pred[pick], workdir_lib.stage_file(
+        workdir, workdir_lib.EVALUATE, "ar_real_detections.png"),
+                              true_masks=ar.masks[pick], min_overlap=o.min_overlap,
+                              overlap=o.overlap, names=[ar.paths[i] for i in pick])
+  return {"detector_on_ar_real": scores} if scores else {}
+
+
+def _run(ctx: evaluators.Context, model: evaluators.Model) -> dict:
+  """Rank-1 per way of locating and gallery protocol; the gallery is embedded under each
+  probe's FDM. Also the clean probes of the centre-cropped photos (alignment check)."""
+  ar = ctx.sets.extra.get(KEY)
+  if ar is None or KEY not in ctx.flags:  # e.g. the "(detector)" rows: located inside
+    return {}
+  u = ctx.feats[KEY]
+  galleries, probes = ar_real_sets(ar)
+  res, hits = {}, {}
+  for loc, fl in ctx.flags[KEY].items():
+    for p, g in galleries.items():
+      gallery = search.ArrayGallery(u[g], ar.subjects[g])
+      for cond, idx in probes.items():
+        h = ar.subjects[g][model.top1(ctx, gallery, u[idx], fl[idx])] == ar.subjects[idx]
+        res.setdefault(loc, {}).setdefault(p, {})[cond] = float(np.mean(h))
+        hits[f"{KEY}/{loc}/{p}/{cond}"] = h
+  if f"{KEY}_centre" in ctx.feats:
+    uc, none = ctx.feats[f"{KEY}_centre"], np.zeros((len(ar.kinds), ctx.flags["blocks"]), bool)
+    idx = probes["clean"]
+    for p, g in galleries.items():
+      top = model.top1(ctx, search.ArrayGallery(uc[g], ar.subjects[g]), uc[idx], none[idx])
+      res.setdefault("centre_crop", {})[p] = {"clean": float(np.mean(
+          ar.subjects[g][top] == ar.subjects[idx]))}
+  return {KEY: res, evaluators.HITS: hits}
+
+
+def _section(results: dict) -> list[str]:
+  """One table per way of locating the occlusion, each row with its paired difference to the
+  Baseline; the alignment check; the detector's scores on the photos."""
+  pct, m, paired = tables.pct, results["models"], results.get("paired", {})
+  rows_with = {n: r[KEY] for n, r in m.items() if KEY in r}
+  if not rows_with:
+    return []
+  first = next(iter(rows_with.values()))
+  lines = ["## Real occlusions: AR sunglasses and scarves (paper Table 6)", "",
+           "Rank-1 of AR's own photos of people wearing sunglasses and scarves (6 + 6 per "
+           "subject) and of clean session-2 photos (7 per subject); gallery protocol 1: the 7 "
+           "clean session-1 photos per subject, protocol 2: the session-1 neutral photo. The "
+           "gallery is embedded under each probe's FDM. In brackets: the difference to the "
+           "Baseline with its paired bootstrap 95% interval (points).", ""]
+  cols = [(p, c) for p in ("p1", "p2") for c in ("sunglasses", "scarf", "clean")]
+  for loc in [k for k in _LOCATION_NAMES if k in first]:
+    lines += [f"Occlusion located by: **{_LOCATION_NAMES[loc]}**", ""]
+    body = []
+    for name, r in rows_with.items():
+      cells = []
+      for p, c in cols:
+        iv = paired.get(name, {}).get("Baseline", {}).get(f"{KEY}/{loc}/{p}/{c}")
+        cells.append(pct(r[loc][p][c]) + (f" ({tables.interval(iv)})" if iv else ""))
+      body.append([name] + cells)
+    lines += tables.table(["Model"] + [f"{p.upper()} {c}" for p, c in cols], body) + [""]
+  if "centre_crop" in first:
+    lines += ["Alignment check, rank-1 of the clean session-2 probes (P1 / P2): "
+              + "; ".join(f"{n}: centre crop {pct(r['centre_crop']['p1']['clean'])} / "
+                          f"{pct(r['centre_crop']['p2']['clean'])}, aligned by landmarks "
+                          f"{pct(r['ground_truth']['p1']['clean'])} / "
+                          f"{pct(r['ground_truth']['p2']['clean'])}"
+                          for n, r in rows_with.items() if "PDSN" not in n)
+              + ".", ""]
+  det = results.get("detector_on_ar_real")
+  if det:
+    lines += ["The detector on the real AR photos, against the ground-truth masks "
+              "(data/ar_real.py):", ""]
+    lines += tables.table(
+        ["photos", "mean IU", "block accuracy", "whole pattern right",
+         "category blocks' block accuracy"],
+        [[k, pct(det[k]["mean_iu"]), pct(det[k]["block_accuracy"]),
+          pct(det[k]["image_block_pattern_accuracy"]), pct(det[k]["category_block_accuracy"])]
+         for k in ("sunglasses", "scarf")])
+    c = det["clean"]
+    lines += ["", f"Clean AR photos: predicted occluded area {pct(c['predicted_area'])}%, "
+              f"some block flagged on {pct(c['any_block_flagged'])}% of them. Contact sheet: "
+              "`evaluate/ar_real_detections.png` (research-only data: keep it in the run).", ""]
+  return lines
+
+
+PROTOCOL = evaluators.Protocol(
+    run=_run, section=_section, title="AR real", config_keys=("ar_real_root",),
+    inputs=_inputs, features=_features, locate=_locate, ablations=False,
+    paired_in_section=True)
