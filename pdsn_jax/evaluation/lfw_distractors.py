@@ -37,6 +37,11 @@ _LOCATIONS = {"detector": "detector", "ground_truth": "ground truth (oracle loca
 _NAME = re.compile(r"^(.+)_\d+$")
 
 
+def _points(marks: dict, path: str):
+  """The landmarks TSV's points of a photo (its keys are absolute paths), None: centre crop."""
+  return marks.get(os.path.normpath(os.path.abspath(path)))
+
+
 class AlignedFaces:
   """Photos aligned by their landmarks on access (a random-access source: ``[i]["image"]``)."""
 
@@ -50,8 +55,8 @@ class AlignedFaces:
 
   def __getitem__(self, i: int) -> dict:
     p = self.paths[int(i)]
-    return {"image": align_face(load_rgb(p), self.marks.get(os.path.normpath(p)), self.size,
-                                self.template), "label": self.labels[int(i)]}
+    return {"image": align_face(load_rgb(p), _points(self.marks, p), self.size, self.template),
+            "label": self.labels[int(i)]}
 
 
 class Concat:
@@ -101,8 +106,8 @@ def _inputs(config, sets):
   paths = list_images(cfg.lfw_root)
   marks = read_landmarks(cfg.lfw_landmarks)
   gallery, probes, others, label = split(paths, cfg.lfw_probe_every)
-  align = lambda idx: np.stack([align_face(load_rgb(paths[i]), marks.get(  # noqa: E731
-      os.path.normpath(paths[i])), tuple(d.image_size), d.alignment) for i in idx])
+  align = lambda idx: np.stack([align_face(load_rgb(paths[i]), _points(marks, paths[i]),  # noqa: E731
+                                           tuple(d.image_size), d.alignment) for i in idx])
   library = builders.test_occluders(config)
   probe_faces = align(probes)
   occluded = {c: protocols.occlude_all(probe_faces, c, library, cfg.seed, 300 + k)
