@@ -32,6 +32,8 @@ _SHARD = flags.DEFINE_integer("shard_size", 4096, "Faces per store shard.")
 _OUT = flags.DEFINE_string("out", "/tmp/gallery_bench", "Where the store goes.")
 _CHILD = flags.DEFINE_integer("child_size", 0, "(internal) search this many faces and report.")
 _COSTS = flags.DEFINE_bool("child_costs", False, "(internal) every path and pattern count.")
+_PATH = flags.DEFINE_string("child_path", "", "(internal) the path to time (the first child's "
+                            "auto choice), so every size reports the same path.")
 
 # Peak dense bf16 throughput assumed for the projections, and the share of it a GEMM-bound
 # search is assumed to reach.
@@ -157,7 +159,7 @@ def child(n: int) -> dict:
   for k in pats:
     emb, fl = _probes(k, _PROBES.value, config.model.embedding_dim)
     for path, s in searcher_for.items():
-      if not _COSTS.value and path != out["auto_path"]:
+      if not _COSTS.value and path != (_PATH.value or out["auto_path"]):
         continue
       secs = timed(s, emb, fl, gallery)
       out[f"{path}_{k}"] = {"seconds": secs, "pattern_cmp_per_s": n * k / secs,
@@ -185,8 +187,9 @@ def main(argv):
   rows = []
   # the costs of every path once (smallest size), then each size alone for its peak RSS
   for n, costs in [(min(_sizes()), True)] + [(n, False) for n in _sizes()]:
+    picked = rows[0]["auto_path"] if rows else ""
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), f"--child_size={n}",
-                           f"--child_costs={costs}",
+                           f"--child_costs={costs}", f"--child_path={picked}",
                            f"--model={_MODEL.value}", f"--sizes={_SIZES.value}",
                            f"--dtype={_DTYPE.value}", f"--probes={_PROBES.value}",
                            f"--shard_size={_SHARD.value}", f"--out={_OUT.value}"],
