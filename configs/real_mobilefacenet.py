@@ -8,7 +8,9 @@
 
 Weights: ``$PDSN_MODELS/mobilefacenet_casia/068.ckpt`` (default ../shared/models; research
 use only, never committed), read without PyTorch. Data: ``$PDSN_DATA`` (default
-../shared/data). Cost on a 2-core CPU: see docs/results.md (measured per stage).
+../shared/data). Cost on a 2-core CPU (docs/results.md, per stage): 28.3 min alone on
+2026-11-29, before the LFW distractor curve; 38.7 min on 2026-12-02 with it, sharing the cores
+with other runs (the evaluation 11.9 min of it, 6 building the 5,918-face distractor store).
 
 Hygiene:
 * the occluder files are split three ways by source (``OCCLUDER_SPLITS``), so one source's
