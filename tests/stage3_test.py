@@ -50,7 +50,9 @@ def test_default_stage_list_ends_with_tables_for_all_models(reference):
   md = open(os.path.join(wd, "results.md")).read()
   acc, std = trunk["clean"]["accuracy"], trunk["clean"]["std"]
   assert f"| Trunk | {100 * acc:.2f} ± {100 * std:.2f} | n/a (20 negatives) |" in md
-  for title in ("## Verification", "## Identification", "Table 1", "Table 2", "Table 3"):
+  for title in ("## Verification", "## AR-style (pasted) P1 rank-1",
+                "## AR-style (pasted) P2 rank-1", "## Distractors rank-1 (+10 distractors)",
+                "## Paired differences", "Table 1", "Table 2", "Table 3"):
     assert title in md
   for fig in ("probes.png", "occluded_verification.png"):
     assert os.path.getsize(os.path.join(wd, "evaluate", fig)) > 1000

@@ -254,7 +254,8 @@ def _rank1_protocol(key: str, title: str, run, **kw) -> Protocol:
     first = next(r[key] for r in results["models"].values() if key in r)
     n = first.get("num_distractors")
     head = list(next(iter(rows.values())))
-    return ([f"## {title} rank-1" + (f" (+{n} distractors)" if n is not None else ""), ""]
+    return ([f"## {title[0].upper()}{title[1:]} rank-1"
+             + (f" (+{n} distractors)" if n is not None else ""), ""]
             + tables.table(["Model"] + head, [[name] + [tables.pct(c[h]) for h in head]
                                               for name, c in rows.items()]) + [""])
   return Protocol(run=run, section=section, columns=columns, title=title, **kw)
