@@ -90,22 +90,6 @@ def build() -> dict:
   return stats
 
 
-class _Prefix:
-  """The first ``n`` faces of a store, read through its shards."""
-
-  def __init__(self, st, n: int):
-    self.st, self.num_faces = st, n
-    self.num_shards = -(-n // st.shard_size)
-
-  def shard(self, i):
-    u, scale, labels = self.st.shard(i)
-    m = min(self.st.shard_size, self.num_faces - self.st.offset(i))
-    return u[:m], (None if scale is None else scale[:m]), labels[:m]
-
-  def offset(self, i):
-    return self.st.offset(i)
-
-
 def _probes(num_patterns: int, num_probes: int, emb_dim: int, seed: int = 0):
   import numpy as np  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
@@ -130,8 +114,8 @@ def child(n: int) -> dict:
   u_shape = builders.u_shape(config)
   table = np.random.default_rng(1).integers(0, 2, (9, *u_shape)).astype(np.float32)
   st = store.Store(_store_path())
-  gallery = _Prefix(st, n)
-  first = _Prefix(st, min(n, st.shard_size))
+  gallery = search.Prefix(st, n)
+  first = search.Prefix(st, min(n, st.shard_size))
   def shard_of(name):  # "shard_00012.npy" -> 12 (meta.json: None)
     stem = name.split(".")[0].rsplit("_", 1)[-1]
     return int(stem) if stem.isdigit() else None
