@@ -103,7 +103,8 @@ def get_config() -> ml_collections.ConfigDict:
       occlusion_source="ground_truth",  # where test-time occlusion masks come from; rows
       # located by the detector are added whenever the 'detector' stage has run
       # the rows compared: "Name=stage" (that stage's network, F(U)) or "Name=stage+fdm"
-      # (under the dictionary's FDMs, F(M * U)); pdsn_jax/evaluation/evaluators.py
+      # (under the dictionary's FDMs, F(M * U)); "+trunk_when_clean": the two-network variant
+      # that embeds faces with no occluded block with the trunk instead (evaluators.py)
       models=("Trunk=trunk", "Baseline=baseline", "PDSN=trunk+fdm",
               "PDSN + fine-tune=finetune+fdm"),
       # what each row is measured by (pdsn_jax/evaluation/evaluators.PROTOCOLS): pair
@@ -136,7 +137,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.pdsn = common.training(
       batch_size=16, num_epochs=0.6, learning_rate=0.01,  # "adam" suits a tiny trunk (tiny.py)
       warmup_steps=10,
-      lambda_l1=10.0,  # paper, Eq. 5
+      lambda_l1=10.0,  # paper, Eq. 5 (with lambda_rule="fixed")
+      # "same_scale": the paper's rule, lambda = CE / L1 of the starting generators on
+      # scale_batches fixed training batches (measured, logged, in the stage's summary)
+      lambda_rule="same_scale", scale_batches=4,
+      # > 0: at every checkpoint, the dictionary of this many fixed training pairs per block;
+      # the stage stops once each item's discarded set overlaps the last check's (Jaccard) by
+      # converge_overlap, else at its step budget (stages/pdsn_probe.py)
+      converge_pairs=0, converge_overlap=0.95,
+      # updates per batch: its U (the frozen trunk's forward, ~60% of a step on a CPU) serves
+      # this many generator updates in a row (the learning-rate schedule counts updates)
+      reuse=1,
       loss="paper",  # "paper": CE(occluded) + lambda*L1; "released": 0.5 CE(clean) + 0.5 CE(occ)
       differential=True,  # False: Table 3's ablation, input U(x_j) and lambda taken as 0
       mask_bias_init=0.0)  # generators' last BN shift at start: first masks ~sigmoid(this)
@@ -147,10 +158,7 @@ def get_config() -> ml_collections.ConfigDict:
       clean_prob=0.25,  # share of clean faces (under the all-ones mask)
       conditions=("sunglasses", "mask", "hand", "object", "blocks"),
       loss="cosface",  # or "distill": toward the frozen trunk's embedding of the clean face
-      trainable="all",  # or "head": only F (the layers after U)
-      # evaluation: pairs/probes with no occluded block use the trunk's own F (their FDM is
-      # all ones), the fine-tuned F only under an FDM; applies to Baseline and fine-tune alike
-      trunk_head_when_clean=False)
+      trainable="all")  # or "head": only F (the layers after U)
 
   # The occlusion detector (stages/detector.py): a U-Net-style FCN on occluded faces.
   c.detector = common.training(
@@ -169,5 +177,6 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Stage II: the dictionary of binary Feature Discarding Masks.
   c.dictionary = ml_collections.ConfigDict(dict(
-      pairs_per_block=512, batch_size=32, tau=0.25, log_every=8))
+      pairs_per_block=512, batch_size=32, tau=0.25, log_every=8,
+      neighbour_prob=0.0))  # paper: item j's pairs occluded on block j only
   return c

@@ -115,11 +115,15 @@ def training_occluders(config: ml_collections.ConfigDict) -> occlusion.OccluderL
   return occluders(config, "train")
 
 
-def every_block_occlusion(config: ml_collections.ConfigDict) -> occlusion.OccludeEveryBlock:
-  """Stage I/II's transform: each face and its 9 copies, copy j occluded on block j."""
+def every_block_occlusion(config: ml_collections.ConfigDict,
+                          neighbour_prob: float | None = None) -> occlusion.OccludeEveryBlock:
+  """Stage I/II's transform: each face and its 9 copies, copy j occluded on block j (and, with
+  probability ``neighbour_prob``, default ``occlusion.neighbour_prob``, a 4-neighbour too)."""
   o = config.occlusion
-  return occlusion.OccludeEveryBlock(training_occluders(config), occlusion.CENTRAL_BLOCKS,
-                                     o.neighbour_prob, o.min_overlap, o.overlap, o.exact_blocks)
+  return occlusion.OccludeEveryBlock(
+      training_occluders(config), occlusion.CENTRAL_BLOCKS,
+      o.neighbour_prob if neighbour_prob is None else neighbour_prob, o.min_overlap, o.overlap,
+      o.exact_blocks)
 
 
 def total_steps(cfg: ml_collections.ConfigDict, num_train: int) -> int:

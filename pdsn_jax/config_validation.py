@@ -10,7 +10,7 @@ from pdsn_jax.models import trunks
 
 def _choices() -> dict:
   """key -> allowed values, each from the module that acts on the key."""
-  from pdsn_jax.stages import pdsn  # pylint: disable=g-import-not-at-top (stages import jax)
+  from pdsn_jax.stages import pdsn, pdsn_probe  # pylint: disable=g-import-not-at-top
   out = {
       "prng_impl": training.PRNG_IMPLS,
       "data.source": sources.SOURCES,
@@ -18,6 +18,7 @@ def _choices() -> dict:
       "model.kind": tuple(trunks.KINDS),
       "model.dtype": tuple(builders.DTYPES),
       "pdsn.loss": pdsn.LOSSES,
+      "pdsn.lambda_rule": pdsn_probe.LAMBDA_RULES,
       "occlusion.overlap": occlusion.OVERLAPS,
       "finetune.loss": recognition.LOSSES,
       # "classifier" is the trunk stage's freeze_backbone, not a fine-tuning choice
@@ -38,9 +39,10 @@ def _choices() -> dict:
 # _BY_NAME below; these are the one-off ones.
 _POSITIVE = ("model.width", "model.embedding_dim", "eval.num_pairs", "cosface.scale",
              "dictionary.pairs_per_block", "eval.ar_gallery_images", "detector.input_scale",
-             "detector.heldout_every", "detector.eval_images", "eval.gallery_shard_size")
+             "detector.heldout_every", "detector.eval_images", "eval.gallery_shard_size",
+             "pdsn.scale_batches", "pdsn.reuse")
 _NON_NEGATIVE = ("trunk.momentum", "trunk.warmup_steps", "model.dropout", "cosface.margin",
-                 "data.num_workers", "eval.num_distractors")
+                 "data.num_workers", "eval.num_distractors", "pdsn.converge_pairs")
 
 
 # stages whose folder holds no recognition network (eval.models cannot name them)
@@ -97,7 +99,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.dictionary.tau={config.dictionary.tau!r} must be in [0, 1)")
   if not 0 <= config.model.dropout < 1:
     raise ValueError(f"config.model.dropout={config.model.dropout!r} must be in [0, 1)")
-  for key in ("finetune.clean_prob", "detector.clean_prob", "detector.threshold"):
+  if not 0 < config.pdsn.converge_overlap <= 1:
+    raise ValueError(f"config.pdsn.converge_overlap={config.pdsn.converge_overlap!r} must be in "
+                     "(0, 1]")
+  for key in ("finetune.clean_prob", "detector.clean_prob", "detector.threshold",
+              "dictionary.neighbour_prob"):
     if not 0 <= _get(config, key) <= 1:
       raise ValueError(f"config.{key}={_get(config, key)!r} must be in [0, 1]")
   for key in ("eval.conditions", "finetune.conditions"):

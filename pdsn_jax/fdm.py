@@ -18,6 +18,13 @@ from pdsn_jax import files
 from pdsn_jax.data import occlusion
 
 
+def minmax(masks: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """Normalises every mask (the trailing 3 axes) to [0, 1] on its own."""
+  lo = masks.min(axis=(-3, -2, -1), keepdims=True)
+  hi = masks.max(axis=(-3, -2, -1), keepdims=True)
+  return (masks - lo) / jnp.maximum(hi - lo, eps)
+
+
 def binarize(mean_masks: jax.Array, tau: float) -> jax.Array:
   """Zeros the floor(tau*K) smallest entries of each (h, w, c) mask, ones elsewhere.
 

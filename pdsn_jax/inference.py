@@ -113,7 +113,7 @@ class Recognizer:
     table = evaluators.mask_table(self.spec, fdm.load(dictionary)[0] if self.spec.fdm else None,
                                   self.u_shape)
     clean = (workdir_lib.backbone_variables(workdir, workdir_lib.TRUNK)
-             if evaluators.trunk_head_when_clean(config, self.spec) else None)
+             if self.spec.trunk_when_clean else None)
     self.host, self.host_clean, self.host_table = host, clean, table
     self.variables = parallel.put_replicated(host, self.mesh)
     self.clean = None if clean is None else parallel.put_replicated(clean, self.mesh)

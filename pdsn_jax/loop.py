@@ -56,6 +56,8 @@ def train_loop(*, stage: str, state: Any, step_fn: Callable, data_iter: Any, mes
                images_per_step: int, log_every: int,
                on_metrics: Callable[[int, dict], dict] | None = None,
                on_step: Callable[[int, Any], None] | None = None,
+               on_checkpoint: Callable[[int, Any], tuple[dict, bool]] | None = None,
+               stop_marker: Callable[[int], None] | None = None,
                max_growth: float = 0.0, profile: tuple[int, str] = (0, "")) -> Any:
   """Runs steps [start, total) and returns the final state.
 
@@ -63,7 +65,10 @@ def train_loop(*, stage: str, state: Any, step_fn: Callable, data_iter: Any, mes
   the parameter norm must be finite and the norm within ``max_growth`` times the
   starting state's (``check_divergence``), so a checkpoint never holds a diverged
   state. ``on_metrics(step, metrics)`` may pop non-scalar metrics and returns
-  extra scalars to log; ``on_step(step, state)`` runs after every step (evals).
+  extra scalars to log; ``on_step(step, state)`` runs after every step (evals);
+  ``on_checkpoint(step, state) -> (scalars, stop)`` before every checkpoint: with ``stop``
+  the loop saves that checkpoint and ends there, ``stop_marker(step)`` recording it first (a
+  crash before the save then replays the same steps and stops again).
   ``profile=(n, dir)``: a ``jax.profiler`` trace of the n steps after the first (compiling)
   one, into ``dir`` (TensorBoard's profile plugin or Perfetto read it).
   """
@@ -103,8 +108,18 @@ def train_loop(*, stage: str, state: Any, step_fn: Callable, data_iter: Any, mes
       writer.write(done, {**out, **extra})
     if on_step is not None:
       on_step(done, state)
+    stop = False
+    if is_ckpt and on_checkpoint is not None:
+      scalars, stop = on_checkpoint(done, state)
+      writer.write(done, scalars)
+      if stop and stop_marker is not None:
+        stop_marker(done)
     if is_ckpt:
-      checkpointing.save(mgr, done, state, data_iter, force=done == total)
+      checkpointing.save(mgr, done, state, data_iter, force=done == total or stop)
+    if stop:
+      logging.info("[%s] stopped at step %d of %d: the stage's stopping rule was met", stage,
+                   done, total)
+      break
   mgr.wait_until_finished()
   return state
 
@@ -142,7 +157,9 @@ class Plan:
   network (``checkpointing.restore_or_init``); ``prepare(state, origin)`` runs after the
   restore; ``evaluate(state, step, writer) -> dict`` is the held-out evaluation, run at
   the end, every ``eval_every`` steps and, with ``eval_at_start``, before a fresh start;
-  ``on_metrics`` as in ``train_loop``; ``summary(results)`` adds to ``summary.json``.
+  ``on_metrics`` and ``on_checkpoint`` (a stopping rule) as in ``train_loop``; a stage that
+  stopped is complete at that step (``workdir.stopped_at``); ``summary(results)`` adds to
+  ``summary.json``.
   """
 
   init: Callable[[], Any]
@@ -158,6 +175,7 @@ class Plan:
   eval_every: int = 0
   images_per_step: int = 0  # 0: the batch size
   on_metrics: Callable[[int, dict], dict] | None = None
+  on_checkpoint: Callable[[int, Any], tuple[dict, bool]] | None = None
   summary: Callable[[dict], dict] | None = None
   description: str = ""
 
@@ -205,6 +223,8 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, name: str,
       mgr, plan.init, mesh, data_iter, plan.init_from, plan.merge, plan.loader)
   if plan.prepare is not None:
     state = plan.prepare(state, origin)
+  stopped = workdir_lib.stopped_at(workdir, name)
+  end = stopped if stopped is not None and start >= stopped else steps
   if workdir_lib.is_complete(workdir, name, steps):
     logging.info("[%s] complete at step %d: nothing to train, only its summary", name, start)
   logging.info("[%s] %s: %d images, %d identities; %d steps of %d on %d devices (%d "
@@ -224,10 +244,12 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, name: str,
     if plan.evaluate is not None and plan.eval_at_start and start == 0:
       results["at_start"] = plan.evaluate(state, 0, writer)
     state = train_loop(stage=name, state=state, step_fn=step_fn, data_iter=data_iter, mesh=mesh,
-                       mgr=mgr, writer=writer, root=root, start=start, total=steps,
+                       mgr=mgr, writer=writer, root=root, start=start, total=end,
                        images_per_step=plan.images_per_step or cfg.batch_size,
                        log_every=cfg.log_every, on_metrics=plan.on_metrics,
                        on_step=periodic_eval if plan.evaluate is not None else None,
+                       on_checkpoint=plan.on_checkpoint,
+                       stop_marker=lambda step: workdir_lib.mark_stopped(workdir, name, step),
                        max_growth=config.max_param_norm_growth,
                        profile=(config.profile_steps,
                                 workdir_lib.stage_file(workdir, name, "profile")))

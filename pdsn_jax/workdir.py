@@ -7,6 +7,7 @@
   <workdir>/<stage>/checkpoints/<step>/  orbax: train state + grain iterator (training stages)
   <workdir>/<stage>/logs/                tensorboard events + metrics.jsonl
   <workdir>/<stage>/summary.json         what the stage measured
+  <workdir>/<stage>/stopped.json         the step a stopping rule ended the stage (complete)
   <workdir>/dictionary/dictionary.npz    the FDMs (stage II's output; marks it complete)
   <workdir>/results.{md,json}            every protocol and ablation (figures, thresholds.json,
                                          the config that made them, distractor stores:
@@ -28,6 +29,7 @@ TRUNK, PDSN, DICTIONARY = "trunk", "pdsn", "dictionary"
 BASELINE, FINETUNE, DETECTOR, EVALUATE = "baseline", "finetune", "detector", "evaluate"
 LAMBDA0 = "lambda0"  # Table 3's ablation: its generators and dictionary are "lambda0_<stage>"
 DICTIONARY_FILE = "dictionary.npz"
+STOPPED_FILE = "stopped.json"  # a training stage ended by its stopping rule, at this step
 RESULTS = ("results.md", "results.json")
 
 
@@ -86,12 +88,32 @@ def latest_step(workdir: str, stage: str) -> int | None:
   return max(checkpointing.finished_steps(path), default=None)
 
 
+def stopped_at(workdir: str, stage: str) -> int | None:
+  """The step where a training stage's stopping rule ended it (``loop.Plan.on_checkpoint``),
+  None if it never stopped early."""
+  path = stage_file(workdir, stage, STOPPED_FILE)
+  if not os.path.isfile(path):
+    return None
+  from pdsn_jax import files  # pylint: disable=g-import-not-at-top
+  return int(files.read_json(path, "where the stage stopped", "delete it to train on")["step"])
+
+
+def mark_stopped(workdir: str, stage: str, step: int) -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import files  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0:
+    os.makedirs(stage_dir(workdir, stage), exist_ok=True)
+    files.write_json(stage_file(workdir, stage, STOPPED_FILE), {"step": int(step)})
+
+
 def is_complete(workdir: str, stage: str, steps: int | None = None) -> bool:
   """Every stage's "am I done?": a training stage (``steps`` given) has a finished checkpoint at
-  its last step; a dictionary stage has its ``dictionary.npz`` (written last). The evaluate
-  stage is never complete: it reruns every time (cheap next to training, and always current)."""
+  its last step, or at the step its stopping rule ended it; a dictionary stage has its
+  ``dictionary.npz`` (written last). The evaluate stage is never complete: it reruns every
+  time (cheap next to training, and always current)."""
   if steps is not None:
-    return (latest_step(workdir, stage) or 0) >= steps
+    stopped = stopped_at(workdir, stage)
+    return (latest_step(workdir, stage) or 0) >= min(steps, stopped or steps)
   if stage == EVALUATE:
     return False
   return os.path.isfile(dictionary_file(workdir, stage))
@@ -153,6 +175,15 @@ def save_config(workdir: str, text: str) -> str:
       n = len([f for f in os.listdir(hist) if f.endswith(".json")])
       files.atomic_write(os.path.join(hist, f"{n:04d}.json"), old)
   return files.atomic_write(path, text)
+
+
+def read_summary(workdir: str, stage: str) -> dict:
+  """The stage's ``summary.json``, {} if it has none."""
+  from pdsn_jax import files  # pylint: disable=g-import-not-at-top
+  path = stage_file(workdir, stage, "summary.json")
+  if not os.path.isfile(path):
+    return {}
+  return files.read_json(path, f"the '{stage}' stage's summary", "rerun the stage to rewrite it")
 
 
 def write_summary(workdir: str, stage: str, summary: dict) -> str:

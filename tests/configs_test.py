@@ -54,6 +54,13 @@ def test_eval_models_and_protocols_are_checked():
   c.eval.models = ("Trunk=trunk", "PDSN=trunk+masks")
   with pytest.raises(ValueError, match=r"eval.models entry 'PDSN=trunk\+masks'"):
     validate(c)
+  c.eval.models = ("Trunk=trunk+trunk_when_clean",)
+  with pytest.raises(ValueError, match="the trunk is the trunk already"):
+    validate(c)
+  from pdsn_jax.evaluation import evaluators  # pylint: disable=g-import-not-at-top
+  two, one = evaluators.parse_models(("Two=finetune+trunk_when_clean+fdm", "One=finetune+fdm"))
+  assert (two.fdm, two.trunk_when_clean, one.fdm, one.trunk_when_clean) == (True, True, True,
+                                                                            False)
   c = pdsn.get_config()
   c.eval.protocols = ("ar_p1", "nope")
   with pytest.raises(ValueError, match=r"eval.protocols.*allowed values .*'ar_real'"):

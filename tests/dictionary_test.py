@@ -11,10 +11,10 @@ from pdsn_jax.stages import dictionary
 
 def test_minmax_normalises_each_mask_on_its_own():
   x = jax.random.normal(jax.random.key(0), (3, 4, 7, 6, 8)) * jnp.arange(1, 5)[None, :, None, None, None]
-  y = dictionary.minmax(x)
+  y = fdm.minmax(x)
   chex.assert_trees_all_close(y.min(axis=(2, 3, 4)), jnp.zeros((3, 4)), atol=1e-7)
   chex.assert_trees_all_close(y.max(axis=(2, 3, 4)), jnp.ones((3, 4)), atol=1e-6)
-  one = dictionary.minmax(x[1:2, 2:3])
+  one = fdm.minmax(x[1:2, 2:3])
   chex.assert_trees_all_close(one[0, 0], y[1, 2], atol=1e-7)
 
 

@@ -1,7 +1,9 @@
 """Stage I: the stacked 9-generator step equals 9 single-generator steps; end-to-end stages."""
 
 import functools
+import json
 import os
+import shutil
 
 import chex
 import jax
@@ -10,8 +12,10 @@ import numpy as np
 
 from configs import tiny
 from pdsn_jax import builders, checkpointing, fdm, parallel, training
+from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.models.generator import StackedMaskGenerators
-from pdsn_jax.stages import pdsn
+from pdsn_jax.data import sources
+from pdsn_jax.stages import pdsn, pdsn_probe
 from tests import helpers
 
 
@@ -41,12 +45,12 @@ def test_stacked_step_equals_separate_generator_steps():
   s9 = init().replace(frozen=tv)
   fn9 = parallel.data_parallel(functools.partial(
       pdsn.train_step, backbone=backbone, head=head, gens=StackedMaskGenerators(9, "data"),
-      tx=tx, schedule=sched, cfg=config.pdsn), mesh, donate_state=False)
+      tx=tx, schedule=sched, cfg=config.pdsn, lam=10.0), mesh, donate_state=False)
   key = jax.random.key(0, impl="rbg")
   out9, _ = fn9(s9, parallel.put_batch(batch, mesh), key)
   fn1 = parallel.data_parallel(functools.partial(
       pdsn.train_step, backbone=backbone, head=head, gens=StackedMaskGenerators(1, "data"),
-      tx=tx, schedule=sched, cfg=config.pdsn), mesh, donate_state=False)
+      tx=tx, schedule=sched, cfg=config.pdsn, lam=10.0), mesh, donate_state=False)
   for j in range(9):
     take = lambda t: jax.tree.map(lambda a: a[j:j + 1], t)  # noqa: E731
     s1 = training.TrainState(step=s9.step, params=take(s9.params),
@@ -60,6 +64,17 @@ def test_stacked_step_equals_separate_generator_steps():
                                 jax.device_get(take(out9.batch_stats)), rtol=1e-5, atol=1e-6)
   moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), out9.params, s9.params)
   assert max(jax.tree.leaves(moved)) > 0
+  # pdsn.reuse=2: the batch's U serves two updates, as two steps on the same batch
+  twice, _ = fn9(out9, parallel.put_batch(batch, mesh), key)
+  cfg2 = config.pdsn.copy_and_resolve_references()
+  cfg2.reuse = 2
+  fn_reuse = parallel.data_parallel(functools.partial(
+      pdsn.train_step, backbone=backbone, head=head, gens=StackedMaskGenerators(9, "data"),
+      tx=tx, schedule=sched, cfg=cfg2, lam=10.0), mesh, donate_state=False)
+  reused, _ = fn_reuse(s9, parallel.put_batch(batch, mesh), key)
+  chex.assert_trees_all_close(jax.device_get(reused.params), jax.device_get(twice.params),
+                              rtol=1e-5, atol=1e-6)
+  assert int(reused.step) == 1 and int(twice.step) == 2
 
 
 def test_stages_end_to_end_trunk_frozen_and_pdsn_resumes_after_sigkill(tmp_path):
@@ -74,6 +89,29 @@ def test_stages_end_to_end_trunk_frozen_and_pdsn_resumes_after_sigkill(tmp_path)
   fdms, _, meta = fdm.load(os.path.join(ref, "dictionary", "dictionary.npz"))
   k = int(np.prod(fdms.shape[1:]))
   assert fdms.shape[0] == 9 and meta["zeros_per_item"] == [int(0.25 * k)] * 9
+  assert meta["neighbour_prob"] == 0.0 and len(meta["nearest_block_is_own"]) == 9
+  # lambda by the paper's same-scale rule: the measured CE over the measured L1
+  summary = json.load(open(os.path.join(ref, "pdsn", "summary.json")))
+  assert summary["lambda_rule"] == "same_scale"
+  np.testing.assert_allclose(summary["lambda_l1"], summary["scale_ce"] / summary["scale_l1"],
+                             rtol=1e-4)
+
+  # the dictionary-convergence rule: any overlap passes 0.01, so it stops at the first
+  # checkpoint, before its 4 steps, and a rerun finds the stage complete
+  conv = str(tmp_path / "converged")
+  shutil.copytree(os.path.join(ref, "trunk"), os.path.join(conv, "trunk"))
+  rule = ("--config.pdsn.converge_pairs=8", "--config.pdsn.converge_overlap=0.01")
+  proc = helpers.run_main(conv, "--config.stages=pdsn,dictionary", *rule)
+  assert "dictionary overlap with the last check" in proc.stderr
+  at = json.load(open(os.path.join(conv, "pdsn", "stopped.json")))["step"]
+  assert at < 4 and workdir_lib.latest_step(conv, "pdsn") == at
+  summary = json.load(open(os.path.join(conv, "pdsn", "summary.json")))
+  assert summary["stopped"] == {"step": at, "reason": "converged"}
+  assert [c["step"] for c in summary["checks"]] == [at]
+  assert summary["checks"][0]["overlap_min"] >= 0.01
+  again = helpers.run_main(conv, "--config.stages=pdsn", *rule)
+  assert f"complete at step {at}" in again.stderr
+  assert workdir_lib.latest_step(conv, "pdsn") == at
 
   # kill during stage I, then resume: same generators as the uninterrupted run
   wd = str(tmp_path / "killed")
@@ -131,5 +169,28 @@ def test_pdsn_loss_by_hand_both_variants():
     config.pdsn.differential = variant != "no differential"
     got, _ = pdsn.pdsn_losses(v["params"], v["batch_stats"], tv, jnp.asarray(u_clean),
                               jnp.asarray(u_occ), jnp.asarray(labels), backbone=backbone,
-                              head=head, gens=gens, cfg=config.pdsn, train=False)
+                              head=head, gens=gens, cfg=config.pdsn, train=False,
+                              lam=10.0 if config.pdsn.differential else 0.0)
     np.testing.assert_allclose(np.asarray(got), want[variant], rtol=2e-5)
+
+
+def test_dictionary_probe_overlap_is_one_when_nothing_moved():
+  config = tiny.get_config()
+  backbone, _, tv = _trunk_vars(config)
+  del backbone
+  src, _ = sources.build(config.data)
+  batches = pdsn_probe.probe_batches(config, src, 16, 8, 0.0)
+  assert len(batches) == 2 and batches[0]["occluded"].shape[:2] == (8, 9)
+  again = pdsn_probe.probe_batches(config, src, 16, 8, 0.0)  # the same pairs every time
+  np.testing.assert_array_equal(batches[1]["occluded"], again[1]["occluded"])
+  probe = pdsn_probe.DictionaryProbe(config, tv, batches, tau=0.25)
+  gens = builders.generators(config, False)
+  v, _ = pdsn.starting_generators(config, gens, builders.u_shape(config))
+  probe.reset(v)
+  same = probe.check(v)
+  np.testing.assert_array_equal(same["overlap"], np.ones(9))
+  moved = {**v, "params": jax.tree.map(
+      lambda x: x + 0.5 * np.random.default_rng(0).normal(size=x.shape), v["params"])}
+  changed = probe.check(moved)
+  assert changed["overlap"].min() < 1.0 and changed["overlap"].shape == (9,)
+  assert 0 < changed["mask_mean"].mean() < 1 and len(changed["nearest_block_is_own"]) == 9

@@ -89,7 +89,10 @@ def test_distill_head_only_moves_f_keeps_the_teacher_and_trunk_f_when_clean(refe
   for done in ("trunk", "pdsn", "dictionary"):
     shutil.copytree(os.path.join(ref, done), os.path.join(wd, done))
   helpers.run_main(wd, "--config.stages=baseline,finetune,evaluate", "--config.finetune.loss=distill",
-                   "--config.finetune.trainable=head", "--config.finetune.trunk_head_when_clean=True",
+                   "--config.finetune.trainable=head",
+                   "--config.eval.models=('Trunk=trunk','Baseline=baseline+trunk_when_clean',"
+                   "'PDSN=trunk+fdm','PDSN + fine-tune=finetune+fdm+trunk_when_clean',"
+                   "'One network=finetune+fdm')",
                    "--config.finetune.learning_rate=0.5", "--config.eval.ablations=False")
   t = _params(wd, "trunk")
   head = ("head_bn", "fc", "embedding_bn")
@@ -108,4 +111,5 @@ def test_distill_head_only_moves_f_keeps_the_teacher_and_trunk_f_when_clean(refe
   for name in ("Baseline", "PDSN + fine-tune"):
     assert m[name]["clean"] == m["Trunk"]["clean"]  # no occluded block: the trunk's own F
   assert m["PDSN + fine-tune"]["occluded"] != m["PDSN"]["occluded"]
-  assert "trunk_head_when_clean" in open(os.path.join(wd, "results.md")).read()
+  assert m["One network"]["clean"] != m["Trunk"]["clean"]  # the fine-tuned F on clean faces
+  assert "two networks" in open(os.path.join(wd, "results.md")).read()

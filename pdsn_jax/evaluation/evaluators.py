@@ -23,23 +23,34 @@ HITS = "_hits"  # per pair / probe right or wrong, taken out by evaluate for pai
 THRESHOLDS = "mean_fold_threshold"  # taken out into evaluate/thresholds.json
 
 
+MODIFIERS = ("fdm", "trunk_when_clean")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
   name: str  # the row's name in the tables
   stage: str  # the workdir stage whose network embeds
   fdm: bool  # embed under the dictionary's FDMs
+  # faces with no occluded block use the trunk's own network (a two-network variant; the
+  # paper's Baseline and PDSN are one network for every face)
+  trunk_when_clean: bool = False
 
 
 def parse_models(specs) -> list[ModelSpec]:
-  """``("Trunk=trunk", "PDSN=trunk+fdm", ...)`` -> ModelSpecs, naming a malformed entry."""
+  """``("Trunk=trunk", "PDSN=trunk+fdm", ...)`` -> ModelSpecs, naming a malformed entry.
+  After the stage, ``+fdm`` and ``+trunk_when_clean`` (``MODIFIERS``) in any order."""
   out = []
   for spec in specs:
     name, sep, target = str(spec).partition("=")
-    stage, plus, masks = target.strip().partition("+")
-    if not sep or not name.strip() or not stage or (plus and masks != "fdm"):
-      raise ValueError(f"config.eval.models entry {spec!r}: expected 'Name=stage' or "
-                       "'Name=stage+fdm' (e.g. 'PDSN + fine-tune=finetune+fdm')")
-    out.append(ModelSpec(name.strip(), stage.strip(), bool(plus)))
+    stage, *mods = [p.strip() for p in target.split("+")]
+    bad = [m for m in mods if m not in MODIFIERS] + [m for m in set(mods) if mods.count(m) > 1]
+    if not sep or not name.strip() or not stage or bad:
+      raise ValueError(f"config.eval.models entry {spec!r}: expected 'Name=stage' with optional "
+                       f"'+modifier's from {MODIFIERS} (e.g. 'PDSN + fine-tune=finetune+fdm')")
+    if "trunk_when_clean" in mods and stage == workdir_lib.TRUNK:
+      raise ValueError(f"config.eval.models entry {spec!r}: '+trunk_when_clean' switches "
+                       "another stage's network to the trunk's; the trunk is the trunk already")
+    out.append(ModelSpec(name.strip(), stage, "fdm" in mods, "trunk_when_clean" in mods))
   names = [m.name for m in out]
   if len(set(names)) != len(names):
     raise ValueError(f"config.eval.models has repeated names: {names}")
@@ -51,12 +62,6 @@ def mask_table(spec: ModelSpec, items, u_shape) -> np.ndarray:
   if spec.fdm:
     return np.asarray(items, np.float32)
   return np.ones((occlusion.NUM_GENERATORS, *u_shape), np.float32)
-
-
-def trunk_head_when_clean(config, spec: ModelSpec) -> bool:
-  """Whether faces with no occluded block use the trunk's own F (``finetune.
-  trunk_head_when_clean``, for models of other stages than the trunk)."""
-  return spec.stage != workdir_lib.TRUNK and bool(config.finetune.trunk_head_when_clean)
 
 
 @dataclasses.dataclass
@@ -74,7 +79,7 @@ class Context:
 @dataclasses.dataclass
 class Model:
   """One row: replicated network variables, the mask table (ones: no masks), and the network
-  for rows with no occluded block (``finetune.trunk_head_when_clean``), or None."""
+  for rows with no occluded block (``ModelSpec.trunk_when_clean``), or None."""
 
   variables: Any
   table: Any

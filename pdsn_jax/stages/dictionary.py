@@ -27,15 +27,9 @@ from pdsn_jax import builders, distributed, fdm, files, parallel, provenance, tr
 from pdsn_jax import visualize
 from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.data import occlusion, pipeline, sources
+from pdsn_jax.stages import pdsn_probe
 
 STAGE = workdir_lib.DICTIONARY
-
-
-def minmax(masks: jax.Array, eps: float = 1e-12) -> jax.Array:
-  """Normalises every mask (the trailing 3 axes) to [0, 1] on its own."""
-  lo = masks.min(axis=(-3, -2, -1), keepdims=True)
-  hi = masks.max(axis=(-3, -2, -1), keepdims=True)
-  return (masks - lo) / jnp.maximum(hi - lo, eps)
 
 
 def merge_mean(mean: jax.Array, count: jax.Array, batch_mean: jax.Array, n) -> tuple:
@@ -75,7 +69,7 @@ def mask_step(carry: dict, batch: dict, rng: jax.Array, *, backbone, gens, diffe
                      False)  # (J, B, h, w, c)
   n = jax.lax.psum(jnp.float32(masks.shape[1]), parallel.AXIS)
   batch_mean = lambda x: jax.lax.psum(x.sum(axis=-4), parallel.AXIS) / n  # noqa: E731
-  mean, count = merge_mean(carry["mean"], carry["count"], batch_mean(minmax(masks)), n)
+  mean, count = merge_mean(carry["mean"], carry["count"], batch_mean(fdm.minmax(masks)), n)
   change, _ = merge_mean(carry["change"], carry["count"], batch_mean(diff), n)
   level, _ = merge_mean(carry["level"], carry["count"], batch_mean(jnp.abs(u_clean)), n)
   return {**carry, "mean": mean, "count": count, "change": change, "level": level}, count
@@ -108,7 +102,8 @@ def _accumulate(config, generators_vars: dict, name: str, mesh) -> tuple[dict, n
   backbone, gens = builders.backbone(config, False), builders.generators(config, False)
   num_batches = max(1, cfg.pairs_per_block // cfg.batch_size)
   ds = pipeline.train_dataset(train_src, cfg.batch_size, training.data_seed(config, "dictionary"),
-                              pindex, pcount, (builders.every_block_occlusion(config),))
+                              pindex, pcount,
+                              (builders.every_block_occlusion(config, cfg.neighbour_prob),))
   data_iter = pipeline.to_iterator(ds, config.data.num_workers)
   shape = builders.u_shape(config)
   carry = parallel.put_replicated({
@@ -132,17 +127,15 @@ def _accumulate(config, generators_vars: dict, name: str, mesh) -> tuple[dict, n
 
 def _metadata(config, workdir: str, fdms: np.ndarray, count, shape) -> dict:
   cfg = config.dictionary
-  centroids = visualize.discard_centroids(fdms)
   return {"tau": cfg.tau, "pairs_per_block": int(count),
           "pairs_per_block_requested": cfg.pairs_per_block,
+          "neighbour_prob": cfg.neighbour_prob,
           "blocks": list(occlusion.CENTRAL_BLOCKS), "grid": occlusion.GRID,
           "image_size": list(config.data.image_size), "u_shape": list(shape),
           "trunk_checkpoint": os.path.abspath(workdir_lib.checkpoints(workdir, workdir_lib.TRUNK)),
           "zeros_per_item": [int((f == 0).sum()) for f in fdms],
           "discarded_share_of_and": and_discard_shares(fdms),
-          "discard_centroid_in_u": [[round(r, 2), round(c, 2)] for r, c in centroids],
-          "block_centre_in_u": [[round(v, 2) for v in visualize.block_centre_in_u(b, shape[:2])]
-                                for b in occlusion.CENTRAL_BLOCKS]}
+          **pdsn_probe.locality(fdms)}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, name: str = STAGE,

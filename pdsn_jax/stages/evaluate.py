@@ -192,7 +192,9 @@ def _evaluate_models(config, nets: _Networks, sets, flags, flags_det, dictionary
   specs = evaluators.parse_models(config.eval.models)
   runs = [(m, flags, m.name) for m in specs]
   if flags_det is not None:
-    runs += [(m, flags_det, f"{m.name} (detector)") for m in specs if m.fdm]
+    # the two-network variants are compared where the occlusion is known only
+    runs += [(m, flags_det, f"{m.name} (detector)") for m in specs
+             if m.fdm and not m.trunk_when_clean]
   for spec, fl, row in runs:
     if not nets.available(spec.stage) or (spec.fdm and dictionary is None):
       if fl is flags:
@@ -201,8 +203,7 @@ def _evaluate_models(config, nets: _Networks, sets, flags, flags_det, dictionary
       continue
     t = time.time()
     variables, feats = nets.get(spec.stage)
-    clean = (nets.reps[workdir_lib.TRUNK] if evaluators.trunk_head_when_clean(config, spec)
-             else None)
+    clean = nets.reps[workdir_lib.TRUNK] if spec.trunk_when_clean else None
     table = evaluators.mask_table(spec, dictionary[0] if spec.fdm else None,
                                   builders.u_shape(config))
     model = evaluators.Model(variables, put(table), clean)
@@ -245,12 +246,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   results = {**_description(config), "models": {}, "ablations": {}, "missing": [],
              "provenance": {"evaluate": record["fingerprint"],
                             "stages": provenance.records(workdir, upstream)}}
-  if config.finetune.trunk_head_when_clean:
-    results["notes"] = ["Baseline and PDSN + fine-tune embed faces with no occluded block "
-                        "(clean pairs, probes whose occlusion flags no block) with the trunk's "
-                        "own F, and use their fine-tuned F only where the occlusion flags a "
-                        "block (finetune.trunk_head_when_clean): their clean columns equal "
-                        "the Trunk's by construction."]
+  two = [m.name for m in evaluators.parse_models(cfg.models) if m.trunk_when_clean]
+  if two:
+    results["notes"] = [f"{', '.join(two)}: two networks, the trunk's for faces with no "
+                        "occluded block (clean pairs, probes whose occlusion flags no block), "
+                        "the fine-tuned one where the occlusion flags a block "
+                        "('+trunk_when_clean' in eval.models); their clean columns equal the "
+                        "Trunk's by construction. Every other row is one network for every face."]
   nets.get(workdir_lib.TRUNK)  # first: the other checkpoints reuse its U when they can
   _evaluate_models(config, nets, sets, flags, flags_det, dictionary, results)
   if flags_det is not None:
@@ -308,7 +310,10 @@ def _ablations(config, workdir, nets: _Networks, sets, flags, dictionary) -> dic
                   np.asarray(fdm.binarize(jnp.asarray(scores), float(meta["tau"])))))
   for kind, table in kinds:
     out["mask_kind"][kind] = score(table)
-  out["lambda"][f"lambda={config.pdsn.lambda_l1:g} (paper)"] = out["mask_kind"]["binary"]
+  trained = workdir_lib.read_summary(workdir, workdir_lib.PDSN)
+  lam = trained.get("lambda_l1", config.pdsn.lambda_l1)
+  rule = {"same_scale": "paper's same-scale rule"}.get(trained.get("lambda_rule"), "fixed")
+  out["lambda"][f"lambda={lam:.3g} ({rule})"] = out["mask_kind"]["binary"]
   lam0 = _dictionary(workdir, f"{workdir_lib.LAMBDA0}_{workdir_lib.DICTIONARY}")
   if lam0 is not None:
     out["lambda"]["no differential input, lambda=0"] = score(lam0[0])

@@ -8,9 +8,16 @@ or, with ``pdsn.loss="released"``, the authors' code's
 The trunk (U, F and its classifier) is frozen: restored from the trunk stage's
 checkpoint, run in inference mode, never differentiated, carried unchanged in
 the state's ``frozen`` slot (and its checkpoints) so that this can be checked.
+
+``pdsn.lambda_rule="same_scale"`` sets lambda by the paper's rule (the terms at the same scale),
+measured on fixed training pairs with the starting generators; ``pdsn.converge_pairs`` > 0
+builds, at every checkpoint, the dictionary those pairs would give and stops the stage once
+every item's discarded set overlaps the last check's by ``pdsn.converge_overlap``
+(``pdsn_probe.py``).
 """
 
 import functools
+import logging
 import os
 
 import jax
@@ -22,18 +29,14 @@ import optax
 from pdsn_jax import builders, checkpointing, loop, parallel, training, visualize
 from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.data import occlusion
+from pdsn_jax.stages import pdsn_probe
 
 STAGE = workdir_lib.PDSN
 LOSSES = ("paper", "released")
 
 
-def effective_lambda(cfg) -> float:
-  """Table 3's ablation switch: without differential input there is no L1 term either."""
-  return float(cfg.lambda_l1) if cfg.differential else 0.0
-
-
 def pdsn_losses(gen_params, gen_stats, trunk, clean_u, occ_u, labels, *, backbone, head, gens,
-                cfg, train: bool):
+                cfg, train: bool, lam: float):
   """Per-generator losses (J,) and aux; ``occ_u`` is (J, B, h, w, c), ``clean_u`` (B, h, w, c)."""
   num = occ_u.shape[0]
   gen_in = jnp.abs(occ_u - clean_u[None]) if cfg.differential else occ_u
@@ -55,44 +58,61 @@ def pdsn_losses(gen_params, gen_stats, trunk, clean_u, occ_u, labels, *, backbon
   ce_occ = ce(m_occ)
   l1 = jnp.mean(jnp.abs(m_clean - m_occ), axis=(1, 2, 3, 4))
   ce_term = 0.5 * ce(m_clean) + 0.5 * ce_occ if cfg.loss == "released" else ce_occ
-  per_gen = ce_term + effective_lambda(cfg) * l1
+  per_gen = ce_term + lam * l1
   return per_gen, (new_stats, ce_occ, l1, jnp.mean(masks, axis=(1, 2, 3, 4)))
 
 
 def train_step(state: training.TrainState, batch: dict, rng: jax.Array, *, backbone, head,
                gens, tx: optax.GradientTransformation, schedule,
-               cfg) -> tuple[training.TrainState, dict]:
+               cfg, lam: float) -> tuple[training.TrainState, dict]:
   """Per-device step of all generators; gradients and generator BN statistics pmean-ed.
-  ``state.frozen`` holds the trunk's variables."""
+  ``state.frozen`` holds the trunk's variables. The batch's U (the frozen trunk's forward,
+  most of a step's time) serves ``cfg.reuse`` updates in a row; the metrics are the first's
+  (before any update on this batch)."""
   del rng  # generators have no dropout; kept for the common step signature
   u_clean, u_occ = builders.frozen_features(state.frozen, batch, backbone)
 
-  def loss_fn(params):
-    per_gen, aux = pdsn_losses(params, state.batch_stats, state.frozen, u_clean, u_occ,
-                               batch["label"], backbone=backbone, head=head, gens=gens, cfg=cfg,
-                               train=True)
-    # Generators share nothing, so the gradient of the sum is each one's own gradient.
-    return per_gen.sum(), (per_gen, aux)
+  def update(carry, _):
+    params, stats, opt_state = carry
 
-  (_, (per_gen, (stats, ce_occ, l1, mask_mean))), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
-  grads = jax.lax.pmean(grads, parallel.AXIS)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+    def loss_fn(p):
+      per_gen, aux = pdsn_losses(p, stats, state.frozen, u_clean, u_occ, batch["label"],
+                                 backbone=backbone, head=head, gens=gens, cfg=cfg, train=True,
+                                 lam=lam)
+      # Generators share nothing, so the gradient of the sum is each one's own gradient.
+      return per_gen.sum(), (per_gen, aux)
+
+    (_, (per_gen, (stats, ce_occ, l1, mask_mean))), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(params)
+    grads = jax.lax.pmean(grads, parallel.AXIS)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), stats, opt_state), (
+        per_gen, ce_occ, l1, mask_mean)
+
+  carry = (state.params, state.batch_stats, state.opt_state)
+  if cfg.reuse == 1:
+    (params, stats, opt_state), (per_gen, ce_occ, l1, mask_mean) = update(carry, None)
+  else:
+    (params, stats, opt_state), outs = jax.lax.scan(update, carry, None, length=cfg.reuse)
+    per_gen, ce_occ, l1, mask_mean = jax.tree.map(lambda x: x[0], outs)
   out = jax.lax.pmean({"loss": per_gen.mean(), "ce_occluded": ce_occ.mean(), "l1": l1.mean(),
                        "mask_mean": mask_mean.mean(), "per_generator_loss": per_gen},
                       parallel.AXIS)
-  out["learning_rate"] = schedule(state.step)
+  out["learning_rate"] = schedule(state.step * cfg.reuse)
   out["param_norm"] = optax.tree.norm(params)
   return state.replace(step=state.step + 1, params=params, batch_stats=stats,
                        opt_state=opt_state), out
 
 
+def starting_generators(config, gens, u_shape) -> tuple[dict, jax.Array]:
+  """The generators' starting variables and the stage's run key."""
+  k_gen, k_run = jax.random.split(training.init_key(config, "pdsn"))
+  return gens.init(k_gen, jnp.zeros((gens.num, 1, *u_shape), jnp.float32)), k_run
+
+
 def init_fn(config, trunk: dict, gens, tx, u_shape):
   def init() -> training.TrainState:
-    k_gen, k_run = jax.random.split(training.init_key(config, "pdsn"))
-    x = jnp.zeros((gens.num, 1, *u_shape), jnp.float32)
-    v = gens.init(k_gen, x)
+    v, k_run = starting_generators(config, gens, u_shape)
     return training.TrainState(
         step=jnp.zeros((), jnp.int32), params=v["params"], batch_stats=v["batch_stats"],
         opt_state=tx.init(v["params"]), rng=jax.random.key_data(k_run),
@@ -100,6 +120,71 @@ def init_fn(config, trunk: dict, gens, tx, u_shape):
         # in after a fresh start
         frozen=jax.tree.map(lambda a: jnp.zeros(np.shape(a), a.dtype), trunk))
   return init
+
+
+def _lambda(ctx: loop.Context, trunk: dict, backbone, head) -> dict:
+  """lambda and how it was set: ``pdsn.lambda_l1`` (rule "fixed") or measured ("same_scale");
+  0 without differential input (Table 3's ablation has no L1 term either)."""
+  config, cfg = ctx.config, ctx.cfg
+  if cfg.lambda_rule not in pdsn_probe.LAMBDA_RULES:
+    raise ValueError(f"config.pdsn.lambda_rule={cfg.lambda_rule!r} is not one of "
+                     f"{pdsn_probe.LAMBDA_RULES}")
+  if not cfg.differential:
+    return {"lambda_l1": 0.0, "lambda_rule": "none (differential=False)"}
+  if cfg.lambda_rule == "fixed":
+    return {"lambda_l1": float(cfg.lambda_l1), "lambda_rule": "fixed"}
+  gens = builders.generators(config, False)  # no device axis: one process, batch statistics
+  start, _ = starting_generators(config, gens, builders.u_shape(config))
+
+  @jax.jit
+  def losses(gen_vars, batch):
+    u_clean, u_occ = builders.frozen_features(trunk, batch, backbone)
+    per_gen, (_, _, l1, _) = pdsn_losses(
+        gen_vars["params"], gen_vars["batch_stats"], trunk, u_clean, u_occ, batch["label"],
+        backbone=backbone, head=head, gens=gens, cfg=cfg, train=True, lam=0.0)
+    return per_gen, l1  # with lam 0, per_gen is the CE term
+
+  batches = pdsn_probe.probe_batches(config, ctx.train, cfg.scale_batches * cfg.batch_size,
+                                     cfg.batch_size, config.occlusion.neighbour_prob)
+  out = pdsn_probe.same_scale_lambda(losses, start, batches)
+  logging.info("[%s] lambda by the same-scale rule: %.4g (CE %.4g, L1 %.4g over %d batches of "
+               "%d training faces, starting generators)", ctx.name, out["lambda_l1"],
+               out["scale_ce"], out["scale_l1"], len(batches), cfg.batch_size)
+  return {**{k: round(v, 6) for k, v in out.items()}, "lambda_rule": "same_scale"}
+
+
+def _convergence(ctx: loop.Context, trunk: dict):
+  """``Plan.on_checkpoint`` that stops the stage once the probe dictionary stops moving, with
+  its ``Plan.prepare`` part (the reference dictionary of the starting or restored state) and
+  the record for the summary; (None, None, record) when ``pdsn.converge_pairs`` is 0."""
+  config, cfg = ctx.config, ctx.cfg
+  record: dict = {"converge_pairs": int(cfg.converge_pairs)}
+  if cfg.converge_pairs <= 0:
+    return None, None, record
+  # the pairs stage II uses: block j only
+  batches = pdsn_probe.probe_batches(config, ctx.train, cfg.converge_pairs, cfg.batch_size,
+                                     config.dictionary.neighbour_prob)
+  probe = pdsn_probe.DictionaryProbe(config, trunk, batches, config.dictionary.tau)
+  record.update(converge_pairs=probe.pairs, converge_overlap=cfg.converge_overlap, checks=[])
+  # replicated: the host copy is the whole tree
+  host = lambda state: jax.device_get({"params": state.params,  # noqa: E731
+                                       "batch_stats": state.batch_stats})
+
+  def reference(state, origin):
+    del origin
+    probe.reset(host(state))
+
+  def on_checkpoint(done, state):
+    check = probe.check(host(state))
+    scalars = pdsn_probe.log_check(ctx.name, done, check, cfg.converge_overlap)
+    stop = bool(check["overlap"].min() >= cfg.converge_overlap)
+    record["checks"].append({"step": done, "overlap_min": round(float(check["overlap"].min()), 4),
+                             "centroid_to_block_centre": check["centroid_to_block_centre"]})
+    if stop:
+      record["stopped"] = {"step": done, "reason": "converged"}
+    return scalars, stop
+
+  return reference, on_checkpoint, record
 
 
 def plan(ctx: loop.Context) -> loop.Plan:
@@ -112,8 +197,11 @@ def plan(ctx: loop.Context) -> loop.Plan:
   backbone = builders.backbone(config, False)  # frozen: inference-mode BN
   head = builders.classifier(config, ctx.train.num_classes)
   gens = builders.generators(config, train=True)
-  schedule = training.learning_rate_schedule(cfg, ctx.steps)
-  tx = training.optimizer(cfg, ctx.steps)
+  if cfg.reuse < 1:
+    raise ValueError(f"config.pdsn.reuse={cfg.reuse!r} must be >= 1")
+  # the schedule counts updates: cfg.reuse per step
+  schedule = training.learning_rate_schedule(cfg, ctx.steps * cfg.reuse)
+  tx = training.optimizer(cfg, ctx.steps * cfg.reuse)
   transform = builders.every_block_occlusion(config)
   if jax.process_index() == 0:  # what the generators are trained on, to look at
     os.makedirs(workdir_lib.stage_dir(ctx.workdir, ctx.name), exist_ok=True)
@@ -121,6 +209,8 @@ def plan(ctx: loop.Context) -> loop.Plan:
     visualize.occlusion_sheet([ctx.train[i]["image"] for i in range(0, len(ctx.train), every)][:4],
                               transform.library, workdir_lib.stage_file(ctx.workdir, ctx.name, "occlusions.png"),
                               config.occlusion.neighbour_prob, config.seed)
+  lam = _lambda(ctx, trunk, backbone, head)
+  reference, on_checkpoint, converge = _convergence(ctx, trunk)
   logged = []
 
   def per_generator(done, out):
@@ -130,25 +220,30 @@ def plan(ctx: loop.Context) -> loop.Plan:
 
   def summary(results):
     del results
-    if not logged:
-      return {}
-    return {"per_generator_loss_first_logged": [round(float(v), 4) for v in logged[0]],
-            "per_generator_loss_last": [round(float(v), 4) for v in logged[-1]]}
+    out = {**lam, **converge}
+    if logged:
+      out.update(per_generator_loss_first_logged=[round(float(v), 4) for v in logged[0]],
+                 per_generator_loss_last=[round(float(v), 4) for v in logged[-1]])
+    return out
 
   def prepare(state, origin):
-    return state.replace(frozen=parallel.put_replicated(trunk, ctx.mesh)) \
-        if origin == "scratch" else state
+    if origin == "scratch":
+      state = state.replace(frozen=parallel.put_replicated(trunk, ctx.mesh))
+    if reference is not None:
+      reference(state, origin)
+    return state
 
   return loop.Plan(
       init=init_fn(config, trunk, builders.generators(config, False), tx,
                    builders.u_shape(config)),
       step=functools.partial(train_step, backbone=backbone, head=head, gens=gens, tx=tx,
-                             schedule=schedule, cfg=cfg),
+                             schedule=schedule, cfg=cfg, lam=lam["lambda_l1"]),
       stream="pdsn", transforms=(transform,), prepare=prepare,
       images_per_step=cfg.batch_size * (1 + occlusion.NUM_GENERATORS),  # + occluded copies
-      on_metrics=per_generator, summary=summary,
-      description=f", {gens.num} generators, lambda={effective_lambda(cfg):g}, loss={cfg.loss}, "
-                  f"differential={cfg.differential}")
+      on_metrics=per_generator, summary=summary, on_checkpoint=on_checkpoint,
+      description=f", {gens.num} generators, lambda={lam['lambda_l1']:g} ({lam['lambda_rule']}), "
+                  f"loss={cfg.loss}, differential={cfg.differential}, {cfg.reuse} update(s) "
+                  "per batch")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, name: str = STAGE,
