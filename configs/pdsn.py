@@ -155,10 +155,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Stage III fine-tuning and the Baseline: same budget, same occluded faces (finetune.py).
   c.finetune = common.training(
       num_epochs=0.67, learning_rate=0.01, warmup_steps=5, eval_every=-1,
-      clean_prob=0.25,  # share of clean faces (under the all-ones mask)
+      clean_prob=0.25,  # share of clean faces (under the all-ones mask) ...
+      clean_fdm_prob=0.0,  # ... of which this share gets a random occlusion's FDM (a gallery face)
       conditions=("sunglasses", "mask", "hand", "object", "blocks"),
       loss="cosface",  # or "distill": toward the frozen trunk's embedding of the clean face
-      trainable="all")  # or "head": only F (the layers after U)
+      trainable="all")  # "top": the layers at U's resolution + F; "head": only F (after U)
 
   # The occlusion detector (stages/detector.py): a U-Net-style FCN on occluded faces.
   c.detector = common.training(

@@ -103,7 +103,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.pdsn.converge_overlap={config.pdsn.converge_overlap!r} must be in "
                      "(0, 1]")
   for key in ("finetune.clean_prob", "detector.clean_prob", "detector.threshold",
-              "dictionary.neighbour_prob"):
+              "dictionary.neighbour_prob", "finetune.clean_fdm_prob"):
     if not 0 <= _get(config, key) <= 1:
       raise ValueError(f"config.{key}={_get(config, key)!r} must be in [0, 1]")
   for key in ("eval.conditions", "finetune.conditions"):

@@ -18,25 +18,32 @@ from pdsn_jax.evaluation import verification
 from pdsn_jax.models.layers import l2_normalize
 
 LOSSES = ("cosface", "distill")
-TRAINABLE = ("all", "head", "classifier")
+TRAINABLE = ("all", "top", "head", "classifier")
 
 
 def trainable_mask(backbone, trainable: str, loss: str):
   """None (everything trains) or a function params -> bool tree for ``training.freeze``.
 
-  "all": backbone and, with CosFace, the classifier; "head": only F (``backbone.head_params()``);
-  "classifier": only the CosFace classifier (a frozen pretrained trunk). Distillation uses
-  no classifier, so it stays fixed.
+  "all": backbone and, with CosFace, the classifier; "top": the trunk's layers at U's
+  resolution up to U (``backbone.top_params()``) and F; "head": only F
+  (``backbone.head_params()``); "classifier": only the CosFace classifier (a frozen pretrained
+  trunk). Distillation uses no classifier, so it stays fixed.
   """
   if trainable not in TRAINABLE:
     raise ValueError(f"trainable={trainable!r} is not one of {TRAINABLE}")
+  if trainable == "top" and not hasattr(backbone, "top_params"):
+    raise ValueError(f"finetune.trainable='top' needs a trunk with bottom/top/top_params "
+                     f"(models/trunks.py); {type(backbone).__name__} has none: use 'head' or "
+                     "'all'")
   if loss not in LOSSES:
     raise ValueError(f"loss={loss!r} is not one of {LOSSES}")
   if trainable == "all" and loss == "cosface":
     return None
 
   def mask(params):
-    head = set(backbone.head_params()) if trainable == "head" else set()
+    head = set(backbone.head_params()) if trainable in ("head", "top") else set()
+    if trainable == "top":
+      head |= set(backbone.top_params())
     bb = {k: jax.tree.map(lambda _, t=(trainable == "all" or k in head): t, v)
           for k, v in params["backbone"].items()}
     cls = jax.tree.map(lambda _: loss == "cosface", params["classifier"])
@@ -79,7 +86,8 @@ def train_step(state: training.TrainState, batch: dict, rng: jax.Array, *, backb
   ``loss``: "cosface" on the identity labels, or "distill": 1 - cos(student's embedding of
   ``image``, the frozen teacher's F(U(``clean``)) of the same face), label-free.
   ``trainable`` (see ``trainable_mask``): when the backbone below F is fixed ("head",
-  "classifier") U is computed once in inference mode with no backward pass through it.
+  "classifier") U is computed once in inference mode with no backward pass through it; with
+  "top", the same for the layers below the trunk's ``top``.
   Distillation keeps BatchNorm in inference mode (the pretrained statistics).
   """
   rng = parallel.per_device_rng(rng)
@@ -91,10 +99,13 @@ def train_step(state: training.TrainState, batch: dict, rng: jax.Array, *, backb
   def forward(module, x, train):
     return module.head(masked(module.features(x, train)), train)
 
-  if trainable != "all":  # U needs no gradient
+  if trainable != "all":  # U (with "top": the input of the trunk's top) needs no gradient
     u_fixed = jax.lax.stop_gradient(backbone.apply(
         {"params": state.params["backbone"], "batch_stats": state.batch_stats}, images,
-        False, method="features"))
+        False, method="bottom" if trainable == "top" else "features"))
+
+  def from_fixed(module, v):
+    return module.head(masked(module.top(v, False) if trainable == "top" else v), False)
   if loss == "distill":
     target = jax.lax.stop_gradient(
         _unit(backbone.apply(state.frozen, builders.normalize(batch["clean"]))))
@@ -102,7 +113,7 @@ def train_step(state: training.TrainState, batch: dict, rng: jax.Array, *, backb
   def loss_fn(params):
     variables = {"params": params["backbone"], "batch_stats": state.batch_stats}
     if trainable != "all":
-      emb = backbone.apply(variables, masked(u_fixed), False, method="head")
+      emb = backbone.apply(variables, u_fixed, method=from_fixed)
       stats = state.batch_stats
     elif bn_train:
       emb, updates = backbone.apply(variables, images, train=True, rngs={"dropout": rng},

@@ -71,6 +71,13 @@ def test_random_occlusion_transform_flags_clean_faces_as_unoccluded():
   assert np.mean([r["blocks"].any() for r in occluded]) > 0.8
   with pytest.raises(ValueError, match="allowed"):
     placement.RandomOcclusion(LIB, conditions=("rain",))
+  # clean_fdm_prob: clean faces (the image untouched) flagged with a random occlusion's blocks
+  t = placement.RandomOcclusion(LIB, clean_prob=1.0, clean_fdm_prob=1.0, keep_clean=True)
+  recs = [t({"image": FACES[i % 8].copy()}, np.random.default_rng(i)) for i in range(20)]
+  for i, r in enumerate(recs):
+    np.testing.assert_array_equal(r["image"], FACES[i % 8])
+    assert r["occluded_fraction"] == 0
+  assert np.mean([r["blocks"].any() for r in recs]) > 0.8
 
 
 def test_lfw_pairs_file_both_line_kinds(tmp_path):

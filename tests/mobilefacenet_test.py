@@ -195,3 +195,40 @@ def test_trains_from_scratch_as_the_trunk_then_stages_i_ii(tmp_path):
   assert summary["steps"] == 6
   fdms, _, meta = load_dictionary(os.path.join(wd, "dictionary", "dictionary.npz"))
   assert fdms.shape == (9, 7, 6, 64) and meta["u_shape"] == [7, 6, 64]
+
+
+def test_trainable_top_moves_only_the_layers_at_u_resolution_and_f():
+  import functools  # pylint: disable=g-import-not-at-top
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import builders, parallel, recognition, training  # pylint: disable=g-import-not-at-top
+  config = tiny.get_config()
+  config.model.update(kind="mobilefacenet", width=0.25, embedding_dim=32)
+  net = builders.backbone(config, False)
+  x = jax.random.uniform(jax.random.key(1), (2, 112, 96, 3), minval=-1, maxval=1)
+  v = net.init(jax.random.key(0), x)
+  np.testing.assert_array_equal(net.apply(v, x, method="features"),
+                                net.apply(v, net.apply(v, x, method="bottom"), method="top"))
+  assert mfn.TOP_FROM == 13 and net.top_params() == ("block13", "block14", "conv2")
+  head = builders.classifier(config, 5)
+  tx = training.optimizer(config.finetune, 10,
+                          recognition.trainable_mask(net, "top", "distill"))
+  state = recognition.init_fn(config, net, head, tx, with_teacher=True)()
+  rng = np.random.default_rng(0)
+  faces = rng.integers(0, 256, (8, 112, 96, 3), dtype=np.uint8)
+  batch = {"image": faces, "clean": faces[::-1].copy(), "label": np.zeros(8, np.int32),
+           "blocks": rng.uniform(size=(8, 9)) < 0.3}
+  items = (rng.uniform(size=(9, *builders.u_shape(config))) < 0.8).astype(np.float32)
+  mesh = parallel.make_mesh()
+  step = parallel.data_parallel(functools.partial(
+      recognition.train_step, backbone=builders.backbone(config, True), head=head, tx=tx,
+      schedule=training.learning_rate_schedule(config.finetune, 10),
+      dictionary=jnp.asarray(items), trainable="top", loss="distill"), mesh, donate_state=False)
+  new, _ = step(jax.device_put(state, parallel.replicated(mesh)), parallel.put_batch(batch, mesh),
+                jax.random.key(0, impl="rbg"))
+  moved = {k for k in state.params["backbone"]
+           if any(not np.array_equal(a, b) for a, b in zip(
+               jax.tree.leaves(state.params["backbone"][k]),
+               jax.tree.leaves(jax.device_get(new.params["backbone"][k]))))}
+  assert moved == set(net.top_params()) | set(net.head_params())
+  with pytest.raises(ValueError, match="trainable='top' needs a trunk"):
+    recognition.trainable_mask(builders.backbone(tiny.get_config(), False), "top", "distill")

@@ -95,11 +95,14 @@ def occlude(image: np.ndarray, rng: np.random.Generator, library: occlusion.Occl
 class RandomOcclusion:
   """grain transform for fine-tuning: with probability ``1 - clean_prob`` the face is occluded
   by a random condition; adds ``blocks`` (9 bool flags: all False for clean faces) and
-  ``occluded_fraction``, and with ``keep_clean`` the unoccluded ``clean`` image (picklable)."""
+  ``occluded_fraction``, and with ``keep_clean`` the unoccluded ``clean`` image (picklable).
+  ``clean_fdm_prob``: the share of clean faces flagged with the blocks a random occlusion
+  would cover, the image left clean: a gallery face embedded under a probe's FDM."""
 
   def __init__(self, library: occlusion.OccluderLibrary, clean_prob: float = 0.25,
                conditions=CONDITIONS, threshold: float = 0.5, overlap: str = "coverage",
-               keep_clean: bool = False):
+               keep_clean: bool = False, clean_fdm_prob: float = 0.0):
+    self.clean_fdm_prob = clean_fdm_prob
     bad = [c for c in conditions if c not in CONDITIONS]
     if bad or not conditions:
       raise ValueError(f"finetune.conditions={tuple(conditions)!r}: allowed {CONDITIONS}")
@@ -114,7 +117,13 @@ class RandomOcclusion:
     if rng.uniform() >= self.clean_prob:
       cond = self.conditions[rng.integers(len(self.conditions))]
       rec["image"], mask = occlude(rec["image"], rng, self.library, cond)
-    rec["blocks"] = occlusion.block_flags(mask, self.threshold, self.overlap)
+      flags_from = mask
+    elif self.clean_fdm_prob > 0 and rng.uniform() < self.clean_fdm_prob:
+      cond = self.conditions[rng.integers(len(self.conditions))]
+      _, flags_from = occlude(rec["image"], rng, self.library, cond)
+    else:
+      flags_from = mask
+    rec["blocks"] = occlusion.block_flags(flags_from, self.threshold, self.overlap)
     rec["occluded_fraction"] = np.float32(mask.mean())
     return rec
 

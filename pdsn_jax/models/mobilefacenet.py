@@ -39,6 +39,9 @@ STORAGE_DTYPES = {
 }
 # (expansion t, output channels c, repeats n, first stride s), as in the original
 BOTTLENECKS = ((2, 64, 5, 2), (4, 128, 1, 2), (2, 128, 6, 1), (4, 128, 1, 2), (2, 128, 2, 1))
+# the first bottleneck at U's resolution: the one after the last stride-2 block
+_STRIDES = [s if i == 0 else 1 for _, _, n, s in BOTTLENECKS for i in range(n)]
+TOP_FROM = max(i for i, s in enumerate(_STRIDES) if s == 2) + 1
 
 
 class TorchFormatError(ValueError):
@@ -273,12 +276,26 @@ class MobileFaceNet(nn.Module):
     """Top-level parameter names of F (``finetune.trainable="head"`` trains only these)."""
     return ("linear7", "linear1")
 
-  def features(self, images: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    """U (B, 7, 6, 512) from 112x96 faces normalised as (x - 127.5) / 128."""
+  def top_params(self) -> tuple[str, ...]:
+    """Top-level parameter names of the layers at U's resolution, up to U (the bottlenecks
+    after the last stride-2 one, and conv2): ``finetune.trainable="top"`` trains these and F."""
+    return tuple(f"block{i}" for i in range(TOP_FROM, len(_STRIDES))) + ("conv2",)
+
+  def bottom(self, images: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    """The layers below ``top``: (B, 7, 6, 128) from normalised 112x96 faces."""
     x = self.dw_conv1(self.conv1(images.astype(self.dtype), train), train)
-    for block in self.blocks:
+    for block in self.blocks[:TOP_FROM]:
+      x = block(x, train)
+    return x
+
+  def top(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    for block in self.blocks[TOP_FROM:]:
       x = block(x, train)
     return self.conv2(x, train)
+
+  def features(self, images: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    """U (B, 7, 6, 512) from 112x96 faces normalised as (x - 127.5) / 128."""
+    return self.top(self.bottom(images, train), train)
 
   def head(self, u: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     """F: global depthwise conv over the whole map, BN, 1x1 conv, BN (affine in inference)."""

@@ -4,7 +4,9 @@ registry line per kind.
 A trunk is a flax module with ``features(x) -> U`` (the top conv feature map, NHWC, from
 normalised images), ``head(U) -> embedding`` (F: everything after U, ``embedding_dim`` wide)
 and ``head_params() -> names`` (the top-level parameter collections of F: a fine-tune of F
-alone, and checkpoints sharing U, are recognised by them). To add one: a module with the
+alone, and checkpoints sharing U, are recognised by them). Optionally (``finetune.trainable=
+"top"``) ``bottom(x) -> V``, ``top(V) -> U`` with ``features = top . bottom``, and
+``top_params() -> names`` of ``top``'s parameters (MobileFaceNet has them). To add one: a module with the
 network, then a ``TrunkKind`` line in ``KINDS`` below (or ``register`` at run time); its
 ``validate`` checks its own ``model.*`` fields and ``load`` reads its weight files for
 ``trunk.init_from``. docs/architecture.md shows the steps.

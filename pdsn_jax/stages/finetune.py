@@ -14,7 +14,11 @@ only in the masks:
 ``finetune.loss``: "cosface" (the paper's, on identity labels) or "distill" (label-free:
 the embedding of the occluded face is pulled, by cosine, toward the frozen starting
 network's embedding of the same face clean - for a pretrained trunk whose metric
-CosFace on a small set would damage). ``finetune.trainable``: "all" or "head" (only F).
+CosFace on a small set would damage). ``finetune.trainable``: "all", "top" (the trunk's
+layers at U's resolution and F; the layers below run once, without a backward pass) or
+"head" (only F). ``finetune.clean_fdm_prob``: clean faces flagged with a random occlusion's
+blocks (the image stays clean), as a gallery face under a probe's FDM; the Baseline sees
+the same faces and ignores the flags.
 """
 
 import ml_collections
@@ -29,7 +33,8 @@ def occlusion_transform(config: ml_collections.ConfigDict) -> placement.RandomOc
   return placement.RandomOcclusion(builders.training_occluders(config),
                                    config.finetune.clean_prob, tuple(config.finetune.conditions),
                                    o.min_overlap, o.overlap,
-                                   keep_clean=config.finetune.loss == "distill")
+                                   keep_clean=config.finetune.loss == "distill",
+                                   clean_fdm_prob=config.finetune.clean_fdm_prob)
 
 
 def _run(config, workdir: str, name: str, dictionary=None) -> dict:
