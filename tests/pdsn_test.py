@@ -110,8 +110,10 @@ def test_stages_end_to_end_trunk_frozen_and_pdsn_resumes_after_sigkill(tmp_path)
   assert [c["step"] for c in summary["checks"]] == [at]
   assert summary["checks"][0]["overlap_min"] >= 0.01
   again = helpers.run_main(conv, "--config.stages=pdsn", *rule)
-  assert f"complete at step {at}" in again.stderr
+  assert f"complete at step {at}" in again.stderr and "same-scale rule" not in again.stderr
   assert workdir_lib.latest_step(conv, "pdsn") == at
+  kept = json.load(open(os.path.join(conv, "pdsn", "summary.json")))
+  assert kept["stopped"] == summary["stopped"] and kept["lambda_l1"] == summary["lambda_l1"]
 
   # kill during stage I, then resume: same generators as the uninterrupted run
   wd = str(tmp_path / "killed")

@@ -209,8 +209,16 @@ def plan(ctx: loop.Context) -> loop.Plan:
     visualize.occlusion_sheet([ctx.train[i]["image"] for i in range(0, len(ctx.train), every)][:4],
                               transform.library, workdir_lib.stage_file(ctx.workdir, ctx.name, "occlusions.png"),
                               config.occlusion.neighbour_prob, config.seed)
-  lam = _lambda(ctx, trunk, backbone, head)
-  reference, on_checkpoint, converge = _convergence(ctx, trunk)
+  done = workdir_lib.read_summary(ctx.workdir, ctx.name) if workdir_lib.is_complete(
+      ctx.workdir, ctx.name, ctx.steps) else {}
+  if "lambda_l1" in done:  # a finished stage: what it measured, nothing measured again
+    lam = {k: done[k] for k in ("lambda_l1", "lambda_rule", "scale_ce", "scale_l1") if k in done}
+    reference, on_checkpoint = None, None
+    converge = {k: done[k] for k in ("converge_pairs", "converge_overlap", "checks", "stopped")
+                if k in done}
+  else:
+    lam = _lambda(ctx, trunk, backbone, head)
+    reference, on_checkpoint, converge = _convergence(ctx, trunk)
   logged = []
 
   def per_generator(done, out):
@@ -221,6 +229,10 @@ def plan(ctx: loop.Context) -> loop.Plan:
   def summary(results):
     del results
     out = {**lam, **converge}
+    if converge.get("checks") and "stopped" not in converge:
+      last = converge["checks"][-1]
+      out["stopped"] = {"step": last["step"], "reason": f"step budget (overlap "
+                        f"{last['overlap_min']:.3f} < {cfg.converge_overlap:g})"}
     if logged:
       out.update(per_generator_loss_first_logged=[round(float(v), 4) for v in logged[0]],
                  per_generator_loss_last=[round(float(v), 4) for v in logged[-1]])
