@@ -103,8 +103,8 @@ def get_config() -> ml_collections.ConfigDict:
       occlusion_source="ground_truth",  # where test-time occlusion masks come from; rows
       # located by the detector are added whenever the 'detector' stage has run
       # the rows compared: "Name=stage" (that stage's network, F(U)) or "Name=stage+fdm"
-      # (under the dictionary's FDMs, F(M * U)); "+trunk_when_clean": the two-network variant
-      # that embeds faces with no occluded block with the trunk instead (evaluators.py)
+      # (under the dictionary's FDMs, F(M * U)); "+trunk_when_clean": the variant that embeds
+      # faces with no occluded block with the trunk's F instead (evaluators.py)
       models=("Trunk=trunk", "Baseline=baseline", "PDSN=trunk+fdm",
               "PDSN + fine-tune=finetune+fdm"),
       # what each row is measured by (pdsn_jax/evaluation/evaluators.PROTOCOLS): pair
@@ -143,7 +143,7 @@ def get_config() -> ml_collections.ConfigDict:
       lambda_rule="same_scale", scale_batches=4,
       # > 0: at every checkpoint, the dictionary of this many fixed training pairs per block;
       # the stage stops once each item's discarded set overlaps the last check's (Jaccard) by
-      # converge_overlap, else at its step budget (stages/pdsn_probe.py)
+      # converge_overlap, else at its step budget (pdsn_jax/pdsn_probe.py)
       converge_pairs=0, converge_overlap=0.95,
       # updates per batch: its U (the frozen trunk's forward, ~60% of a step on a CPU) serves
       # this many generator updates in a row (the learning-rate schedule counts updates)

@@ -8,9 +8,10 @@
 
 Weights: ``$PDSN_MODELS/mobilefacenet_casia/068.ckpt`` (default ../shared/models; research
 use only, never committed), read without PyTorch. Data: ``$PDSN_DATA`` (default
-../shared/data). Cost on a 2-core CPU (docs/results.md, per stage): 28.3 min alone on
-2026-11-29, before the LFW distractor curve; 38.7 min on 2026-12-02 with it, sharing the cores
-with other runs (the evaluation 11.9 min of it, 6 building the 5,918-face distractor store).
+../shared/data). Cost on a 2-core CPU (docs/results.md, per stage): 61.1 min on 2026-12-02
+with finetune.trainable="head", sharing the cores with other runs for part of it (stage I
+19.1 min, stage II 5.9, detector 11.0, evaluation 16.9); "top" costs about the same in
+stage III.
 
 Hygiene:
 * the occluder files are split three ways by source (``OCCLUDER_SPLITS``), so one source's
@@ -43,8 +44,7 @@ Hygiene:
 * stage III is label-free distillation (the trunk keeps its metric) of the trunk's layers at
   U's resolution and F, and the Baseline gets the same loss, budget, faces and trainable set
   without masks; both are one network for every face (the paper's), and their "+ trunk F
-  when clean" rows the two-network variant that keeps the trunk for faces with no occluded
-  block.
+  when clean" rows the variant that uses the trunk's F for faces with no occluded block.
 """
 
 import os
@@ -112,8 +112,8 @@ def get_config(arg: str | None = None):
                 lfw_root=f"{DATA}/lfw", lfw_landmarks=f"{DATA}/lfw/landmarks.tsv",
                 protocols=("verification", "ar_p1", "ar_p2", "distractors", "ar_real",
                            "lfw_distractors"),
-                # one network per row, as the paper's; the two-network variants (the trunk
-                # for faces with no occluded block) beside them
+                # one network per row, as the paper's; the variants that use the trunk's F
+                # for faces with no occluded block beside them
                 models=("Trunk=trunk", "Baseline=baseline",
                         "Baseline + trunk F when clean=baseline+trunk_when_clean",
                         "PDSN=trunk+fdm",

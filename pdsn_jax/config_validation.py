@@ -10,7 +10,8 @@ from pdsn_jax.models import trunks
 
 def _choices() -> dict:
   """key -> allowed values, each from the module that acts on the key."""
-  from pdsn_jax.stages import pdsn, pdsn_probe  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import pdsn_probe  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.stages import pdsn  # pylint: disable=g-import-not-at-top
   out = {
       "prng_impl": training.PRNG_IMPLS,
       "data.source": sources.SOURCES,

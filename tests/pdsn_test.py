@@ -15,7 +15,8 @@ from pdsn_jax import builders, checkpointing, fdm, parallel, training
 from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.models.generator import StackedMaskGenerators
 from pdsn_jax.data import sources
-from pdsn_jax.stages import pdsn, pdsn_probe
+from pdsn_jax import pdsn_probe
+from pdsn_jax.stages import pdsn
 from tests import helpers
 
 

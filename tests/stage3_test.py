@@ -112,4 +112,4 @@ def test_distill_head_only_moves_f_keeps_the_teacher_and_trunk_f_when_clean(refe
     assert m[name]["clean"] == m["Trunk"]["clean"]  # no occluded block: the trunk's own F
   assert m["PDSN + fine-tune"]["occluded"] != m["PDSN"]["occluded"]
   assert m["One network"]["clean"] != m["Trunk"]["clean"]  # the fine-tuned F on clean faces
-  assert "two networks" in open(os.path.join(wd, "results.md")).read()
+  assert "the trunk's F (on the row's own U)" in open(os.path.join(wd, "results.md")).read()

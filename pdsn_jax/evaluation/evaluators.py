@@ -31,7 +31,7 @@ class ModelSpec:
   name: str  # the row's name in the tables
   stage: str  # the workdir stage whose network embeds
   fdm: bool  # embed under the dictionary's FDMs
-  # faces with no occluded block use the trunk's own network (a two-network variant; the
+  # faces with no occluded block use the trunk's F on this row's U (a two-head variant; the
   # paper's Baseline and PDSN are one network for every face)
   trunk_when_clean: bool = False
 
@@ -49,7 +49,7 @@ def parse_models(specs) -> list[ModelSpec]:
                        f"'+modifier's from {MODIFIERS} (e.g. 'PDSN + fine-tune=finetune+fdm')")
     if "trunk_when_clean" in mods and stage == workdir_lib.TRUNK:
       raise ValueError(f"config.eval.models entry {spec!r}: '+trunk_when_clean' switches "
-                       "another stage's network to the trunk's; the trunk is the trunk already")
+                       "another stage's F to the trunk's; the trunk is the trunk already")
     out.append(ModelSpec(name.strip(), stage, "fdm" in mods, "trunk_when_clean" in mods))
   names = [m.name for m in out]
   if len(set(names)) != len(names):

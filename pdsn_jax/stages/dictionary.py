@@ -27,7 +27,7 @@ from pdsn_jax import builders, distributed, fdm, files, parallel, provenance, tr
 from pdsn_jax import visualize
 from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.data import occlusion, pipeline, sources
-from pdsn_jax.stages import pdsn_probe
+from pdsn_jax import pdsn_probe
 
 STAGE = workdir_lib.DICTIONARY
 

@@ -192,7 +192,7 @@ def _evaluate_models(config, nets: _Networks, sets, flags, flags_det, dictionary
   specs = evaluators.parse_models(config.eval.models)
   runs = [(m, flags, m.name) for m in specs]
   if flags_det is not None:
-    # the two-network variants are compared where the occlusion is known only
+    # the "+trunk_when_clean" variants are compared where the occlusion is known only
     runs += [(m, flags_det, f"{m.name} (detector)") for m in specs
              if m.fdm and not m.trunk_when_clean]
   for spec, fl, row in runs:
@@ -248,11 +248,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                             "stages": provenance.records(workdir, upstream)}}
   two = [m.name for m in evaluators.parse_models(cfg.models) if m.trunk_when_clean]
   if two:
-    results["notes"] = [f"{', '.join(two)}: two networks, the trunk's for faces with no "
-                        "occluded block (clean pairs, probes whose occlusion flags no block), "
-                        "the fine-tuned one where the occlusion flags a block "
-                        "('+trunk_when_clean' in eval.models); their clean columns equal the "
-                        "Trunk's by construction. Every other row is one network for every face."]
+    results["notes"] = [f"{', '.join(two)}: the trunk's F (on the row's own U) for faces with "
+                        "no occluded block (clean pairs, probes whose occlusion flags no block), "
+                        "the fine-tuned F where the occlusion flags a block ('+trunk_when_clean' "
+                        "in eval.models); where only F was fine-tuned (finetune.trainable="
+                        "'head') U is the trunk's too, and their clean columns equal the "
+                        "Trunk's. Every other row is one network for every face."]
   nets.get(workdir_lib.TRUNK)  # first: the other checkpoints reuse its U when they can
   _evaluate_models(config, nets, sets, flags, flags_det, dictionary, results)
   if flags_det is not None:

@@ -13,7 +13,7 @@ the state's ``frozen`` slot (and its checkpoints) so that this can be checked.
 measured on fixed training pairs with the starting generators; ``pdsn.converge_pairs`` > 0
 builds, at every checkpoint, the dictionary those pairs would give and stops the stage once
 every item's discarded set overlaps the last check's by ``pdsn.converge_overlap``
-(``pdsn_probe.py``).
+(``pdsn_jax/pdsn_probe.py``).
 """
 
 import functools
@@ -29,7 +29,7 @@ import optax
 from pdsn_jax import builders, checkpointing, loop, parallel, training, visualize
 from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.data import occlusion
-from pdsn_jax.stages import pdsn_probe
+from pdsn_jax import pdsn_probe
 
 STAGE = workdir_lib.PDSN
 LOSSES = ("paper", "released")
