@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from pdsn_jax import files
-from pdsn_jax.data import occlusion
 
 
 def minmax(masks: jax.Array, eps: float = 1e-12) -> jax.Array:

@@ -8,7 +8,6 @@ rest, the same way for every stage.
 
 import dataclasses
 import logging
-import os
 import time
 from typing import Any, Callable
 
@@ -223,8 +222,8 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, name: str,
       mgr, plan.init, mesh, data_iter, plan.init_from, plan.merge, plan.loader)
   if plan.prepare is not None:
     state = plan.prepare(state, origin)
-  stopped = workdir_lib.stopped_at(workdir, name)
-  end = stopped if stopped is not None and start >= stopped else steps
+  # a crash between the stop marker and its checkpoint replays the steps up to it
+  end = workdir_lib.final_step(workdir, name, steps)
   if workdir_lib.is_complete(workdir, name, steps):
     logging.info("[%s] complete at step %d: nothing to train, only its summary", name, start)
   logging.info("[%s] %s: %d images, %d identities; %d steps of %d on %d devices (%d "

@@ -106,14 +106,19 @@ def mark_stopped(workdir: str, stage: str, step: int) -> None:
     files.write_json(stage_file(workdir, stage, STOPPED_FILE), {"step": int(step)})
 
 
+def final_step(workdir: str, stage: str, steps: int) -> int:
+  """The step a training stage of ``steps`` ends at: earlier where its stopping rule ended it."""
+  stopped = stopped_at(workdir, stage)
+  return steps if stopped is None else min(steps, stopped)
+
+
 def is_complete(workdir: str, stage: str, steps: int | None = None) -> bool:
   """Every stage's "am I done?": a training stage (``steps`` given) has a finished checkpoint at
   its last step, or at the step its stopping rule ended it; a dictionary stage has its
   ``dictionary.npz`` (written last). The evaluate stage is never complete: it reruns every
   time (cheap next to training, and always current)."""
   if steps is not None:
-    stopped = stopped_at(workdir, stage)
-    return (latest_step(workdir, stage) or 0) >= min(steps, stopped or steps)
+    return (latest_step(workdir, stage) or 0) >= final_step(workdir, stage, steps)
   if stage == EVALUATE:
     return False
   return os.path.isfile(dictionary_file(workdir, stage))

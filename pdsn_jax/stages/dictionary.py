@@ -12,7 +12,6 @@ metadata; ``fdm.export`` / ``fdm.load``).
 """
 
 import functools
-import json
 import logging
 import os
 import time

@@ -380,7 +380,6 @@ def _test_occluders(config) -> str:
 
 
 def _data_description(config) -> str:
-  d = config.data
   pairs = config.eval.pairs_bin or config.eval.pairs_file
   suffix = f"; verification pairs from {pairs}" if pairs else ""
   return _source_description(config) + suffix

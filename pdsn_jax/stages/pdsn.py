@@ -90,7 +90,7 @@ def train_step(state: training.TrainState, batch: dict, rng: jax.Array, *, backb
         per_gen, ce_occ, l1, mask_mean)
 
   carry = (state.params, state.batch_stats, state.opt_state)
-  if cfg.reuse == 1:
+  if cfg.reuse == 1:  # no scan: the program, and so the numbers, of the runs before reuse
     (params, stats, opt_state), (per_gen, ce_occ, l1, mask_mean) = update(carry, None)
   else:
     (params, stats, opt_state), outs = jax.lax.scan(update, carry, None, length=cfg.reuse)
