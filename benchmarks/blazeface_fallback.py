@@ -60,15 +60,11 @@ def grey_lowres(image: np.ndarray) -> np.ndarray:
   return np.repeat(np.pad(big, ((ph, ph), (pw, pw)), mode="edge")[..., None], 3, -1)
 
 
-def main():
-  ap = argparse.ArgumentParser()
-  ap.add_argument("--celeba", default="../shared/data/celeba")
-  ap.add_argument("--occluders", default="../shared/data/occluders")
-  ap.add_argument("--thresholds", default="off,0.4,0.3,0.2,0.1")
-  ap.add_argument("--heldout", type=int, default=30)
-  args = ap.parse_args()
+def build_sets(args):
+  """The held-out faces (sets of (photos, points)), the occluders alone and the face-erased
+  crops."""
   from configs import real_mobilefacenet  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.data import alignment, faces as faces_lib, occlusion, placement  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data import occlusion, placement  # pylint: disable=g-import-not-at-top
   from pdsn_jax.data.folders import FolderFaces, load_rgb  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
@@ -113,6 +109,18 @@ def main():
     out[y0:y1, x0:x1] = im.reshape(-1, 3).mean(0).astype(np.uint8)
     erased.append(out)
 
+  return sets, nonfaces, erased, paths
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--celeba", default="../shared/data/celeba")
+  ap.add_argument("--occluders", default="../shared/data/occluders")
+  ap.add_argument("--thresholds", default="off,0.4,0.3,0.2,0.1")
+  ap.add_argument("--heldout", type=int, default=30)
+  args = ap.parse_args()
+  from pdsn_jax.data import alignment, faces as faces_lib  # pylint: disable=g-import-not-at-top
+  sets, nonfaces, erased, paths = build_sets(args)
   tmpl5 = alignment.template_for((112, 96))
   offset = alignment.template_for((112, 96), num_points=4) - np.concatenate(
       [tmpl5[:3], tmpl5[3:].mean(0, keepdims=True)])
