@@ -112,6 +112,41 @@ def build_sets(args):
   return sets, nonfaces, erased, paths
 
 
+def point_error(found, pts) -> list[float]:
+  """Per found face: mean distance (px of the 112x96 frame) of its 4 BlazeFace points to the
+  landmarks' (eyes, nose, mouth centre moved by the template's fixed offset), as
+  ``raw_photos.py`` measures it."""
+  from pdsn_jax.data import alignment  # pylint: disable=g-import-not-at-top
+  tmpl5 = alignment.template_for((112, 96))
+  offset = alignment.template_for((112, 96), num_points=4) - np.concatenate(
+      [tmpl5[:3], tmpl5[3:].mean(0, keepdims=True)])
+  errs = []
+  for (q, _), p in zip(found, pts):
+    if q is None:
+      continue
+    m = alignment.similarity_transform(p, tmpl5)
+    to = lambda a: np.asarray(a).reshape(-1, 2) @ m[:, :2].T + m[:, 2]  # noqa: E731
+    truth = to(p)
+    truth = np.concatenate([truth[:3], truth[3:].mean(0, keepdims=True)]) + offset
+    errs.append(np.linalg.norm(to(q) - truth, axis=1).mean())
+  return errs
+
+
+def score(finder, sets, nonfaces, erased) -> dict:
+  """Found % per set, the occluded sets' mean point error, and the non-faces given a face %."""
+  out, errs = {}, []
+  for name, (images, pts) in sets.items():
+    found = finder.points_batch(images)
+    out[f"{name} found %"] = 100 * np.mean([q is not None for q, _ in found])
+    if not name.startswith("clean"):
+      errs += point_error(found, pts)
+  out["occluded point error (px)"] = float(np.mean(errs))
+  for key, x in (("occluders alone", nonfaces), ("face-erased crops", erased)):
+    out[f"{key} given a face %"] = 100 * np.mean([q is not None for q, _ in
+                                                  finder.points_batch(x)])
+  return out
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--celeba", default="../shared/data/celeba")
@@ -119,41 +154,18 @@ def main():
   ap.add_argument("--thresholds", default="off,0.4,0.3,0.2,0.1")
   ap.add_argument("--heldout", type=int, default=30)
   args = ap.parse_args()
-  from pdsn_jax.data import alignment, faces as faces_lib  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data import faces as faces_lib  # pylint: disable=g-import-not-at-top
   sets, nonfaces, erased, paths = build_sets(args)
-  tmpl5 = alignment.template_for((112, 96))
-  offset = alignment.template_for((112, 96), num_points=4) - np.concatenate(
-      [tmpl5[:3], tmpl5[3:].mean(0, keepdims=True)])
-
-  def error(found, pts):
-    errs = []
-    for (q, _), p in zip(found, pts):
-      if q is None:
-        continue
-      m = alignment.similarity_transform(p, tmpl5)
-      to = lambda a: np.asarray(a).reshape(-1, 2) @ m[:, :2].T + m[:, 2]  # noqa: E731
-      truth = to(p)
-      truth = np.concatenate([truth[:3], truth[3:].mean(0, keepdims=True)]) + offset
-      errs.append(np.linalg.norm(to(q) - truth, axis=1).mean())
-    return errs
-
-  head = (["fallback threshold"] + [f"{k} found %" for k in sets]
-          + ["occluded point error (px)", "occluders alone given a face %",
-             "face-erased crops given a face %", "s"])
-  print("| " + " | ".join(head) + " |\n|" + "---|" * len(head), flush=True)
+  header = None
   for t in args.thresholds.split(","):
     finder = faces_lib.FaceFinder("blazeface", fallback=None if t == "off" else float(t))
     t0 = time.time()
-    row, errs = [t], []
-    for name, (images, pts) in sets.items():
-      found = finder.points_batch(images)
-      row.append(f"{100 * np.mean([q is not None for q, _ in found]):.2f}")
-      if not name.startswith("clean"):
-        errs += error(found, pts)
-    bad = [100 * np.mean([q is not None for q, _ in finder.points_batch(x)])
-           for x in (nonfaces, erased)]
-    row += [f"{np.mean(errs):.2f}", f"{bad[0]:.2f}", f"{bad[1]:.2f}", f"{time.time() - t0:.0f}"]
-    print("| " + " | ".join(row) + " |", flush=True)
+    row = score(finder, sets, nonfaces, erased)
+    if header is None:
+      header = ["fallback threshold"] + list(row) + ["s"]
+      print("| " + " | ".join(header) + " |\n|" + "---|" * len(header), flush=True)
+    print("| " + " | ".join([t] + [f"{v:.2f}" for v in row.values()]
+                            + [f"{time.time() - t0:.0f}"]) + " |", flush=True)
   print(f"\n({len(paths)} held-out CelebA faces per set; {len(nonfaces)} occluders alone, "
         f"{len(erased)} face-erased crops)")
 

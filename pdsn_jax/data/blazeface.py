@@ -87,15 +87,23 @@ def weighted_nms(boxes: np.ndarray, points: np.ndarray, scores: np.ndarray,
 class BlazeFace:
   """Faces in RGB uint8 photos of any size, ``batch`` at a time through one jitted graph."""
 
-  def __init__(self, model: str = "short", batch: int = 16):
+  def __init__(self, model: str = "short", batch: int = 16, params: dict | None = None):
+    """``params``: weights to run instead of the file's (same names and shapes; e.g. a
+    fine-tuned short-range model, ``data.face_tuning``)."""
     import jax  # pylint: disable=g-import-not-at-top
     from pdsn_jax.models import tflite_graph  # pylint: disable=g-import-not-at-top
     if model not in MODELS:
       raise ValueError(f"BlazeFace model {model!r} is not one of {tuple(MODELS)}")
     self.model, self.batch = model, batch
     self.side, self.threshold = MODELS[model][1], MODELS[model][3]
-    self.graph, params = tflite_graph.read(model_file(model))
-    self.params = jax.device_put(params)
+    self.graph, stock = tflite_graph.read(model_file(model))
+    if params is not None:
+      bad = sorted(k for k in stock if k not in params or np.shape(params[k]) != stock[k].shape)
+      if bad or len(params) != len(stock):
+        raise ValueError(f"BlazeFace {model} weights do not match the model's: tensors {bad[:5]} "
+                         f"missing or of another shape ({len(params)} given, {len(stock)} needed)")
+      stock = {k: np.asarray(params[k], np.float32) for k in stock}
+    self.params = jax.device_put(stock)
     self.anchors = anchors(model)
     self._run = jax.jit(functools.partial(tflite_graph.apply, self.graph))
 

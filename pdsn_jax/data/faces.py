@@ -58,16 +58,22 @@ class FaceFinder:
   slower, more poses) detector + 68-point model (5 points)."""
 
   def __init__(self, detector: str = "blazeface", upsample: int = 1,
-               fallback: float | None = None):
+               fallback: float | None = None, short_params: dict | None = None):
+    """``short_params``: weights for the short-range BlazeFace model instead of the shipped
+    ones (a run's fine-tuned finder, ``data.face_tuning``)."""
     if detector not in DETECTORS:
       raise ValueError(f"face detector {detector!r} is not one of {DETECTORS}")
     if fallback is not None and (detector not in _BLAZEFACE or not 0 < fallback < 1):
       raise ValueError(f"a fallback score ({fallback}) needs a BlazeFace detector and a value "
                        f"in (0, 1); got --face_detector={detector}")
+    if short_params is not None and "short" not in _BLAZEFACE.get(detector, ()):
+      raise ValueError(f"short-range BlazeFace weights need --face_detector=blazeface, not "
+                       f"{detector!r}")
     self.name, self._blaze, self.fallback = detector, None, fallback
     if detector in _BLAZEFACE:
       from pdsn_jax.data import blazeface  # pylint: disable=g-import-not-at-top
-      self._blaze = [blazeface.BlazeFace(m) for m in _BLAZEFACE[detector]]
+      self._blaze = [blazeface.BlazeFace(m, params=short_params if m == "short" else None)
+                     for m in _BLAZEFACE[detector]]
       return
     try:
       import dlib  # pylint: disable=g-import-not-at-top
