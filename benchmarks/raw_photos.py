@@ -5,7 +5,8 @@ error and speed, and LFW verification on the faces it aligns.
   pip install dlib-bin face_recognition_models            # hog, cnn
   python benchmarks/raw_photos.py --lfw=../shared/data/lfw --ar=../shared/data/ar_real \\
       --occluders=../shared/data/occluders \\
-      --weights=../shared/models/mobilefacenet_casia/068.ckpt [--detectors=blazeface,hog]
+      --weights=../shared/models/mobilefacenet_casia/068.ckpt [--detectors=blazeface,hog] \
+      [--tuned=RUN/face_finder/short_range.npz]
 
 Columns (one row per detector, all in the same run):
 * clean LFW: every photo of the official pairs (7,701); faces found, photos/s (finding and
@@ -64,6 +65,8 @@ def main():
   ap.add_argument("--detectors", default="blazeface,hog")
   ap.add_argument("--occluded", type=int, default=500)
   ap.add_argument("--verification", type=int, default=1, help="0: skip the LFW accuracy")
+  ap.add_argument("--tuned", default="", help="a run's tuned short-range BlazeFace weights: "
+                  "one more row, 'blazeface (tuned)' (the face_finder stage)")
   args = ap.parse_args()
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -110,8 +113,13 @@ def main():
   head = (["detector", "clean LFW found %", "photos/s"] + [f"{k} found %" for k in sets]
           + ["point error mean / p95 (px)", "LFW 6,000 pairs %"])
   rows = []
-  for name in args.detectors.split(","):
-    finder = faces_lib.FaceFinder(name)
+  finders = [(name, lambda name=name: faces_lib.FaceFinder(name))
+             for name in args.detectors.split(",")]
+  if args.tuned:
+    finders.append(("blazeface (tuned)", lambda: faces_lib.FaceFinder(
+        "blazeface", short_params=dict(np.load(args.tuned)))))
+  for name, make in finders:
+    finder = make()
     finder.points_batch(clean[:16])  # compile / warm up
     t = time.time()
     found = finder.points_batch(clean)

@@ -176,6 +176,18 @@ def get_config() -> ml_collections.ConfigDict:
                "border"),
       eval_images=400)
 
+  # The face finder (stages/face_finder.py): BlazeFace's short-range model tuned on occluded,
+  # grey, low-resolution photos by distillation from the shipped model (data/face_tuning.py).
+  c.face_finder = common.training(
+      num_steps=800, optimizer="adam", learning_rate=3e-4, weight_decay=0.0, checkpoint_every=100,
+      log_every=25,
+      kind_probs=(0.2, 0.25, 0.2, 0.2, 0.15),  # clean, mask, scarf, sunglasses, face erased
+      face_px=(24.0, 80.0),  # the face's width in the 128-px frame
+      grey_prob=0.5, lowres_prob=0.5,
+      lowres_px=(16.0, 48.0),  # low resolution: the face this many px wide, then back up
+      reg_weight=0.05,  # the box and keypoint L1 (px) against the score term
+      eval_images=300)
+
   # Stage II: the dictionary of binary Feature Discarding Masks.
   c.dictionary = ml_collections.ConfigDict(dict(
       pairs_per_block=512, batch_size=32, tau=0.25, log_every=8,

@@ -25,6 +25,7 @@ def get_config():
   c.finetune.update(batch_size=8, num_steps=4, warmup_steps=1, log_every=1, checkpoint_every=2)
   c.detector.update(widths=(4, 8), batch_size=8, num_steps=4, warmup_steps=1, log_every=1,
                    checkpoint_every=2, eval_images=16)
+  c.face_finder.update(batch_size=8, num_steps=4, log_every=1, checkpoint_every=2, eval_images=8)
   c.eval.update(num_distractors=10, ar_gallery_images=2, tau_sweep=(0.0, 0.25))
   c.stages = "trunk,pdsn,dictionary"  # tests ask for the later stages explicitly
   return c

@@ -20,7 +20,7 @@ import time
 from absl import flags
 import numpy as np
 
-from pdsn_jax.data.faces import FINDERS
+from pdsn_jax.data.faces import FINDERS, WEIGHTS
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run folder of python -m pdsn_jax.main.")
 _MODEL = flags.DEFINE_string("model", "", "One of the run's eval.models (default: the last).")
@@ -35,6 +35,10 @@ _FALLBACK = flags.DEFINE_float(
     "BlazeFace: a last try at this lower score on photos where no face was found (e.g. 0.4: "
     "more masked, grey, low-resolution faces found, but also more wrong faces on photos "
     "without one; benchmarks/blazeface_fallback.py). Default: no last try.")
+_FINDER_WEIGHTS = flags.DEFINE_enum(
+    "face_finder_weights", "run", list(WEIGHTS),
+    "BlazeFace: 'run': the run's tuned short-range weights (its face_finder stage) when it has "
+    "them, else the shipped ones; 'shipped': always the shipped ones.")
 _IMAGES = flags.DEFINE_string("images", "", "embed: folder of photos (searched recursively).")
 _OUT = flags.DEFINE_string("out", "", "embed: .npz to write; identify: .csv to write.")
 _SHEET = flags.DEFINE_string("sheet", "", "embed: also a contact sheet PNG (face, mask, blocks).")
@@ -51,7 +55,8 @@ _OCCLUSION = flags.DEFINE_string(
     "'row,col;row,col' (rows/columns 1-3, e.g. '2,1;2,2;2,3' for the eye row). identify: the "
     "probes' occlusion (the gallery is always 'auto').")
 _CHUNK = 64  # faces per progress step
-_COMMON = ("workdir", "model", "landmarks", "face_detector", "face_fallback_score", "occlusion")
+_COMMON = ("workdir", "model", "landmarks", "face_detector", "face_fallback_score",
+           "face_finder_weights", "occlusion")
 EMBED_FLAGS = _COMMON + ("images", "out", "sheet")
 VERIFY_FLAGS = _COMMON
 IDENTIFY_FLAGS = _COMMON + ("gallery", "store", "probes", "out", "k")
@@ -73,7 +78,8 @@ def _faces(paths: list[str], config):
   from pdsn_jax.data.folders import read_landmarks  # pylint: disable=g-import-not-at-top
   marks = read_landmarks(_LANDMARKS.value) if _LANDMARKS.value else None
   need = marks is None or any(os.path.normpath(os.path.abspath(p)) not in marks for p in paths)
-  finder = (faces_lib.FaceFinder(_FACE_DETECTOR.value, fallback=_FALLBACK.value)
+  finder = (faces_lib.for_run(_FACE_DETECTOR.value, _WORKDIR.value, _FINDER_WEIGHTS.value,
+                              _FALLBACK.value)
             if need and _FACE_DETECTOR.value != "none" else None)
   found = faces_lib.find(paths, config.data.image_size, config.data.alignment, marks, finder)
   for f in found:

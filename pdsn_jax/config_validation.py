@@ -30,7 +30,7 @@ def _choices() -> dict:
       "eval.occluder_split": ("select", "test"),
       "eval.ar_real_alignment": ar_real.ALIGNMENTS,
   }
-  for stage in ("trunk", "pdsn", "finetune", "detector"):
+  for stage in ("trunk", "pdsn", "finetune", "detector", "face_finder"):
     out[f"{stage}.schedule"] = training.SCHEDULES
     out[f"{stage}.optimizer"] = training.OPTIMIZERS
   return out
@@ -41,13 +41,13 @@ def _choices() -> dict:
 _POSITIVE = ("model.width", "model.embedding_dim", "eval.num_pairs", "cosface.scale",
              "dictionary.pairs_per_block", "eval.ar_gallery_images", "detector.input_scale",
              "detector.heldout_every", "detector.eval_images", "eval.gallery_shard_size",
-             "pdsn.scale_batches", "pdsn.reuse")
+             "pdsn.scale_batches", "pdsn.reuse", "face_finder.eval_images")
 _NON_NEGATIVE = ("trunk.momentum", "trunk.warmup_steps", "model.dropout", "cosface.margin",
                  "data.num_workers", "eval.num_distractors", "pdsn.converge_pairs")
 
 
 # stages whose folder holds no recognition network (eval.models cannot name them)
-NOT_NETWORKS = ("pdsn", "dictionary", "lambda0", "detector", "evaluate")
+NOT_NETWORKS = ("pdsn", "dictionary", "lambda0", "detector", "face_finder", "evaluate")
 
 
 def _get(config, dotted: str):
@@ -104,7 +104,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.pdsn.converge_overlap={config.pdsn.converge_overlap!r} must be in "
                      "(0, 1]")
   for key in ("finetune.clean_prob", "detector.clean_prob", "detector.threshold",
-              "dictionary.neighbour_prob", "finetune.clean_fdm_prob"):
+              "dictionary.neighbour_prob", "finetune.clean_fdm_prob", "face_finder.grey_prob",
+              "face_finder.lowres_prob"):
     if not 0 <= _get(config, key) <= 1:
       raise ValueError(f"config.{key}={_get(config, key)!r} must be in [0, 1]")
   for key in ("eval.conditions", "finetune.conditions"):

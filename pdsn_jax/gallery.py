@@ -21,7 +21,7 @@ import sys
 import numpy as np
 from absl import flags
 
-from pdsn_jax.data.faces import FINDERS
+from pdsn_jax.data.faces import FINDERS, WEIGHTS
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (python -m pdsn_jax.main).")
 _OUT = flags.DEFINE_string("out", None, "Store folder to create or resume.")
@@ -35,6 +35,9 @@ _FACE_DETECTOR = flags.DEFINE_enum(
     "face_detector", "blazeface", list(FINDERS),
     "--images: finds each face not in --landmarks ('none': the photos are aligned crops, "
     "centre-cropped)")
+_FINDER_WEIGHTS = flags.DEFINE_enum(
+    "face_finder_weights", "run", list(WEIGHTS),
+    "BlazeFace: 'run': the run's tuned short-range weights when it has them; 'shipped'.")
 flags.mark_flags_as_required(["workdir", "out"])
 
 _EXT = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm")
@@ -44,13 +47,14 @@ class _Folder:
   """Images under a folder, aligned to the run's template (labels: first-level subfolder), a
   shard at a time (``batch``: the face finder runs on the shard's photos together)."""
 
-  def __init__(self, root: str, landmarks: str, size, template: str, detector: str = "none"):
+  def __init__(self, root: str, landmarks: str, size, template: str, detector: str = "none",
+               workdir: str = "", weights: str = "run"):
     from pdsn_jax.data.folders import read_landmarks  # pylint: disable=g-import-not-at-top
     self.root, self.size, self.template = root, tuple(size), template
     self.finder = None
     if detector != "none":
       from pdsn_jax.data import faces  # pylint: disable=g-import-not-at-top
-      self.finder = faces.FaceFinder(detector)
+      self.finder = faces.for_run(detector, workdir, weights)
     self.paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
                         if f.lower().endswith(_EXT))
     if not self.paths:
@@ -87,7 +91,7 @@ def source_from_flags(config):
     raise ValueError("give exactly one of --images=DIR and --source=distractors|synthetic:N")
   if _IMAGES.value:
     src = _Folder(_IMAGES.value, _LANDMARKS.value, config.data.image_size, config.data.alignment,
-                  _FACE_DETECTOR.value)
+                  _FACE_DETECTOR.value, _WORKDIR.value, _FINDER_WEIGHTS.value)
     return (src, f"images:{os.path.abspath(_IMAGES.value)}", src.label,
             lambda i: os.path.relpath(src.paths[i], _IMAGES.value))
   from pdsn_jax.data import sources  # pylint: disable=g-import-not-at-top

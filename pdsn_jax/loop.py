@@ -199,16 +199,18 @@ def check_metrics(metrics: dict, name: str) -> None:
 
 def run_stage(config: ml_collections.ConfigDict, workdir: str, name: str,
               cfg: ml_collections.ConfigDict, plan_fn: Callable[[Context], Plan], *,
-              kind: str = "", upstream=(), overrides: dict | None = None) -> dict:
+              kind: str = "", upstream=(), overrides: dict | None = None,
+              raw_photos: bool = False) -> dict:
   """Trains (or resumes) one stage into ``<workdir>/<name>``; returns its summary, which
   process 0 also writes to ``summary.json``. ``kind`` (default: ``name``), ``upstream`` (the
   stage folders it reads) and ``overrides`` (config fields it changed, e.g. Table 3's) are
-  its provenance: outputs made under another config are never resumed (``provenance``)."""
+  its provenance: outputs made under another config are never resumed (``provenance``).
+  ``raw_photos``: the training records are photos with their landmarks (``sources.build``)."""
   record = provenance.begin(config, workdir, name, kind or name, upstream, overrides)
   mesh = parallel.make_mesh()
   pcount, pindex = jax.process_count(), jax.process_index()
   pipeline.check_batch_size(cfg.batch_size, mesh.size, pcount, f"{name}.batch_size")
-  train_src, heldout_src = sources.build(config.data)
+  train_src, heldout_src = sources.build(config.data, raw_photos)
   steps = builders.total_steps(cfg, len(train_src))
   ctx = Context(config, workdir, name, cfg, mesh, train_src, heldout_src, steps)
   plan = plan_fn(ctx)

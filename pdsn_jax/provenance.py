@@ -45,6 +45,7 @@ SECTIONS = {
     "baseline": _BASE + ("model", "cosface", "finetune", "occlusion"),
     "finetune": _BASE + ("model", "cosface", "finetune", "occlusion"),
     "detector": _BASE + ("detector", "occlusion"),
+    "face_finder": _BASE + ("face_finder", "occlusion", "eval.seed"),
     "evaluate": _BASE + ("model", "eval", "occlusion"),
 }
 

@@ -37,7 +37,7 @@ PRNG_IMPLS = ("rbg", "threefry2x32", "unsafe_rbg")
 # itself). The numbers are those of the first runs: changing one changes that stage's results.
 # Baseline and fine-tune draw the trunk's stream (the same face order, the trunk's init).
 STREAMS = {"trunk": (0, None), "pdsn": (1, 1), "dictionary": (2, None), "detector": (4, 3),
-           "pdsn_probe": (5, None)}
+           "pdsn_probe": (5, None), "face_finder": (6, 5)}
 
 
 def data_seed(config: ml_collections.ConfigDict, stream: str) -> int:

@@ -9,6 +9,7 @@
   <workdir>/<stage>/summary.json         what the stage measured
   <workdir>/<stage>/stopped.json         the step a stopping rule ended the stage (complete)
   <workdir>/dictionary/dictionary.npz    the FDMs (stage II's output; marks it complete)
+  <workdir>/face_finder/short_range.npz  the tuned BlazeFace weights the photo commands use
   <workdir>/results.{md,json}            every protocol and ablation (figures, thresholds.json,
                                          the config that made them, distractor stores:
                                          evaluate/)
@@ -27,14 +28,21 @@ from pdsn_jax import checkpointing
 
 TRUNK, PDSN, DICTIONARY = "trunk", "pdsn", "dictionary"
 BASELINE, FINETUNE, DETECTOR, EVALUATE = "baseline", "finetune", "detector", "evaluate"
+FACE_FINDER = "face_finder"
 LAMBDA0 = "lambda0"  # Table 3's ablation: its generators and dictionary are "lambda0_<stage>"
 DICTIONARY_FILE = "dictionary.npz"
+FACE_FINDER_FILE = "short_range.npz"
 STOPPED_FILE = "stopped.json"  # a training stage ended by its stopping rule, at this step
 RESULTS = ("results.md", "results.json")
 
 
 def stage_dir(workdir: str, stage: str) -> str:
   return os.path.join(workdir, stage)
+
+
+def face_finder_weights(workdir: str) -> str:
+  """The run's tuned short-range BlazeFace weights (may not exist: the stage is optional)."""
+  return os.path.join(workdir, FACE_FINDER, FACE_FINDER_FILE)
 
 
 def stage_file(workdir: str, stage: str, name: str) -> str:

@@ -26,6 +26,7 @@ from pdsn_jax.data.alignment import align_face
 from pdsn_jax.data.folders import load_rgb
 
 DETECTORS = ("blazeface", "blazeface_full", "hog", "cnn")
+WEIGHTS = ("run", "shipped")  # --face_finder_weights
 FINDERS = DETECTORS + ("none",)  # --face_detector: "none" takes the photos as aligned crops
 _BLAZEFACE = {"blazeface": ("short", "full"), "blazeface_full": ("full",)}  # tried in order
 MIN_FACE_PX = 16  # a photo smaller than this on either side holds no usable face
@@ -41,6 +42,22 @@ def five_points(shape68: np.ndarray) -> np.ndarray:
   p = np.asarray(shape68, np.float64)
   return np.stack([p[list(_LEFT_EYE)].mean(0), p[list(_RIGHT_EYE)].mean(0), p[_NOSE],
                    p[_MOUTH_L], p[_MOUTH_R]])
+
+
+def for_run(detector: str, workdir: str, weights: str = "run",
+            fallback: float | None = None) -> "FaceFinder":
+  """The finder the photo commands use: with ``weights="run"`` and ``detector="blazeface"``,
+  the run's tuned short-range weights (its ``face_finder`` stage) when it has them; else the
+  shipped ones."""
+  from pdsn_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  if weights not in WEIGHTS:
+    raise ValueError(f"--face_finder_weights={weights!r} is not one of {WEIGHTS}")
+  path = workdir_lib.face_finder_weights(workdir) if workdir else ""
+  params = None
+  if weights == "run" and detector == "blazeface" and os.path.exists(path):
+    params = dict(np.load(path))
+    logging.info("faces found by BlazeFace with the run's tuned short-range weights (%s)", path)
+  return FaceFinder(detector, fallback=fallback, short_params=params)
 
 
 @dataclasses.dataclass

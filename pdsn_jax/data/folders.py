@@ -99,17 +99,19 @@ class FolderFaces:
       (otherwise it is centre-cropped; the count is logged either way);
     strict_landmarks: a TSV row naming a file that does not exist is an error
       (otherwise the count is logged).
+    raw: a photo with landmarks comes as read, with its 5 points (``points``), not aligned
+      (the face finder's training sees the head around the face).
   """
 
   def __init__(self, root: str, landmarks: str | None = None,
                image_size: tuple[int, int] = (112, 96), skip_bad_images: bool = False,
                min_images: int = 1, template: str = "arcface", require_landmarks: bool = False,
-               strict_landmarks: bool = False):
+               strict_landmarks: bool = False, raw: bool = False):
     if not os.path.isdir(root):
       raise FileNotFoundError(f"face folder root not found: {root}")
     self.root = os.path.abspath(root)
     self.image_size = tuple(image_size)
-    self.template = template
+    self.template, self.raw = template, raw
     self.landmarks = read_landmarks(landmarks) if landmarks else {}
     names = sorted(d for d in os.listdir(self.root) if os.path.isdir(os.path.join(self.root, d)))
     if not names:
@@ -168,6 +170,10 @@ class FolderFaces:
   def __getitem__(self, index: int) -> dict:
     path = self.paths[int(index)]
     image = load_rgb(path)
+    marks = self.landmarks.get(os.path.normpath(path))
+    if self.raw and marks is not None:
+      return {"image": image, "points": np.asarray(marks, np.float32).reshape(5, 2),
+              "label": self.labels[int(index)]}
     return {"image": align_face(image, self.landmarks.get(os.path.normpath(path)), self.image_size,
                                 self.template),
             "label": self.labels[int(index)]}

@@ -191,10 +191,13 @@ def occlude_photo(photo: np.ndarray, points: np.ndarray, rng: np.random.Generato
                   library: occlusion.OccluderLibrary, condition: str) -> np.ndarray:
   """A raw photo with ``condition`` pasted on its face, in place: the face is aligned by its 5
   ``points`` (the landmarks-TSV order), occluded in the 112x96 frame as ``occlude`` does, and
-  the occluder warped back into the photo (to test face finders on occluded photos)."""
+  the occluder warped back into the photo (to test face finders on occluded photos).
+  ``condition`` may also be "scarf" (``scarf``)."""
   m = similarity_transform(np.asarray(points, np.float64).reshape(5, 2),
                            template_for((112, 96), library.face_template))
-  occ, mask = occlude(warp_affine(photo, m, (112, 96)), rng, library, condition)
+  face = warp_affine(photo, m, (112, 96))
+  occ, mask = (scarf(face, rng, library) if condition == "scarf" else
+               occlude(face, rng, library, condition))
   inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
   back = warp_affine(occ, inv, photo.shape[:2])
   alpha = warp_affine(np.repeat(mask[..., None].astype(np.uint8) * 255, 3, -1), inv,

@@ -50,8 +50,10 @@ def split_identities(source, num_heldout: int, num_distractor: int = 0):
           Subset(source, np.flatnonzero((labels >= train_cut) & (labels < cut))))
 
 
-def build(cfg: ml_collections.ConfigDict):
-  """(train source, held-out evaluation source) for ``cfg`` = config.data."""
+def build(cfg: ml_collections.ConfigDict, raw: bool = False):
+  """(train source, held-out evaluation source) for ``cfg`` = config.data. ``raw``: folder
+  records hold the photo as read and its landmarks (``points``) rather than the aligned face
+  (other sources have aligned faces only)."""
   size = tuple(cfg.image_size)
   if cfg.source == "synthetic":
     s = cfg.synthetic
@@ -73,7 +75,7 @@ def build(cfg: ml_collections.ConfigDict):
     if not f.root:
       raise ValueError("data.source='folders' needs data.folders.root")
     src = FolderFaces(f.root, f.landmarks or None, size, f.skip_bad_images, f.min_images,
-                      cfg.alignment, f.require_landmarks, f.strict_landmarks)
+                      cfg.alignment, f.require_landmarks, f.strict_landmarks, raw)
     return split_identities(src, f.heldout_identities, f.distractor_identities)[:2]
   if cfg.source == "recordio":
     from pdsn_jax.data.insightface import RecordIOFaces  # pylint: disable=g-import-not-at-top

@@ -3,7 +3,7 @@
 import ml_collections
 
 from pdsn_jax import workdir as workdir_lib
-from pdsn_jax.stages import detector, dictionary, evaluate, finetune, pdsn, trunk
+from pdsn_jax.stages import detector, dictionary, evaluate, face_finder, finetune, pdsn, trunk
 
 
 def run_lambda0(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -22,7 +22,8 @@ def run_lambda0(config: ml_collections.ConfigDict, workdir: str) -> dict:
 STAGES = {workdir_lib.TRUNK: trunk.run, workdir_lib.PDSN: pdsn.run,
           workdir_lib.DICTIONARY: dictionary.run, workdir_lib.BASELINE: finetune.run_baseline,
           workdir_lib.FINETUNE: finetune.run_finetune, workdir_lib.LAMBDA0: run_lambda0,
-          workdir_lib.DETECTOR: detector.run, workdir_lib.EVALUATE: evaluate.run}
+          workdir_lib.DETECTOR: detector.run, workdir_lib.FACE_FINDER: face_finder.run,
+          workdir_lib.EVALUATE: evaluate.run}
 
 
 def parse_stages(spec: str) -> list[str]:

