@@ -145,6 +145,29 @@ def detection_sheet(images: np.ndarray, pred: np.ndarray, path: str, true_masks=
   return save_with_header(np.concatenate(rows, 0), header, path)
 
 
+def finder_sheet(frames: dict, found: dict, path: str, per_kind: int = 3) -> str:
+  """Face finders side by side on the same photos: a column per photo (``per_kind`` of each
+  kind of ``frames``), a row per finder of ``found`` (name -> kind -> points or None per
+  photo); a found face's points in green, a photo without a face framed in red."""
+  rows = []
+  for name, by_kind in found.items():
+    cells = []
+    for kind, images in frames.items():
+      for img, pts in list(zip(images, by_kind[kind]))[:per_kind]:
+        cell = Image.fromarray(np.asarray(img))
+        d = ImageDraw.Draw(cell)
+        if pts is None:
+          d.rectangle([0, 0, cell.width - 1, cell.height - 1], outline=(255, 0, 0), width=3)
+        else:
+          for x, y in np.asarray(pts):
+            d.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(0, 255, 0))
+        cells.append(_pad(np.asarray(cell)))
+    rows.append(_label(np.concatenate(cells, 1), f"{name}: green points = face found, red = "
+                       f"none ({', '.join(frames)}; {per_kind} each)"))
+  Image.fromarray(np.concatenate(rows, 0)).save(path)
+  return path
+
+
 _CURVE_COLOURS = [(90, 90, 90), (230, 150, 40), (40, 110, 200), (40, 170, 90), (180, 60, 160),
                   (200, 40, 40), (120, 80, 30)]
 

@@ -82,6 +82,7 @@ def test_a_tiny_run_tunes_the_finder_and_the_commands_use_it(tmp_path):
   found = summary["heldout_found_percent"]
   assert set(found) == {"shipped", "tuned"} and "mask, grey low-res" in found["tuned"]
   assert all(0 <= v <= 100 for r in found.values() for v in r.values())
+  assert os.path.getsize(os.path.join(wd, "face_finder", "found.png")) > 0
   tuned = faces.for_run("blazeface", wd)._blaze[0].params
   shipped = faces.for_run("blazeface", wd, "shipped")._blaze[0].params
   assert set(tuned) == set(shipped)

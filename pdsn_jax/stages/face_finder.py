@@ -6,7 +6,8 @@ Trains on the run's training photos as read (the head around the face, their lan
 the *training* occluder files; every weight of the model trains, from the shipped ones. At
 the end it scores the shipped and the tuned weights on held-out photos framed and degraded the
 same way (the *select* occluder files where the run has them): faces found per kind, and the
-face-erased photos given a face. Writes ``<workdir>/face_finder/short_range.npz``, which the
+face-erased photos given a face (``found.png``: some of them, shipped and tuned, side by
+side). Writes ``<workdir>/face_finder/short_range.npz``, which the
 photo commands use (``--face_finder_weights``); ``benchmarks/blazeface_tuned.py`` judges it on
 the selection sets.
 """
@@ -19,7 +20,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from pdsn_jax import builders, loop, parallel, training
+from pdsn_jax import builders, loop, parallel, training, visualize
 from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.data import blazeface, face_tuning
 
@@ -77,13 +78,12 @@ def heldout_frames(config, heldout, n: int) -> dict:
   return out
 
 
-def found_rates(frames: dict, params: dict | None) -> dict:
-  """kind -> % of frames where the default finder (these short-range weights, then the full
-  range) finds a face."""
+def found_points(frames: dict, params: dict | None) -> dict:
+  """kind -> the points (None: no face) the default finder (these short-range weights, then
+  the full range) gives each frame."""
   from pdsn_jax.data import faces  # pylint: disable=g-import-not-at-top
   finder = faces.FaceFinder("blazeface", short_params=params)
-  return {k: 100 * float(np.mean([p is not None for p, _ in finder.points_batch(list(v))]))
-          for k, v in frames.items()}
+  return {k: [p for p, _ in finder.points_batch(list(v))] for k, v in frames.items()}
 
 
 def plan(ctx: loop.Context) -> loop.Plan:
@@ -104,7 +104,9 @@ def plan(ctx: loop.Context) -> loop.Plan:
   def evaluate(state, step, writer) -> dict:
     tuned = {k: np.asarray(v) for k, v in jax.device_get(state.params).items()}
     frames = heldout_frames(config, ctx.heldout, cfg.eval_images)
-    out = {"shipped": found_rates(frames, None), "tuned": found_rates(frames, tuned)}
+    points = {"shipped": found_points(frames, None), "tuned": found_points(frames, tuned)}
+    out = {w: {k: 100 * float(np.mean([p is not None for p in v])) for k, v in r.items()}
+           for w, r in points.items()}
     writer.write(step, {f"{w}/{k.replace(' ', '_')}": v for w, r in out.items()
                         for k, v in r.items()}, prefix="eval")
     for kind in frames:
@@ -112,6 +114,8 @@ def plan(ctx: loop.Context) -> loop.Plan:
                    kind, out["tuned"][kind], out["shipped"][kind])
     if jax.process_index() == 0 and step == ctx.steps:
       np.savez(workdir_lib.face_finder_weights(ctx.workdir), **tuned)
+      visualize.finder_sheet(frames, points, workdir_lib.stage_file(ctx.workdir, ctx.name,
+                                                                    "found.png"))
     return out
 
   return loop.Plan(
