@@ -45,7 +45,7 @@ Hygiene:
   U's resolution and F, and the Baseline gets the same loss, budget, faces and trainable set
   without masks; both are one network for every face (the paper's), and their "+ trunk F
   when clean" rows the variant that uses the trunk's F for faces with no occluded block;
-* the face finder (``face_finder`` stage, 8.5 min; the photo commands' BlazeFace) is tuned on
+* the face finder (``face_finder`` stage, 21 min; the photo commands' BlazeFace) is tuned on
   CelebA training photos with the training occluder files, and was adopted by the rule of
   ``benchmarks/blazeface_tuned.py`` (fixed before any tuned candidate was scored) on the
   held-out identities with the select files; LFW and AR only report it (docs/data.md).
