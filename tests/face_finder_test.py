@@ -95,3 +95,15 @@ def test_a_tiny_run_tunes_the_finder_and_the_commands_use_it(tmp_path):
   bad.pop(sorted(bad)[0])
   with pytest.raises(ValueError, match="do not match"):
     blazeface.BlazeFace("short", params=bad)
+
+
+def test_config_checks_and_runs_made_before_the_stage_still_load():
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import config_validation  # pylint: disable=g-import-not-at-top
+  c = tiny.get_config()
+  c.face_finder.lowres_prob = 1.5
+  with pytest.raises(ValueError, match="face_finder.lowres_prob"):
+    config_validation.validate(c)
+  old = tiny.get_config()
+  del old["face_finder"]  # a config.json written before the face_finder stage existed
+  config_validation.validate(old)
