@@ -8,10 +8,9 @@
 
 Weights: ``$PDSN_MODELS/mobilefacenet_casia/068.ckpt`` (default ../shared/models; research
 use only, never committed), read without PyTorch. Data: ``$PDSN_DATA`` (default
-../shared/data). Cost on a 2-core CPU (docs/results.md, per stage): 61.1 min on 2026-12-02
-with finetune.trainable="head", sharing the cores with other runs for part of it (stage I
-19.1 min, stage II 5.9, detector 11.0, evaluation 16.9); "top" costs about the same in
-stage III.
+../shared/data). Cost on a 2-core CPU (docs/results.md, per stage), measured alone on
+2026-12-03: 54.8 min for every stage but the face finder (stage I 15.5 min, stage II 5.1,
+detector 8.6, evaluation 20.9), and 21 min more for the face finder (about 76 min in all).
 
 Hygiene:
 * the occluder files are split three ways by source (``OCCLUDER_SPLITS``), so one source's
