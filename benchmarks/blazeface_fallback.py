@@ -48,6 +48,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.raw_photos import point_error  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def grey_lowres(image: np.ndarray) -> np.ndarray:
@@ -64,7 +65,7 @@ def build_sets(args):
   """The held-out faces (sets of (photos, points)), the occluders alone and the face-erased
   crops."""
   from configs import real_mobilefacenet  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.data import occlusion, placement  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data import face_tuning, occlusion, placement  # pylint: disable=g-import-not-at-top
   from pdsn_jax.data.folders import FolderFaces, load_rgb  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
@@ -91,7 +92,7 @@ def build_sets(args):
     sets[f"{name}, grey low-res"] = ([grey_lowres(im) for im in images], scaled)
 
   rng = np.random.default_rng(0)
-  nonfaces, erased = [], []
+  nonfaces = []
   for split in ("select", "train"):
     lib = occlusion.OccluderLibrary(args.occluders, False, split=split,
                                     splits=real_mobilefacenet.OCCLUDER_SPLITS)
@@ -101,35 +102,9 @@ def build_sets(args):
         for bg in (np.full((160, 160, 3), 0.5), rng.uniform(0, 1, (160, 160, 3))):
           a = rgba[..., 3:]
           nonfaces.append((255 * (rgba[..., :3] * a + bg * (1 - a))).astype(np.uint8))
-  for im, m in zip(clean, marks):
-    c, half = m.mean(0), 0.8 * (m.max(0) - m.min(0)).max() + 4
-    x0, y0 = np.maximum((c - half).astype(int), 0)
-    x1, y1 = (c + half).astype(int)
-    out = im.copy()
-    out[y0:y1, x0:x1] = im.reshape(-1, 3).mean(0).astype(np.uint8)
-    erased.append(out)
+  erased = [face_tuning.erase_face(im, m) for im, m in zip(clean, marks)]
 
   return sets, nonfaces, erased, paths
-
-
-def point_error(found, pts) -> list[float]:
-  """Per found face: mean distance (px of the 112x96 frame) of its 4 BlazeFace points to the
-  landmarks' (eyes, nose, mouth centre moved by the template's fixed offset), as
-  ``raw_photos.py`` measures it."""
-  from pdsn_jax.data import alignment  # pylint: disable=g-import-not-at-top
-  tmpl5 = alignment.template_for((112, 96))
-  offset = alignment.template_for((112, 96), num_points=4) - np.concatenate(
-      [tmpl5[:3], tmpl5[3:].mean(0, keepdims=True)])
-  errs = []
-  for (q, _), p in zip(found, pts):
-    if q is None:
-      continue
-    m = alignment.similarity_transform(p, tmpl5)
-    to = lambda a: np.asarray(a).reshape(-1, 2) @ m[:, :2].T + m[:, 2]  # noqa: E731
-    truth = to(p)
-    truth = np.concatenate([truth[:3], truth[3:].mean(0, keepdims=True)]) + offset
-    errs.append(np.linalg.norm(to(q) - truth, axis=1).mean())
-  return errs
 
 
 def score(finder, sets, nonfaces, erased) -> dict:
@@ -139,7 +114,7 @@ def score(finder, sets, nonfaces, erased) -> dict:
     found = finder.points_batch(images)
     out[f"{name} found %"] = 100 * np.mean([q is not None for q, _ in found])
     if not name.startswith("clean"):
-      errs += point_error(found, pts)
+      errs += point_error([q for q, _ in found], pts)
   out["occluded point error (px)"] = float(np.mean(errs))
   for key, x in (("occluders alone", nonfaces), ("face-erased crops", erased)):
     out[f"{key} given a face %"] = 100 * np.mean([q is not None for q, _ in

@@ -16,6 +16,7 @@ import functools
 import logging
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -96,8 +97,8 @@ def plan(ctx: loop.Context) -> loop.Plan:
 
   def init() -> training.TrainState:
     k = training.init_key(config, "face_finder")
-    params = jax.tree.map(jax.numpy.asarray, stock)
-    return training.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
+    params = jax.tree.map(jnp.asarray, stock)
+    return training.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                batch_stats={}, opt_state=tx.init(params),
                                rng=jax.random.key_data(k), frozen=params)
 
