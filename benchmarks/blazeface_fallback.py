@@ -61,9 +61,10 @@ def grey_lowres(image: np.ndarray) -> np.ndarray:
   return np.repeat(np.pad(big, ((ph, ph), (pw, pw)), mode="edge")[..., None], 3, -1)
 
 
-def build_sets(args):
-  """The held-out faces (sets of (photos, points)), the occluders alone and the face-erased
-  crops."""
+def build_sets(args, categories=("mask", "sunglasses")):
+  """The held-out faces (sets of (photos, points)), clean and with each of ``categories``
+  (``placement.occlude_photo``'s conditions) drawn from the select files, the occluders alone
+  and the face-erased crops."""
   from configs import real_mobilefacenet  # pylint: disable=g-import-not-at-top
   from pdsn_jax.data import face_tuning, occlusion, placement  # pylint: disable=g-import-not-at-top
   from pdsn_jax.data.folders import FolderFaces, load_rgb  # pylint: disable=g-import-not-at-top
@@ -78,7 +79,7 @@ def build_sets(args):
   select = occlusion.OccluderLibrary(args.occluders, False, split="select",
                                      splits=real_mobilefacenet.OCCLUDER_SPLITS)
   sets = {"clean": (clean, marks)}
-  for k, cat in enumerate(("mask", "sunglasses")):
+  for k, cat in enumerate(categories):
     sets[f"select {cat}"] = ([placement.occlude_photo(im, m, np.random.default_rng([k, i]),
                                                       select, cat)
                               for i, (im, m) in enumerate(zip(clean, marks))], marks)

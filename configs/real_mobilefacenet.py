@@ -35,7 +35,9 @@ Hygiene:
   Candidates (2 epochs unless said): no augmentation; the first seven parts (before cloth and
   highlights existed); all nine parts; all nine at 5 epochs; appearance only (grey, lowres,
   blur, light, border); geometry only (scarf, eyeglasses, cloth, highlights); added after the
-  5-epoch run, before its own run: all nine at 10 epochs;
+  5-epoch run, before its own run: all nine at 10 epochs. Version 2 of the rule (2026-12-03,
+  ``benchmarks/detector_select.py``, written before its candidates ran) adds the select masks
+  stretched like scarves, plain and grey low-res, to the mean;
 * stage I: lambda by the paper's same-scale rule (CE / L1 of the starting generators on
   training faces), trained until its dictionary stops moving on fixed training pairs or the
   budget ends; stage II: item j's pairs occluded on block j only (the paper's), 4,096 per

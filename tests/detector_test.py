@@ -1,6 +1,7 @@
 """Occlusion detector: shapes and range, overfitting a tiny batch, block assignment, resume."""
 
 import functools
+import importlib.util
 import os
 
 import chex
@@ -8,10 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from configs import tiny
 from pdsn_jax import builders, checkpointing, inference, parallel, training
-from pdsn_jax.data import occlusion
+from pdsn_jax.data import occlusion, placement
 from pdsn_jax.evaluation.segmentation import segmentation_metrics
 from pdsn_jax.data.synthetic import SyntheticFaces
 from pdsn_jax.stages import detector
@@ -104,6 +106,44 @@ def test_eyeglasses_are_drawn_but_not_labelled():
   outs = [t({"image": face}, np.random.default_rng(s)) for s in range(12)]
   drawn = [o for o in outs if not np.array_equal(o["image"], face)]
   assert drawn and all(not o["mask"].any() for o in outs)
+
+
+def test_knitted_scarves_are_labelled_and_unknown_parts_named():
+  face = _batch(1)["image"][0]
+  lib = occlusion.OccluderLibrary("", True)
+  knit = placement.knitted(np.random.default_rng(0))
+  chex.assert_shape(knit, (48, 96, 4))
+  assert knit[-1, :, 3].all() and not knit[0, :, 3].all()  # opaque below a ragged top edge
+  # the knitted half of the drawn cloth is drawn only when asked: older runs' streams stay
+  same = [np.array_equal(placement.cloth(np.random.default_rng(s)),
+                         placement.cloth(np.random.default_rng(s), knit=False)) for s in range(4)]
+  differs = [not np.array_equal(placement.cloth(np.random.default_rng(s)),
+                                placement.cloth(np.random.default_rng(s), knit=True))
+             for s in range(8)]
+  assert all(same) and any(differs)
+  image, mask = placement.scarf(face, np.random.default_rng(1), lib, True, knit=True)
+  assert mask[-10:].mean() > 0.9 and not mask[:30].any()  # nose to chin, not the eyes
+  assert not np.array_equal(image, face)
+  with pytest.raises(ValueError, match=r"detector.augment: unknown part\(s\) \['wool'\]"):
+    detector.DetectorOcclusion(lib, 0.0, ("scarf", "wool"))
+
+
+def test_select_rule_keeps_clean_area_and_prefers_the_cheaper_on_a_tie():
+  spec = importlib.util.spec_from_file_location(
+      "detector_select", os.path.join(os.path.dirname(__file__), "..", "benchmarks",
+                                      "detector_select.py"))
+  rule = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(rule)
+
+  def row(acc, area, epochs):
+    return ({**{k: {"block_accuracy": acc} for k in rule.SELECT},
+             **{k: {"predicted_area": area} for k in rule.CLEAN}}, epochs)
+
+  scores, chosen = rule.verdicts({"a": row(0.95, 0.01, 10), "b": row(0.954, 0.01, 5),
+                                  "c": row(0.99, 0.03, 5)})
+  assert scores["c"].startswith("out") and chosen == "b"  # a tie within 0.5: fewer epochs
+  assert rule.verdicts({"a": row(0.95, 0.01, 10), "b": row(0.96, 0.01, 10)})[1] == "b"
+  assert rule.verdicts({"c": row(0.99, 0.03, 5)})[1] is None
 
 
 def test_detector_stage_resumes_after_sigkill(tmp_path):

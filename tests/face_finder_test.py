@@ -50,6 +50,17 @@ def test_kind_shares_are_checked_and_undrawable_kinds_dropped():
   np.testing.assert_allclose(t.kind_probs.sum(), 1.0)
 
 
+def test_scarves_drawn_as_cloth_only_when_asked():
+  files = _sample("scarf", 3, grey_prob=0.0, lowres_prob=0.0)
+  np.testing.assert_array_equal(  # cloth_prob=0 draws nothing more: old runs' streams stay
+      files["image"], _sample("scarf", 3, grey_prob=0.0, lowres_prob=0.0, cloth_prob=0.0)["image"])
+  cloth = _sample("scarf", 3, grey_prob=0.0, lowres_prob=0.0, cloth_prob=1.0)
+  np.testing.assert_array_equal(cloth["teacher"], files["teacher"])
+  assert not np.allclose(cloth["image"], files["image"])
+  with pytest.raises(ValueError, match="cloth_prob"):
+    _sample("scarf", cloth_prob=1.5)
+
+
 def test_distillation_loss():
   rng = np.random.default_rng(0)
   t_reg = jnp.asarray(rng.normal(size=(3, 10, 16)), jnp.float32)

@@ -47,10 +47,15 @@ class TuningSample:
   ``kind_probs``: the share of each of KINDS; the face spans ``face_px`` pixels of the frame
   (2.2 eye distances, drawn uniformly) off-centre by up to 0.3 of that; ``grey_prob`` grey;
   ``lowres_prob``: the face brought down to ``lowres_px`` pixels wide and back up (AR's
-  photos are 30 px wide); contrast and brightness always vary."""
+  photos are 30 px wide); contrast and brightness always vary; ``cloth_prob``: the share of
+  scarves that are drawn cloth, half of it knitted (``placement.cloth``), not a mask file."""
 
   def __init__(self, library: occlusion.OccluderLibrary, kind_probs=(0.2, 0.25, 0.2, 0.2, 0.15),
-               face_px=(24.0, 80.0), grey_prob=0.5, lowres_prob=0.5, lowres_px=(16.0, 48.0)):
+               face_px=(24.0, 80.0), grey_prob=0.5, lowres_prob=0.5, lowres_px=(16.0, 48.0),
+               cloth_prob=0.0):
+    if not 0.0 <= cloth_prob <= 1.0:
+      raise ValueError(f"face_finder.cloth_prob={cloth_prob}: a share in [0, 1]")
+    self.cloth_prob = cloth_prob
     if len(kind_probs) != len(KINDS) or abs(sum(kind_probs) - 1) > 1e-6:
       raise ValueError(f"face_finder.kind_probs={tuple(kind_probs)}: one share per kind "
                        f"{KINDS}, summing to 1")
@@ -70,7 +75,8 @@ class TuningSample:
     c = points.mean(0) + rng.uniform(-0.3, 0.3, 2) * face / s
     frame = np.array([[s, 0.0, SIDE / 2 - s * c[0]], [0.0, s, SIDE / 2 - s * c[1]]])
     if kind in ("mask", "sunglasses", "scarf"):
-      occluded = placement.occlude_photo(photo, points, rng, self.library, kind)
+      occluded = placement.occlude_photo(photo, points, rng, self.library, kind,
+                                         self.cloth_prob)
     elif kind == "erased":
       occluded = erase_face(photo, points)
     else:

@@ -9,6 +9,7 @@ its seed.
 """
 
 import numpy as np
+from PIL import Image, ImageFilter
 
 from pdsn_jax.data import occlusion
 from pdsn_jax.data.alignment import similarity_transform, template_for, warp_affine
@@ -128,8 +129,11 @@ class RandomOcclusion:
     return rec
 
 
-def cloth(rng: np.random.Generator, size=(48, 96)) -> np.ndarray:
-  """A drawn RGBA piece of woven (checked) or striped cloth with a wavy top edge."""
+def cloth(rng: np.random.Generator, size=(48, 96), knit: bool = False) -> np.ndarray:
+  """A drawn RGBA piece of woven (checked) or striped cloth with a wavy top edge; ``knit``:
+  half of them knitted wool instead (``knitted``)."""
+  if knit and rng.uniform() < 0.5:  # drawn only when asked: older runs' draws stay the same
+    return knitted(rng, size)
   h, w = size
   yy, xx = np.mgrid[0:h, 0:w]
   base = rng.uniform(10, 200, 3) * rng.uniform(0.3, 1.0)
@@ -149,15 +153,41 @@ def cloth(rng: np.random.Generator, size=(48, 96)) -> np.ndarray:
   return rgba
 
 
+def knitted(rng: np.random.Generator, size=(48, 96)) -> np.ndarray:
+  """A drawn RGBA piece of knitted wool: mostly dark or muted yarn, vertical ribs of
+  V-shaped stitches, fuzz, a soft shading fold and a ragged top edge. A thick winter scarf
+  over the mouth is dark and low in contrast, unlike a printed mask or a woven cloth."""
+  h, w = size
+  yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+  dark = rng.uniform() < 0.6
+  base = (rng.uniform(15, 70) if dark else rng.uniform(60, 200)) * rng.uniform(0.7, 1.0, 3)
+  pitch = rng.uniform(2.5, 6.0)  # stitch width in px
+  col = xx / pitch
+  stitch = np.abs(((yy / pitch + np.abs((col % 1) - 0.5)) % 1) - 0.5) * 2  # chevrons
+  rib = 0.5 + 0.5 * np.cos(2 * np.pi * col)  # the ribs' shading between columns
+  fuzz = np.asarray(Image.fromarray(rng.uniform(0, 255, (h, w)).astype(np.uint8)).filter(
+      ImageFilter.GaussianBlur(rng.uniform(0.5, 1.5))), np.float32) / 255 - 0.5
+  fold = 1 + rng.uniform(0.1, 0.35) * np.sin(xx / w * np.pi * rng.uniform(1, 3)
+                                              + rng.uniform(0, 6)) * np.cos(yy / h * np.pi)
+  shade = (0.75 + 0.25 * stitch * rib + 0.3 * fuzz) * fold
+  rgba = np.zeros((h, w, 4), np.uint8)
+  rgba[..., :3] = np.clip(base[None, None] * shade[..., None]
+                          + rng.normal(0, 4, (h, w, 3)), 0, 255)
+  top = 0.1 * h * (1 + np.sin(xx[0] / w * np.pi * rng.uniform(1, 4) + rng.uniform(0, 6))) \
+      * rng.uniform(0.2, 1.0) + rng.uniform(0, 2, w)
+  rgba[..., 3] = np.where(yy >= top[None, :], 255, 0)
+  return rgba
+
+
 def scarf(image: np.ndarray, rng: np.random.Generator, library: occlusion.OccluderLibrary,
-          drawn_cloth: bool = False):
-  """A mask occluder (``drawn_cloth``: a drawn ``cloth``) stretched like a scarf: from about
-  the nose down past the chin, about the face's width or wider (what scarves over the mouth
-  look like). (image, HxW bool mask)."""
+          drawn_cloth: bool = False, knit: bool = False):
+  """A mask occluder (``drawn_cloth``: a drawn ``cloth``, ``knit`` as ``cloth`` takes it)
+  stretched like a scarf: from about the nose down past the chin, about the face's width or
+  wider (what scarves over the mouth look like). (image, HxW bool mask)."""
   h, w = image.shape[:2]
   pts = template_for((h, w), library.face_template)
   ed = float(np.linalg.norm(pts[1] - pts[0]))
-  occ = cloth(rng) if drawn_cloth else library.sample(rng, "mask")[1]
+  occ = cloth(rng, knit=knit) if drawn_cloth else library.sample(rng, "mask")[1]
   top = pts[2, 1] - rng.uniform(-0.1, 0.4) * ed
   bottom = h + rng.uniform(0.0, 0.5) * ed
   width = w * rng.uniform(0.85, 1.3)
@@ -188,16 +218,21 @@ def eyeglasses(image: np.ndarray, rng: np.random.Generator, face_template: str =
 
 
 def occlude_photo(photo: np.ndarray, points: np.ndarray, rng: np.random.Generator,
-                  library: occlusion.OccluderLibrary, condition: str) -> np.ndarray:
+                  library: occlusion.OccluderLibrary, condition: str,
+                  cloth_prob: float = 0.0) -> np.ndarray:
   """A raw photo with ``condition`` pasted on its face, in place: the face is aligned by its 5
   ``points`` (the landmarks-TSV order), occluded in the 112x96 frame as ``occlude`` does, and
   the occluder warped back into the photo (to test face finders on occluded photos).
-  ``condition`` may also be "scarf" (``scarf``)."""
+  ``condition`` may also be "scarf" (``scarf``; with ``cloth_prob`` a drawn cloth, half of it
+  knitted, instead of a mask file)."""
   m = similarity_transform(np.asarray(points, np.float64).reshape(5, 2),
                            template_for((112, 96), library.face_template))
   face = warp_affine(photo, m, (112, 96))
-  occ, mask = (scarf(face, rng, library) if condition == "scarf" else
-               occlude(face, rng, library, condition))
+  if condition == "scarf":
+    drawn = cloth_prob > 0 and rng.uniform() < cloth_prob  # no draw at 0: old streams kept
+    occ, mask = scarf(face, rng, library, drawn, knit=True)
+  else:
+    occ, mask = occlude(face, rng, library, condition)
   inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
   back = warp_affine(occ, inv, photo.shape[:2])
   alpha = warp_affine(np.repeat(mask[..., None].astype(np.uint8) * 255, 3, -1), inv,

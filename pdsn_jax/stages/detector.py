@@ -32,20 +32,21 @@ STAGE = workdir_lib.DETECTOR
 
 
 AUGMENTS = ("scarf", "eyeglasses", "cloth", "highlights", "grey", "lowres", "blur", "light",
-            "border")
+            "border", "knit")
 
 
 class DetectorOcclusion:
   """grain transform: pastes 0-2 occluders (natural or random placement). ``augment`` adds:
   "scarf", masks stretched like a scarf from the nose to below the chin ("cloth": half of them
-  a drawn woven or striped cloth instead); "eyeglasses", clear eyeglass frames on some faces,
+  a drawn woven or striped cloth instead; "knit": half of those knitted wool,
+  ``placement.knitted``); "eyeglasses", clear eyeglass frames on some faces,
   left *unlabelled* (they hide nothing the recognizer needs); "highlights", bright specular
   spots on some occluders (labelled occluded: glossy lenses reflect the light). Adds ``mask``
   (uint8)."""
 
   def __init__(self, library: occlusion.OccluderLibrary, clean_prob: float = 0.15,
                augment=()):
-    self.library, self.clean_prob, self.augment = library, clean_prob, tuple(augment)
+    self.library, self.clean_prob, self.augment = library, clean_prob, _checked(augment)
     # the natural placements of the categories the library has (a real-data config trains
     # the detector on its training categories only)
     have = set(library.available())
@@ -64,7 +65,7 @@ class DetectorOcclusion:
           cond = self.conditions[rng.integers(len(self.conditions))]
           if cond == "scarf":
             cloth = "cloth" in self.augment and rng.uniform() < 0.5
-            image, m = placement.scarf(image, rng, self.library, cloth)
+            image, m = placement.scarf(image, rng, self.library, cloth, "knit" in self.augment)
           else:
             image, m = placement.occlude(image, rng, self.library, cond)
         else:
@@ -74,6 +75,13 @@ class DetectorOcclusion:
         mask |= m
     rec["image"], rec["mask"] = image, mask.astype(np.uint8)
     return rec
+
+
+def _checked(augment) -> tuple:
+  bad = [a for a in augment if a not in AUGMENTS]
+  if bad:
+    raise ValueError(f"detector.augment: unknown part(s) {bad}; allowed {AUGMENTS}")
+  return tuple(augment)
 
 
 def _highlights(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -100,7 +108,7 @@ class Appearance:
   pixels repeated, as an aligned tight crop has)."""
 
   def __init__(self, augment=()):
-    self.augment = tuple(augment)
+    self.augment = _checked(augment)
 
   def __call__(self, rec: dict, rng: np.random.Generator) -> dict:
     rec["image"] = appearance(rec["image"], rng, self.augment)
@@ -198,6 +206,16 @@ def heldout_sets(config) -> dict:
     out[name] = (np.stack([r["image"] for r in recs]), np.stack([r["mask"] for r in recs]) > 0)
     out[f"{name}, grey low-res"] = (np.stack([_hard(r["image"], config.eval.seed, 60 + k, i)
                                               for i, r in enumerate(recs)]), out[name][1])
+  lib = libs.get("select occluder files")
+  if lib is not None and "mask" in lib.available():
+    # the select masks stretched like a scarf (nose to below the chin): the first rule's two
+    # select sets had no scarf, and scarves are where AR's real photos were missed
+    drawn = [placement.scarf(f, np.random.default_rng([config.eval.seed, 52, i]), lib)
+             for i, f in enumerate(faces)]
+    name = "select occluder files as scarves"
+    out[name] = (np.stack([d[0] for d in drawn]), np.stack([d[1] for d in drawn]))
+    out[f"{name}, grey low-res"] = (np.stack([_hard(d[0], config.eval.seed, 62, i)
+                                              for i, d in enumerate(drawn)]), out[name][1])
   return out
 
 

@@ -126,7 +126,7 @@ def plan(ctx: loop.Context) -> loop.Plan:
       stream="face_finder",
       transforms=(face_tuning.TuningSample(builders.training_occluders(config), cfg.kind_probs,
                                            cfg.face_px, cfg.grey_prob, cfg.lowres_prob,
-                                           cfg.lowres_px),),
+                                           cfg.lowres_px, cfg.get("cloth_prob", 0.0)),),
       evaluate=evaluate,
       summary=lambda results: {"heldout_found_percent": results["final"],
                                "weights": workdir_lib.face_finder_weights(ctx.workdir)},
