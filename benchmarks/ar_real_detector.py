@@ -10,6 +10,11 @@ the share with any block flagged on the clean photos; then the run's own held-ou
 (``detector/summary.json``): block accuracy with the select occluder files (plain and grey
 low-res) and the predicted area on clean held-out faces. AR is evaluation only: never choose a
 setting by its columns.
+
+``--per_block``: then, per run and occluded kind, where the block assignments go wrong: for
+each of the 9 blocks (row by row) the share of photos whose true mask flags it, whose
+predicted mask flags it, flagged only by the truth (missed) and only by the prediction (false
+alarm); and the pixel recall and precision of the predicted masks.
 """
 
 import argparse
@@ -25,13 +30,15 @@ def main():
   ap.add_argument("runs", nargs="+")
   ap.add_argument("--ar_real", default="../shared/data/ar_real")
   ap.add_argument("--alignment", default="landmarks")
+  ap.add_argument("--per_block", action="store_true")
   a = ap.parse_args()
+  import numpy as np  # pylint: disable=g-import-not-at-top
   if not os.path.isfile(os.path.join(a.ar_real, "labels.tsv")):
     sys.exit(f"no AR real-occlusion folder at {a.ar_real} (labels.tsv)")
   from pdsn_jax import inference, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from pdsn_jax.data import ar_real  # pylint: disable=g-import-not-at-top
   from pdsn_jax.evaluation import real_ar  # pylint: disable=g-import-not-at-top
-  ar = None
+  ar, details = None, []
   head = ["run", "sunglasses block acc", "sunglasses mean IU", "scarf block acc",
           "scarf mean IU", "clean area", "clean any block", "held-out select block acc",
           "held-out select grey low-res block acc", "held-out clean area",
@@ -46,9 +53,16 @@ def main():
     if ar is None:
       ar = ar_real.load(a.ar_real, config.data.image_size, config.data.alignment, a.alignment)
     o = config.occlusion
-    _, s, _ = real_ar.ar_real_flags(ar, o.min_overlap, o.overlap,
-                                      inference.occlusion_predictor(config, variables),
-                                      config.data.alignment)
+    flags, s, pred = real_ar.ar_real_flags(ar, o.min_overlap, o.overlap,
+                                           inference.occlusion_predictor(config, variables),
+                                           config.data.alignment)
+    for kind in ("sunglasses", "scarf"):
+      k = ar.kinds == kind
+      d, g, m = flags["detector"][k], flags["ground_truth"][k], ar.masks[k]
+      hit = (pred[k] & m).sum()
+      details.append((os.path.basename(os.path.normpath(run)), kind, g.mean(0), d.mean(0),
+                      (g & ~d).mean(0), (d & ~g).mean(0), hit / max(m.sum(), 1),
+                      hit / max(pred[k].sum(), 1)))
     with open(os.path.join(workdir_lib.stage_dir(run, workdir_lib.DETECTOR), "summary.json"),
               encoding="utf-8") as f:
       held = json.load(f).get("heldout", {})
@@ -60,6 +74,13 @@ def main():
              g("clean faces", "predicted_area"), g("clean faces, grey low-res", "predicted_area")]
     print(f"| {os.path.basename(os.path.normpath(run))} | " +
           " | ".join(f"{100 * c:.2f}" for c in cells) + " |", flush=True)
+  if a.per_block:
+    print("\n| run | photos | per block (%, 9 blocks row by row) | pixel recall | pixel "
+          "precision |\n|---|---|---|---|---|")
+    for run, kind, *rates, rec, prec in details:
+      for name, r in zip(("truth flags", "prediction flags", "missed", "false alarm"), rates):
+        print(f"| {run} | {kind}: {name} | " + " ".join(f"{100 * v:.0f}" for v in np.asarray(r))
+              + f" | {100 * rec:.1f} | {100 * prec:.1f} |")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import re
 import time
 
 import jax
@@ -35,8 +36,8 @@ class MetricWriter:
     if not self.active:
       return
     clean = {k: float(np.asarray(v)) for k, v in scalars.items()}
-    for k, v in clean.items():
-      self._tb.add_scalar(f"{prefix}/{k}", v, step)
+    for k, v in clean.items():  # TensorBoard's tag characters (it would warn per tag)
+      self._tb.add_scalar(re.sub(r"[^\w./-]", "_", f"{prefix}/{k}"), v, step)
     self._jsonl.write(json.dumps({"step": step, "split": prefix, **clean}) + "\n")
     self._jsonl.flush()
 
