@@ -10,6 +10,10 @@ occluders pasted in training, the dictionary's pairs); the evaluation sets keep
 ROOT/seed_<seed> and resumes like any run (finished stages are skipped). Cost: one run per seed
 (``configs/real_mobilefacenet.py``: about 25 min each on 2 cores).
 
+``--paired="A:B"`` (default "PDSN + fine-tune:Baseline") also prints, for every paired
+comparison of model A against B that the runs' results.json holds (``paired``) and ``--match``
+selects, each seed's difference and 95% interval and how many seeds beat (interval above 0).
+
 Headline numbers (``--match``, a regex on "model | protocol/column"): verification clean and
 occluded mean, AR-style P2, the real AR photos with the detector's location, and LFW rank-1 at
 every distractor, detector-located.
@@ -76,6 +80,25 @@ def table(results: dict, match: str) -> str:
   return "\n".join([head, "|" + "---|" * (3 + len(seeds))] + rows)
 
 
+def paired_table(results: dict, pair: str, match: str) -> str:
+  """Markdown: per comparison, each seed's A - B [interval] (points) and the verdict."""
+  a, b = pair.split(":")
+  seeds = sorted(results)
+  per = [results[s].get("paired", {}).get(a, {}).get(b, {}) for s in seeds]
+  rows = []
+  for key in per[0]:
+    if not re.search(match, key) or not all(key in p for p in per):
+      continue
+    cells = [f"{100 * p[key]['diff']:+.1f} [{100 * p[key]['lo']:+.1f}, {100 * p[key]['hi']:+.1f}]"
+             for p in per]
+    wins = sum(p[key]["lo"] > 0 for p in per)
+    losses = sum(p[key]["hi"] < 0 for p in per)
+    rows.append(f"| {key} | " + " | ".join(cells) + f" | beats in {wins} of {len(seeds)}"
+                + (f", below in {losses}" if losses else "") + " |")
+  head = f"| {a} minus {b} | " + " | ".join(f"seed {s}" for s in seeds) + " | verdict |"
+  return "\n".join([head, "|" + "---|" * (2 + len(seeds))] + rows)
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--config", default="configs/real_mobilefacenet.py")
@@ -83,6 +106,8 @@ def main():
   ap.add_argument("--root", default="runs/seeds")
   ap.add_argument("--match", default=MATCH)
   ap.add_argument("--report_only", action="store_true", help="only read finished runs")
+  ap.add_argument("--paired", default="PDSN + fine-tune:Baseline",
+                  help="A:B, two models of the runs' paired comparisons ('' for none)")
   args, extra = ap.parse_known_args()
   extra = [a for a in extra if a != "--"]
   results = {}
@@ -97,6 +122,8 @@ def main():
     with open(path, encoding="utf-8") as f:
       results[seed] = json.load(f)
   text = table(results, args.match)
+  if args.paired:
+    text += "\n\n" + paired_table(results, args.paired, args.match)
   print(text)
   out = os.path.join(args.root, "seeds.md")
   with open(out, "w", encoding="utf-8") as f:
