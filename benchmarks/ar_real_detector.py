@@ -22,6 +22,8 @@ import json
 import os
 import sys
 
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -32,7 +34,6 @@ def main():
   ap.add_argument("--alignment", default="landmarks")
   ap.add_argument("--per_block", action="store_true")
   a = ap.parse_args()
-  import numpy as np  # pylint: disable=g-import-not-at-top
   if not os.path.isfile(os.path.join(a.ar_real, "labels.tsv")):
     sys.exit(f"no AR real-occlusion folder at {a.ar_real} (labels.tsv)")
   from pdsn_jax import inference, workdir as workdir_lib  # pylint: disable=g-import-not-at-top

@@ -59,7 +59,7 @@ def main():
   a = ap.parse_args()
   from pdsn_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from pdsn_jax.stages import detector  # pylint: disable=g-import-not-at-top
-  rows, cache = {}, {}
+  rows, cache, augment = {}, {}, {}
   for run in a.runs:
     config = workdir_lib.load_config(run)
     variables = workdir_lib.load(run, workdir_lib.DETECTOR)
@@ -77,15 +77,15 @@ def main():
                "occlusion.occluder_dir and the select split")
     rows[run] = (detector.evaluate(config, variables, sets=cache[key]),
                  float(config.detector.num_epochs))
+    augment[run] = ",".join(config.detector.augment)
   scores, chosen = verdicts(rows)
   head = ["run", "epochs", "augment"] + [f"{k}: block acc" for k in SELECT] + [
       f"{k}: area" for k in CLEAN] + ["rule score"]
   print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
   for run, (res, epochs) in rows.items():
-    aug = ",".join(workdir_lib.load_config(run).detector.augment)
     cells = [f"{100 * res[k]['block_accuracy']:.2f}" for k in SELECT]
     cells += [f"{100 * res[k]['predicted_area']:.2f}" for k in CLEAN]
-    print(f"| {os.path.basename(os.path.normpath(run))} | {epochs:g} | {aug} | "
+    print(f"| {os.path.basename(os.path.normpath(run))} | {epochs:g} | {augment[run]} | "
           + " | ".join(cells) + f" | {scores[run]} |")
   print(f"\nchosen by the rule: {chosen}" if chosen else "\nno candidate passes the rule")
 
