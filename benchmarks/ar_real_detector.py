@@ -2,14 +2,15 @@
 against the ground-truth masks of ``pdsn_jax/data/ar_real.py``, beside its held-out CelebA
 scores (where its settings are chosen). Prints a markdown table.
 
-  python benchmarks/ar_real_detector.py RUN [RUN ...] [--ar_real=../shared/data/ar_real]
+  python benchmarks/ar_real_detector.py RUN[@THRESHOLD] [...] [--ar_real=../shared/data/ar_real]
 
 Columns: block-assignment accuracy (the 9 generator blocks flagged from the predicted vs the
 true mask) and mean IU on the sunglasses and the scarf photos; the predicted occluded area and
 the share with any block flagged on the clean photos; then the run's own held-out scores
 (``detector/summary.json``): block accuracy with the select occluder files (plain and grey
-low-res) and the predicted area on clean held-out faces. AR is evaluation only: never choose a
-setting by its columns.
+low-res) and the predicted area on clean held-out faces (those at the threshold the detector
+was trained under). ``RUN@T``: the detector at pixel threshold T. AR is evaluation only: never
+choose a setting by its columns.
 
 ``--per_block``: then, per run and occluded kind, where the block assignments go wrong: for
 each of the 9 blocks (row by row) the share of photos whose true mask flags it, whose
@@ -25,6 +26,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.detector_select import candidate  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def main():
@@ -45,11 +47,12 @@ def main():
           "held-out select grey low-res block acc", "held-out clean area",
           "held-out clean grey low-res area"]
   print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
-  for run in a.runs:
-    config = workdir_lib.load_config(run)
+  for spec in a.runs:
+    run, config = candidate(spec)
+    name = f"{os.path.basename(os.path.normpath(run))}@{config.detector.threshold:g}"
     variables = workdir_lib.load(run, workdir_lib.DETECTOR)
     if variables is None:
-      print(f"| {run} | no detector stage |")
+      print(f"| {spec} | no detector stage |")
       continue
     if ar is None:
       ar = ar_real.load(a.ar_real, config.data.image_size, config.data.alignment, a.alignment)
@@ -61,7 +64,7 @@ def main():
       k = ar.kinds == kind
       d, g, m = flags["detector"][k], flags["ground_truth"][k], ar.masks[k]
       hit = (pred[k] & m).sum()
-      details.append((os.path.basename(os.path.normpath(run)), kind, g.mean(0), d.mean(0),
+      details.append((name, kind, g.mean(0), d.mean(0),
                       (g & ~d).mean(0), (d & ~g).mean(0), hit / max(m.sum(), 1),
                       hit / max(pred[k].sum(), 1)))
     with open(os.path.join(workdir_lib.stage_dir(run, workdir_lib.DETECTOR), "summary.json"),
@@ -73,8 +76,7 @@ def main():
              s["clean"]["any_block_flagged"], g("select occluder files", "block_accuracy"),
              g("select occluder files, grey low-res", "block_accuracy"),
              g("clean faces", "predicted_area"), g("clean faces, grey low-res", "predicted_area")]
-    print(f"| {os.path.basename(os.path.normpath(run))} | " +
-          " | ".join(f"{100 * c:.2f}" for c in cells) + " |", flush=True)
+    print(f"| {name} | " + " | ".join(f"{100 * c:.2f}" for c in cells) + " |", flush=True)
   if a.per_block:
     print("\n| run | photos | per block (%, 9 blocks row by row) | pixel recall | pixel "
           "precision |\n|---|---|---|---|---|")

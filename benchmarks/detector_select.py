@@ -3,7 +3,7 @@ on the *current* held-out sets (``stages/detector.heldout_sets``: CelebA held-ou
 clean, with the training files and with the *select* files, the select masks also stretched
 like scarves, each plain and as grey low-resolution photos), and the selection rule applied.
 
-  python benchmarks/detector_select.py RUN [RUN ...]
+  python benchmarks/detector_select.py RUN[@THRESHOLD] [RUN[@THRESHOLD] ...]
 
 A candidate is ``python -m pdsn_jax.main --config=configs/real_mobilefacenet.py
 --config.stages=detector --workdir=RUN [--config.detector.augment=...]
@@ -18,6 +18,25 @@ low-res copy, "select occluder files as scarves", its grey low-res copy) wins; a
 0.5 points goes to the cheaper (fewer epochs), then to the one already in the config.
 Candidates: the config's detector as committed (all nine augmentation parts, 10 epochs) and
 the same with "knit" added (knitted scarves, ``placement.knitted``), 10 epochs.
+
+Selection rule, version 3 (2026-12-03, written and committed before any candidate it judges
+was scored). Version 2's candidates tied, and its sets cannot see the real scarves' gap: both
+detectors find 99.4-99.8% of the select scarves' blocks. What AR's per-block report showed is
+a timid detector on real scarves (pixel recall 64%, precision 95%), which points at the pixel
+threshold rather than at the training; the threshold's value is chosen here, on training-side
+data only, and AR only reports the chosen one.
+- Candidates: version 2's two detectors, each at pixel thresholds (``detector.threshold``: the
+  probability above which a pixel counts as occluded; read at inference only, so nothing is
+  retrained) 0.5, 0.4, 0.3 and 0.2, written ``RUN@T``.
+- Sets: version 2's four select sets, plus drawn knitted-wool scarves on the held-out faces,
+  plain and grey low-res ("knitted scarves": ``placement.knitted`` from seeds no training draw
+  uses; no file). Six. The knit-trained detector has seen that drawing; the committed one has
+  not.
+- Out: a predicted occluded area above 1% on either clean held-out set (half the 2% target,
+  a margin for photos unlike CelebA's).
+- Among the rest, the highest mean block-assignment accuracy over the six sets wins; a tie
+  within 0.5 points goes to the committed detector (fewer augmentation parts), then to the
+  threshold nearest the config's 0.5.
 """
 
 import argparse
@@ -31,26 +50,46 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SELECT = ("select occluder files", "select occluder files, grey low-res",
-          "select occluder files as scarves", "select occluder files as scarves, grey low-res")
+          "select occluder files as scarves", "select occluder files as scarves, grey low-res",
+          "knitted scarves", "knitted scarves, grey low-res")
 CLEAN = ("clean faces", "clean faces, grey low-res")
+MAX_CLEAN_AREA = 0.01
+DEFAULT_THRESHOLD = 0.5
+
+
+def candidate(spec: str):
+  """``RUN`` or ``RUN@T`` -> (run folder, its config with ``detector.threshold`` = T)."""
+  from pdsn_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  run, _, t = spec.partition("@")
+  config = workdir_lib.load_config(run)
+  if t:
+    try:
+      config.detector.threshold = float(t)
+    except ValueError:
+      sys.exit(f"{spec}: the threshold after '@' must be a number in (0, 1), got {t!r}")
+    if not 0.0 < config.detector.threshold < 1.0:
+      sys.exit(f"{spec}: the threshold after '@' must be in (0, 1)")
+  return run, config
 
 
 def verdicts(rows: dict) -> tuple[dict, str | None]:
-  """(run -> its rule score or why it is out, the chosen run) for ``rows``: run -> (scores per
-  held-out set, epochs)."""
+  """(candidate -> its rule score or why it is out, the chosen one) for ``rows``: candidate ->
+  (scores per held-out set, threshold), given committed detector first."""
   out, ok = {}, {}
-  for run, (res, _) in rows.items():
-    over = [k for k in CLEAN if res[k]["predicted_area"] > 0.02]
+  for name, (res, _) in rows.items():
+    over = [k for k in CLEAN if res[k]["predicted_area"] > MAX_CLEAN_AREA]
     if over:
-      out[run] = "out: clean area > 2% on " + ", ".join(over)
+      out[name] = f"out: clean area > {100 * MAX_CLEAN_AREA:g}% on " + ", ".join(over)
     else:
-      ok[run] = float(np.mean([res[k]["block_accuracy"] for k in SELECT]))
-      out[run] = f"{100 * ok[run]:.2f}"
+      ok[name] = float(np.mean([res[k]["block_accuracy"] for k in SELECT]))
+      out[name] = f"{100 * ok[name]:.2f}"
   if not ok:
     return out, None
   best = max(ok.values())
-  tied = [r for r in ok if ok[r] >= best - 0.005]  # in the order given: the committed first
-  return out, min(tied, key=lambda r: rows[r][1])
+  tied = [r for r in ok if ok[r] >= best - 0.005]
+  run = lambda r: r.partition("@")[0]  # noqa: E731
+  first = [r for r in tied if run(r) == run(tied[0])]  # in the order given: the committed first
+  return out, min(first, key=lambda r: abs(rows[r][1] - DEFAULT_THRESHOLD))
 
 
 def main():
@@ -60,8 +99,8 @@ def main():
   from pdsn_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from pdsn_jax.stages import detector  # pylint: disable=g-import-not-at-top
   rows, cache, augment = {}, {}, {}
-  for run in a.runs:
-    config = workdir_lib.load_config(run)
+  for spec in a.runs:
+    run, config = candidate(spec)
     variables = workdir_lib.load(run, workdir_lib.DETECTOR)
     if variables is None:
       sys.exit(f"{run}: no detector stage to score (run its detector stage first)")
@@ -75,18 +114,18 @@ def main():
     if missing:
       sys.exit(f"{run}: its config has no select occluder files ({missing}); the rule needs "
                "occlusion.occluder_dir and the select split")
-    rows[run] = (detector.evaluate(config, variables, sets=cache[key]),
-                 float(config.detector.num_epochs))
-    augment[run] = ",".join(config.detector.augment)
+    name = f"{os.path.basename(os.path.normpath(run))}@{config.detector.threshold:g}"
+    rows[name] = (detector.evaluate(config, variables, sets=cache[key]),
+                  float(config.detector.threshold))
+    augment[name] = f"{config.detector.num_epochs:g} | " + ",".join(config.detector.augment)
   scores, chosen = verdicts(rows)
-  head = ["run", "epochs", "augment"] + [f"{k}: block acc" for k in SELECT] + [
+  head = ["candidate", "epochs", "augment"] + [f"{k}: block acc" for k in SELECT] + [
       f"{k}: area" for k in CLEAN] + ["rule score"]
   print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
-  for run, (res, epochs) in rows.items():
+  for name, (res, _) in rows.items():
     cells = [f"{100 * res[k]['block_accuracy']:.2f}" for k in SELECT]
     cells += [f"{100 * res[k]['predicted_area']:.2f}" for k in CLEAN]
-    print(f"| {os.path.basename(os.path.normpath(run))} | {epochs:g} | {augment[run]} | "
-          + " | ".join(cells) + f" | {scores[run]} |")
+    print(f"| {name} | {augment[name]} | " + " | ".join(cells) + f" | {scores[name]} |")
   print(f"\nchosen by the rule: {chosen}" if chosen else "\nno candidate passes the rule")
 
 

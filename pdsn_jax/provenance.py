@@ -46,8 +46,11 @@ SECTIONS = {
     "finetune": _BASE + ("model", "cosface", "finetune", "occlusion"),
     "detector": _BASE + ("detector", "occlusion"),
     "face_finder": _BASE + ("face_finder", "occlusion", "eval.seed"),
-    "evaluate": _BASE + ("model", "eval", "occlusion"),
+    "evaluate": _BASE + ("model", "eval", "occlusion", "detector.threshold"),
 }
+# fields inside a stage's sections that only its users read: the detector's pixel threshold is
+# applied at inference (the evaluation, the photo commands), so choosing it never retrains
+EXCLUDED = {"detector": ("detector.threshold",)}
 
 
 class StaleStage(RuntimeError):
@@ -69,8 +72,15 @@ def fields(config, kind: str, overrides: dict | None = None) -> dict:
   """The dotted config fields ``kind``'s outputs depend on, with ``overrides`` applied."""
   flat = _flatten(config)
   flat.update({k: json.loads(json.dumps(v)) for k, v in (overrides or {}).items()})
+  return _selected(flat, kind)
+
+
+def _selected(flat: dict, kind: str) -> dict:
+  """The entries of ``flat`` (dotted field -> value) that ``kind``'s outputs depend on (also
+  applied to old records, so a field excluded later never reads as changed)."""
   return {k: v for k, v in sorted(flat.items())
-          if any(k == s or k.startswith(s + ".") for s in SECTIONS[kind])}
+          if any(k == s or k.startswith(s + ".") for s in SECTIONS[kind])
+          and k not in EXCLUDED.get(kind, ())}
 
 
 def _path(workdir: str, name: str) -> str:
@@ -101,8 +111,8 @@ def stale(config, workdir: str, name: str) -> list[str]:
   rec = read(workdir, name)
   if rec is None:
     return []
-  why = [f"{name}: {d}" for d in _diff(rec["fields"], fields(config, rec["kind"],
-                                                               rec.get("overrides")))]
+  why = [f"{name}: {d}" for d in _diff(_selected(rec["fields"], rec["kind"]),
+                                       fields(config, rec["kind"], rec.get("overrides")))]
   for up, fp in rec["upstream"].items():
     now = read(workdir, up)
     if now is not None and now["fingerprint"] != fp:
@@ -179,7 +189,7 @@ def begin(config, workdir: str, name: str, kind: str, upstream=(), overrides: di
     logging.warning("[%s] outputs without a provenance record (made by an older version): "
                     "adopted as made under this config", name)
   elif present:
-    changed = _diff(old["fields"], new["fields"])
+    changed = _diff(_selected(old["fields"], kind), new["fields"])
     moved = [u for u in up if old["upstream"].get(u) != up[u]]
     if changed and not _overwrite(config, name):
       raise StaleStage(

@@ -128,22 +128,26 @@ def test_knitted_scarves_are_labelled_and_unknown_parts_named():
     detector.DetectorOcclusion(lib, 0.0, ("scarf", "wool"))
 
 
-def test_select_rule_keeps_clean_area_and_prefers_the_cheaper_on_a_tie():
+def test_select_rule_keeps_clean_area_and_prefers_the_committed_then_the_default_on_a_tie():
   spec = importlib.util.spec_from_file_location(
       "detector_select", os.path.join(os.path.dirname(__file__), "..", "benchmarks",
                                       "detector_select.py"))
   rule = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(rule)
 
-  def row(acc, area, epochs):
+  def row(acc, area, threshold):
     return ({**{k: {"block_accuracy": acc} for k in rule.SELECT},
-             **{k: {"predicted_area": area} for k in rule.CLEAN}}, epochs)
+             **{k: {"predicted_area": area} for k in rule.CLEAN}}, threshold)
 
-  scores, chosen = rule.verdicts({"a": row(0.95, 0.01, 10), "b": row(0.954, 0.01, 5),
-                                  "c": row(0.99, 0.03, 5)})
-  assert scores["c"].startswith("out") and chosen == "b"  # a tie within 0.5: fewer epochs
-  assert rule.verdicts({"a": row(0.95, 0.01, 10), "b": row(0.96, 0.01, 10)})[1] == "b"
-  assert rule.verdicts({"c": row(0.99, 0.03, 5)})[1] is None
+  scores, chosen = rule.verdicts({"a@0.5": row(0.95, 0.005, 0.5), "a@0.3": row(0.954, 0.005, 0.3),
+                                  "b@0.5": row(0.952, 0.005, 0.5),
+                                  "a@0.2": row(0.99, 0.011, 0.2)})
+  assert scores["a@0.2"].startswith("out") and chosen == "a@0.5"  # a tie: committed, then 0.5
+  assert rule.verdicts({"a@0.5": row(0.95, 0.005, 0.5), "b@0.3": row(0.96, 0.005, 0.3)})[1] == (
+      "b@0.3")
+  assert rule.verdicts({"a@0.4": row(0.95, 0.005, 0.4), "a@0.2": row(0.952, 0.005, 0.2),
+                        "b@0.5": row(0.951, 0.005, 0.5)})[1] == "a@0.4"
+  assert rule.verdicts({"c@0.5": row(0.99, 0.03, 0.5)})[1] is None
 
 
 def test_detector_stage_resumes_after_sigkill(tmp_path):

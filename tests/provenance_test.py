@@ -81,6 +81,24 @@ def test_overrides_keep_table3s_stages_fresh_under_the_run_config(tmp_path):
     provenance.require_fresh(c, wd, ["lambda0_pdsn"], "evaluate")
 
 
+def test_the_detectors_threshold_is_the_evaluations_field_not_the_detectors(tmp_path):
+  wd, c = str(tmp_path), tiny.get_config()
+  det = provenance.begin(c, wd, "detector", "detector")
+  _make(wd, "detector")
+  # a record made while the threshold was one of the detector's fields (older versions)
+  old = provenance.read(wd, "detector")
+  old["fields"]["detector.threshold"] = 0.5
+  files.write_json(os.path.join(wd, "detector", provenance.RECORD), old)
+  c.detector.threshold = 0.3  # chosen at inference: the trained detector stays
+  assert provenance.stale(c, wd, "detector") == []
+  again = provenance.begin(c, wd, "detector", "detector")
+  assert again["id"] == det["id"] and os.path.isfile(os.path.join(wd, "detector", "out.bin"))
+  assert provenance.fields(c, "evaluate")["detector.threshold"] == 0.3
+  c.detector.num_epochs = 2.0  # a training field still refuses
+  with pytest.raises(provenance.StaleStage, match=r"detector.num_epochs"):
+    provenance.begin(c, wd, "detector", "detector")
+
+
 def test_outputs_without_a_record_are_adopted_with_a_warning(tmp_path, caplog):
   wd, c = str(tmp_path), tiny.get_config()
   _make(wd, "trunk")

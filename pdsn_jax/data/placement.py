@@ -180,14 +180,18 @@ def knitted(rng: np.random.Generator, size=(48, 96)) -> np.ndarray:
 
 
 def scarf(image: np.ndarray, rng: np.random.Generator, library: occlusion.OccluderLibrary,
-          drawn_cloth: bool = False, knit: bool = False):
-  """A mask occluder (``drawn_cloth``: a drawn ``cloth``, ``knit`` as ``cloth`` takes it)
-  stretched like a scarf: from about the nose down past the chin, about the face's width or
-  wider (what scarves over the mouth look like). (image, HxW bool mask)."""
+          drawn_cloth: bool = False, knit: bool = False, piece: np.ndarray | None = None):
+  """A mask occluder (``drawn_cloth``: a drawn ``cloth``, ``knit`` as ``cloth`` takes it;
+  ``piece``: this RGBA occluder) stretched like a scarf: from about the nose down past the
+  chin, about the face's width or wider (what scarves over the mouth look like).
+  (image, HxW bool mask)."""
   h, w = image.shape[:2]
   pts = template_for((h, w), library.face_template)
   ed = float(np.linalg.norm(pts[1] - pts[0]))
-  occ = cloth(rng, knit=knit) if drawn_cloth else library.sample(rng, "mask")[1]
+  if piece is not None:
+    occ = piece
+  else:
+    occ = cloth(rng, knit=knit) if drawn_cloth else library.sample(rng, "mask")[1]
   top = pts[2, 1] - rng.uniform(-0.1, 0.4) * ed
   bottom = h + rng.uniform(0.0, 0.5) * ed
   width = w * rng.uniform(0.85, 1.3)

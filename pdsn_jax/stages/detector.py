@@ -187,8 +187,9 @@ def init_fn(config, model, tx):
 def heldout_sets(config) -> dict:
   """name -> (images, true masks) of held-out faces: clean, with the training occluders, and,
   with an occluder folder, with the *select* split's files (where the detector's settings are
-  chosen; never the test files); the last two also as grey, low-resolution photos under
-  changed light ("..., grey low-res", drawn like ``Appearance``) (seeded)."""
+  chosen; never the test files) and those masks stretched like scarves, and with drawn
+  knitted scarves; each occluded set also as grey, low-resolution photos under changed light
+  ("..., grey low-res", drawn like ``Appearance``) (seeded)."""
   heldout = sources.build_eval(config.data, 0)[0]
   o, n = config.occlusion, min(config.detector.eval_images, len(heldout))
   faces = [heldout[int(i)]["image"] for i in np.linspace(0, len(heldout) - 1, n).astype(int)]
@@ -216,6 +217,16 @@ def heldout_sets(config) -> dict:
     out[name] = (np.stack([d[0] for d in drawn]), np.stack([d[1] for d in drawn]))
     out[f"{name}, grey low-res"] = (np.stack([_hard(d[0], config.eval.seed, 62, i)
                                               for i, d in enumerate(drawn)]), out[name][1])
+  # knitted wool stretched the same way (drawn, no file; seeds no training draw uses): a thick
+  # winter scarf is dark and low in contrast, and no select file looks like one
+  drawn = []
+  for i, f in enumerate(faces):
+    rng = np.random.default_rng([config.eval.seed, 53, i])
+    drawn.append(placement.scarf(f, rng, libs["seen occluders"], piece=placement.knitted(rng)))
+  name = "knitted scarves"
+  out[name] = (np.stack([d[0] for d in drawn]), np.stack([d[1] for d in drawn]))
+  out[f"{name}, grey low-res"] = (np.stack([_hard(d[0], config.eval.seed, 63, i)
+                                            for i, d in enumerate(drawn)]), out[name][1])
   return out
 
 
