@@ -15,7 +15,8 @@ choose a setting by its columns.
 ``--per_block``: then, per run and occluded kind, where the block assignments go wrong: for
 each of the 9 blocks (row by row) the share of photos whose true mask flags it, whose
 predicted mask flags it, flagged only by the truth (missed) and only by the prediction (false
-alarm); and the pixel recall and precision of the predicted masks.
+alarm); the pixel recall and precision of the predicted masks; and for the missed blocks, how
+much of each the true and the predicted mask cover (the flag needs ``occlusion.min_overlap``).
 """
 
 import argparse
@@ -39,9 +40,9 @@ def main():
   if not os.path.isfile(os.path.join(a.ar_real, "labels.tsv")):
     sys.exit(f"no AR real-occlusion folder at {a.ar_real} (labels.tsv)")
   from pdsn_jax import inference, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.data import ar_real  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data import ar_real, occlusion  # pylint: disable=g-import-not-at-top
   from pdsn_jax.evaluation import real_ar  # pylint: disable=g-import-not-at-top
-  ar, details = None, []
+  ar, details, margins = None, [], []
   head = ["run", "sunglasses block acc", "sunglasses mean IU", "scarf block acc",
           "scarf mean IU", "clean area", "clean any block", "held-out select block acc",
           "held-out select grey low-res block acc", "held-out clean area",
@@ -67,6 +68,10 @@ def main():
       details.append((name, kind, g.mean(0), d.mean(0),
                       (g & ~d).mean(0), (d & ~g).mean(0), hit / max(m.sum(), 1),
                       hit / max(pred[k].sum(), 1)))
+      px = occlusion.block_pixel_masks(m.shape[1:])[np.asarray(occlusion.CENTRAL_BLOCKS)]
+      cover = lambda x: np.einsum("nhw,khw->nk", x.astype(np.float32), px) / px.sum((1, 2))  # noqa: E731
+      missed = g & ~d
+      margins.append((name, kind, int(missed.sum()), cover(m)[missed], cover(pred[k])[missed]))
     with open(os.path.join(workdir_lib.stage_dir(run, workdir_lib.DETECTOR), "summary.json"),
               encoding="utf-8") as f:
       held = json.load(f).get("heldout", {})
@@ -84,6 +89,13 @@ def main():
       for name, r in zip(("truth flags", "prediction flags", "missed", "false alarm"), rates):
         print(f"| {run} | {kind}: {name} | " + " ".join(f"{100 * v:.0f}" for v in np.asarray(r))
               + f" | {100 * rec:.1f} | {100 * prec:.1f} |")
+    # how far the missed blocks were from the flag's overlap (coverage of the block's pixels)
+    print("\n| run | photos | missed blocks | their true coverage: median / share < 0.6 | their "
+          "predicted coverage: median / share >= 0.3 |\n|---|---|---|---|---|")
+    for run, kind, n, true, got in margins:
+      q = lambda x, f: f"{np.median(x):.2f} / {100 * f(x).mean():.0f}%" if n else "-"  # noqa: E731
+      print(f"| {run} | {kind} | {n} | {q(true, lambda x: x < 0.6)} | "
+            f"{q(got, lambda x: x >= 0.3)} |")
 
 
 if __name__ == "__main__":
