@@ -68,10 +68,9 @@ def main():
       details.append((name, kind, g.mean(0), d.mean(0),
                       (g & ~d).mean(0), (d & ~g).mean(0), hit / max(m.sum(), 1),
                       hit / max(pred[k].sum(), 1)))
-      px = occlusion.block_pixel_masks(m.shape[1:])[np.asarray(occlusion.CENTRAL_BLOCKS)]
-      cover = lambda x: np.einsum("nhw,khw->nk", x.astype(np.float32), px) / px.sum((1, 2))  # noqa: E731
       missed = g & ~d
-      margins.append((name, kind, int(missed.sum()), cover(m)[missed], cover(pred[k])[missed]))
+      margins.append((name, kind, int(missed.sum()), occlusion.block_coverage(m)[missed],
+                      occlusion.block_coverage(pred[k])[missed]))
     with open(os.path.join(workdir_lib.stage_dir(run, workdir_lib.DETECTOR), "summary.json"),
               encoding="utf-8") as f:
       held = json.load(f).get("heldout", {})

@@ -80,6 +80,13 @@ def block_flags(masks, threshold: float = 0.5, overlap: str = "coverage",
   return blocks_occluded(masks, px, threshold, overlap)
 
 
+def block_coverage(masks: np.ndarray, blocks=CENTRAL_BLOCKS) -> np.ndarray:
+  """(..., H, W) bool -> (..., len(blocks)) float: the share of each block's pixels the mask
+  covers (what ``block_flags`` compares with its threshold under "coverage"; for reports)."""
+  px = _block_masks_cached(tuple(masks.shape[-2:]), GRID)[np.asarray(blocks)]
+  return np.einsum("...hw,khw->...k", masks.astype(np.float32), px) / px.sum(axis=(1, 2))
+
+
 # ---------------------------------------------------------------- occluders
 
 

@@ -188,10 +188,8 @@ def scarf(image: np.ndarray, rng: np.random.Generator, library: occlusion.Occlud
   h, w = image.shape[:2]
   pts = template_for((h, w), library.face_template)
   ed = float(np.linalg.norm(pts[1] - pts[0]))
-  if piece is not None:
-    occ = piece
-  else:
-    occ = cloth(rng, knit=knit) if drawn_cloth else library.sample(rng, "mask")[1]
+  occ = piece if piece is not None else (
+      cloth(rng, knit=knit) if drawn_cloth else library.sample(rng, "mask")[1])
   top = pts[2, 1] - rng.uniform(-0.1, 0.4) * ed
   bottom = h + rng.uniform(0.0, 0.5) * ed
   width = w * rng.uniform(0.85, 1.3)

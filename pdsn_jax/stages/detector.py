@@ -196,37 +196,33 @@ def heldout_sets(config) -> dict:
   libs = {"seen occluders": builders.training_occluders(config)}
   if o.occluder_dir:
     libs["select occluder files"] = builders.occluders(config, "select", procedural=False)
-  none = np.zeros((n, *np.shape(faces[0])[:2]), bool)
+  seed, none = config.eval.seed, np.zeros((n, *np.shape(faces[0])[:2]), bool)
   out = {"clean faces": (np.stack(faces), none),
-         "clean faces, grey low-res": (np.stack([_hard(f, config.eval.seed, 59, i)
+         "clean faces, grey low-res": (np.stack([_hard(f, seed, 59, i)
                                                  for i, f in enumerate(faces)]), none)}
+
+  def add(name: str, drawn: list, grey_salt: int) -> None:
+    """``drawn`` (image, mask) pairs as set ``name`` and its grey low-res copy."""
+    out[name] = (np.stack([d[0] for d in drawn]), np.stack([d[1] for d in drawn]) > 0)
+    out[f"{name}, grey low-res"] = (np.stack([_hard(d[0], seed, grey_salt, i)
+                                              for i, d in enumerate(drawn)]), out[name][1])
+
   for k, (name, lib) in enumerate(libs.items()):
     t = DetectorOcclusion(lib, clean_prob=0.1)
-    recs = [t({"image": f}, np.random.default_rng([config.eval.seed, 50 + k, i]))
-            for i, f in enumerate(faces)]
-    out[name] = (np.stack([r["image"] for r in recs]), np.stack([r["mask"] for r in recs]) > 0)
-    out[f"{name}, grey low-res"] = (np.stack([_hard(r["image"], config.eval.seed, 60 + k, i)
-                                              for i, r in enumerate(recs)]), out[name][1])
+    recs = [t({"image": f}, np.random.default_rng([seed, 50 + k, i])) for i, f in enumerate(faces)]
+    add(name, [(r["image"], r["mask"]) for r in recs], 60 + k)
   lib = libs.get("select occluder files")
   if lib is not None and "mask" in lib.available():
     # the select masks stretched like a scarf (nose to below the chin): the first rule's two
     # select sets had no scarf, and scarves are where AR's real photos were missed
-    drawn = [placement.scarf(f, np.random.default_rng([config.eval.seed, 52, i]), lib)
-             for i, f in enumerate(faces)]
-    name = "select occluder files as scarves"
-    out[name] = (np.stack([d[0] for d in drawn]), np.stack([d[1] for d in drawn]))
-    out[f"{name}, grey low-res"] = (np.stack([_hard(d[0], config.eval.seed, 62, i)
-                                              for i, d in enumerate(drawn)]), out[name][1])
+    add("select occluder files as scarves",
+        [placement.scarf(f, np.random.default_rng([seed, 52, i]), lib)
+         for i, f in enumerate(faces)], 62)
   # knitted wool stretched the same way (drawn, no file; seeds no training draw uses): a thick
   # winter scarf is dark and low in contrast, and no select file looks like one
-  drawn = []
-  for i, f in enumerate(faces):
-    rng = np.random.default_rng([config.eval.seed, 53, i])
-    drawn.append(placement.scarf(f, rng, libs["seen occluders"], piece=placement.knitted(rng)))
-  name = "knitted scarves"
-  out[name] = (np.stack([d[0] for d in drawn]), np.stack([d[1] for d in drawn]))
-  out[f"{name}, grey low-res"] = (np.stack([_hard(d[0], config.eval.seed, 63, i)
-                                            for i, d in enumerate(drawn)]), out[name][1])
+  rngs = [np.random.default_rng([seed, 53, i]) for i in range(n)]
+  add("knitted scarves", [placement.scarf(f, r, libs["seen occluders"], piece=placement.knitted(r))
+                          for f, r in zip(faces, rngs)], 63)
   return out
 
 
