@@ -43,6 +43,12 @@ written ``WEIGHTS@SCORE``. On the shipped weights a fallback found more masked f
 giving faces to erased heads too; the tuned weights give 0.57% of them a face, so the rule's
 first condition (no more than the shipped weights' 17.87%) leaves room, and its tie-break (fewer
 erased crops) still prefers no fallback unless the found % rises by more than 0.5.
+
+And (added 2026-12-03, after the 4,000-step run tied at +0.35 and before this one was trained):
+the scarf share of 0.35 at 6,000 steps (``face_finder.num_steps=6000``), the next point of the
+one trend that moved (grey low-res select scarves 96.39, 96.96, 97.72 at 2,000 / 2,000 / 4,000
+steps). Its rows are compared with the config's 2,000-step weights as recorded in docs/data.md
+(the sets and the scoring are seeded: the same weights score the same).
 """
 
 import argparse
