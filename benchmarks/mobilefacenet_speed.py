@@ -6,7 +6,8 @@ Prints a table of U = features(x) throughput (img/s) for the net as built here
 (``DepthwiseConv``: the sum of kh*kw shifted, per-channel-scaled taps) and for the same
 net with every depthwise conv swapped for ``nn.Conv(feature_group_count=C)``, random
 weights, 112x96 inputs. The difference is XLA:CPU's grouped convolution; on a GPU run it
-to see whether it matters there.
+to see whether it matters there. A last row: ``top`` alone, from the bottom's V, which is all
+the evaluation runs for a checkpoint that shares the trunk's bottom (``eval.bottom_cache_gib``).
 """
 
 import argparse
@@ -38,11 +39,13 @@ class _Grouped(nn.Module):
                    name="inner")(x)
 
 
-def throughput(batch: int, reps: int) -> float:
+def throughput(batch: int, reps: int, method: str = "features") -> float:
   net = mobilefacenet.MobileFaceNet()
   x = jnp.zeros((batch, 112, 96, 3))
   v = net.init(jax.random.key(0), x[:1])
-  f = jax.jit(lambda v, x: net.apply(v, x, method="features"))
+  if method == "top":
+    x = net.apply(v, x, method="bottom")
+  f = jax.jit(lambda v, x: net.apply(v, x, method=method))
   f(v, x).block_until_ready()
   t = time.perf_counter()
   for _ in range(reps):
@@ -62,6 +65,7 @@ def main():
     rows.append(("grouped conv (feature_group_count=C)", throughput(a.batch, a.reps)))
   finally:
     mobilefacenet.DepthwiseConv = taps
+  rows.append(("sum of taps, top only (from a cached bottom)", throughput(a.batch, a.reps, "top")))
   print(f"device: {jax.devices()[0].device_kind}; batch {a.batch}; U = features(x), 112x96")
   print("| depthwise conv | img/s |\n|---|---:|")
   for name, ips in rows:

@@ -86,6 +86,9 @@ def get_config() -> ml_collections.ConfigDict:
       # the distractors' U on disk (evaluate/distractors_<stage>/), read shard by shard:
       # "float32" (exact), "float16" or "int8" (per-face, per-channel scales)
       gallery_dtype="float32", gallery_shard_size=4096,
+      # the trunk's bottom (below finetune.trainable="top") of the evaluation images, kept in
+      # memory up to this size so checkpoints sharing it run only their top (0: never)
+      bottom_cache_gib=4.0,
       search_path="auto",  # "affine": one matrix product for every FDM (affine F only),
       # "general": F applied per FDM, "auto": the faster in a timed trial when F is affine
       occluder_dir="",  # occluders of the test probes; "" = those of config.occlusion

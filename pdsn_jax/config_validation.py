@@ -43,7 +43,8 @@ _POSITIVE = ("model.width", "model.embedding_dim", "eval.num_pairs", "cosface.sc
              "detector.heldout_every", "detector.eval_images", "eval.gallery_shard_size",
              "pdsn.scale_batches", "pdsn.reuse", "face_finder.eval_images")
 _NON_NEGATIVE = ("trunk.momentum", "trunk.warmup_steps", "model.dropout", "cosface.margin",
-                 "data.num_workers", "eval.num_distractors", "pdsn.converge_pairs")
+                 "data.num_workers", "eval.num_distractors", "pdsn.converge_pairs",
+                 "eval.bottom_cache_gib")
 
 
 # stages whose folder holds no recognition network (eval.models cannot name them)

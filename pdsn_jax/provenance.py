@@ -35,7 +35,7 @@ from pdsn_jax import workdir as workdir_lib
 
 RECORD = "provenance.json"
 IGNORED = frozenset({"log_every", "checkpoint_every", "keep_checkpoints", "eval_every",
-                     "num_workers", "cache", "eval_images"})
+                     "num_workers", "cache", "eval_images", "bottom_cache_gib"})
 # config sections (or dotted fields) each kind of stage's outputs depend on
 _BASE = ("seed", "prng_impl", "data")
 SECTIONS = {

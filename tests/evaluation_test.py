@@ -122,3 +122,42 @@ def test_embedder_matches_single_device_and_all_ones_is_plain_embedding():
                                                                   jnp.asarray(table)))
   chex.assert_trees_all_close(emb.embed(rv, parallel.put_replicated(table, mesh), u, flags),
                               np.asarray(ref), atol=1e-5)
+
+
+def test_checkpoints_sharing_the_trunks_bottom_run_only_their_top(tmp_path):
+  from pdsn_jax.stages import evaluate  # pylint: disable=g-import-not-at-top
+  config = tiny.get_config()
+  config.model.update(kind="mobilefacenet", width=0.25, embedding_dim=32)
+  net = builders.backbone(config, False)
+  trunk = jax.device_get(net.init(jax.random.key(0), jnp.zeros((1, 112, 96, 3))))
+
+  def moved(names):
+    return {"params": {k: jax.tree.map(lambda a: a * 1.1, p) if k in names else p
+                       for k, p in trunk["params"].items()}, "batch_stats": trunk["batch_stats"]}
+
+  host = {"trunk": trunk, "baseline": moved(net.top_params() + net.head_params()),
+          "finetune": moved(("block0",))}
+  mesh = parallel.make_mesh()
+  emb = masked.Embedder(net, mesh, 16, builders.normalize)
+  calls = []
+  features = emb.features
+  emb.features = lambda v, x, method="features": calls.append(method) or features(v, x, method)
+  nets = evaluate._Networks(config, str(tmp_path), emb, None, mesh)
+  nets.host = host
+  nets.reps = {k: parallel.put_replicated(v, mesh) for k, v in host.items()}
+  for stage, expect in (("trunk", ["bottom", "top"]), ("baseline", ["top"]),
+                        ("finetune", ["features"])):
+    calls.clear()
+    u = nets._feature_fn(stage)(FACES[:5])
+    assert calls == expect, stage
+    ref = net.apply(host[stage], builders.normalize(jnp.asarray(FACES[:5])), method="features")
+    chex.assert_trees_all_close(u, np.asarray(ref), atol=1e-4)
+  assert nets.bottoms.hits == 5
+  config.eval.bottom_cache_gib = 0.0  # off: every checkpoint runs its whole network
+  nets = evaluate._Networks(config, str(tmp_path), emb, None, mesh)
+  nets.host, nets.reps = host, {k: parallel.put_replicated(v, mesh) for k, v in host.items()}
+  calls.clear()
+  nets._feature_fn("baseline")(FACES[:5])
+  assert calls == ["features"]
+  with pytest.raises(ValueError, match="this trunk has"):
+    _embedder()[2].features(nets.reps["trunk"], FACES[:5], "bottom")

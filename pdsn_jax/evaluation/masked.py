@@ -42,10 +42,10 @@ class Embedder:
   def __init__(self, backbone, mesh, batch_size: int, normalize_fn: Callable):
     self.mesh, self.batch = mesh, batch_size
 
-    def features_step(variables, batch, rng):
+    def apply_step(method, variables, batch, rng):
       del rng
-      return variables, backbone.apply(variables, normalize_fn(batch["image"]),
-                                       method="features")
+      x = batch["x"] if method == "top" else normalize_fn(batch["x"])
+      return variables, backbone.apply(variables, x, method=method)
 
     def embed_step(state, batch, rng):
       del rng
@@ -59,8 +59,10 @@ class Embedder:
         e = jnp.where(jnp.any(batch["flags"], axis=-1, keepdims=True), e, plain)
       return state, e
 
-    self._features = parallel.data_parallel(features_step, mesh, donate_state=False,
-                                            batch_out=True)
+    methods = ("features", "bottom", "top") if hasattr(backbone, "top_params") else ("features",)
+    self._apply = {m: parallel.data_parallel(functools.partial(apply_step, m), mesh,
+                                             donate_state=False, batch_out=True)
+                   for m in methods}
     self._embed = parallel.data_parallel(embed_step, mesh, donate_state=False, batch_out=True)
     self._key = jax.random.key(0)
 
@@ -69,11 +71,14 @@ class Embedder:
                                              jax.process_count()):
       yield parallel.put_batch(chunk, self.mesh), real
 
-  def features(self, variables, images: np.ndarray) -> np.ndarray:
-    """U of ``images`` (uint8), as host float32."""
+  def features(self, variables, images: np.ndarray, method: str = "features") -> np.ndarray:
+    """U of ``images`` (uint8), as host float32; ``method="bottom"``: the trunk's layers below
+    ``top`` (V), ``"top"``: U from ``images`` that are V (trunks with ``top_params``)."""
+    if method not in self._apply:
+      raise ValueError(f"method={method!r}: this trunk has {tuple(self._apply)}")
     out = []
-    for batch, real in self._batches({"image": images}):
-      _, u = self._features(variables, batch, self._key)
+    for batch, real in self._batches({"x": images}):
+      _, u = self._apply[method](variables, batch, self._key)
       out.append(np.asarray(parallel.fetch(u))[:real])
     return np.concatenate(out)
 

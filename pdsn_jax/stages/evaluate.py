@@ -7,9 +7,11 @@ plain embeddings F(U), or under the stage II dictionary's FDMs, F(M * U). A mode
 has not run is left out (logged). When the detector stage has run, every FDM model is also
 scored with the occlusion located by the detector instead of the synthesizer's ground truth
 ("(detector)" rows). Top-conv features U are computed once per checkpoint (once for two
-checkpoints that differ only in F) and reused by every protocol and ablation.
+checkpoints that differ only in F) and reused by every protocol and ablation; checkpoints
+that share the trunk's bottom (``finetune.trainable="top"``) compute it once (``_Bottoms``).
 """
 
+import hashlib
 import json
 import logging
 import os
@@ -71,9 +73,8 @@ def _protocols(config) -> dict[str, evaluators.Protocol]:
   return {name: evaluators.get(name) for name in config.eval.protocols}
 
 
-def _features(config, embedder, variables, sets: protocols.EvalSets) -> dict:
-  """U of every image any protocol uses, for one checkpoint."""
-  f = lambda x: embedder.features(variables, x)  # noqa: E731
+def _features(config, f, sets: protocols.EvalSets) -> dict:
+  """U of every image any protocol uses, for one checkpoint (``f``: images -> U)."""
   out = {"faces": f(sets.faces),
          "second": {c: f(o.images) for c, o in sets.occluded_second.items()},
          "probes": {c: f(o.images) for c, o in sets.occluded_probes.items()}}
@@ -84,12 +85,13 @@ def _features(config, embedder, variables, sets: protocols.EvalSets) -> dict:
   return out
 
 
-def _same_features(backbone, a: dict, b: dict) -> bool:
-  """Whether two checkpoints differ at most in F (then their U are the same)."""
-  head = set(backbone.head_params())
+def _same_features(backbone, a: dict, b: dict, top: bool = False) -> bool:
+  """Whether two checkpoints differ at most in F (then their U are the same); with ``top``, at
+  most in F and the trunk's top (then their bottom V are the same)."""
+  skip = set(backbone.head_params()) | (set(backbone.top_params()) if top else set())
   for coll in ("params", "batch_stats"):
     for k in set(a[coll]) | set(b[coll]):
-      if k in head:
+      if k in skip:
         continue
       if k not in a[coll] or k not in b[coll]:
         return False
@@ -114,15 +116,41 @@ def _flags(config, sets: protocols.EvalSets, source: str, detector=None) -> dict
   return out
 
 
+class _Bottoms:
+  """The trunk's bottom V of each image batch, computed once for every checkpoint that shares
+  the trunk's bottom (the Baseline and PDSN + fine-tune with ``finetune.trainable="top"``):
+  their U is then only ``top`` of it. Kept up to ``eval.bottom_cache_gib`` (V is a quarter of
+  U's size for MobileFaceNet); batches past that run the whole trunk."""
+
+  def __init__(self, embedder: masked.Embedder, variables, budget_gib: float):
+    self.embedder, self.variables = embedder, variables
+    self.left, self.cache, self.hits = int(budget_gib * 2**30), {}, 0
+
+  def features(self, variables, images: np.ndarray) -> np.ndarray:
+    """U of ``images`` for ``variables``, a checkpoint with the trunk's bottom."""
+    images = np.ascontiguousarray(images)
+    key = (images.shape, images.dtype.str, hashlib.blake2b(images.data).digest())
+    v = self.cache.get(key)
+    if v is None:
+      v = self.embedder.features(self.variables, images, "bottom")
+      if v.nbytes <= self.left:
+        self.cache[key], self.left = v, self.left - v.nbytes
+    else:
+      self.hits += len(images)
+    return self.embedder.features(variables, v, "top")
+
+
 class _Networks:
   """The checkpoints' replicated variables, their U, and their distractor stores, each made
-  once (a checkpoint that differs from another only in F shares its U and store)."""
+  once (a checkpoint that differs from another only in F shares its U and store; one that
+  differs also in the trunk's top shares its bottom V: ``_Bottoms``)."""
 
   def __init__(self, config, workdir: str, embedder: masked.Embedder, sets, mesh):
     self.config, self.workdir, self.embedder, self.sets, self.mesh = (config, workdir, embedder,
                                                                      sets, mesh)
     self.backbone = builders.backbone(config, False)
     self.host, self.reps, self.feats, self.stores = {}, {}, {}, {}
+    self.bottoms = None  # made with the trunk's replicated variables (``get``)
     self.searcher = search.Searcher(self.backbone, builders.u_shape(config),
                                     config.eval.batch_size, k=1, path=config.eval.search_path)
 
@@ -142,12 +170,30 @@ class _Networks:
         self.feats[stage], self.stores[stage] = self.feats[same[0]], self.stores[same[0]]
         logging.info("[evaluate] %s differs from %s only in F: reusing its U", stage, same[0])
       else:
-        self.feats[stage] = _features(self.config, self.embedder, self.reps[stage], self.sets)
-        self.stores[stage] = self._store(stage)
+        f = self._feature_fn(stage)
+        self.feats[stage] = _features(self.config, f, self.sets)
+        self.stores[stage] = self._store(stage, f)
         logging.info("[evaluate] features of the %s checkpoint (%.1fs)", stage, time.time() - t)
     return self.reps[stage], self.feats[stage]
 
-  def _store(self, stage: str):
+  def _feature_fn(self, stage: str):
+    """images -> U of ``stage``'s checkpoint: through the shared bottom when it has the
+    trunk's (the trunk's own U then fills the cache), else the whole network."""
+    variables = self.reps[stage]
+    trunk = workdir_lib.TRUNK
+    if (self.config.eval.bottom_cache_gib > 0 and hasattr(self.backbone, "top_params")
+        and self.available(trunk)
+        and _same_features(self.backbone, self.host[trunk], self.host[stage], top=True)):
+      if self.bottoms is None:
+        rep = self.reps.get(trunk) or parallel.put_replicated(self.host[trunk], self.mesh)
+        self.bottoms = _Bottoms(self.embedder, rep, self.config.eval.bottom_cache_gib)
+      if stage != trunk:
+        logging.info("[evaluate] %s shares the trunk's bottom: only its top runs (%d images "
+                     "from the cache so far)", stage, self.bottoms.hits)
+      return lambda x: self.bottoms.features(variables, x)
+    return lambda x: self.embedder.features(variables, x)
+
+  def _store(self, stage: str, f):
     """U of the distractors on disk (``evaluate/distractors_<stage>/``), built or resumed;
     rebuilt when the checkpoint changed since."""
     cfg, src = self.config.eval, self.sets.distractors
@@ -171,7 +217,7 @@ class _Networks:
           shutil.rmtree(path)
         distributed.barrier(f"{path} removed")
     out, stats = store_lib.build_from_source(
-        path, src, lambda images: self.embedder.features(self.reps[stage], images),
+        path, src, f,
         u_shape=builders.u_shape(self.config), dtype=cfg.gallery_dtype,
         shard_size=cfg.gallery_shard_size, trunk_fingerprint=print_,
         trunk_checkpoint=workdir_lib.checkpoints(self.workdir, stage),
