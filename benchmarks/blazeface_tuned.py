@@ -48,7 +48,10 @@ And (added 2026-12-03, after the 4,000-step run tied at +0.35 and before this on
 the scarf share of 0.35 at 6,000 steps (``face_finder.num_steps=6000``), the next point of the
 one trend that moved (grey low-res select scarves 96.39, 96.96, 97.72 at 2,000 / 2,000 / 4,000
 steps). Its rows are compared with the config's 2,000-step weights as recorded in docs/data.md
-(the sets and the scoring are seeded: the same weights score the same).
+(the sets and the scoring are seeded: the same weights score the same). Stopped at step 500 of
+6,000 and never scored: at 20-31 photos/s on 2 cores it needed about 1 h 45 min, and the
+rule's first condition was already at its limit at 4,000 steps (occluders alone given a face
+14.29, 21.43, 23.81 along the same trend, the shipped weights' 23.81 being the most allowed).
 """
 
 import argparse
