@@ -52,6 +52,13 @@ steps). Its rows are compared with the config's 2,000-step weights as recorded i
 6,000 and never scored: at 20-31 photos/s on 2 cores it needed about 1 h 45 min, and the
 rule's first condition was already at its limit at 4,000 steps (occluders alone given a face
 14.29, 21.43, 23.81 along the same trend, the shipped weights' 23.81 being the most allowed).
+
+And (added 2026-12-03, before any of these was trained or scored; same rule, same sets): that
+first condition is what rules out every way found so far to find more scarves (more scarf
+training, a last try at a lower score), so the candidates teach the model that an occluder is
+not a face: half the erased faces get a training occluder file pasted where the face was
+(``face_finder.erased_occluder_prob=0.5``, still negatives; 2,000 steps, ``runs/ff_negocc``),
+scored as they are and with a last try at 0.4 and at 0.3 (``WEIGHTS@0.4``, ``WEIGHTS@0.3``).
 """
 
 import argparse

@@ -190,6 +190,7 @@ def get_config() -> ml_collections.ConfigDict:
       lowres_px=(16.0, 48.0),  # low resolution: the face this many px wide, then back up
       reg_weight=0.05,  # the box and keypoint L1 (px) against the score term
       cloth_prob=0.0,  # share of scarves drawn as cloth (half knitted) instead of mask files
+      erased_occluder_prob=0.0,  # share of erased faces with an occluder pasted (negatives)
       eval_images=300)
 
   # Stage II: the dictionary of binary Feature Discarding Masks.

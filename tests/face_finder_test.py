@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pdsn_jax.data import face_tuning, faces, occlusion
+from pdsn_jax.data import alignment, face_tuning, faces, occlusion
 from pdsn_jax.data.synthetic import SyntheticFaces
 from tests import helpers
 
@@ -59,6 +59,28 @@ def test_scarves_drawn_as_cloth_only_when_asked():
   assert not np.allclose(cloth["image"], files["image"])
   with pytest.raises(ValueError, match="cloth_prob"):
     _sample("scarf", cloth_prob=1.5)
+
+
+def test_erased_faces_get_occluders_only_when_asked_and_stay_negatives():
+  plain = _sample("erased", 2, grey_prob=0.0, lowres_prob=0.0)
+  np.testing.assert_array_equal(  # 0 draws nothing more: old runs' streams stay
+      plain["image"], _sample("erased", 2, grey_prob=0.0, lowres_prob=0.0,
+                              erased_occluder_prob=0.0)["image"])
+  pasted = _sample("erased", 2, grey_prob=0.0, lowres_prob=0.0, erased_occluder_prob=1.0)
+  assert pasted["negative"] and plain["negative"]
+  np.testing.assert_array_equal(pasted["teacher"], plain["teacher"])
+  rec = SyntheticFaces(1, 1, 0, 0)[0]
+  t = face_tuning.TuningSample(occlusion.OccluderLibrary("", True), erased_occluder_prob=1.0)
+  points = alignment.template_for(rec["image"].shape[:2], t.library.face_template)
+  erased = face_tuning.erase_face(rec["image"], points)
+  for seed in range(3):  # an occluder lands on the erased face, and only around it
+    out = t.occlude("erased", rec["image"], points, np.random.default_rng(seed))
+    changed = np.any(out != erased, -1)
+    assert changed.mean() > 0.02
+    ys, xs = np.nonzero(changed)
+    assert points[:, 1].min() - 40 < ys.mean() < points[:, 1].max() + 40
+  with pytest.raises(ValueError, match="erased_occluder_prob"):
+    _sample("erased", erased_occluder_prob=-0.1)
 
 
 def test_distillation_loss():

@@ -48,14 +48,18 @@ class TuningSample:
   (2.2 eye distances, drawn uniformly) off-centre by up to 0.3 of that; ``grey_prob`` grey;
   ``lowres_prob``: the face brought down to ``lowres_px`` pixels wide and back up (AR's
   photos are 30 px wide); contrast and brightness always vary; ``cloth_prob``: the share of
-  scarves that are drawn cloth, half of it knitted (``placement.cloth``), not a mask file."""
+  scarves that are drawn cloth, half of it knitted (``placement.cloth``), not a mask file;
+  ``erased_occluder_prob``: the share of erased faces that get an occluder pasted where the
+  face was (a mask, scarf or sunglasses on a head without a face: still a negative), so the
+  occluder itself is not what makes a face."""
 
   def __init__(self, library: occlusion.OccluderLibrary, kind_probs=(0.2, 0.25, 0.2, 0.2, 0.15),
                face_px=(24.0, 80.0), grey_prob=0.5, lowres_prob=0.5, lowres_px=(16.0, 48.0),
-               cloth_prob=0.0):
-    if not 0.0 <= cloth_prob <= 1.0:
-      raise ValueError(f"face_finder.cloth_prob={cloth_prob}: a share in [0, 1]")
-    self.cloth_prob = cloth_prob
+               cloth_prob=0.0, erased_occluder_prob=0.0):
+    for name, v in (("cloth_prob", cloth_prob), ("erased_occluder_prob", erased_occluder_prob)):
+      if not 0.0 <= v <= 1.0:
+        raise ValueError(f"face_finder.{name}={v}: a share in [0, 1]")
+    self.cloth_prob, self.erased_occluder_prob = cloth_prob, erased_occluder_prob
     if len(kind_probs) != len(KINDS) or abs(sum(kind_probs) - 1) > 1e-6:
       raise ValueError(f"face_finder.kind_probs={tuple(kind_probs)}: one share per kind "
                        f"{KINDS}, summing to 1")
@@ -74,13 +78,7 @@ class TuningSample:
     s = face / (2.2 * max(eyes, 1.0))
     c = points.mean(0) + rng.uniform(-0.3, 0.3, 2) * face / s
     frame = np.array([[s, 0.0, SIDE / 2 - s * c[0]], [0.0, s, SIDE / 2 - s * c[1]]])
-    if kind in ("mask", "sunglasses", "scarf"):
-      occluded = placement.occlude_photo(photo, points, rng, self.library, kind,
-                                         self.cloth_prob)
-    elif kind == "erased":
-      occluded = erase_face(photo, points)
-    else:
-      occluded = photo
+    occluded = self.occlude(kind, photo, points, rng)
     teacher = alignment.warp_affine(photo, frame, (SIDE, SIDE))
     student = alignment.warp_affine(occluded, frame, (SIDE, SIDE))
     rec = {k: v for k, v in rec.items() if k not in ("image", "points")}
@@ -88,6 +86,21 @@ class TuningSample:
     rec["image"] = self.degrade(student, face, rng).astype(np.float32) / 127.5 - 1.0
     rec["negative"] = np.bool_(kind == "erased")
     return rec
+
+  def occlude(self, kind: str, photo: np.ndarray, points: np.ndarray,
+              rng: np.random.Generator) -> np.ndarray:
+    """The raw photo as the student sees it for ``kind``, before framing and degrading."""
+    if kind in ("mask", "sunglasses", "scarf"):
+      return placement.occlude_photo(photo, points, rng, self.library, kind, self.cloth_prob)
+    if kind != "erased":
+      return photo
+    out = erase_face(photo, points)
+    pasted = [k for k in ("mask", "scarf", "sunglasses") if drawable(k, self.library)]
+    # no draw at 0: old runs' streams kept
+    if self.erased_occluder_prob > 0 and pasted and rng.uniform() < self.erased_occluder_prob:
+      out = placement.occlude_photo(out, points, rng, self.library,
+                                    pasted[rng.integers(len(pasted))], self.cloth_prob)
+    return out
 
   def degrade(self, x: np.ndarray, face: float, rng: np.random.Generator) -> np.ndarray:
     """Grey, low resolution (relative to the face's size in the frame) and light."""
