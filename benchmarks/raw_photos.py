@@ -88,7 +88,8 @@ def main():
   ap.add_argument("--occluded", type=int, default=500)
   ap.add_argument("--verification", type=int, default=1, help="0: skip the LFW accuracy")
   ap.add_argument("--tuned", default="", help="a run's tuned short-range BlazeFace weights: "
-                  "one more row, 'blazeface (tuned)' (the face_finder stage)")
+                  "one more row, 'blazeface (tuned)' (the face_finder stage); WEIGHTS@SCORE: "
+                  "with a last try at that score (--face_fallback_score)")
   args = ap.parse_args()
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -135,8 +136,10 @@ def main():
   finders = [(name, lambda name=name: faces_lib.FaceFinder(name))
              for name in args.detectors.split(",")]
   if args.tuned:
-    finders.append(("blazeface (tuned)", lambda: faces_lib.FaceFinder(
-        "blazeface", short_params=dict(np.load(args.tuned)))))
+    tuned, _, score = args.tuned.partition("@")
+    finders.append((f"blazeface (tuned{', last try at ' + score if score else ''})",
+                    lambda: faces_lib.FaceFinder("blazeface", short_params=dict(np.load(tuned)),
+                                                 fallback=float(score) if score else None)))
   for name, make in finders:
     finder = make()
     finder.points_batch(clean[:16])  # compile / warm up
