@@ -191,6 +191,7 @@ def get_config() -> ml_collections.ConfigDict:
       reg_weight=0.05,  # the box and keypoint L1 (px) against the score term
       cloth_prob=0.0,  # share of scarves drawn as cloth (half knitted) instead of mask files
       erased_occluder_prob=0.0,  # share of erased faces with an occluder pasted (negatives)
+      fallback_score=0.0,  # the photo commands' last try with these weights (0: none)
       eval_images=300)
 
   # Stage II: the dictionary of binary Feature Discarding Masks.

@@ -34,7 +34,8 @@ _FALLBACK = flags.DEFINE_float(
     "face_fallback_score", None,
     "BlazeFace: a last try at this lower score on photos where no face was found (e.g. 0.4: "
     "more masked, grey, low-resolution faces found, but also more wrong faces on photos "
-    "without one; benchmarks/blazeface_fallback.py). Default: no last try.")
+    "without one; benchmarks/blazeface_fallback.py). Default: the run's own with its tuned "
+    "weights (face_finder.fallback_score), else no last try.")
 _FINDER_WEIGHTS = flags.DEFINE_enum(
     "face_finder_weights", "run", list(WEIGHTS),
     "BlazeFace: 'run': the run's tuned short-range weights (its face_finder stage) when it has "

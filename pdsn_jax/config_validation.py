@@ -118,7 +118,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      "(0, 1]")
   for key in ("finetune.clean_prob", "detector.clean_prob", "detector.threshold",
               "dictionary.neighbour_prob", "finetune.clean_fdm_prob", "face_finder.grey_prob",
-              "face_finder.lowres_prob", "face_finder.erased_occluder_prob"):
+              "face_finder.lowres_prob", "face_finder.erased_occluder_prob",
+              "face_finder.fallback_score"):
     if not _skip(config, key) and not 0 <= _get(config, key) <= 1:
       raise ValueError(f"config.{key}={_get(config, key)!r} must be in [0, 1]")
   for key in ("eval.conditions", "finetune.conditions"):

@@ -45,6 +45,12 @@ def face_finder_weights(workdir: str) -> str:
   return os.path.join(workdir, FACE_FINDER, FACE_FINDER_FILE)
 
 
+def face_finder_settings(workdir: str) -> str:
+  """The run's face-finder settings the photo commands read with its weights (the last try's
+  score), next to them."""
+  return os.path.join(workdir, FACE_FINDER, "finder.json")
+
+
 def stage_file(workdir: str, stage: str, name: str) -> str:
   """A file (or folder) of a stage's own: figures, records, stores."""
   return os.path.join(workdir, stage, name)

@@ -109,7 +109,7 @@ def test_distillation_loss():
 def test_a_tiny_run_tunes_the_finder_and_the_commands_use_it(tmp_path):
   from pdsn_jax.data import blazeface  # pylint: disable=g-import-not-at-top
   wd = str(tmp_path / "run")
-  helpers.run_main(wd, "--config.stages=face_finder")
+  helpers.run_main(wd, "--config.stages=face_finder", "--config.face_finder.fallback_score=0.4")
   with open(os.path.join(wd, "face_finder", "summary.json")) as f:
     summary = json.load(f)
   found = summary["heldout_found_percent"]
@@ -119,6 +119,10 @@ def test_a_tiny_run_tunes_the_finder_and_the_commands_use_it(tmp_path):
   tuned = faces.for_run("blazeface", wd)._blaze[0].params
   shipped = faces.for_run("blazeface", wd, "shipped")._blaze[0].params
   assert set(tuned) == set(shipped)
+  # the run's last try comes with its weights; a given one wins; shipped weights: none
+  assert faces.for_run("blazeface", wd).fallback == 0.4
+  assert faces.for_run("blazeface", wd, fallback=0.3).fallback == 0.3
+  assert faces.for_run("blazeface", wd, "shipped").fallback is None
   assert any(not np.array_equal(tuned[k], shipped[k]) for k in tuned)  # it trained
   assert faces.for_run("blazeface", str(tmp_path / "no_run"))._blaze[0].params.keys() == \
       shipped.keys()

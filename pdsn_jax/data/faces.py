@@ -16,6 +16,7 @@ the reason there is none.
 """
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -47,7 +48,8 @@ def five_points(shape68: np.ndarray) -> np.ndarray:
 def for_run(detector: str, workdir: str, weights: str = "run",
             fallback: float | None = None) -> "FaceFinder":
   """The finder the photo commands use: with ``weights="run"`` and ``detector="blazeface"``,
-  the run's tuned short-range weights (its ``face_finder`` stage) when it has them; else the
+  the run's tuned short-range weights (its ``face_finder`` stage) when it has them, with the
+  run's last try (``face_finder.fallback_score``) unless ``fallback`` is given; else the
   shipped ones."""
   from pdsn_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   if weights not in WEIGHTS:
@@ -56,7 +58,12 @@ def for_run(detector: str, workdir: str, weights: str = "run",
   params = None
   if weights == "run" and detector == "blazeface" and os.path.exists(path):
     params = dict(np.load(path))
-    logging.info("faces found by BlazeFace with the run's tuned short-range weights (%s)", path)
+    settings = workdir_lib.face_finder_settings(workdir)
+    if fallback is None and os.path.exists(settings):
+      with open(settings) as f:
+        fallback = json.load(f).get("fallback_score")
+    logging.info("faces found by BlazeFace with the run's tuned short-range weights (%s), "
+                 "last try: %s", path, fallback or "none")
   return FaceFinder(detector, fallback=fallback, short_params=params)
 
 

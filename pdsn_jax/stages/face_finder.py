@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from pdsn_jax import builders, loop, parallel, training, visualize
+from pdsn_jax import builders, files, loop, parallel, training, visualize
 from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.data import blazeface, face_tuning
 
@@ -115,6 +115,8 @@ def plan(ctx: loop.Context) -> loop.Plan:
                    kind, out["tuned"][kind], out["shipped"][kind])
     if jax.process_index() == 0 and step == ctx.steps:
       np.savez(workdir_lib.face_finder_weights(ctx.workdir), **tuned)
+      files.write_json(workdir_lib.face_finder_settings(ctx.workdir),
+                       {"fallback_score": cfg.get("fallback_score", 0.0) or None})
       visualize.finder_sheet(frames, points, workdir_lib.stage_file(ctx.workdir, ctx.name,
                                                                     "found.png"))
     return out
