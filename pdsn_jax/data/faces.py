@@ -16,7 +16,6 @@ the reason there is none.
 """
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -51,7 +50,7 @@ def for_run(detector: str, workdir: str, weights: str = "run",
   the run's tuned short-range weights (its ``face_finder`` stage) when it has them, with the
   run's last try (``face_finder.fallback_score``) unless ``fallback`` is given; else the
   shipped ones."""
-  from pdsn_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import files, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   if weights not in WEIGHTS:
     raise ValueError(f"--face_finder_weights={weights!r} is not one of {WEIGHTS}")
   path = workdir_lib.face_finder_weights(workdir) if workdir else ""
@@ -60,8 +59,8 @@ def for_run(detector: str, workdir: str, weights: str = "run",
     params = dict(np.load(path))
     settings = workdir_lib.face_finder_settings(workdir)
     if fallback is None and os.path.exists(settings):
-      with open(settings) as f:
-        fallback = json.load(f).get("fallback_score")
+      fallback = files.read_json(settings, "the run's face-finder settings",
+                                 "delete it for no last try").get("fallback_score")
     logging.info("faces found by BlazeFace with the run's tuned short-range weights (%s), "
                  "last try: %s", path, fallback or "none")
   return FaceFinder(detector, fallback=fallback, short_params=params)

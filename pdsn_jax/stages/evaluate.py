@@ -120,7 +120,7 @@ class _Bottoms:
   """The trunk's bottom V of each image batch, computed once for every checkpoint that shares
   the trunk's bottom (the Baseline and PDSN + fine-tune with ``finetune.trainable="top"``):
   their U is then only ``top`` of it. Kept up to ``eval.bottom_cache_gib`` (V is a quarter of
-  U's size for MobileFaceNet); batches past that run the whole trunk."""
+  U's size for MobileFaceNet); batches past that have their bottom computed again for each."""
 
   def __init__(self, embedder: masked.Embedder, variables, budget_gib: float):
     self.embedder, self.variables = embedder, variables
