@@ -10,8 +10,13 @@ grain writes one iterator-state file per process. Saves are atomic (written to
 a temporary folder, then renamed), so a crash mid-save leaves the previous
 checkpoint as the latest.
 
+Each finished step is sealed with ``<step>/sha256.json`` (size and sha256 of every file in
+it: orbax's own files carry no checksum of their contents), written once the save is final;
+a step whose files do not match is unreadable like a damaged one (a step killed before its
+seal has none and is read as it is).
+
 A checkpoint that cannot be restored (a truncated or deleted file, missing
-metadata) is reported in one line (step, path, root cause), renamed to
+metadata, bytes that differ from its seal) is reported in one line (step, path, root cause), renamed to
 ``<step>.unreadable`` so that the step can be written again, and the next older
 finished step is tried; with none left the run fails with those lines and what
 to delete.
@@ -26,7 +31,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from pdsn_jax import distributed, parallel
+from pdsn_jax import distributed, files, parallel
+
+SEAL = "sha256.json"
 
 
 def manager(directory: str, max_to_keep: int = 3, save_every: int = 1,
@@ -39,11 +46,51 @@ def manager(directory: str, max_to_keep: int = 3, save_every: int = 1,
 
 def save(mgr: ocp.CheckpointManager, step: int, state: Any, data_iter: Any = None,
          force: bool = False) -> bool:
-  """Saves state (and the iterator when given) if ``step`` is due, or ``force``."""
+  """Saves state (and the iterator when given) if ``step`` is due, or ``force``; the steps
+  finished since the last call are sealed first (``seal``), so saving stays asynchronous."""
+  seal(mgr)
   items = {"state": ocp.args.StandardSave(state)}
   if data_iter is not None:
     items["data"] = grain.checkpoint.CheckpointSave(data_iter)
   return mgr.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def _step_files(step_dir: str) -> list[str]:
+  return sorted(os.path.relpath(os.path.join(d, f), step_dir)
+                for d, _, fs in os.walk(step_dir) for f in fs if f != SEAL)
+
+
+def seal(mgr: ocp.CheckpointManager) -> None:
+  """Writes ``<step>/sha256.json`` for every finished step without one (process 0; call
+  after ``wait_until_finished`` to seal the last save)."""
+  if jax.process_index() != 0:
+    return
+  directory = str(mgr.directory)
+  for step in mgr.all_steps():
+    step_dir = os.path.join(directory, str(step))
+    if os.path.isfile(os.path.join(step_dir, SEAL)) or not os.path.isdir(step_dir):
+      continue
+    try:
+      manifest = {f: files.describe(os.path.join(step_dir, f)) for f in _step_files(step_dir)}
+    except FileNotFoundError:  # removed meanwhile (max_to_keep)
+      continue
+    files.write_json(os.path.join(step_dir, SEAL), manifest)
+
+
+def verify_seal(step_dir: str) -> None:
+  """``files.DamagedFile`` naming the first file of the step that differs from its seal (a
+  changed, truncated, missing or added file); nothing for a step without a seal."""
+  path = os.path.join(step_dir, SEAL)
+  if not os.path.isfile(path):
+    return
+  fix = "the checkpoint step is damaged"
+  manifest = files.read_json(path, "the checkpoint's seal", fix)
+  extra = sorted(set(_step_files(step_dir)) - set(manifest))
+  if extra:
+    raise files.DamagedFile(f"{os.path.join(step_dir, extra[0])} was not in the step when it "
+                            f"was sealed; {fix}")
+  for rel, expected in manifest.items():
+    files.verify(os.path.join(step_dir, rel), expected, fix)
 
 
 def abstract_replicated(tree: Any, mesh) -> Any:
@@ -84,6 +131,7 @@ def restore_latest(mgr: ocp.CheckpointManager, abstract_state: Any, data_iter: A
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
     try:
+      verify_seal(os.path.join(directory, str(step)))
       restored = mgr.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # noqa: BLE001  (orbax/tensorstore raise many kinds)
       line = (f"checkpoint step {step} at {os.path.join(directory, str(step))} cannot be "
@@ -126,6 +174,7 @@ def load_variables(directory: str, keys=("params", "batch_stats")) -> dict:
   for step in steps:  # the newest readable one (load-only: nothing is renamed)
     path = os.path.join(os.path.abspath(directory), str(step), "state")
     try:
+      verify_seal(os.path.dirname(path))
       state = _load_state(path)
     except Exception as e:  # noqa: BLE001
       failures.append(f"checkpoint step {step} at {path} cannot be restored: {root_cause(e)}")

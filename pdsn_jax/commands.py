@@ -13,6 +13,7 @@ dictionary, and the embedding is F(FDM * U) of ``--model`` (default: the run's l
 """
 
 import csv
+import io
 import logging
 import os
 import time
@@ -20,6 +21,7 @@ import time
 from absl import flags
 import numpy as np
 
+from pdsn_jax import files
 from pdsn_jax.data.faces import FINDERS, WEIGHTS
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run folder of python -m pdsn_jax.main.")
@@ -125,12 +127,13 @@ def embed_main(argv):
   faces = np.stack([f.face for f in found])
   a = _analyse(rec, faces, "embed", _OCCLUSION.value)
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  np.savez_compressed(
-      _OUT.value, embeddings=a["embeddings"], masks=a["masks"], blocks=a["flags"],
-      paths=np.asarray([f.path for f in found]), notes=np.asarray([f.note for f in found]),
-      skipped_paths=np.asarray([f.path for f in skipped], dtype=str),
-      skipped_reasons=np.asarray([f.note for f in skipped], dtype=str),
-      model=np.asarray(rec.spec.name))
+  with files.atomic_path(_OUT.value) as tmp, open(tmp, "wb") as fh:  # never half a file
+    np.savez_compressed(
+        fh, embeddings=a["embeddings"], masks=a["masks"], blocks=a["flags"],
+        paths=np.asarray([f.path for f in found]), notes=np.asarray([f.note for f in found]),
+        skipped_paths=np.asarray([f.path for f in skipped], dtype=str),
+        skipped_reasons=np.asarray([f.note for f in skipped], dtype=str),
+        model=np.asarray(rec.spec.name))
   logging.info("wrote %s: %d faces (%d photos skipped); mean predicted occluded area %.1f%%",
                _OUT.value, len(found), len(skipped), 100 * float(a["masks"].mean()))
   if _SHEET.value:
@@ -242,10 +245,11 @@ def identify_main(argv):
                           _OCCLUSION.value)
   else:
     rows = identify(_recognizer(), _GALLERY.value, _PROBES.value, _K.value, _OCCLUSION.value)
-  with open(_OUT.value, "w", newline="", encoding="utf-8") as f:
-    w = csv.DictWriter(f, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
+  text = io.StringIO()
+  w = csv.DictWriter(text, fieldnames=list(rows[0]))
+  w.writeheader()
+  w.writerows(rows)
+  files.atomic_write(_OUT.value, text.getvalue())  # a full disk never leaves half a table
   k = max(r["rank"] for r in rows)
   logging.info("wrote %s: %d probes x up to rank %d", _OUT.value, len({r["probe"] for r in rows}),
                k)

@@ -27,15 +27,12 @@ _OUT = flags.DEFINE_string("out", "detections.png", "Output PNG.")
 _LIMIT = flags.DEFINE_integer("limit", 24, "At most this many images.")
 flags.mark_flags_as_required(["workdir", "images"])
 
-_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm")
-
-
 def main(argv):
   del argv
   import numpy as np  # pylint: disable=g-import-not-at-top
   from pdsn_jax import visualize  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.data.alignment import align_face  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.data.folders import load_rgb, read_landmarks  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data import faces as faces_lib  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data.folders import read_landmarks  # pylint: disable=g-import-not-at-top
   from pdsn_jax import inference, workdir  # pylint: disable=g-import-not-at-top
 
   if _LIMIT.value < 1:
@@ -45,16 +42,23 @@ def main(argv):
     raise FileNotFoundError(f"--images folder not found: {_IMAGES.value}")
   workdir.require(_WORKDIR.value, workdir.DETECTOR, needed_by="detect")
   variables = workdir.load(_WORKDIR.value, workdir.DETECTOR)
-  paths = sorted(os.path.join(d, f) for d, _, files in os.walk(_IMAGES.value) for f in files
-                 if f.lower().endswith(_EXT))[:_LIMIT.value]
-  if not paths:
-    raise ValueError(f"no images ({', '.join(_EXT)}) under {_IMAGES.value}")
+  paths = faces_lib.list_images(_IMAGES.value)
   marks = read_landmarks(_LANDMARKS.value) if _LANDMARKS.value else {}
-  size = tuple(config.data.image_size)
-  def landmarks(p):  # the TSV names files by path; the folder may hold links to them
-    return marks.get(os.path.normpath(os.path.abspath(p)), marks.get(os.path.realpath(p)))
-
-  faces = np.stack([align_face(load_rgb(p), landmarks(p), size) for p in paths])
+  # an unreadable photo is reported and skipped, never the end of the run
+  found, skipped = [], []
+  for start in range(0, len(paths), 64):  # only as many photos as the sheet needs
+    for f in faces_lib.find(paths[start:start + 64], tuple(config.data.image_size),
+                            config.data.alignment, marks):
+      if len(found) < _LIMIT.value:
+        (found if f.face is not None else skipped).append(f)
+    if len(found) == _LIMIT.value:
+      break
+  for f in skipped:
+    logging.warning("skipped %s: %s", f.path, f.note)
+  if not found:
+    raise ValueError(f"no readable image under {_IMAGES.value} ({len(skipped)} skipped)")
+  paths = [f.path for f in found]
+  faces = np.stack([f.face for f in found])
   pred = inference.occlusion_predictor(config, variables)(faces)
   visualize.detection_sheet(faces, pred, _OUT.value, min_overlap=config.occlusion.min_overlap,
                             overlap=config.occlusion.overlap,

@@ -78,7 +78,8 @@ def export(workdir: str, model: str = "") -> dict:
     exp = jax.export.export(jax.jit(occluded))(faces)
     paths["occlusion"] = files.atomic_write(os.path.join(out_dir, "occlusion.jaxexport"),
                                             bytes(exp.serialize()))
-  np.save(os.path.join(out_dir, "dictionary.npy"), rec.host_table.astype(np.uint8))
+  with files.atomic_path(os.path.join(out_dir, "dictionary.npy")) as tmp:
+    np.save(tmp, rec.host_table.astype(np.uint8))
   paths["dictionary"] = os.path.join(out_dir, "dictionary.npy")
   meta = {"model": rec.spec.name, "image_size": [h, w], "u_shape": list(rec.u_shape),
           "alignment": config.data.alignment, "blocks": list(occlusion.CENTRAL_BLOCKS),

@@ -2,16 +2,45 @@
 or the new one, never half of one), checksums, a damaged file named, a full disk in one line.
 """
 
+import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 from typing import Any
 
 
 class DamagedFile(ValueError):
   """A file that exists but cannot be read back, or whose bytes do not match its checksum."""
+
+
+class InUse(RuntimeError):
+  """A folder another process is writing (its lock is held)."""
+
+
+@contextlib.contextmanager
+def locked(folder: str, what: str, name: str = ".lock"):
+  """Holds ``<folder>/<name>`` (flock) while the block runs; a second holder fails at once
+  naming the pid that holds it. The lock dies with its process: a killed build never leaves
+  the folder locked."""
+  os.makedirs(folder, exist_ok=True)
+  path = os.path.join(folder, name)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+      raise InUse(f"{what} {os.path.abspath(folder)} is in use by pid {holder} (lock {path}); "
+                  "wait for it to finish or use another folder") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    yield
+  finally:
+    os.close(fd)
 
 
 def atomic_write(path: str, data: bytes | str) -> str:
@@ -28,6 +57,36 @@ def atomic_write(path: str, data: bytes | str) -> str:
     if os.path.exists(tmp):
       os.remove(tmp)
   return path
+
+
+def inside(root: str, rel: str, where: str) -> str:
+  """``root/rel``, refusing a ``rel`` that is absolute or climbs out of ``root`` (a list file
+  must not make a reader open files elsewhere); ``where`` names the file and row."""
+  full = os.path.normpath(os.path.join(root, rel))
+  base = os.path.normpath(os.path.abspath(root))
+  if os.path.isabs(rel) or not os.path.abspath(full).startswith(base + os.sep):
+    raise ValueError(f"{where}: path {rel!r} is outside {root} (absolute, or '..' climbs out); "
+                     "list files name paths under their own folder")
+  return full
+
+
+@contextlib.contextmanager
+def atomic_path(path: str):
+  """A temporary name in ``path``'s folder (same extension, so writers that go by it, Pillow
+  or ``np.save``, keep the format) to write to; renamed to ``path`` when the block ends, removed
+  if it raises (a full disk leaves the old file or none, never half of one)."""
+  root, ext = os.path.splitext(path)
+  tmp = f"{root}.tmp{os.getpid()}{ext}"
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  except OSError as e:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):  # name the file the user asked for
+      raise OSError(e.errno, e.strerror, path) from e
+    raise
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 
 def write_json(path: str, obj: Any) -> str:
@@ -90,14 +149,25 @@ def read_verified(path: str, expected: dict, fix: str = "") -> bytes:
   return blob
 
 
+# orbax's writer (tensorstore) reports a full disk as text in a ValueError / XlaRuntimeError:
+# "RESOURCE_EXHAUSTED: ... [os_error_code='28'] ... No space left on device"
+_WRAPPED_ENOSPC = re.compile(r"os_error_code=.?(28|122)\b|No space left on device|"
+                             r"Disk quota exceeded")
+_QUOTED_PATH = re.compile(r"[\"'](?:file://)?(/[^\"']+)[\"']")
+
+
 def disk_full(e: BaseException) -> str | None:
   """One line for an exception chain caused by a full disk (errno ENOSPC or EDQUOT): the
   file and the free space left; None for any other error."""
   seen = set()
   while e is not None and id(e) not in seen:
     seen.add(id(e))
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-      name = e.filename or ""
+    wrapped = not isinstance(e, OSError) and _WRAPPED_ENOSPC.search(str(e))
+    if wrapped or isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+      name = e.filename or "" if isinstance(e, OSError) else ""
+      if wrapped:  # tensorstore's message names the file it was writing, when it does
+        hit = _QUOTED_PATH.search(str(e))
+        name = hit.group(1) if hit else ""
       where = name or os.getcwd()
       probe = where
       while probe and not os.path.exists(probe):

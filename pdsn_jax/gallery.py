@@ -21,7 +21,7 @@ import sys
 import numpy as np
 from absl import flags
 
-from pdsn_jax.data.faces import FINDERS, WEIGHTS
+from pdsn_jax.data.faces import FINDERS, IMAGE_EXTENSIONS, WEIGHTS
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (python -m pdsn_jax.main).")
 _OUT = flags.DEFINE_string("out", None, "Store folder to create or resume.")
@@ -40,8 +40,6 @@ _FINDER_WEIGHTS = flags.DEFINE_enum(
     "BlazeFace: 'run': the run's tuned short-range weights when it has them; 'shipped'.")
 flags.mark_flags_as_required(["workdir", "out"])
 
-_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm")
-
 
 class _Folder:
   """Images under a folder, aligned to the run's template (labels: first-level subfolder), a
@@ -56,9 +54,9 @@ class _Folder:
       from pdsn_jax.data import faces  # pylint: disable=g-import-not-at-top
       self.finder = faces.for_run(detector, workdir, weights)
     self.paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
-                        if f.lower().endswith(_EXT))
+                        if f.lower().endswith(IMAGE_EXTENSIONS))
     if not self.paths:
-      raise ValueError(f"no images ({', '.join(_EXT)}) under {root}")
+      raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
     self.marks = read_landmarks(landmarks) if landmarks else {}
     top = sorted({os.path.relpath(p, root).split(os.sep)[0] for p in self.paths
                   if os.sep in os.path.relpath(p, root)})
@@ -66,6 +64,15 @@ class _Folder:
 
   def __len__(self):
     return len(self.paths)
+
+  def inventory(self) -> list[list]:
+    """[path under the root, bytes, mtime_ns] of every photo in store order: what a resumed
+    build must find again."""
+    out = []
+    for p in self.paths:
+      st = os.stat(p)
+      out.append([os.path.relpath(p, self.root), st.st_size, st.st_mtime_ns])
+    return out
 
   def label(self, i: int) -> int:
     rel = os.path.relpath(self.paths[i], self.root)
@@ -116,6 +123,11 @@ def main(argv):
   if _SHARD.value < 1:
     raise ValueError(f"--shard_size={_SHARD.value}: must be >= 1 (faces per shard)")
   config = workdir.load_config(_WORKDIR.value)
+  from pdsn_jax.evaluation import evaluators  # pylint: disable=g-import-not-at-top
+  networks = sorted({workdir.TRUNK} | {m.stage for m in evaluators.parse_models(
+      config.eval.models)})
+  if _STAGE.value not in networks:  # a name, never a path into another run
+    raise ValueError(f"--stage={_STAGE.value!r}: must be one of this run's networks {networks}")
   workdir.require(_WORKDIR.value, _STAGE.value, needed_by="gallery")
   variables = workdir.backbone_variables(_WORKDIR.value, _STAGE.value)
   backbone = builders.backbone(config, False)

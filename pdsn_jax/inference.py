@@ -2,13 +2,14 @@
 evaluation stage) and the whole pipeline for aligned faces (``Recognizer``, used by the
 embed / verify / identify commands and the exported functions)."""
 
+import math
 import os
 import re
 
 import jax
 import numpy as np
 
-from pdsn_jax import builders, parallel
+from pdsn_jax import builders, parallel, provenance
 from pdsn_jax.data import occlusion, pipeline, placement
 
 
@@ -107,6 +108,14 @@ class Recognizer:
     elif not have:
       raise FileNotFoundError(f"the run {workdir} has no trained model of {config.eval.models}")
     self.spec = (pick if model else have)[-1]
+    # the stages loaded below must have been made together, under the run's config.json, as
+    # main requires: a trunk made again must never meet the dictionary of the old one
+    loaded = [self.spec.stage, workdir_lib.DETECTOR]
+    loaded += [workdir_lib.DICTIONARY] if self.spec.fdm else []
+    loaded += [workdir_lib.TRUNK] if self.spec.trunk_when_clean else []
+    provenance.require_fresh(config, workdir, [s for s in loaded
+                                               if provenance.has_outputs(workdir, s)],
+                             f"model {self.spec.name!r} of {workdir}")
     host = workdir_lib.backbone_variables(workdir, self.spec.stage)
     self.net = builders.backbone(config, False)
     self.u_shape = builders.u_shape(config)
@@ -162,6 +171,10 @@ class Recognizer:
     """The decision threshold the evaluation chose (mean of its 10 fold thresholds)."""
     key = "occluded" if occluded else "clean"
     t = self.thresholds.get(key)
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))
+                          or not math.isfinite(t) or not -1.0 <= t <= 1.0):
+      return None, (f"none usable: the stored {key} threshold of {self.spec.name} is {t!r}, not "
+                    "a cosine in [-1, 1] (run the 'evaluate' stage again)")
     what = (f"mean of the 10 fold thresholds of {self.spec.name}'s {key} verification"
             if t is not None else self.thresholds_note or "none measured")
     return t, what

@@ -120,6 +120,7 @@ def train_loop(*, stage: str, state: Any, step_fn: Callable, data_iter: Any, mes
                    done, total)
       break
   mgr.wait_until_finished()
+  checkpointing.seal(mgr)
   return state
 
 

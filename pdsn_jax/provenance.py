@@ -12,7 +12,11 @@ The rule, applied when a stage starts (``begin``):
      - Only an upstream record changed (that stage was made again): the old outputs are moved
        aside the same way, with a warning, and the stage starts again. So overwriting a stage
        retrains it and everything downstream that runs.
-  3. Outputs without a record (made before records existed) are adopted, with a warning.
+  3. A record is written twice: ``provenance.json`` and a hidden copy beside the outputs
+     (``.provenance.json``). A deleted record is read from its copy, so the rule above still
+     applies to it (a changed field refuses; unchanged, it is restored with its id). Outputs
+     with neither are refused: nothing says what made them (``--config.overwrite`` remakes
+     them).
 
 A record carries a random ``id`` made when the stage first starts, so a stage trained again
 under the same config still changes its fingerprint: downstream stages never pair with a
@@ -34,19 +38,23 @@ from pdsn_jax import distributed, files
 from pdsn_jax import workdir as workdir_lib
 
 RECORD = "provenance.json"
+COPY = ".provenance.json"  # the record again, so deleting one file never relabels outputs
 IGNORED = frozenset({"log_every", "checkpoint_every", "keep_checkpoints", "eval_every",
                      "num_workers", "cache", "eval_images", "bottom_cache_gib"})
 # config sections (or dotted fields) each kind of stage's outputs depend on
 _BASE = ("seed", "prng_impl", "data")
+# (``detector.heldout_every`` splits the occluder files of every stage that pastes occluders,
+# builders.occluders, so each of them records it)
+_OCCLUDERS = ("occlusion", "detector.heldout_every")
 SECTIONS = {
     "trunk": _BASE + ("model", "cosface", "trunk"),
-    "pdsn": _BASE + ("model", "cosface", "pdsn", "occlusion"),
-    "dictionary": _BASE + ("model", "dictionary", "occlusion"),
-    "baseline": _BASE + ("model", "cosface", "finetune", "occlusion"),
-    "finetune": _BASE + ("model", "cosface", "finetune", "occlusion"),
-    "detector": _BASE + ("detector", "occlusion"),
-    "face_finder": _BASE + ("face_finder", "occlusion", "eval.seed"),
-    "evaluate": _BASE + ("model", "eval", "occlusion", "detector.threshold"),
+    "pdsn": _BASE + ("model", "cosface", "pdsn") + _OCCLUDERS,
+    "dictionary": _BASE + ("model", "dictionary") + _OCCLUDERS,
+    "baseline": _BASE + ("model", "cosface", "finetune") + _OCCLUDERS,
+    "finetune": _BASE + ("model", "cosface", "finetune") + _OCCLUDERS,
+    "detector": _BASE + ("detector",) + _OCCLUDERS,
+    "face_finder": _BASE + ("face_finder", "eval.seed") + _OCCLUDERS,
+    "evaluate": _BASE + ("model", "eval", "detector.threshold") + _OCCLUDERS,
 }
 # fields inside a stage's sections that only its users read: the detector's pixel threshold is
 # applied at inference (the evaluation, the photo commands), so choosing it never retrains
@@ -88,16 +96,23 @@ def _path(workdir: str, name: str) -> str:
 
 
 def read(workdir: str, name: str) -> dict | None:
-  path = _path(workdir, name)
-  if not os.path.isfile(path):
-    return None
-  return files.read_json(path, f"the '{name}' stage's provenance record",
-                         f"delete it to adopt the stage's outputs as they are")
+  """The stage's record, else its copy (the record was deleted), else None."""
+  for path in (_path(workdir, name), workdir_lib.stage_file(workdir, name, COPY)):
+    if os.path.isfile(path):
+      return files.read_json(path, f"the '{name}' stage's provenance record",
+                             f"restore it from {COPY} beside it, or remake the stage with "
+                             f"--config.overwrite={_stage(name)}")
+  return None
+
+
+def _write(workdir: str, name: str, rec: dict) -> None:
+  files.write_json(workdir_lib.stage_file(workdir, name, COPY), rec)
+  files.write_json(_path(workdir, name), rec)
 
 
 def has_outputs(workdir: str, name: str) -> bool:
   d = workdir_lib.stage_dir(workdir, name)
-  return os.path.isdir(d) and any(f != RECORD for f in os.listdir(d))
+  return os.path.isdir(d) and any(f not in (RECORD, COPY) for f in os.listdir(d))
 
 
 def _diff(old: dict, new: dict) -> list[str]:
@@ -185,9 +200,14 @@ def begin(config, workdir: str, name: str, kind: str, upstream=(), overrides: di
   present = reuse and has_outputs(workdir, name)
   old = read(workdir, name) if present else None
   why = ""
+  if present and old is None and not _overwrite(config, name):
+    raise StaleStage(
+        f"stage '{name}' in {workdir} has outputs but no provenance record ({RECORD} and its "
+        f"copy {COPY} are both gone): nothing says which config made them; rerun with "
+        f"--config.overwrite={_stage(name)} to move them aside and make the stage again, or "
+        "use a new --workdir")
   if present and old is None:
-    logging.warning("[%s] outputs without a provenance record (made by an older version): "
-                    "adopted as made under this config", name)
+    why = "outputs without a provenance record"
   elif present:
     changed = _diff(_selected(old["fields"], kind), new["fields"])
     moved = [u for u in up if old["upstream"].get(u) != up[u]]
@@ -214,7 +234,7 @@ def begin(config, workdir: str, name: str, kind: str, upstream=(), overrides: di
   new["fingerprint"] = _fingerprint(new)
   if jax.process_index() == 0:
     os.makedirs(workdir_lib.stage_dir(workdir, name), exist_ok=True)
-    files.write_json(_path(workdir, name), new)
+    _write(workdir, name, new)
   distributed.barrier(f"provenance: {name} recorded")
   return read(workdir, name)  # process 0's (its random id) in every process
 

@@ -7,6 +7,7 @@ Command-line use (a contact sheet of every block's occlusions on a few faces):
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pdsn_jax import files
 from pdsn_jax.data import occlusion
 
 _GRID_COLOUR = (255, 255, 0)
@@ -36,7 +37,8 @@ def save_with_header(sheet: np.ndarray, header: list[str], path: str) -> str:
   cw = sheet.shape[1] // len(header)
   for k, txt in enumerate(header):
     ImageDraw.Draw(bar).text((k * cw + 3, 0), txt, fill=(0, 0, 0))
-  Image.fromarray(np.concatenate([np.asarray(bar), sheet], 0)).save(path)
+  with files.atomic_path(path) as tmp:  # never half a picture
+    Image.fromarray(np.concatenate([np.asarray(bar), sheet], 0)).save(tmp)
   return path
 
 
@@ -75,7 +77,8 @@ def dictionary_figure(mean_masks: np.ndarray, fdms: np.ndarray, path: str,
       cells.append(_label(_pad(_heat(mean_masks[j, ..., c], scale)), f"mean c{c}"))
       cells.append(_label(_pad(_heat(fdms[j, ..., c].astype(np.float32), scale)), f"FDM c{c}"))
     rows.append(np.concatenate(cells, 1))
-  Image.fromarray(np.concatenate(rows, 0)).save(path)
+  with files.atomic_path(path) as tmp:  # never half a picture
+    Image.fromarray(np.concatenate(rows, 0)).save(tmp)
   return path
 
 
@@ -115,7 +118,8 @@ def med_figure(med: np.ndarray, path: str, height: int = 60) -> str:
       hh = int(height * med[j, k] / top)
       d.rectangle([80 + k * bw, y0 + height - hh, 80 + (k + 1) * bw - 1, y0 + height],
                   fill=(40, 90, 200))
-  img.save(path)
+  with files.atomic_path(path) as tmp:  # never half a picture
+    img.save(tmp)
   return path
 
 
@@ -164,7 +168,8 @@ def finder_sheet(frames: dict, found: dict, path: str, per_kind: int = 3) -> str
         cells.append(_pad(np.asarray(cell)))
     rows.append(_label(np.concatenate(cells, 1), f"{name}: green points = face found, red = "
                        f"none ({', '.join(frames)}; {per_kind} each)"))
-  Image.fromarray(np.concatenate(rows, 0)).save(path)
+  with files.atomic_path(path) as tmp:  # never half a picture
+    Image.fromarray(np.concatenate(rows, 0)).save(tmp)
   return path
 
 
@@ -203,7 +208,8 @@ def curve_figure(panels: dict, xs: list[int], path: str, title: str) -> str:
     y = top + ph + 24 + 14 * mi
     d.rectangle([left, y, left + 10, y + 10], fill=_CURVE_COLOURS[mi % len(_CURVE_COLOURS)])
     d.text((left + 16, y - 1), n, fill=(0, 0, 0))
-  img.save(path)
+  with files.atomic_path(path) as tmp:  # never half a picture
+    img.save(tmp)
   return path
 
 

@@ -43,19 +43,21 @@ def fake_torch(monkeypatch):
   return torch
 
 
-def write_legacy(path, obj: dict, torch, storage_name=None) -> None:
-  """torch.save(obj, path, _use_new_zipfile_serialization=False) for a dict of numpy arrays."""
+def write_legacy(path, obj: dict, torch, storage_name=None, views=None) -> None:
+  """torch.save(obj, path, _use_new_zipfile_serialization=False) for a dict of numpy arrays;
+  ``views``: {key: (offset, size, stride)} written instead of the array's own (crafted files)."""
   storages = []
 
   class Tensor:
-    def __init__(self, a):
-      self.a = np.ascontiguousarray(a)
+    def __init__(self, a, view=None):
+      self.a, self.view = np.ascontiguousarray(a), view
 
     def __reduce__(self):
       key = str(len(storages))
       storages.append((key, self.a))
       stride = tuple(s // self.a.itemsize for s in self.a.strides)
-      return (torch._utils._rebuild_tensor_v2, (("S", key, self.a), 0, self.a.shape, stride,
+      offset, size, stride = self.view or (0, self.a.shape, stride)
+      return (torch._utils._rebuild_tensor_v2, (("S", key, self.a), offset, size, stride,
                                                  False, OrderedDict()))
 
   class Pickler(pickle.Pickler):
@@ -68,7 +70,7 @@ def write_legacy(path, obj: dict, torch, storage_name=None) -> None:
   with open(path, "wb") as f:
     for head in (mfn.MAGIC, mfn.PROTOCOL, {"protocol_version": 1001, "little_endian": True}):
       pickle.dump(head, f, protocol=2)
-    Pickler(f, protocol=2).dump({k: Tensor(v) for k, v in obj.items()})
+    Pickler(f, protocol=2).dump({k: Tensor(v, (views or {}).get(k)) for k, v in obj.items()})
     pickle.dump([k for k, _ in storages], f, protocol=2)
     for _, a in storages:
       f.write(a.size.to_bytes(8, "little"))
@@ -104,6 +106,21 @@ def test_reader_errors_name_the_file_and_where(tmp_path, fake_torch):
   write_legacy(bad, {"w": np.ones(3, np.float32)}, fake_torch, storage_name="QuintStorage")
   with pytest.raises(ValueError, match=r"unknown storage type torch.QuintStorage"):
     mfn.read_torch_legacy(str(bad))
+
+
+@pytest.mark.parametrize("view", [(0, (50_000_000,), (1,)), (10**12, (2,), (1,)),
+                                  (0, (2, 2), (3, 1)), (-1, (2,), (1,)), (0, (2,), (-1,))])
+def test_reader_refuses_views_outside_their_storage(tmp_path, fake_torch, view):
+  """The probe: a 344-byte file (50,000,000 elements on a 4-float storage) segfaulted the
+  process; an offset of 10^12 was accepted."""
+  path = tmp_path / "crafted.ckpt"
+  write_legacy(path, {"w": np.ones(4, np.float32)}, fake_torch, views={"w": view})
+  with pytest.raises(ValueError, match=r"crafted.ckpt: a tensor .*(storage 0, which holds 4|"
+                                       r"expected non-negative integers)"):
+    mfn.read_torch_legacy(str(path))
+  write_legacy(path, {"w": np.arange(4, dtype=np.float32)}, fake_torch,
+               views={"w": (1, (3,), (1,))})  # an in-bounds view still reads
+  np.testing.assert_array_equal(mfn.read_torch_legacy(str(path))["w"], [1, 2, 3])
 
 
 def test_reader_runs_no_code_from_the_file(tmp_path):

@@ -99,12 +99,35 @@ def test_the_detectors_threshold_is_the_evaluations_field_not_the_detectors(tmp_
     provenance.begin(c, wd, "detector", "detector")
 
 
-def test_outputs_without_a_record_are_adopted_with_a_warning(tmp_path, caplog):
+def test_a_deleted_record_is_read_from_its_copy_and_never_relabels(tmp_path):
+  """The probe: delete pdsn/provenance.json, rerun with a changed lambda: the old stage was
+  adopted and its record then claimed the new lambda."""
+  wd, c = str(tmp_path), tiny.get_config()
+  first = _chain(c, wd)
+  os.remove(os.path.join(wd, "pdsn", provenance.RECORD))
+  c.pdsn.lambda_l1 = 50.0
+  with pytest.raises(provenance.StaleStage, match=r"pdsn.lambda_l1: 10.0 -> 50.0"):
+    provenance.begin(c, wd, "pdsn", "pdsn", ("trunk",))
+  assert not os.path.isfile(os.path.join(wd, "pdsn", provenance.RECORD))
+  # under the config that made it, the record comes back with its id: downstream stays fresh
+  c.pdsn.lambda_l1 = 10.0
+  again = provenance.begin(c, wd, "pdsn", "pdsn", ("trunk",))
+  assert again["fingerprint"] == first["pdsn"]["fingerprint"]
+  assert os.path.isfile(os.path.join(wd, "pdsn", provenance.RECORD))
+  assert provenance.stale(c, wd, "dictionary") == []
+
+
+def test_outputs_with_no_record_at_all_are_refused_until_overwritten(tmp_path):
   wd, c = str(tmp_path), tiny.get_config()
   _make(wd, "trunk")
+  with pytest.raises(provenance.StaleStage, match=r"no provenance record.*"
+                                                   r"--config.overwrite=trunk"):
+    provenance.begin(c, wd, "trunk", "trunk")
+  c.overwrite = "trunk"
   rec = provenance.begin(c, wd, "trunk", "trunk")
-  assert "adopted" in caplog.text and rec["fields"]["trunk.num_steps"] == 6
-  assert os.path.isfile(os.path.join(wd, "trunk", "out.bin"))
+  assert rec["fields"]["trunk.num_steps"] == 6
+  assert not os.path.isfile(os.path.join(wd, "trunk", "out.bin"))  # moved aside
+  assert any(d.startswith("trunk.replaced-") for d in os.listdir(wd))
 
 
 def test_a_rerun_with_a_changed_field_never_reuses_or_mislabels(tmp_path, tiny_run):
@@ -149,3 +172,15 @@ def test_a_rerun_with_a_changed_field_never_reuses_or_mislabels(tmp_path, tiny_r
   proc = helpers.run_main(wd, "--config.stages=dictionary", "--config.pdsn.lambda_l1=50")
   assert "building it again" in proc.stderr
   np.testing.assert_array_equal(fdm.load(npz)[0], good)
+
+
+@pytest.mark.parametrize("kind", ["pdsn", "dictionary", "baseline", "finetune", "face_finder",
+                                  "evaluate"])
+def test_the_occluder_split_is_in_every_record_that_pastes_occluders(kind):
+  """The probe: detector.heldout_every decides every stage's occluder split (builders.occluders)
+  but was in no PDSN stage's record, so changing it reused their stale outputs."""
+  c = tiny.get_config()
+  before = provenance.fields(c, kind)
+  c.detector.heldout_every = 5
+  assert provenance.fields(c, kind)["detector.heldout_every"] == 5 != before[
+      "detector.heldout_every"]

@@ -32,6 +32,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from pdsn_jax import files
 from pdsn_jax.data import alignment
 from pdsn_jax.data.placement import category_mask
 
@@ -81,6 +82,7 @@ def read_labels(root: str) -> list[dict]:
     if r.get("kind") not in KINDS or not r.get("relative_path"):
       raise ValueError(f"{path} line {i}: kind {r.get('kind')!r} is not one of {KINDS} (or the "
                        "path is empty)")
+    files.inside(root, r["relative_path"], f"{path} line {i}")
   return rows
 
 

@@ -23,14 +23,21 @@ import time
 import numpy as np
 
 from pdsn_jax.data.alignment import align_face
-from pdsn_jax.data.folders import load_rgb
+from pdsn_jax.data.folders import load_photo
 
 DETECTORS = ("blazeface", "blazeface_full", "hog", "cnn")
 WEIGHTS = ("run", "shipped")  # --face_finder_weights
 FINDERS = DETECTORS + ("none",)  # --face_detector: "none" takes the photos as aligned crops
 _BLAZEFACE = {"blazeface": ("short", "full"), "blazeface_full": ("full",)}  # tried in order
 MIN_FACE_PX = 16  # a photo smaller than this on either side holds no usable face
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm")
+# every format Pillow reads that photos come in (animated / multi-page: the first frame)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".gif", ".tif", ".tiff",
+                    ".webp")
+# a photo larger than this is shrunk as it is decoded (4096x4096: a face in it still has far
+# more pixels than the 112x96 crop); the finder runs on at most CHUNK_PIXELS at once, so memory
+# follows the number of photos, never their size
+MAX_PHOTO_PIXELS = 4096 * 4096
+CHUNK_PIXELS = 4 * MAX_PHOTO_PIXELS
 
 # 68-point indices (iBUG 300-W, 0-based): eyes 36-41 (image left) and 42-47, nose tip 30,
 # mouth corners 48 (image left) and 54 - in the TSV's order.
@@ -170,10 +177,17 @@ def find(paths, image_size, template: str = "arcface", landmarks: dict | None = 
 
 def _find_chunk(paths, image_size, template, landmarks, finder) -> list[Found]:
   found: dict[int, Found] = {}
-  search = []  # (index, image) for the finder
+  search = []  # (index, image) for the finder, at most CHUNK_PIXELS of them held at once
+
+  def run_finder():
+    for (i, image), (pts, note) in zip(search, finder.points_batch([im for _, im in search])):
+      found[i] = Found(paths[i], None if pts is None else align_face(
+          image, pts, image_size, template), pts, note)
+    search.clear()
+
   for i, p in enumerate(paths):
     try:
-      image = load_rgb(p)
+      image, scale = load_photo(p, MAX_PHOTO_PIXELS)
     except (OSError, ValueError) as e:
       found[i] = Found(p, None, None, f"unreadable: {e}")
       continue
@@ -184,16 +198,17 @@ def _find_chunk(paths, image_size, template, landmarks, finder) -> list[Found]:
     key = os.path.normpath(os.path.abspath(p))
     if landmarks is not None and (key in landmarks or os.path.realpath(p) in landmarks):
       pts = landmarks.get(key, landmarks.get(os.path.realpath(p)))
+      pts = None if pts is None else np.asarray(pts, np.float64) * scale
       found[i] = Found(p, align_face(image, pts, image_size, template), pts, "ok")
     elif finder is not None:
+      if sum(im.shape[0] * im.shape[1] for _, im in search) + image.size // 3 > CHUNK_PIXELS:
+        run_finder()
       search.append((i, image))
     else:  # an aligned crop already (or the caller accepts a centre crop)
       note = "ok" if image.shape[:2] == image_size else "no landmarks: centre crop"
       found[i] = Found(p, align_face(image, None, image_size, template), None, note)
   if search:
-    for (i, image), (pts, note) in zip(search, finder.points_batch([im for _, im in search])):
-      found[i] = Found(paths[i], None if pts is None else align_face(
-          image, pts, image_size, template), pts, note)
+    run_finder()
   return [found[i] for i in range(len(paths))]
 
 

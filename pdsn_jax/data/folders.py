@@ -4,7 +4,7 @@ import logging
 import os
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from pdsn_jax.data.alignment import align_face
 
@@ -73,15 +73,33 @@ def to_rgb(im: Image.Image) -> np.ndarray:
   return np.asarray(im.convert("RGB"))
 
 
-def load_rgb(path: str) -> np.ndarray:
-  """Decodes an image file to uint8 HxWx3 (``to_rgb``), naming the file on error."""
+def load_photo(path: str, max_pixels: int | None = None) -> tuple[np.ndarray, float]:
+  """(uint8 HxWx3, scale): the image as a person sees it (its EXIF orientation applied, the
+  first frame of an animated or multi-page file), shrunk by ``scale`` <= 1 when it has more
+  than ``max_pixels`` pixels (so memory follows the number of photos, not their size; a JPEG
+  is decoded at the reduced size directly). Errors name the file."""
   try:
     with Image.open(path) as im:
-      return to_rgb(im)
+      im.seek(0)
+      scale = 1.0
+      w, h = im.size
+      if max_pixels and w * h > max_pixels:
+        scale = (max_pixels / (w * h)) ** 0.5
+        target = (max(1, int(w * scale)), max(1, int(h * scale)))
+        im.draft("RGB", target)  # JPEG: decode at 1/2, 1/4 or 1/8 of the size
+        im = im.resize(target, Image.BILINEAR, reducing_gap=2.0)
+      im = ImageOps.exif_transpose(im)
+      return to_rgb(im), scale
   except FileNotFoundError:
     raise FileNotFoundError(f"image not found: {path}") from None
   except Exception as e:  # noqa: BLE001
     raise ValueError(f"cannot read image {path}: {e}") from None
+
+
+def load_rgb(path: str) -> np.ndarray:
+  """Decodes an image file to uint8 HxWx3 (``load_photo``: upright, first frame), naming the
+  file on error."""
+  return load_photo(path)[0]
 
 
 class FolderFaces:

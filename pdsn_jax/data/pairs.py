@@ -53,6 +53,11 @@ def read_lfw_pairs(path: str, pattern: str = OFFICIAL_LFW) -> tuple[list[tuple[s
       if not parts:
         continue
       try:
+        names = parts[0::2] if len(parts) in (3, 4) else []
+        names = names[:1] if len(parts) == 3 else names
+        if any(n in (".", "..") or "/" in n or "\\" in n for n in names):
+          raise ValueError(f"a name is a path ({names}): names are single folder names, so a "
+                           "pairs file never opens images outside its image root")
         if len(parts) == 3:
           pairs.append((img(parts[0], parts[1]), img(parts[0], parts[2])))
           same.append(True)

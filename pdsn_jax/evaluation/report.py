@@ -165,7 +165,8 @@ def bar_figure(models: dict, path: str, lo: float = 0.5) -> str:
     y = top + h + 22 + 14 * mi
     d.rectangle([60, y, 70, y + 10], fill=_COLOURS[mi % len(_COLOURS)])
     d.text((76, y - 1), n, fill=(0, 0, 0))
-  img.save(path)
+  with files.atomic_path(path) as tmp:  # never half a picture
+    img.save(tmp)
   return path
 
 

@@ -4,7 +4,9 @@ grows with the gallery.
 
   STORE/meta.json             version, U's shape, dtype, shard size, face count, the trunk
                               (checkpoint and a fingerprint of its variables), the source,
-                              and its own checksum
+                              the sha256 of its inputs list, and its own checksum
+  STORE/inputs.json           the source's files in store order, each [path, bytes, mtime_ns]
+                              (photo folders: a resumed build must see the same files)
   STORE/shard_00000.npy       U of faces [0, shard_size): float32, float16, or int8 ...
   STORE/scale_00000.npy       ... with per-face, per-channel scales (int8 only)
   STORE/labels_00000.npy      identity labels (-1: a distractor; -2: an unreadable image,
@@ -45,9 +47,36 @@ def fingerprint(variables) -> str:
   return h.hexdigest()[:16]
 
 
+class OutOfRange(ValueError):
+  """U that the store's dtype cannot hold (float16 overflows to inf; NaN anywhere)."""
+
+
+def _check_range(u: np.ndarray, dtype: str) -> None:
+  """Refuses U that ``dtype`` would store wrongly, naming the channels' range and the way out:
+  a cast never turns a value into ``inf`` silently."""
+  finite = np.isfinite(u)
+  if not finite.all():
+    raise OutOfRange(f"U holds {int((~finite).sum())} non-finite values (NaN or inf): the "
+                     "network's features are broken; check the run's checkpoint")
+  if dtype != "float16" or not u.size:
+    return
+  top = np.abs(u).max(axis=tuple(range(u.ndim - 1)))  # per channel
+  limit = float(np.finfo(np.float16).max)
+  if top.max() > limit:
+    over = np.flatnonzero(top > limit)
+    raise OutOfRange(
+        f"U reaches {float(top.max()):.4g} (channels {over[:5].tolist()}"
+        f"{' ...' if len(over) > 5 else ''} of {len(top)}: {len(over)} above float16's "
+        f"{limit:g}; channel maxima range {float(top.min()):.4g}-{float(top.max()):.4g}): "
+        "float16 would store inf; use --dtype=int8 (per-face, per-channel scales) or "
+        "--dtype=float32")
+
+
 def quantize(u: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray | None]:
   """(stored U, scales): int8 with one scale per face and channel (max |U| / 127 over the
-  map), float16 / float32 as they are."""
+  map), float16 / float32 as they are; ``OutOfRange`` where the dtype cannot hold U."""
+  if dtype in DTYPES:
+    _check_range(np.asarray(u), dtype)
   if dtype == "int8":
     scale = np.abs(u).max(axis=(1, 2)) / 127.0  # (N, C)
     scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
@@ -159,30 +188,65 @@ class Store:
           "its features would not match; build a store with this trunk")
 
   def write_shard(self, i: int, u: np.ndarray, labels: np.ndarray, paths: list[str]) -> None:
-    q, scale = quantize(u, self.meta["dtype"])
+    try:
+      q, scale = quantize(u, self.meta["dtype"])
+    except OutOfRange as e:
+      raise OutOfRange(f"gallery store {self.path}, shard {i}: {e} (a new dtype needs a new "
+                       "--out, or delete this store)") from None
     for f in (self._file("shard", i), self._file("check", i, "json")):
       if os.path.exists(f):  # making a damaged shard again: incomplete until the end
         os.remove(f)
-    np.save(self._file("labels", i), np.asarray(labels, np.int64))
+    with files.atomic_path(self._file("labels", i)) as tmp:
+      np.save(tmp, np.asarray(labels, np.int64))
     files.atomic_write(self._file("paths", i, "json"), json.dumps(list(paths)))
     if scale is not None:
-      np.save(self._file("scale", i), scale)
-    tmp = self._file("shard", i) + ".tmp.npy"
-    np.save(tmp, q)
-    check = {os.path.basename(f): files.describe(tmp if f == self._file("shard", i) else f)
-             for f in self._shard_files(i)}
-    files.write_json(self._file("check", i, "json"), check)
-    os.replace(tmp, self._file("shard", i))  # last: marks the shard complete
+      with files.atomic_path(self._file("scale", i)) as tmp:
+        np.save(tmp, scale)
+    with files.atomic_path(self._file("shard", i)) as tmp:  # a full disk leaves no stray file
+      np.save(tmp, q)
+      check = {os.path.basename(f): files.describe(tmp if f == self._file("shard", i) else f)
+               for f in self._shard_files(i)}
+      files.write_json(self._file("check", i, "json"), check)
+    # the rename above came last: it marks the shard complete
     self._verified.discard(i)
 
 
+INPUTS = "inputs.json"
+
+
+class InputsChanged(ValueError):
+  """A resumed build whose source files are not those the store was started with."""
+
+
+def _inputs_digest(inputs: list | None) -> str | None:
+  if inputs is None:
+    return None
+  return hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
+
+
+def _first_difference(old: list, new: list) -> str:
+  for i, (a, b) in enumerate(zip(old, new)):
+    if a != b:
+      return f"face {i}: {a[0]!r} ({a[1]} bytes, mtime {a[2]}) then, {b[0]!r} ({b[1]} bytes, " \
+             f"mtime {b[2]}) now"
+  i = min(len(old), len(new))
+  return f"face {i}: {'absent then' if i >= len(old) else repr(old[i][0])}, " \
+         f"{'absent now' if i >= len(new) else repr(new[i][0])}"
+
+
 def create_or_resume(path: str, *, num_faces: int, u_shape, dtype: str, shard_size: int,
-                     trunk_checkpoint: str, trunk_fingerprint: str, source: str) -> Store:
+                     trunk_checkpoint: str, trunk_fingerprint: str, source: str,
+                     inputs: list | None = None) -> Store:
   """Opens the store at ``path``, creating its metadata; an existing store must describe the
-  same build (else the error says what differs)."""
+  same build (else the error says what differs). ``inputs``: the source's files in order
+  (``[path, bytes, mtime_ns]`` each); a resumed build over other files is refused naming the
+  first difference, so no face is lost or stored twice."""
   meta = {"version": VERSION, "num_faces": int(num_faces), "u_shape": list(u_shape),
           "dtype": dtype, "shard_size": int(shard_size), "source": source,
           "trunk": {"checkpoint": trunk_checkpoint, "fingerprint": trunk_fingerprint}}
+  digest = _inputs_digest(inputs)
+  if digest is not None:
+    meta["inputs"] = digest
   if dtype not in DTYPES:
     raise ValueError(f"store dtype {dtype!r} is not one of {DTYPES}")
   meta_path = os.path.join(path, "meta.json")
@@ -196,8 +260,19 @@ def create_or_resume(path: str, *, num_faces: int, u_shape, dtype: str, shard_si
       raise ValueError(f"the store at {path} was started with other settings ("
                        + ", ".join(f"{k}: {old.get(k)!r} vs now {meta[k]!r}" for k in diff)
                        + "); use another --out, or delete it to start again")
+    if old.get("inputs") != digest:
+      listed = os.path.join(path, INPUTS)
+      was = (files.read_json(listed, "the store's inputs list", "delete the store")
+             if os.path.isfile(listed) else None)
+      where = (_first_difference(was, inputs) if was is not None and inputs is not None
+               else "the store records no file list" if was is None else "no file list now")
+      raise InputsChanged(f"the store at {path} was started over other files ({where}): "
+                          "resuming would lose faces or store some twice; use another --out, "
+                          "or delete it to start again")
     return store
   os.makedirs(path, exist_ok=True)
+  if inputs is not None:
+    files.write_json(os.path.join(path, INPUTS), inputs)
   meta["checksum"] = _meta_checksum(meta)
   files.write_json(meta_path, meta)
   return Store(path)
@@ -241,10 +316,25 @@ def build_from_source(path: str, source, features: Callable[[np.ndarray], np.nda
                       trunk_fingerprint: str, description: str,
                       label_fn: Callable[[int], int] | None = None,
                       path_fn: Callable[[int], str] | None = None) -> tuple[Store, dict]:
-  """A store of U for every face of ``source`` (``source[i]["image"]``), built or resumed."""
+  """A store of U for every face of ``source`` (``source[i]["image"]``), built or resumed
+  under a lock on ``path`` (two builds into one store would write the same temporary names).
+  A source with ``inventory()`` (its files as ``[path, bytes, mtime_ns]``) is resumed only
+  over the same files."""
+  lock = f".lock.{jax.process_index()}"
+  with files.locked(path, "the gallery store", lock):
+    return _build_from_source(path, source, features, u_shape=u_shape, dtype=dtype,
+                              shard_size=shard_size, trunk_checkpoint=trunk_checkpoint,
+                              trunk_fingerprint=trunk_fingerprint, description=description,
+                              label_fn=label_fn, path_fn=path_fn)
+
+
+def _build_from_source(path, source, features, *, u_shape, dtype, shard_size, trunk_checkpoint,
+                       trunk_fingerprint, description, label_fn, path_fn):
+  inventory = source.inventory() if hasattr(source, "inventory") else None
   store = create_or_resume(path, num_faces=len(source), u_shape=u_shape, dtype=dtype,
                            shard_size=shard_size, trunk_checkpoint=trunk_checkpoint,
-                           trunk_fingerprint=trunk_fingerprint, source=description)
+                           trunk_fingerprint=trunk_fingerprint, source=description,
+                           inputs=inventory)
 
   unreadable = []
 

@@ -152,18 +152,39 @@ def read_torch_legacy(path: str) -> Any:
   missing = [k for k, s in storages.items() if s.data is None]
   if missing:
     raise TorchFormatError(f"{path}: storages {missing[:5]} are referenced but not stored")
-  return _materialise(obj)
+  return _materialise(obj, path)
 
 
-def _materialise(obj):
+def _check_extent(t: _Tensor, path: str) -> None:
+  """Every element a tensor's (offset, size, stride) reaches must lie in its storage: a crafted
+  view would otherwise read (or crash on) memory outside the file's bytes."""
+  ints = all(isinstance(v, int) and not isinstance(v, bool)
+             for v in (t.offset, *t.size, *t.stride))
+  if not ints or t.offset < 0 or any(n < 0 for n in t.size) or any(s < 0 for s in t.stride):
+    raise TorchFormatError(f"{path}: a tensor of storage {t.storage.key} has offset {t.offset!r}, "
+                           f"size {t.size!r}, stride {t.stride!r}: expected non-negative integers")
+  if 0 in t.size:
+    return
+  last = t.offset + sum((n - 1) * s for n, s in zip(t.size, t.stride))
+  if last >= t.storage.numel:
+    raise TorchFormatError(
+        f"{path}: a tensor of size {t.size} (offset {t.offset}, stride {t.stride}) reaches "
+        f"element {last} of storage {t.storage.key}, which holds {t.storage.numel}: the file is "
+        "damaged or crafted")
+
+
+def _materialise(obj, path: str = ""):
   if isinstance(obj, _Tensor):
+    _check_extent(obj, path)
     st, item = obj.storage, np.dtype(obj.storage.dtype).itemsize
+    if 0 in obj.size:
+      return np.zeros(obj.size, st.dtype)
     return np.lib.stride_tricks.as_strided(st.data[obj.offset:], obj.size,
                                            [s * item for s in obj.stride]).copy()
   if isinstance(obj, dict):
-    return type(obj)((k, _materialise(v)) for k, v in obj.items())
+    return type(obj)((k, _materialise(v, path)) for k, v in obj.items())
   if isinstance(obj, (list, tuple)):
-    return type(obj)(_materialise(v) for v in obj)
+    return type(obj)(_materialise(v, path) for v in obj)
   return obj
 
 

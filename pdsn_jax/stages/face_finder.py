@@ -114,7 +114,8 @@ def plan(ctx: loop.Context) -> loop.Plan:
       logging.info("[face_finder] held-out photos, %s: found %.1f%% (shipped weights %.1f%%)",
                    kind, out["tuned"][kind], out["shipped"][kind])
     if jax.process_index() == 0 and step == ctx.steps:
-      np.savez(workdir_lib.face_finder_weights(ctx.workdir), **tuned)
+      with files.atomic_path(workdir_lib.face_finder_weights(ctx.workdir)) as tmp:
+        np.savez(tmp, **tuned)
       files.write_json(workdir_lib.face_finder_settings(ctx.workdir),
                        {"fallback_score": cfg.get("fallback_score", 0.0) or None})
       visualize.finder_sheet(frames, points, workdir_lib.stage_file(ctx.workdir, ctx.name,
