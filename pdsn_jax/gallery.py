@@ -2,7 +2,7 @@
 
   python -m pdsn_jax.gallery --workdir=RUN --out=STORE \\
       (--images=DIR [--landmarks=TSV] | --source=distractors | --source=synthetic:N) \\
-      [--dtype=float16|int8|float32] [--shard_size=4096] [--stage=trunk]
+      [--dtype=float16|int8|float32] [--shard_size=4096] [--stage=STAGE]
 
 U of every face is computed once with the run's ``--stage`` network (data-parallel over every
 device) and written in shards; a killed build resumes at the first missing shard. Faces from
@@ -30,7 +30,9 @@ _LANDMARKS = flags.DEFINE_string("landmarks", "", "5-point landmarks TSV for --i
 _SOURCE = flags.DEFINE_string("source", "", "'distractors' or 'synthetic:N' instead of --images.")
 _DTYPE = flags.DEFINE_enum("dtype", "float16", ["float32", "float16", "int8"], "Stored U.")
 _SHARD = flags.DEFINE_integer("shard_size", 4096, "Faces per shard.")
-_STAGE = flags.DEFINE_string("stage", "trunk", "The run's stage whose network computes U.")
+_STAGE = flags.DEFINE_string(
+    "stage", "", "The run's stage whose network computes U (default: the network of the run's "
+    "default model, the one identify --store searches with when --model is not given).")
 _FACE_DETECTOR = flags.DEFINE_enum(
     "face_detector", "blazeface", list(FINDERS),
     "--images: finds each face not in --landmarks ('none': the photos are aligned crops, "
@@ -124,13 +126,20 @@ def main(argv):
     raise ValueError(f"--shard_size={_SHARD.value}: must be >= 1 (faces per shard)")
   config = workdir.load_config(_WORKDIR.value)
   from pdsn_jax.evaluation import evaluators  # pylint: disable=g-import-not-at-top
-  networks = sorted({workdir.TRUNK} | {m.stage for m in evaluators.parse_models(
-      config.eval.models)})
-  if _STAGE.value not in networks:  # a name, never a path into another run
-    raise ValueError(f"--stage={_STAGE.value!r}: must be one of this run's networks {networks}")
-  workdir.require(_WORKDIR.value, _STAGE.value, needed_by="gallery")
-  variables = workdir.backbone_variables(_WORKDIR.value, _STAGE.value)
+  models = evaluators.parse_models(config.eval.models)
+  networks = sorted({workdir.TRUNK} | {m.stage for m in models})
+  trained = [m.stage for m in models if workdir.latest_step(_WORKDIR.value, m.stage) is not None]
+  stage = _STAGE.value or (trained[-1] if trained else workdir.TRUNK)
+  if stage not in networks:  # a name, never a path into another run
+    raise ValueError(f"--stage={stage!r}: must be one of this run's networks {networks}")
+  workdir.require(_WORKDIR.value, stage, needed_by="gallery")
+  from pdsn_jax import inference, provenance  # pylint: disable=g-import-not-at-top
+  provenance.require_fresh(config, _WORKDIR.value, [stage], "gallery")
+  variables = workdir.backbone_variables(_WORKDIR.value, stage)
   backbone = builders.backbone(config, False)
+  inference.check_shapes(backbone, variables, config.data.image_size,
+                         f"the '{stage}' checkpoint of {_WORKDIR.value}")
+  logging.warning("U by the '%s' stage's network", stage)
   mesh = parallel.make_mesh()
   embedder = masked.Embedder(backbone, mesh, config.eval.batch_size, builders.normalize)
   rep = parallel.put_replicated(variables, mesh)
@@ -138,7 +147,7 @@ def main(argv):
   out, stats = store.build_from_source(
       _OUT.value, src, lambda images: embedder.features(rep, images),
       u_shape=builders.u_shape(config), dtype=_DTYPE.value, shard_size=_SHARD.value,
-      trunk_checkpoint=workdir.checkpoints(_WORKDIR.value, _STAGE.value),
+      trunk_checkpoint=workdir.checkpoints(_WORKDIR.value, stage),
       trunk_fingerprint=store.fingerprint(builders.feature_variables(backbone, variables)),
       description=desc, label_fn=label_fn, path_fn=path_fn)
   logging.info("store %s: %d faces in %d shards (%s); %s", out.path, out.num_faces,

@@ -83,6 +83,26 @@ def model_fingerprint(variables: dict, dictionary) -> str:
   return store.fingerprint({"variables": variables, "dictionary": dictionary})
 
 
+def check_shapes(net, variables: dict, image_size, what: str) -> None:
+  """Refuses variables that the network ``config.json`` describes does not take (an edited
+  ``model.*`` field), naming the first differing parameter, before flax would fail deep
+  inside ``apply``."""
+  x = jax.numpy.zeros((1, *image_size, 3))
+  want = jax.eval_shape(lambda: net.init(jax.random.key(0), x))
+  want = {k: want[k] for k in variables if k in want}
+  have_leaves = dict(jax.tree_util.tree_leaves_with_path(variables))
+  want_leaves = dict(jax.tree_util.tree_leaves_with_path(want))
+  for path in sorted(set(have_leaves) | set(want_leaves), key=str):
+    a, b = have_leaves.get(path), want_leaves.get(path)
+    if a is None or b is None or tuple(np.shape(a)) != tuple(b.shape):
+      name = jax.tree_util.keystr(path)
+      raise ValueError(
+          f"{what} does not fit the network of the run's config.json: {name} is "
+          f"{'absent' if a is None else tuple(np.shape(a))} in the checkpoint, "
+          f"{'absent' if b is None else tuple(b.shape)} in the network (a model.* or "
+          "data.image_size field of config.json was edited; restore it, or remake the stages)")
+
+
 class Recognizer:
   """A finished run's recognition pipeline for aligned faces: occlusion mask (the run's
   detector) -> occluded blocks -> FDM (the run's dictionary) -> embedding F(FDM * U).
@@ -118,6 +138,8 @@ class Recognizer:
                              f"model {self.spec.name!r} of {workdir}")
     host = workdir_lib.backbone_variables(workdir, self.spec.stage)
     self.net = builders.backbone(config, False)
+    check_shapes(self.net, host, config.data.image_size,
+                 f"the '{self.spec.stage}' checkpoint of {workdir}")
     self.u_shape = builders.u_shape(config)
     table = evaluators.mask_table(self.spec, fdm.load(dictionary)[0] if self.spec.fdm else None,
                                   self.u_shape)

@@ -264,6 +264,11 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, name: str,
              "seconds_this_run": round(time.time() - t0, 1),
              "provenance": record["fingerprint"]}
   summary.update(plan.summary(results) if plan.summary is not None else {})
+  # a resumed or skipped run measures less (no evaluation at step 0): what an earlier run of
+  # the same outputs measured stays in the summary
+  old = workdir_lib.read_summary(workdir, name)
+  if old.get("provenance") == record["fingerprint"]:
+    summary = {**old, **summary}
   if pindex == 0:
     workdir_lib.write_summary(workdir, name, summary)
   return summary

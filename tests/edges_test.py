@@ -313,3 +313,70 @@ def test_gallery_stage_must_be_one_of_the_runs_networks(run_copy, tmp_path):
                         timeout=600, check=False)
   assert proc.returncode != 0 and "--stage='../other/trunk': must be one of this run's " \
       "networks ['baseline', 'finetune', 'trunk']" in proc.stderr
+
+
+# ------------------------------------------------------------ 14: errors a user can act on
+
+
+@pytest.mark.parametrize("row, says", [("nan 1 2 3 4 5 6 7 8 9", "not finite"),
+                                       ("5 5 5 5 5 5 5 5 5 5", "degenerate")])
+def test_bad_landmarks_name_the_file_and_row(tmp_path, row, says):
+  """The probe: NaN or degenerate landmarks gave LinAlgError naming neither file nor row."""
+  tsv = tmp_path / "marks.tsv"
+  tsv.write_text("relative_path\tpoints\na.jpg\t1 2 3 4 5 6 7 8 9 10\nb.jpg\t" + row + "\n")
+  with pytest.raises(ValueError, match=rf"marks.tsv:3: landmarks for 'b.jpg' are {says}"):
+    folders.read_landmarks(str(tsv))
+
+
+def test_a_damaged_face_finder_weights_file_is_named(tmp_path):
+  wd = str(tmp_path)
+  os.makedirs(os.path.dirname(workdir_lib.face_finder_weights(wd)))
+  open(workdir_lib.face_finder_weights(wd), "wb").write(b"PK\x03\x04 not a zip")
+  with pytest.raises(files.DamagedFile, match=r"short_range.npz \(the run's tuned face-finder "
+                                              r"weights\) cannot be read.*shipped"):
+    faces_lib.for_run("blazeface", wd)
+
+
+def test_an_edited_config_json_names_the_field_not_a_flax_error(run_copy, tmp_path):
+  """The probe: a config.json shape edit surfaced as flax's ScopeParamShapeError."""
+  wd = str(tmp_path / "run")
+  shutil.copytree(run_copy, wd)
+  c = json.load(open(workdir_lib.config_file(wd)))
+  c["model"]["width"] = c["model"]["width"] * 2
+  json.dump(c, open(workdir_lib.config_file(wd), "w"))
+  proc = _verify(wd)
+  assert proc.returncode != 0 and "ScopeParamShapeError" not in proc.stderr
+  assert "model.width" in proc.stderr and "Traceback" not in proc.stderr
+  # without records (an older run) the shapes themselves are checked
+  for d in os.listdir(wd):
+    for f in (provenance.RECORD, provenance.COPY):
+      if os.path.isfile(os.path.join(wd, d, f)):
+        os.remove(os.path.join(wd, d, f))
+  proc = _verify(wd)
+  assert proc.returncode != 0 and "does not fit the network of the run's config.json" in \
+      proc.stderr
+
+
+def test_detect_reports_an_unreadable_image_and_goes_on(run_copy, tmp_path):
+  """The probe: detect aborted at the first unreadable image."""
+  images = tmp_path / "img"
+  shutil.copytree(os.path.join(run_copy, "p"), images)
+  (images / "0_broken.png").write_bytes(b"\x89PNG broken")
+  out = tmp_path / "sheet.png"
+  proc = subprocess.run([sys.executable, "-m", "pdsn_jax.detect", f"--workdir={run_copy}",
+                         f"--images={images}", f"--out={out}"], cwd=helpers.REPO,
+                        env=helpers.env_with_devices(1), capture_output=True, text=True,
+                        timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "skipped" in proc.stderr and "0_broken.png" in proc.stderr and out.is_file()
+
+
+def test_a_rerun_keeps_what_the_first_run_measured(tmp_path, tiny_run):
+  """The probe: a rerun rewrote trunk/summary.json without heldout_verification_at_start."""
+  wd = str(tmp_path / "run")
+  shutil.copytree(tiny_run, wd, ignore=shutil.ignore_patterns("distractors_*", "export"))
+  first = workdir_lib.read_summary(wd, "trunk")
+  assert "heldout_verification_at_start" in first
+  helpers.run_main(wd, "--config.stages=trunk")
+  again = workdir_lib.read_summary(wd, "trunk")
+  assert again["heldout_verification_at_start"] == first["heldout_verification_at_start"]

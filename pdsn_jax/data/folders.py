@@ -40,9 +40,16 @@ def read_landmarks(path: str) -> dict[str, np.ndarray | None]:
         raise ValueError(f"{path}:{lineno}: landmarks for {rel!r} have {len(values)} values, "
                          "expected 10 (x1 y1 ... x5 y5) or NA")
       try:
-        out[key] = np.array([float(v) for v in values], np.float64).reshape(5, 2)
+        pts = np.array([float(v) for v in values], np.float64).reshape(5, 2)
       except ValueError as e:
         raise ValueError(f"{path}:{lineno}: non-numeric landmark in {rel!r}: {e}") from None
+      if not np.isfinite(pts).all():
+        raise ValueError(f"{path}:{lineno}: landmarks for {rel!r} are not finite ({fields[1]}); "
+                         "write NA for a photo without points")
+      if np.ptp(pts, axis=0).max() < 1.0:  # one point five times: no face to align to
+        raise ValueError(f"{path}:{lineno}: landmarks for {rel!r} are degenerate (the 5 points "
+                         "lie within one pixel); write NA for a photo without points")
+      out[key] = pts
   return out
 
 
