@@ -52,13 +52,30 @@ SECTIONS = {
     "dictionary": _BASE + ("model", "dictionary") + _OCCLUDERS,
     "baseline": _BASE + ("model", "cosface", "finetune") + _OCCLUDERS,
     "finetune": _BASE + ("model", "cosface", "finetune") + _OCCLUDERS,
-    "detector": _BASE + ("detector",) + _OCCLUDERS,
+    "detector": _BASE + ("detector", "model.dtype") + _OCCLUDERS,
     "face_finder": _BASE + ("face_finder", "eval.seed") + _OCCLUDERS,
     "evaluate": _BASE + ("model", "eval", "detector.threshold") + _OCCLUDERS,
 }
 # fields inside a stage's sections that only its users read: the detector's pixel threshold is
 # applied at inference (the evaluation, the photo commands), so choosing it never retrains
 EXCLUDED = {"detector": ("detector.threshold",)}
+# Fields a stage reads that are not in its record, and why that is safe. tests/reads_test.py
+# runs every stage with a config that records what it reads and fails on any other field, so a
+# new read is either recorded or explained here.
+UNRECORDED = {
+    "max_param_norm_growth": "a safety stop: it saves nothing past the last good checkpoint",
+    "profile_steps": "a profiler trace only",
+    "eval.batch_size": "speed only (the held-out verification while training)",
+    "eval.num_pairs": "the held-out verification logged while training, not the network",
+    "eval.seed": "the held-out verification logged while training, not the network",
+}
+# Fields of an upstream stage's section that a stage reads to rebuild that stage's network (the
+# generators, the detector) or to report it (lambda): the upstream record holds them and its
+# fingerprint is in this stage's record, so changing them makes this stage stale through it.
+THROUGH_UPSTREAM = {
+    "dictionary": ("pdsn.differential", "pdsn.mask_bias_init"),
+    "evaluate": ("detector.input_scale", "detector.widths", "pdsn.lambda_l1"),
+}
 
 
 class StaleStage(RuntimeError):

@@ -225,7 +225,7 @@ def test_truncated_jpeg_is_skipped_and_counted(tmp_path):
 
 def test_landmark_rows_and_images_are_reconciled(tmp_path):
   _write_tree(str(tmp_path / "faces"), n_ids=2, n_imgs=2)
-  lm = " ".join(["10"] * 10)
+  lm = "30 40 66 40 48 60 34 80 62 80"  # any face's five points (one point five times is refused)
   tsv = tmp_path / "lm.tsv"
   tsv.write_text(f"faces/id0/0.png\t{lm}\nfaces/id0/1.png\t{lm}\nfaces/id1/0.png\t{lm}\n"
                  f"faces/id9/gone.png\t{lm}\n")

@@ -225,14 +225,6 @@ def test_a_flipped_byte_in_a_checkpoint_is_caught_by_its_seal(tmp_path, tiny_run
 # ------------------------------------------------------------ 4, 5, 14: the photo commands
 
 
-def _verify(wd, *extra):
-  a, b = (os.path.join(wd, "p", f) for f in ("a.png", "b.png"))
-  return subprocess.run([sys.executable, "-m", "pdsn_jax.verify", f"--workdir={wd}", a, b,
-                         "--face_detector=none", *extra], cwd=helpers.REPO,
-                        env=helpers.env_with_devices(1), capture_output=True, text=True,
-                        timeout=600, check=False)
-
-
 @pytest.fixture(scope="module")
 def run_copy(tmp_path_factory, tiny_run):
   wd = str(tmp_path_factory.mktemp("edges") / "run")
@@ -247,29 +239,32 @@ def run_copy(tmp_path_factory, tiny_run):
 @pytest.mark.parametrize("value", ["NaN", "-7.5", "\"0.3\""])
 def test_a_threshold_outside_minus_one_to_one_never_decides(run_copy, tmp_path, value):
   """The probe: NaN gave 'different people (threshold nan)', -7.5 'same person', rc 0."""
+  from pdsn_jax import inference  # pylint: disable=g-import-not-at-top
   wd = str(tmp_path / "run")
   shutil.copytree(run_copy, wd)
   path = workdir_lib.thresholds_file(wd)
   t = json.load(open(path))
   for model in t.values():
-    model["clean"] = model["occluded"] = "@"
+    model["occluded"] = "@"
   open(path, "w").write(json.dumps(t).replace('"@"', value))
-  proc = _verify(wd, "--occlusion=none")
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert "no decision (threshold n/a: none usable" in proc.stdout and "not a cosine" in \
-      proc.stdout
+  rec = inference.Recognizer(wd)
+  t, why = rec.threshold(occluded=True)
+  assert t is None and "none usable" in why and "not a cosine in [-1, 1]" in why
+  t, why = rec.threshold(occluded=False)  # the clean one is fine and still decides
+  assert -1 <= t <= 1 and "mean of the 10 fold thresholds" in why
 
 
 def test_the_commands_refuse_stages_made_under_another_config(run_copy, tmp_path):
   """The probe: after the trunk was made again with a changed field, embed used the new trunk
   with the old dictionary (rc 0, no warning)."""
+  from pdsn_jax import inference  # pylint: disable=g-import-not-at-top
   wd = str(tmp_path / "run")
   shutil.copytree(run_copy, wd)
   helpers.run_main(wd, "--config.stages=trunk", "--config.overwrite=trunk",
                    "--config.trunk.learning_rate=0.05")
-  proc = _verify(wd)
-  assert proc.returncode != 0
-  assert "made from another 'trunk'" in proc.stderr and "PDSN + fine-tune" in proc.stderr
+  with pytest.raises(provenance.StaleStage, match=r"(?s)model 'PDSN \+ fine-tune'.*made from "
+                                                  r"another 'trunk'"):
+    inference.Recognizer(wd)
 
 
 def test_a_full_disk_in_a_command_is_one_line_and_leaves_no_partial_file(run_copy, tmp_path):
@@ -339,22 +334,22 @@ def test_a_damaged_face_finder_weights_file_is_named(tmp_path):
 
 def test_an_edited_config_json_names_the_field_not_a_flax_error(run_copy, tmp_path):
   """The probe: a config.json shape edit surfaced as flax's ScopeParamShapeError."""
+  from pdsn_jax import inference  # pylint: disable=g-import-not-at-top
   wd = str(tmp_path / "run")
   shutil.copytree(run_copy, wd)
   c = json.load(open(workdir_lib.config_file(wd)))
   c["model"]["width"] = c["model"]["width"] * 2
   json.dump(c, open(workdir_lib.config_file(wd), "w"))
-  proc = _verify(wd)
-  assert proc.returncode != 0 and "ScopeParamShapeError" not in proc.stderr
-  assert "model.width" in proc.stderr and "Traceback" not in proc.stderr
+  with pytest.raises(provenance.StaleStage, match=r"model.width"):
+    inference.Recognizer(wd)
   # without records (an older run) the shapes themselves are checked
   for d in os.listdir(wd):
     for f in (provenance.RECORD, provenance.COPY):
       if os.path.isfile(os.path.join(wd, d, f)):
         os.remove(os.path.join(wd, d, f))
-  proc = _verify(wd)
-  assert proc.returncode != 0 and "does not fit the network of the run's config.json" in \
-      proc.stderr
+  with pytest.raises(ValueError, match=r"does not fit the network of the run's config.json: "
+                                       r"\['params'\].* in the checkpoint"):
+    inference.Recognizer(wd)
 
 
 def test_detect_reports_an_unreadable_image_and_goes_on(run_copy, tmp_path):
