@@ -22,10 +22,11 @@ class InUse(RuntimeError):
 
 
 @contextlib.contextmanager
-def locked(folder: str, what: str, name: str = ".lock"):
+def locked(folder: str, what: str, name: str = ".lock", way_out: str = "another folder",
+           error: type = InUse):
   """Holds ``<folder>/<name>`` (flock) while the block runs; a second holder fails at once
-  naming the pid that holds it. The lock dies with its process: a killed build never leaves
-  the folder locked."""
+  with ``error`` naming the pid that holds it. The lock dies with its process: a killed run
+  never leaves the folder locked."""
   os.makedirs(folder, exist_ok=True)
   path = os.path.join(folder, name)
   fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -34,8 +35,8 @@ def locked(folder: str, what: str, name: str = ".lock"):
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
       holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-      raise InUse(f"{what} {os.path.abspath(folder)} is in use by pid {holder} (lock {path}); "
-                  "wait for it to finish or use another folder") from None
+      raise error(f"{what} {os.path.abspath(folder)} is in use by pid {holder} (lock {path}); "
+                  f"wait for it to finish or use {way_out}") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     yield

@@ -20,11 +20,9 @@ A stage reads what earlier stages left only through the functions here, and ever
 workdir is built here (``tests/architecture_test.py`` checks it).
 """
 
-import contextlib
-import fcntl
 import os
 
-from pdsn_jax import checkpointing
+from pdsn_jax import checkpointing, files
 
 TRUNK, PDSN, DICTIONARY = "trunk", "pdsn", "dictionary"
 BASELINE, FINETUNE, DETECTOR, EVALUATE = "baseline", "finetune", "detector", "evaluate"
@@ -108,13 +106,11 @@ def stopped_at(workdir: str, stage: str) -> int | None:
   path = stage_file(workdir, stage, STOPPED_FILE)
   if not os.path.isfile(path):
     return None
-  from pdsn_jax import files  # pylint: disable=g-import-not-at-top
   return int(files.read_json(path, "where the stage stopped", "delete it to train on")["step"])
 
 
 def mark_stopped(workdir: str, stage: str, step: int) -> None:
   import jax  # pylint: disable=g-import-not-at-top
-  from pdsn_jax import files  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:
     os.makedirs(stage_dir(workdir, stage), exist_ok=True)
     files.write_json(stage_file(workdir, stage, STOPPED_FILE), {"step": int(step)})
@@ -167,7 +163,7 @@ def load_config(workdir: str):
   """The config a run was made with (``config.json``), as a ConfigDict, checked by the same
   validator as ``main`` (an error names the file and the key)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from pdsn_jax import config_validation, files  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import config_validation  # pylint: disable=g-import-not-at-top
   path = config_file(workdir)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} not found: --workdir must be a run folder of "
@@ -183,7 +179,6 @@ def load_config(workdir: str):
 def save_config(workdir: str, text: str) -> str:
   """Writes ``config.json``; a different earlier one is kept as ``config_history/<n>.json``
   (each stage's ``provenance.json`` holds the fields its outputs were made with)."""
-  from pdsn_jax import files  # pylint: disable=g-import-not-at-top
   path = config_file(workdir)
   if os.path.isfile(path):
     with open(path, encoding="utf-8") as f:
@@ -198,7 +193,6 @@ def save_config(workdir: str, text: str) -> str:
 
 def read_summary(workdir: str, stage: str) -> dict:
   """The stage's ``summary.json``, {} if it has none."""
-  from pdsn_jax import files  # pylint: disable=g-import-not-at-top
   path = stage_file(workdir, stage, "summary.json")
   if not os.path.isfile(path):
     return {}
@@ -206,7 +200,6 @@ def read_summary(workdir: str, stage: str) -> dict:
 
 
 def write_summary(workdir: str, stage: str, summary: dict) -> str:
-  from pdsn_jax import files  # pylint: disable=g-import-not-at-top
   path = stage_file(workdir, stage, "summary.json")
   os.makedirs(os.path.dirname(path), exist_ok=True)
   return files.write_json(path, summary)
@@ -216,22 +209,9 @@ class WorkdirInUse(RuntimeError):
   pass
 
 
-@contextlib.contextmanager
 def locked(workdir: str, process_index: int = 0):
   """Holds ``<workdir>/.lock.<process_index>`` (flock) for the run; a second run on the same
   workdir fails at once naming the pid that holds it. The lock dies with its process, so a
   killed run never leaves the workdir locked."""
-  path = os.path.join(workdir, f".lock.{process_index}")
-  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-  try:
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-      raise WorkdirInUse(f"workdir {os.path.abspath(workdir)} in use by pid {holder} (lock "
-                         f"{path}); wait for it or use another --workdir") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-    yield
-  finally:
-    os.close(fd)
+  return files.locked(workdir, "workdir", f".lock.{process_index}", "another --workdir",
+                      WorkdirInUse)

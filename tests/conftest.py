@@ -27,7 +27,9 @@ TINY_RUN_STAGES = "--config.stages=trunk,pdsn,dictionary,finetune,detector,evalu
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> str:
   """A finished tiny run of every stage the commands need, made once per session. Tests that
-  change a run work on a copy (shutil.copytree)."""
+  change a run work on a copy (shutil.copytree). The config fields each stage read are beside
+  it, in ``reads.json`` (``tests/record_reads.py``)."""
   wd = str(tmp_path_factory.mktemp("tiny_run") / "run")
-  helpers.run_main(wd, TINY_RUN_STAGES)
+  helpers.run_main(wd, TINY_RUN_STAGES, record_reads=os.path.join(os.path.dirname(wd),
+                                                                  "reads.json"))
   return wd

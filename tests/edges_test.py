@@ -348,7 +348,7 @@ def test_an_edited_config_json_names_the_field_not_a_flax_error(run_copy, tmp_pa
       if os.path.isfile(os.path.join(wd, d, f)):
         os.remove(os.path.join(wd, d, f))
   with pytest.raises(ValueError, match=r"does not fit the network of the run's config.json: "
-                                       r"\['params'\].* in the checkpoint"):
+                                       r"\[.*\] is \(\d+,?.*\) in the checkpoint, \("):
     inference.Recognizer(wd)
 
 

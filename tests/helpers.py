@@ -16,14 +16,20 @@ def env_with_devices(n: int) -> dict:
   return env
 
 
-def main_cmd(workdir: str, *overrides: str, config: str = "configs/tiny.py") -> list[str]:
-  return [sys.executable, "-m", "pdsn_jax.main", f"--config={config}", f"--workdir={workdir}",
-          *overrides]
+def main_cmd(workdir: str, *overrides: str, config: str = "configs/tiny.py",
+             record_reads: str = "") -> list[str]:
+  """The entry point's command line; ``record_reads``: through ``tests/record_reads.py``, which
+  writes the config fields each stage read to that file."""
+  entry = (["-m", "pdsn_jax.main"] if not record_reads else
+           [os.path.join(REPO, "tests", "record_reads.py"), record_reads])
+  return [sys.executable, *entry, f"--config={config}", f"--workdir={workdir}", *overrides]
 
 
 def run_main(workdir: str, *overrides: str, devices: int = 1, timeout: int = 600,
-             config: str = "configs/tiny.py") -> subprocess.CompletedProcess:
-  proc = subprocess.run(main_cmd(workdir, *overrides, config=config), cwd=REPO,
+             config: str = "configs/tiny.py",
+             record_reads: str = "") -> subprocess.CompletedProcess:
+  proc = subprocess.run(main_cmd(workdir, *overrides, config=config, record_reads=record_reads),
+                        cwd=REPO,
                         env=env_with_devices(devices), capture_output=True, text=True,
                         timeout=timeout, check=False)
   if proc.returncode != 0:
