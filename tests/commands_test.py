@@ -219,18 +219,20 @@ def test_real_ar_protocol_ranks_by_hand(run, tmp_path):
 def test_identify_searches_a_prebuilt_store_and_refuses_another_trunks(run, tmp_path):
   wd, root = run
 
-  def build(stage):
-    out = str(tmp_path / f"store_{stage}")
+  def build(stage=""):
+    out = str(tmp_path / f"store_{stage or 'default'}")
     subprocess.run([sys.executable, "-m", "pdsn_jax.gallery", f"--workdir={wd}", f"--out={out}",
                     f"--images={root / 'gallery'}", "--dtype=float32", "--shard_size=2",
-                    f"--stage={stage}", "--face_detector=none"], cwd=helpers.REPO, env=helpers.env_with_devices(1),
-                   check=True, capture_output=True, timeout=600)
+                    *([f"--stage={stage}"] if stage else []), "--face_detector=none"],
+                   cwd=helpers.REPO, env=helpers.env_with_devices(1), check=True,
+                   capture_output=True, timeout=600)
     return out
 
   # the run's model is PDSN + fine-tune, whose whole network was fine-tuned (tiny config):
-  # its U is the finetune stage's
+  # its U is the finetune stage's, which a plain gallery build uses (the probe: the default
+  # was the trunk, and identify --store then refused the README's own example)
   out, ref = str(tmp_path / "store.csv"), str(tmp_path / "folder.csv")
-  _cmd("identify", f"--workdir={wd}", f"--store={build('finetune')}",
+  _cmd("identify", f"--workdir={wd}", f"--store={build()}",
        f"--probes={root / 'probes'}", f"--out={out}", "--k=3")
   _cmd("identify", f"--workdir={wd}", f"--gallery={root / 'gallery'}",
        f"--probes={root / 'probes'}", f"--out={ref}", "--k=3")

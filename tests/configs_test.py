@@ -79,3 +79,21 @@ def test_real_mobilefacenet_variants():
   assert not sel.eval.pairs_file and sel.eval.num_distractors == 0
   with pytest.raises(ValueError, match=":select"):
     real_mobilefacenet.get_config("lfw")
+
+
+def test_main_names_a_missing_optional_package_before_any_stage(monkeypatch):
+  """The probe (issue 39): the real config without dlib failed when the evaluation reached AR,
+  after about an hour of training."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from configs import real_mobilefacenet  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import packages  # pylint: disable=g-import-not-at-top
+  c = real_mobilefacenet.get_config()
+  find = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec",
+                      lambda name, *a: None if name == "dlib" else find(name, *a))
+  with pytest.raises(ImportError, match=r"dlib: needed because eval.protocols has 'ar_real'.*"
+                                        r"pip install dlib-bin"):
+    packages.check(c)
+  c.eval.ar_real_alignment = "centre"  # aligned without landmarks: nothing more to install
+  packages.check(c)
+  assert packages.needed(importlib.import_module("configs.tiny").get_config()) == {}
