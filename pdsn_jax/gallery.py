@@ -4,7 +4,8 @@
       (--images=DIR [--landmarks=TSV] | --source=distractors | --source=synthetic:N) \\
       [--dtype=float16|int8|float32] [--shard_size=4096] [--stage=STAGE]
 
-U of every face is computed once with the run's ``--stage`` network (data-parallel over every
+U of every face is computed once with the run's ``--stage`` network (default: that of the
+run's default model, the one ``identify --store`` searches with; data-parallel over every
 device) and written in shards; a killed build resumes at the first missing shard. Faces from
 ``--images`` are aligned with the landmarks TSV when it names the photo, else found by
 ``--face_detector`` (BlazeFace by default, a shard at a time; ``none``: centre crop); a photo
@@ -30,9 +31,7 @@ _LANDMARKS = flags.DEFINE_string("landmarks", "", "5-point landmarks TSV for --i
 _SOURCE = flags.DEFINE_string("source", "", "'distractors' or 'synthetic:N' instead of --images.")
 _DTYPE = flags.DEFINE_enum("dtype", "float16", ["float32", "float16", "int8"], "Stored U.")
 _SHARD = flags.DEFINE_integer("shard_size", 4096, "Faces per shard.")
-_STAGE = flags.DEFINE_string(
-    "stage", "", "The run's stage whose network computes U (default: the network of the run's "
-    "default model, the one identify --store searches with when --model is not given).")
+_STAGE = flags.DEFINE_string("stage", "", "The run's network computing U (default: identify's).")
 _FACE_DETECTOR = flags.DEFINE_enum(
     "face_detector", "blazeface", list(FINDERS),
     "--images: finds each face not in --landmarks ('none': the photos are aligned crops, "
