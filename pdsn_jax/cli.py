@@ -17,10 +17,10 @@ def run(main: Callable, module, key_flags=()) -> None:
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
   sys.modules["__main__"].__doc__ = module.__doc__
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-  app.run(functools.partial(_one_line_on_disk_full, main))
+  app.run(functools.partial(_one_line_errors, main))
 
 
-def _one_line_on_disk_full(main: Callable, argv) -> None:
+def _one_line_errors(main: Callable, argv) -> None:
   """``main(argv)``; a full disk anywhere under it (orbax's wrapped errors too) ends the command
   with one line naming the file and the free space, and stale stages with the fields that
   changed, not a traceback."""

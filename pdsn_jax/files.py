@@ -46,17 +46,10 @@ def locked(folder: str, what: str, name: str = ".lock", way_out: str = "another 
 
 def atomic_write(path: str, data: bytes | str) -> str:
   """Writes ``data`` to ``path`` through a temporary name in the same folder, then renames."""
-  tmp = f"{path}.tmp.{os.getpid()}"
   mode = "wb" if isinstance(data, bytes) else "w"
-  try:
+  with atomic_path(path) as tmp:
     with open(tmp, mode, **({} if isinstance(data, bytes) else {"encoding": "utf-8"})) as f:
       f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
   return path
 
 
@@ -80,6 +73,11 @@ def atomic_path(path: str):
   tmp = f"{root}.tmp{os.getpid()}{ext}"
   try:
     yield tmp
+    fd = os.open(tmp, os.O_RDONLY)  # the bytes reach the disk before the name does
+    try:
+      os.fsync(fd)
+    finally:
+      os.close(fd)
     os.replace(tmp, path)
   except OSError as e:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):  # name the file the user asked for

@@ -124,21 +124,21 @@ def main(argv):
   if _SHARD.value < 1:
     raise ValueError(f"--shard_size={_SHARD.value}: must be >= 1 (faces per shard)")
   config = workdir.load_config(_WORKDIR.value)
+  from pdsn_jax import inference, provenance  # pylint: disable=g-import-not-at-top
   from pdsn_jax.evaluation import evaluators  # pylint: disable=g-import-not-at-top
-  models = evaluators.parse_models(config.eval.models)
-  networks = sorted({workdir.TRUNK} | {m.stage for m in models})
-  trained = [m.stage for m in models if workdir.latest_step(_WORKDIR.value, m.stage) is not None]
-  stage = _STAGE.value or (trained[-1] if trained else workdir.TRUNK)
+  networks = sorted({workdir.TRUNK} | {m.stage for m in evaluators.parse_models(
+      config.eval.models)})
+  trained = inference.trained_models(config, _WORKDIR.value)  # the commands' default: the last
+  stage = _STAGE.value or (trained[-1].stage if trained else workdir.TRUNK)
   if stage not in networks:  # a name, never a path into another run
     raise ValueError(f"--stage={stage!r}: must be one of this run's networks {networks}")
   workdir.require(_WORKDIR.value, stage, needed_by="gallery")
-  from pdsn_jax import inference, provenance  # pylint: disable=g-import-not-at-top
   provenance.require_fresh(config, _WORKDIR.value, [stage], "gallery")
   variables = workdir.backbone_variables(_WORKDIR.value, stage)
   backbone = builders.backbone(config, False)
   inference.check_shapes(backbone, variables, config.data.image_size,
                          f"the '{stage}' checkpoint of {_WORKDIR.value}")
-  logging.warning("U by the '%s' stage's network", stage)
+  logging.info("U by the '%s' stage's network", stage)
   mesh = parallel.make_mesh()
   embedder = masked.Embedder(backbone, mesh, config.eval.batch_size, builders.normalize)
   rep = parallel.put_replicated(variables, mesh)

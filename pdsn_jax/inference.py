@@ -103,6 +103,17 @@ def check_shapes(net, variables: dict, image_size, what: str) -> None:
           "data.image_size field of config.json was edited; restore it, or remake the stages)")
 
 
+def trained_models(config, workdir: str) -> list:
+  """The run's ``eval.models`` (``evaluators.ModelSpec``) whose network and dictionary exist,
+  in config order: the last is the commands' default model."""
+  from pdsn_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.evaluation import evaluators  # pylint: disable=g-import-not-at-top
+  dictionary = workdir_lib.dictionary_file(workdir)
+  return [m for m in evaluators.parse_models(config.eval.models)
+          if workdir_lib.latest_step(workdir, m.stage) is not None
+          and (not m.fdm or os.path.isfile(dictionary))]
+
+
 class Recognizer:
   """A finished run's recognition pipeline for aligned faces: occlusion mask (the run's
   detector) -> occluded blocks -> FDM (the run's dictionary) -> embedding F(FDM * U).
@@ -117,10 +128,8 @@ class Recognizer:
     from pdsn_jax.evaluation import evaluators, masked  # pylint: disable=g-import-not-at-top
     self.config = config = workdir_lib.load_config(workdir)
     self.mesh = mesh or parallel.make_mesh()
-    specs = evaluators.parse_models(config.eval.models)
     dictionary = workdir_lib.dictionary_file(workdir)
-    have = [m for m in specs if workdir_lib.latest_step(workdir, m.stage) is not None
-            and (not m.fdm or os.path.isfile(dictionary))]
+    have = trained_models(config, workdir)
     if model:
       pick = [m for m in have if m.name == model]
       if not pick:

@@ -320,22 +320,17 @@ def build_from_source(path: str, source, features: Callable[[np.ndarray], np.nda
   under a lock on ``path`` (two builds into one store would write the same temporary names).
   A source with ``inventory()`` (its files as ``[path, bytes, mtime_ns]``) is resumed only
   over the same files."""
-  lock = f".lock.{jax.process_index()}"
-  with files.locked(path, "the gallery store", lock):
-    return _build_from_source(path, source, features, u_shape=u_shape, dtype=dtype,
-                              shard_size=shard_size, trunk_checkpoint=trunk_checkpoint,
-                              trunk_fingerprint=trunk_fingerprint, description=description,
-                              label_fn=label_fn, path_fn=path_fn)
+  with files.locked(path, "the gallery store", f".lock.{jax.process_index()}"):
+    inventory = source.inventory() if hasattr(source, "inventory") else None
+    store = create_or_resume(path, num_faces=len(source), u_shape=u_shape, dtype=dtype,
+                             shard_size=shard_size, trunk_checkpoint=trunk_checkpoint,
+                             trunk_fingerprint=trunk_fingerprint, source=description,
+                             inputs=inventory)
+    return store, _fill(store, source, features, description, label_fn, path_fn)
 
 
-def _build_from_source(path, source, features, *, u_shape, dtype, shard_size, trunk_checkpoint,
-                       trunk_fingerprint, description, label_fn, path_fn):
-  inventory = source.inventory() if hasattr(source, "inventory") else None
-  store = create_or_resume(path, num_faces=len(source), u_shape=u_shape, dtype=dtype,
-                           shard_size=shard_size, trunk_checkpoint=trunk_checkpoint,
-                           trunk_fingerprint=trunk_fingerprint, source=description,
-                           inputs=inventory)
-
+def _fill(store: Store, source, features, description: str, label_fn, path_fn) -> dict:
+  """Builds the store's missing shards from ``source``; the build's counts."""
   unreadable = []
 
   def load(start: int, stop: int):
@@ -353,5 +348,5 @@ def _build_from_source(path, source, features, *, u_shape, dtype, shard_size, tr
     stats["unreadable"] = unreadable
     logging.warning("[gallery] %d images could not be read (kept as label %d, never found): %s",
                     len(unreadable), UNREADABLE, "; ".join(unreadable))
-  distributed.barrier(f"gallery store {path}")  # the others read what process 0 wrote
-  return store, stats
+  distributed.barrier(f"gallery store {store.path}")  # the others read what process 0 wrote
+  return stats
