@@ -57,8 +57,18 @@ SECTIONS = {
     "evaluate": _BASE + ("model", "eval", "detector.threshold") + _OCCLUDERS,
 }
 # fields inside a stage's sections that only its users read: the detector's pixel threshold is
-# applied at inference (the evaluation, the photo commands), so choosing it never retrains
-EXCLUDED = {"detector": ("detector.threshold",)}
+# applied at inference (the evaluation, the photo commands), so choosing it never retrains; the
+# test occluders' globs are read by the evaluation alone (the stages that paste occluders load
+# the train and select files, which their globs and ``SPLIT_BY_GLOBS`` decide), so a finished
+# run can be evaluated on other test files without retraining (``pdsn_jax.evaluate``)
+_TEST_GLOBS = "occlusion.splits.test"
+EXCLUDED = {"detector": ("detector.threshold", _TEST_GLOBS),
+            **{k: (_TEST_GLOBS,) for k in ("pdsn", "dictionary", "baseline", "finetune",
+                                            "face_finder")}}
+# Derived from the globs: whether any split has globs at all (else every heldout_every-th file
+# is a test file, data/occlusion.file_split), which moves files into or out of the train split
+# whichever split's globs make the switch; recorded instead of the test globs.
+SPLIT_BY_GLOBS = "occlusion.split_by_globs"
 # Fields a stage reads that are not in its record, and why that is safe. tests/reads_test.py
 # runs every stage with a config that records what it reads and fails on any other field, so a
 # new read is either recorded or explained here.
@@ -68,6 +78,10 @@ UNRECORDED = {
     "eval.batch_size": "speed only (the held-out verification while training)",
     "eval.num_pairs": "the held-out verification logged while training, not the network",
     "eval.seed": "the held-out verification logged while training, not the network",
+    "detector.threshold": "the detector's held-out scores in its summary; its network never "
+                          "depends on it",
+    _TEST_GLOBS: f"which files are test files: a stage that trains loads the train and select "
+                 f"files, which their own globs and {SPLIT_BY_GLOBS} (both recorded) decide",
 }
 # Fields of an upstream stage's section that a stage reads to rebuild that stage's network (the
 # generators, the detector) or to report it (lambda): the upstream record holds them and its
@@ -102,7 +116,11 @@ def fields(config, kind: str, overrides: dict | None = None) -> dict:
 
 def _selected(flat: dict, kind: str) -> dict:
   """The entries of ``flat`` (dotted field -> value) that ``kind``'s outputs depend on (also
-  applied to old records, so a field excluded later never reads as changed)."""
+  applied to old records, so a field excluded later never reads as changed; an old record's
+  ``SPLIT_BY_GLOBS`` is derived from the globs it still holds)."""
+  if SPLIT_BY_GLOBS not in flat and any(k.startswith("occlusion.splits.") for k in flat):
+    flat = {**flat, SPLIT_BY_GLOBS: any(
+        bool(flat.get(f"occlusion.splits.{s}")) for s in ("train", "select", "test"))}
   return {k: v for k, v in sorted(flat.items())
           if any(k == s or k.startswith(s + ".") for s in SECTIONS[kind])
           and k not in EXCLUDED.get(kind, ())}

@@ -15,6 +15,7 @@
                                          evaluate/)
   <workdir>/<stage>.replaced-<time>/     a stage moved aside by ``--config.overwrite``
   <workdir>/export/                      ``python -m pdsn_jax.export``'s functions
+  <workdir>/evaluations/<name>/          the run evaluated on other data (``pdsn_jax.evaluate``)
 
 A stage reads what earlier stages left only through the functions here, and every path under a
 workdir is built here (``tests/architecture_test.py`` checks it).
@@ -32,6 +33,7 @@ DICTIONARY_FILE = "dictionary.npz"
 FACE_FINDER_FILE = "short_range.npz"
 STOPPED_FILE = "stopped.json"  # a training stage ended by its stopping rule, at this step
 RESULTS = ("results.md", "results.json")
+EVALUATIONS = "evaluations"
 
 
 def stage_dir(workdir: str, stage: str) -> str:
@@ -68,6 +70,17 @@ def replaced(workdir: str, name: str, stamp: str) -> str:
 def distractor_store(workdir: str, stage: str) -> str:
   """The evaluate stage's gallery store of the distractors' U under ``stage``'s network."""
   return stage_file(workdir, EVALUATE, f"distractors_{stage}")
+
+
+def evaluation_dir(workdir: str, name: str) -> str:
+  """A finished run evaluated on other data (``python -m pdsn_jax.evaluate --name=NAME``): a
+  workdir of its own, its config and results, reading the run's stages through links."""
+  return os.path.join(workdir, EVALUATIONS, name)
+
+
+def write_evaluation_record(out: str, record: dict) -> str:
+  """``evaluation.json`` of an evaluation folder: the run it scored and the changes."""
+  return files.write_json(os.path.join(out, "evaluation.json"), record)
 
 
 def export_dir(workdir: str) -> str:

@@ -19,6 +19,7 @@ STAGES = ("trunk", "pdsn", "dictionary", "finetune", "detector", "evaluate")
 def _covered(field: str, kind: str) -> bool:
   sections = provenance.SECTIONS[kind] + provenance.THROUGH_UPSTREAM.get(kind, ())
   return (any(field == s or field.startswith(s + ".") for s in sections)
+          and field not in provenance.EXCLUDED.get(kind, ())
           or field.split(".")[-1] in provenance.IGNORED or field in provenance.UNRECORDED)
 
 
