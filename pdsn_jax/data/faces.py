@@ -86,14 +86,36 @@ def for_run(detector: str, workdir: str, weights: str = "run",
                             f"{fix}") from None
 
 
+FACES = ("largest", "all")  # which faces of a photo ``find`` returns
+
+
+@dataclasses.dataclass
+class Detected:
+  """One face a finder found in a photo, in the photo's pixels."""
+
+  box: np.ndarray  # (4,) x0, y0, x1, y1
+  points: np.ndarray  # (4, 2) BlazeFace (eyes, nose tip, mouth centre) or (5, 2) dlib
+  score: float  # the detector's confidence (dlib's HOG has none: 1.0)
+
+  @property
+  def area(self) -> float:
+    return float((self.box[2] - self.box[0]) * (self.box[3] - self.box[1]))
+
+
 @dataclasses.dataclass
 class Found:
-  """One photo: the aligned face (None when there is none), its 5 points, and a note."""
+  """One face of one photo: the aligned face (None when the photo has none), its points (in the
+  photo's pixels, before any shrinking), and a note; ``index`` is the photo's place in the
+  input, ``box`` / ``score`` where a finder found it (None for landmarks from a TSV or a
+  centre crop)."""
 
   path: str
   face: np.ndarray | None
   points: np.ndarray | None
   note: str  # "ok", "3 faces, the largest taken", "no face found", "unreadable: ..."
+  index: int = 0
+  box: np.ndarray | None = None
+  score: float | None = None
 
 
 class FaceFinder:
@@ -141,8 +163,16 @@ class FaceFinder:
 
   def points_batch(self, images) -> list[tuple[np.ndarray | None, str]]:
     """``points`` of every image; BlazeFace runs them as batches."""
+    out = []
+    for dets in self.detect_batch(images):
+      out.append((None, "no face found") if not dets else (dets[0].points, (
+          "ok" if len(dets) == 1 else f"{len(dets)} faces, the largest taken")))
+    return out
+
+  def detect_batch(self, images) -> list[list[Detected]]:
+    """Every face of every RGB uint8 image, largest first; BlazeFace runs them as batches."""
     if self._blaze is None:
-      return [self._dlib_points(im) for im in images]
+      return [self._dlib_faces(im) for im in images]
     found = self._blaze[0].detect(images)
     tries = [(m, None) for m in self._blaze[1:]]
     if self.fallback is not None:  # a last try, every model at the lower threshold
@@ -151,78 +181,132 @@ class FaceFinder:
       todo = [i for i, d in enumerate(found) if not d]
       for i, d in zip(todo, model.detect([images[i] for i in todo], threshold) if todo else []):
         found[i] = d
+    return [sorted((Detected(np.asarray(d.box, np.float64), d.keypoints[:4], float(d.score))
+                    for d in dets), key=lambda d: -d.area) for dets in found]
+
+  def _dlib_faces(self, image: np.ndarray) -> list[Detected]:
+    image = np.ascontiguousarray(image)
     out = []
-    for dets in found:
-      if not dets:
-        out.append((None, "no face found"))
-        continue
-      best = max(dets, key=lambda d: d.area)
-      out.append((best.keypoints[:4], "ok" if len(dets) == 1 else
-                  f"{len(dets)} faces, the largest taken"))
-    return out
-
-  def _dlib_points(self, image: np.ndarray) -> tuple[np.ndarray | None, str]:
-    rects = self._detect(np.ascontiguousarray(image))
-    if not rects:
-      return None, "no face found"
-    rect = max(rects, key=lambda r: r.width() * r.height())
-    s = self._shape(np.ascontiguousarray(image), rect)
-    pts = five_points(np.array([[s.part(i).x, s.part(i).y] for i in range(68)]))
-    return pts, "ok" if len(rects) == 1 else f"{len(rects)} faces, the largest taken"
+    for r in self._detect(image):
+      s = self._shape(image, r)
+      pts = five_points(np.array([[s.part(i).x, s.part(i).y] for i in range(68)]))
+      out.append(Detected(np.array([r.left(), r.top(), r.right(), r.bottom()], np.float64),
+                          pts, 1.0))
+    return sorted(out, key=lambda d: -d.area)
 
 
-def find(paths, image_size, template: str = "arcface", landmarks: dict | None = None,
-         finder: FaceFinder | None = None, chunk: int = 64) -> list[Found]:
-  """Aligned faces of ``paths``: points from ``landmarks`` (path -> (5, 2)) when it has the
-  photo, else from ``finder``; with neither, a centre crop (noted). Photos are read and
-  searched ``chunk`` at a time, with a progress line (found, skipped, photos/s) per chunk."""
-  out, t0 = [], time.time()
-  for start in range(0, len(paths), chunk):
-    out += _find_chunk(paths[start:start + chunk], tuple(image_size), template, landmarks,
-                       finder)
-    if len(paths) > chunk:
-      done = len(out)
+def find(inputs, image_size, template: str = "arcface", landmarks: dict | None = None,
+         finder: FaceFinder | None = None, chunk: int = 64, faces: str = "largest",
+         min_face: int = 0) -> list[Found]:
+  """Aligned faces of ``inputs`` (paths, or images in memory: ``as_image``): points from
+  ``landmarks`` (path -> (5, 2)) when it has the photo, else from ``finder``; with neither, a
+  centre crop (noted). ``faces="all"``: every face the finder sees, one ``Found`` each (same
+  ``index``), else the largest; ``min_face``: faces whose box is narrower (pixels of the photo)
+  are left out. A photo without a face still gets one ``Found`` (``face`` None, the reason in
+  ``note``). Photos are read and searched ``chunk`` at a time, with a progress line (found,
+  skipped, photos/s) per chunk."""
+  if faces not in FACES:
+    raise ValueError(f"faces={faces!r}: allowed values {FACES}")
+  if min_face < 0:
+    raise ValueError(f"min_face={min_face}: a width in pixels, >= 0")
+  out, t0, done = [], time.time(), 0
+  for start in range(0, len(inputs), chunk):
+    out += _find_chunk(inputs[start:start + chunk], start, tuple(image_size), template,
+                       landmarks, finder, faces, min_face)
+    done = min(start + chunk, len(inputs))
+    if len(inputs) > chunk:
       logging.info("[faces] %d/%d photos: %d faces, %d skipped | %.1f photos/s", done,
-                   len(paths), sum(f.face is not None for f in out),
+                   len(inputs), sum(f.face is not None for f in out),
                    sum(f.face is None for f in out), done / max(time.time() - t0, 1e-9))
   return out
 
 
-def _find_chunk(paths, image_size, template, landmarks, finder) -> list[Found]:
-  found: dict[int, Found] = {}
-  search = []  # (index, image) for the finder, at most CHUNK_PIXELS of them held at once
+def as_image(x, what: str) -> tuple[np.ndarray, float]:
+  """(uint8 HxWx3, scale) of a photo given as a path (``load_photo``: upright, first frame,
+  shrunk past ``MAX_PHOTO_PIXELS``), a PIL image (its EXIF orientation applied) or an array
+  (HxW grey, HxWx1, HxWx3 RGB or HxWx4 RGBA, uint8). Errors name ``what``."""
+  if isinstance(x, (str, os.PathLike)):
+    return load_photo(os.fspath(x), MAX_PHOTO_PIXELS)
+  from PIL import Image, ImageOps  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data.folders import to_rgb  # pylint: disable=g-import-not-at-top
+  if isinstance(x, Image.Image):
+    return to_rgb(ImageOps.exif_transpose(x)), 1.0
+  a = np.asarray(x) if hasattr(x, "__array__") else None
+  if a is None:
+    raise TypeError(f"{what}: expected a path, a PIL image or a numpy array, got "
+                    f"{type(x).__name__}")
+  if a.dtype != np.uint8:
+    raise ValueError(f"{what}: a {a.dtype} array; images are uint8 in [0, 255] (from floats "
+                     "in [0, 1]: (x * 255).round().astype(np.uint8))")
+  if a.ndim == 3 and a.shape[-1] == 1:
+    a = a[..., 0]
+  if a.ndim == 2:
+    a = np.repeat(a[..., None], 3, -1)
+  if a.ndim != 3 or a.shape[-1] not in (3, 4):
+    raise ValueError(f"{what}: shape {a.shape}; expected (H, W), (H, W, 1), (H, W, 3) RGB or "
+                     "(H, W, 4) RGBA")
+  return np.ascontiguousarray(a[..., :3]), 1.0
+
+
+def _name(x, i: int) -> str:
+  return os.fspath(x) if isinstance(x, (str, os.PathLike)) else f"<image {i}>"
+
+
+def _find_chunk(inputs, offset, image_size, template, landmarks, finder, faces,
+                min_face) -> list[Found]:
+  found: dict[int, list[Found]] = {}
+  search = []  # (index, image, scale) for the finder, at most CHUNK_PIXELS of them held at once
 
   def run_finder():
-    for (i, image), (pts, note) in zip(search, finder.points_batch([im for _, im in search])):
-      found[i] = Found(paths[i], None if pts is None else align_face(
-          image, pts, image_size, template), pts, note)
+    for (i, image, scale), dets in zip(search, finder.detect_batch([s[1] for s in search])):
+      name = _name(inputs[i], offset + i)
+      small = [d for d in dets if (d.box[2] - d.box[0]) / scale < min_face]
+      dets = [d for d in dets if (d.box[2] - d.box[0]) / scale >= min_face]
+      if not dets:
+        note = (f"no face found ({len(small)} narrower than min_face={min_face} px)" if small
+                else "no face found")
+        found[i] = [Found(name, None, None, note, offset + i)]
+        continue
+      keep = dets if faces == "all" else dets[:1]
+      note = ("ok" if len(dets) == 1 else f"{len(dets)} faces, the largest taken"
+              if faces == "largest" else None)
+      found[i] = [Found(name, align_face(image, d.points, image_size, template),
+                        d.points / scale, note or f"face {k + 1} of {len(dets)}", offset + i,
+                        d.box / scale, d.score)
+                  for k, d in enumerate(keep)]
     search.clear()
 
-  for i, p in enumerate(paths):
+  for i, x in enumerate(inputs):
+    name = _name(x, offset + i)
     try:
-      image, scale = load_photo(p, MAX_PHOTO_PIXELS)
+      image, scale = as_image(x, name)
     except (OSError, ValueError) as e:
-      found[i] = Found(p, None, None, f"unreadable: {e}")
+      if not isinstance(x, (str, os.PathLike)):
+        raise  # an array of the wrong kind is the caller's mistake, not a damaged file
+      found[i] = [Found(name, None, None, f"unreadable: {e}", offset + i)]
       continue
     if min(image.shape[:2]) < MIN_FACE_PX:
-      found[i] = Found(p, None, None, f"too small: {image.shape[1]}x{image.shape[0]} px, "
-                       f"a face needs at least {MIN_FACE_PX}x{MIN_FACE_PX}")
+      found[i] = [Found(name, None, None, f"too small: {image.shape[1]}x{image.shape[0]} px, "
+                        f"a face needs at least {MIN_FACE_PX}x{MIN_FACE_PX}", offset + i)]
       continue
-    key = os.path.normpath(os.path.abspath(p))
-    if landmarks is not None and (key in landmarks or os.path.realpath(p) in landmarks):
-      pts = landmarks.get(key, landmarks.get(os.path.realpath(p)))
-      pts = None if pts is None else np.asarray(pts, np.float64) * scale
-      found[i] = Found(p, align_face(image, pts, image_size, template), pts, "ok")
+    key = os.path.normpath(os.path.abspath(name)) if isinstance(x, (str, os.PathLike)) else None
+    if key is not None and landmarks is not None and (
+        key in landmarks or os.path.realpath(name) in landmarks):
+      pts = landmarks.get(key, landmarks.get(os.path.realpath(name)))
+      pts = None if pts is None else np.asarray(pts, np.float64)
+      found[i] = [Found(name, align_face(image, None if pts is None else pts * scale,
+                                         image_size, template), pts, "ok", offset + i)]
     elif finder is not None:
-      if sum(im.shape[0] * im.shape[1] for _, im in search) + image.size // 3 > CHUNK_PIXELS:
+      if sum(s[1].shape[0] * s[1].shape[1] for s in search) + image.size // 3 > CHUNK_PIXELS:
         run_finder()
-      search.append((i, image))
+      search.append((i, image, scale))
     else:  # an aligned crop already (or the caller accepts a centre crop)
       note = "ok" if image.shape[:2] == image_size else "no landmarks: centre crop"
-      found[i] = Found(p, align_face(image, None, image_size, template), None, note)
+      found[i] = [Found(name, align_face(image, None, image_size, template), None, note,
+                        offset + i)]
   if search:
     run_finder()
-  return [found[i] for i in range(len(paths))]
+  return [f for i in range(len(inputs)) for f in found[i]]
 
 
 def list_images(root: str) -> list[str]:

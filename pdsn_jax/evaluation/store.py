@@ -97,6 +97,11 @@ class TrunkMismatch(ValueError):
   pass
 
 
+def is_store(path: str) -> bool:
+  """Whether ``path`` is a gallery store's folder (it has the store's ``meta.json``)."""
+  return os.path.isfile(os.path.join(path, "meta.json"))
+
+
 class Store:
   """A finished or partial store; ``shard(i)`` memory-maps one shard."""
 
