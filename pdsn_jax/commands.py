@@ -54,8 +54,10 @@ _OCCLUSION = flags.DEFINE_string(
     "probes' occlusion (the gallery is always 'auto').")
 _FACES = flags.DEFINE_enum("faces", "largest", ["largest", "all"],
                            "embed: the largest face of each photo, or every face found.")
-_MIN_FACE = flags.DEFINE_integer("min_face", 0, "embed: leave out faces narrower than this "
-                                 "(pixels of the photo).")
+_MIN_FACE = flags.DEFINE_integer(
+    "min_face", 0, "embed: leave out faces narrower than this (pixels of the photo), and look "
+    "for faces down to this width in overlapping tiles of each photo (BlazeFace; slower: "
+    "benchmarks/small_faces.py).")
 _COMMON = ("workdir", "model", "landmarks", "face_detector", "face_fallback_score",
            "face_finder_weights", "occlusion")
 EMBED_FLAGS = _COMMON + ("images", "out", "sheet", "faces", "min_face")

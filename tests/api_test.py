@@ -12,7 +12,6 @@ from PIL import Image
 
 import pdsn_jax
 from pdsn_jax import api
-from pdsn_jax.data import faces as faces_lib
 from pdsn_jax.data import occlusion, placement
 from pdsn_jax.data.synthetic import SyntheticFaces
 from tests import helpers
@@ -156,24 +155,3 @@ def test_the_examples_run(tiny_run, photos, script, extra):
                         text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert ("score" in proc.stdout) if "verify" in script else ("1. person" in proc.stdout)
-
-
-def test_every_face_of_a_photo_when_asked():
-  """faces="all" and min_face on a finder that sees two faces (a stub with the finder's
-  interface: the pixels need no network to test the bookkeeping)."""
-
-  class TwoFaces:
-    def detect_batch(self, images):
-      pts = np.array([[30.0, 40], [60, 40], [45, 60], [45, 75]])
-      return [[faces_lib.Detected(np.array([10.0, 10, 90, 100]), pts, 0.9),
-               faces_lib.Detected(np.array([100.0, 10, 120, 30]), pts / 4 + 100, 0.8)]
-              for _ in images]
-
-  photo = np.random.default_rng(0).integers(0, 255, (200, 200, 3), np.uint8)
-  both = faces_lib.find([photo], (112, 96), "arcface", None, TwoFaces(), faces="all")
-  assert [f.note for f in both] == ["face 1 of 2", "face 2 of 2"] and both[1].score == 0.8
-  big = faces_lib.find([photo], (112, 96), "arcface", None, TwoFaces(), faces="all",
-                       min_face=40)
-  assert len(big) == 1 and big[0].note == "ok"
-  none = faces_lib.find([photo], (112, 96), "arcface", None, TwoFaces(), min_face=500)
-  assert none[0].face is None and "2 narrower than min_face=500" in none[0].note

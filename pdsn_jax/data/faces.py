@@ -169,8 +169,44 @@ class FaceFinder:
           "ok" if len(dets) == 1 else f"{len(dets)} faces, the largest taken")))
     return out
 
-  def detect_batch(self, images) -> list[list[Detected]]:
-    """Every face of every RGB uint8 image, largest first; BlazeFace runs them as batches."""
+  def detect_batch(self, images, min_face: int = 0,
+                   faces: str = "largest") -> list[list[Detected]]:
+    """Every face of every RGB uint8 image, largest first; BlazeFace runs them as batches.
+    ``min_face`` > 0 (BlazeFace): also faces down to that width in pixels, searched in
+    overlapping tiles (``tiles``) of every photo (``faces="all"``) or of those where the whole
+    photo showed no face that wide (``"largest"``)."""
+    found = self._whole(images)
+    if not min_face or self._blaze is None:
+      return found
+    todo = [i for i, dets in enumerate(found)
+            if faces == "all" or not any(d.box[2] - d.box[0] >= min_face for d in dets)]
+    crops, where = [], []
+    for i in todo:
+      for x0, y0, side in tiles(images[i].shape[:2], min_face):
+        crops.append(images[i][y0:y0 + side, x0:x0 + side])
+        where.append((i, x0, y0))
+    if not crops:
+      return found
+    model = self._blaze[0]
+    extra: dict[int, list] = {}
+    for (i, x0, y0), crop, dets in zip(where, crops, model.detect(crops)):
+      shift = np.array([x0, y0], np.float64)
+      h, w = images[i].shape[:2]
+      side = crop.shape[0]
+      # a face cut by a tile's inner edge is a part of a face: the half-overlapping
+      # neighbour (or a larger tile) holds it whole
+      inner = [x0 > 0, y0 > 0, x0 + side < w, y0 + side < h]
+      whole = [d for d in dets if not any(
+          cut and edge for cut, edge in zip(inner, (d.box[0] < 1, d.box[1] < 1,
+                                                    d.box[2] > side - 1, d.box[3] > side - 1)))]
+      extra.setdefault(i, []).extend(
+          Detected(d.box + np.tile(shift, 2), d.keypoints[:4] + shift, float(d.score))
+          for d in whole)
+    for i, more in extra.items():
+      found[i] = _suppress(found[i] + more)
+    return found
+
+  def _whole(self, images) -> list[list[Detected]]:
     if self._blaze is None:
       return [self._dlib_faces(im) for im in images]
     found = self._blaze[0].detect(images)
@@ -184,7 +220,7 @@ class FaceFinder:
     return [sorted((Detected(np.asarray(d.box, np.float64), d.keypoints[:4], float(d.score))
                     for d in dets), key=lambda d: -d.area) for dets in found]
 
-  def _dlib_faces(self, image: np.ndarray) -> list[Detected]:
+  def _dlib_faces(self, image: np.ndarray) -> list[Detected]:  # noqa: D102
     image = np.ascontiguousarray(image)
     out = []
     for r in self._detect(image):
@@ -195,6 +231,49 @@ class FaceFinder:
     return sorted(out, key=lambda d: -d.area)
 
 
+# BlazeFace's short-range model finds faces of about a fifth of its input and more: a face of
+# ``min_face`` pixels is searched in tiles of TILE_PER_FACE * min_face pixels and in each tile
+# size twice as large up to half the photo, consecutive tiles overlapping by half
+TILE_PER_FACE = 5
+# the same face seen by two tiles (or a tile and the whole photo): boxes overlapping by this
+# much of the smaller one
+TILE_OVERLAP = 0.5
+
+
+def tiles(size, min_face: int) -> list[tuple[int, int, int]]:
+  """(x0, y0, side) of the square tiles a photo of ``size`` (h, w) is searched in for faces
+  down to ``min_face`` pixels wide: sides from TILE_PER_FACE * min_face doubling while below
+  half the photo's short side, each size laid over the photo with half-tile strides (the last
+  tile of a row or column flush with the edge)."""
+  h, w = size
+  out, side = [], TILE_PER_FACE * max(int(min_face), 1)
+  while side <= min(h, w) // 2:
+    step = side // 2
+    xs = sorted({*range(0, w - side + 1, step), w - side})
+    ys = sorted({*range(0, h - side + 1, step), h - side})
+    out += [(x, y, side) for y in ys for x in xs]
+    side *= 2
+  return out
+
+
+def _suppress(dets: list[Detected]) -> list[Detected]:
+  """One detection per face (the best scoring of those overlapping by more than TILE_OVERLAP
+  of the smaller box), largest first."""
+  kept: list[Detected] = []
+  for d in sorted(dets, key=lambda d: -d.score):
+    if all(_overlap(d.box, k.box) <= TILE_OVERLAP for k in kept):
+      kept.append(d)
+  return sorted(kept, key=lambda d: -d.area)
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> float:
+  """Intersection over the smaller box's area."""
+  iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+  ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+  small = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+  return float(iw * ih / max(small, 1e-12))
+
+
 def find(inputs, image_size, template: str = "arcface", landmarks: dict | None = None,
          finder: FaceFinder | None = None, chunk: int = 64, faces: str = "largest",
          min_face: int = 0) -> list[Found]:
@@ -202,7 +281,8 @@ def find(inputs, image_size, template: str = "arcface", landmarks: dict | None =
   ``landmarks`` (path -> (5, 2)) when it has the photo, else from ``finder``; with neither, a
   centre crop (noted). ``faces="all"``: every face the finder sees, one ``Found`` each (same
   ``index``), else the largest; ``min_face``: faces whose box is narrower (pixels of the photo)
-  are left out. A photo without a face still gets one ``Found`` (``face`` None, the reason in
+  are left out, and BlazeFace looks for faces down to that width in tiles
+  (``FaceFinder.detect_batch``; slower: ``benchmarks/small_faces.py``). A photo without a face still gets one ``Found`` (``face`` None, the reason in
   ``note``). Photos are read and searched ``chunk`` at a time, with a progress line (found,
   skipped, photos/s) per chunk."""
   if faces not in FACES:
@@ -258,7 +338,12 @@ def _find_chunk(inputs, offset, image_size, template, landmarks, finder, faces,
   search = []  # (index, image, scale) for the finder, at most CHUNK_PIXELS of them held at once
 
   def run_finder():
-    for (i, image, scale), dets in zip(search, finder.detect_batch([s[1] for s in search])):
+    pics = [s[1] for s in search]
+    # min_face is in the photo's pixels; the finder sees it shrunk by each photo's scale
+    smallest = min((s[2] for s in search), default=1.0)
+    for (i, image, scale), dets in zip(search, finder.detect_batch(
+        pics, int(np.floor(min_face * smallest)), faces) if min_face else
+                                       finder.detect_batch(pics)):
       name = _name(inputs[i], offset + i)
       small = [d for d in dets if (d.box[2] - d.box[0]) / scale < min_face]
       dets = [d for d in dets if (d.box[2] - d.box[0]) / scale >= min_face]
