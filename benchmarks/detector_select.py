@@ -61,7 +61,8 @@ def candidate(spec: str):
   """``RUN`` or ``RUN@T`` -> (run folder, its config with ``detector.threshold`` = T)."""
   from pdsn_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   run, _, t = spec.partition("@")
-  config = workdir_lib.load_config(run)
+  from pdsn_jax import run_config  # pylint: disable=g-import-not-at-top
+  config = run_config.load_config(run)
   if t:
     try:
       config.detector.threshold = float(t)

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from pdsn_jax import builders, files, inference
+from pdsn_jax import builders, files, recognizer
 from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.data import faces as faces_lib
 from pdsn_jax.data import occlusion as occlusion_lib
@@ -145,7 +145,7 @@ class Run:
     level = absl.level
     absl.setLevel(logging.ERROR)  # orbax's notes on every restore are not the user's concern
     try:
-      self.recognizer = inference.Recognizer(run_dir, model or "")
+      self.recognizer = recognizer.Recognizer(run_dir, model or "")
     finally:
       absl.setLevel(level)
     self.config = self.recognizer.config
@@ -168,7 +168,7 @@ class Run:
     if detector == "none":
       return None
     if self._finder is None:
-      self._finder = faces_lib.for_run(detector, self.run_dir, weights, fallback)
+      self._finder = recognizer.face_finder(detector, self.run_dir, weights, fallback)
     return self._finder
 
   def _find(self, images, faces: str = "largest", min_face: int = 0) -> list:

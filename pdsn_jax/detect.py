@@ -33,11 +33,11 @@ def main(argv):
   from pdsn_jax import visualize  # pylint: disable=g-import-not-at-top
   from pdsn_jax.data import faces as faces_lib  # pylint: disable=g-import-not-at-top
   from pdsn_jax.data.folders import read_landmarks  # pylint: disable=g-import-not-at-top
-  from pdsn_jax import inference, workdir  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import inference, run_config, workdir  # pylint: disable=g-import-not-at-top
 
   if _LIMIT.value < 1:
     raise ValueError(f"--limit={_LIMIT.value}: must be >= 1 (images on the sheet)")
-  config = _CONFIG.value or workdir.load_config(_WORKDIR.value)
+  config = _CONFIG.value or run_config.load_config(_WORKDIR.value)
   if not os.path.isdir(_IMAGES.value):
     raise FileNotFoundError(f"--images folder not found: {_IMAGES.value}")
   workdir.require(_WORKDIR.value, workdir.DETECTOR, needed_by="detect")

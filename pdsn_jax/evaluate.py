@@ -27,35 +27,44 @@ import sys
 
 from absl import flags
 
-from pdsn_jax import provenance, stages
+from pdsn_jax import provenance, run_config, stages
 from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.config_validation import validate
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A finished run of python -m pdsn_jax.main.")
-_NAME = flags.DEFINE_string("name", None, "This evaluation's folder: RUN/evaluations/NAME.")
-_PAIRS = flags.DEFINE_string("pairs", "", "An LFW-format pairs.txt (eval.pairs_file).")
-_PAIRS_ROOT = flags.DEFINE_string("pairs_root", "", "Its images' folder (eval.pairs_root).")
-_PAIRS_LANDMARKS = flags.DEFINE_string("pairs_landmarks", "",
-                                       "Their landmarks TSV (eval.pairs_landmarks).")
-_PAIRS_PATTERN = flags.DEFINE_string(
-    "pairs_pattern", "", "Image path of (name, number) under --pairs_root (eval.pairs_pattern).")
-_OCCLUDERS = flags.DEFINE_string(
-    "occluders", "", "Folder of <category>/**/*.png occluders for the test faces, every file "
-    "(eval.occluder_dir).")
-_TEST_GLOBS = flags.DEFINE_list(
-    "test_globs", None, "Other test files of the run's occluder folder, as globs "
-    "(occlusion.splits.test); they may not name a train or select file.")
-_IDENTIFICATION = flags.DEFINE_string(
-    "identification", "", "One folder per person for the AR-style protocols "
-    "(eval.identification_root).")
-_ID_LANDMARKS = flags.DEFINE_string("identification_landmarks", "",
-                                    "Its landmarks TSV (eval.identification_landmarks).")
-_AR_REAL = flags.DEFINE_string("ar_real", "", "An AR-style set of real occlusions "
-                               "(labels.tsv; eval.ar_real_root).")
-_PROTOCOLS = flags.DEFINE_list("protocols", None, "The protocols to run (eval.protocols).")
-_SET = flags.DEFINE_multi_string(
-    "set", [], "Any other field the evaluation alone reads, as FIELD=VALUE (e.g. "
-    "eval.num_pairs=300, eval.conditions=sunglasses,mask, detector.threshold=0.4).")
+_FLAGS = {}  # defined by ``cli`` only: importing this module (the tests do) defines no flag
+
+
+def _define_flags() -> None:
+  """The command's flags, by the names ``overrides_from_flags`` reads."""
+  d = flags
+  _FLAGS.update(
+      workdir=d.DEFINE_string("workdir", None, "A finished run of python -m pdsn_jax.main."),
+      name=d.DEFINE_string("name", None, "This evaluation's folder: RUN/evaluations/NAME."),
+      pairs=d.DEFINE_string("pairs", "", "An LFW-format pairs.txt (eval.pairs_file)."),
+      pairs_root=d.DEFINE_string("pairs_root", "", "Its images' folder (eval.pairs_root)."),
+      pairs_landmarks=d.DEFINE_string("pairs_landmarks", "",
+                                      "Their landmarks TSV (eval.pairs_landmarks)."),
+      pairs_pattern=d.DEFINE_string(
+          "pairs_pattern", "",
+          "Image path of (name, number) under --pairs_root (eval.pairs_pattern)."),
+      occluders=d.DEFINE_string(
+          "occluders", "", "Folder of <category>/**/*.png occluders for the test faces, every "
+          "file (eval.occluder_dir)."),
+      test_globs=d.DEFINE_list(
+          "test_globs", None, "Other test files of the run's occluder folder, as globs "
+          "(occlusion.splits.test); they may not name a train or select file."),
+      identification=d.DEFINE_string(
+          "identification", "", "One folder per person for the AR-style protocols "
+          "(eval.identification_root)."),
+      identification_landmarks=d.DEFINE_string(
+          "identification_landmarks", "", "Its landmarks TSV (eval.identification_landmarks)."),
+      ar_real=d.DEFINE_string("ar_real", "", "An AR-style set of real occlusions (labels.tsv; "
+                              "eval.ar_real_root)."),
+      protocols=d.DEFINE_list("protocols", None, "The protocols to run (eval.protocols)."),
+      set=d.DEFINE_multi_string(
+          "set", [], "Any other field the evaluation alone reads, as FIELD=VALUE (e.g. "
+          "eval.num_pairs=300, eval.conditions=sunglasses,mask, detector.threshold=0.4)."))
+
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -94,18 +103,18 @@ def _parse(field: str, old, text: str):
 
 def overrides_from_flags() -> dict:
   """{dotted field: text} of the flags given, the named flags first, then every ``--set``."""
-  named = {"eval.pairs_file": _PAIRS.value, "eval.pairs_root": _PAIRS_ROOT.value,
-           "eval.pairs_landmarks": _PAIRS_LANDMARKS.value,
-           "eval.pairs_pattern": _PAIRS_PATTERN.value, "eval.occluder_dir": _OCCLUDERS.value,
-           "eval.identification_root": _IDENTIFICATION.value,
-           "eval.identification_landmarks": _ID_LANDMARKS.value,
-           "eval.ar_real_root": _AR_REAL.value}
+  f = {k: v.value for k, v in _FLAGS.items()}
+  named = {"eval.pairs_file": f["pairs"], "eval.pairs_root": f["pairs_root"],
+           "eval.pairs_landmarks": f["pairs_landmarks"], "eval.pairs_pattern": f["pairs_pattern"],
+           "eval.occluder_dir": f["occluders"], "eval.identification_root": f["identification"],
+           "eval.identification_landmarks": f["identification_landmarks"],
+           "eval.ar_real_root": f["ar_real"]}
   out = {k: v for k, v in named.items() if v}
-  if _TEST_GLOBS.value is not None:
-    out["occlusion.splits.test"] = ",".join(_TEST_GLOBS.value)
-  if _PROTOCOLS.value is not None:
-    out["eval.protocols"] = ",".join(_PROTOCOLS.value)
-  for item in _SET.value:
+  if f["test_globs"] is not None:
+    out["occlusion.splits.test"] = ",".join(f["test_globs"])
+  if f["protocols"] is not None:
+    out["eval.protocols"] = ",".join(f["protocols"])
+  for item in f["set"]:
     field, sep, value = item.partition("=")
     if not sep or not field.strip():
       raise ValueError(f"--set {item!r}: expected FIELD=VALUE, e.g. eval.num_pairs=300")
@@ -155,7 +164,7 @@ def plan(run_dir: str, name: str, changes: dict):
   """The run's config with ``changes``, checked: valid, and read by no trained stage."""
   if not name or not _NAME_RE.match(name):
     raise ValueError(f"--name={name!r}: a folder name of letters, digits, '.', '_' and '-'")
-  config = apply(workdir_lib.load_config(run_dir), changes)
+  config = apply(run_config.load_config(run_dir), changes)
   try:
     validate(config)
   except (ValueError, KeyError, TypeError) as e:
@@ -194,18 +203,19 @@ def main(argv):
   logging.getLogger("absl").setLevel(logging.WARNING)
   try:  # a wrong flag is one line naming it, before anything is written
     changes = overrides_from_flags()
-    plan(_WORKDIR.value, _NAME.value, changes)
+    plan(_FLAGS["workdir"].value, _FLAGS["name"].value, changes)
   except (ValueError, KeyError, FileNotFoundError) as e:
     logging.error("%s", e.args[0] if e.args else e)
     sys.exit(1)
-  evaluate(_WORKDIR.value, _NAME.value, changes)
+  evaluate(_FLAGS["workdir"].value, _FLAGS["name"].value, changes)
 
 
 def cli():
   """``pdsn-evaluate``: the console script of ``pip install -e .``."""
   from pdsn_jax import cli as cli_lib  # pylint: disable=g-import-not-at-top
+  _define_flags()
   flags.mark_flags_as_required(["workdir", "name"])
-  cli_lib.run(main, sys.modules[__name__])
+  cli_lib.run(main, sys.modules[__name__], [f.name for f in _FLAGS.values()])
 
 
 if __name__ == "__main__":

@@ -40,11 +40,11 @@ def export(workdir: str, model: str = "") -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from pdsn_jax import builders, inference  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import builders, inference, recognizer  # pylint: disable=g-import-not-at-top
   from pdsn_jax.data import occlusion  # pylint: disable=g-import-not-at-top
   from pdsn_jax.models.layers import l2_normalize  # pylint: disable=g-import-not-at-top
 
-  rec = inference.Recognizer(workdir, model)
+  rec = recognizer.Recognizer(workdir, model)
   config, net = rec.config, rec.net
   h, w = tuple(config.data.image_size)
   variables = jax.device_get(rec.host)

@@ -52,8 +52,8 @@ class _Folder:
     self.root, self.size, self.template = root, tuple(size), template
     self.finder = None
     if detector != "none":
-      from pdsn_jax.data import faces  # pylint: disable=g-import-not-at-top
-      self.finder = faces.for_run(detector, workdir, weights)
+      from pdsn_jax import recognizer  # pylint: disable=g-import-not-at-top
+      self.finder = recognizer.face_finder(detector, workdir, weights)
     self.paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
                         if f.lower().endswith(IMAGE_EXTENSIONS))
     if not self.paths:
@@ -123,12 +123,12 @@ def main(argv):
   logging.getLogger("absl").setLevel(logging.WARNING)
   if _SHARD.value < 1:
     raise ValueError(f"--shard_size={_SHARD.value}: must be >= 1 (faces per shard)")
-  config = workdir.load_config(_WORKDIR.value)
-  from pdsn_jax import inference, provenance  # pylint: disable=g-import-not-at-top
+  config = run_config.load_config(_WORKDIR.value)
+  from pdsn_jax import inference, provenance, recognizer, run_config  # pylint: disable=g-import-not-at-top
   from pdsn_jax.evaluation import evaluators  # pylint: disable=g-import-not-at-top
   networks = sorted({workdir.TRUNK} | {m.stage for m in evaluators.parse_models(
       config.eval.models)})
-  trained = inference.trained_models(config, _WORKDIR.value)  # the commands' default: the last
+  trained = recognizer.trained_models(config, _WORKDIR.value)  # the commands' default: the last
   stage = _STAGE.value or (trained[-1].stage if trained else workdir.TRUNK)
   if stage not in networks:  # a name, never a path into another run
     raise ValueError(f"--stage={stage!r}: must be one of this run's networks {networks}")

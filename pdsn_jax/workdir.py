@@ -172,23 +172,6 @@ def config_file(workdir: str) -> str:
   return os.path.join(workdir, "config.json")
 
 
-def load_config(workdir: str):
-  """The config a run was made with (``config.json``), as a ConfigDict, checked by the same
-  validator as ``main`` (an error names the file and the key)."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from pdsn_jax import config_validation  # pylint: disable=g-import-not-at-top
-  path = config_file(workdir)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} not found: --workdir must be a run folder of "
-                            "python -m pdsn_jax.main")
-  config = ml_collections.ConfigDict(files.read_json(path, "the run's config"))
-  try:
-    config_validation.validate(config)
-  except (ValueError, KeyError, TypeError) as e:
-    raise ValueError(f"{path}: {e}") from None
-  return config
-
-
 def save_config(workdir: str, text: str) -> str:
   """Writes ``config.json``; a different earlier one is kept as ``config_history/<n>.json``
   (each stage's ``provenance.json`` holds the fields its outputs were made with)."""

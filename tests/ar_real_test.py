@@ -127,6 +127,8 @@ def test_paired_bootstrap_known_answers():
 @pytest.mark.skipif(not os.path.isfile(os.path.join(helpers.SHARED_DATA, "ar_real",
                                                     "labels.tsv")),
                     reason="../shared/data/ar_real (research-only AR photos) is not present")
+@pytest.mark.real_data
+@pytest.mark.slow
 def test_real_ar_photos_align_by_landmarks_and_their_truth_marks_the_category_rows():
   pytest.importorskip("dlib", reason="dlib-bin is not installed")
   ar = ar_real.load(os.path.join(helpers.SHARED_DATA, "ar_real"), (112, 96))

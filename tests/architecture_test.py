@@ -1,5 +1,7 @@
-"""The layout rules of docs/architecture.md, checked on the source: stages do not import each
-other, only workdir.py builds paths under a workdir, and every stage's entry point stays short."""
+"""The layout rules of docs/architecture.md, checked on the source: the package's imports
+(function-level ones too) form no cycle and only go down its layers, stages do not import each
+other, only workdir.py builds paths under a workdir, and every stage's entry point stays
+short."""
 
 import ast
 import os
@@ -97,3 +99,113 @@ def test_stage_entry_points_are_at_most_60_lines(module):
   for fn in runs:
     length = fn.end_lineno - fn.lineno + 1
     assert length <= 60, f"{module}.{fn.name} is {length} lines"
+
+
+# The package's layers, lowest first: a module imports only from its own layer or below
+# (docs/architecture.md). A module is in the first layer one of whose prefixes names it.
+LAYERS = (
+    ("base", ("files", "distributed", "parallel", "packages", "training", "metrics")),
+    ("data and models", ("data", "models")),
+    ("run", ("workdir", "checkpointing", "provenance", "fdm", "visualize", "builders")),
+    ("method", ("loop", "recognition", "pdsn_probe", "inference", "evaluation")),
+    ("stages", ("stages",)),
+    ("entry", ("config_validation", "run_config", "recognizer", "api", "commands", "cli",
+               "main", "embed", "verify", "identify", "gallery", "export", "detect",
+               "evaluate", "")),
+)
+
+
+def import_graph(root: str = ROOT, package: str = "pdsn_jax") -> dict[str, set[str]]:
+  """{module: the package's modules it imports}, every import statement counted (function-level
+  ones too), ``from pkg import mod`` as an import of ``pkg.mod``."""
+  modules = {}
+  for d, _, files in os.walk(root):
+    for f in files:
+      if f.endswith(".py"):
+        rel = os.path.relpath(os.path.join(d, f), root)[:-3].replace(os.sep, ".")
+        name = package if rel == "__init__" else f"{package}.{rel.removesuffix('.__init__')}"
+        modules[name] = os.path.join(d, f)
+  graph = {}
+  for name, path in modules.items():
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    out = set()
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Import):
+        out.update(a.name for a in node.names)
+      elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+        out.update(f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules
+                   else node.module for a in node.names)
+    graph[name] = {m for m in out if m in modules and m != name}
+  return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str]:
+  """One import cycle (its modules in order, the first again at the end), or [] when none."""
+  state, stack = {}, []
+
+  def visit(m):
+    state[m] = "open"
+    stack.append(m)
+    for n in sorted(graph[m]):
+      if state.get(n) == "open":
+        return stack[stack.index(n):] + [n]
+      if n not in state:
+        found = visit(n)
+        if found:
+          return found
+    state[m] = "done"
+    stack.pop()
+    return []
+
+  for m in sorted(graph):
+    if m not in state:
+      found = visit(m)
+      if found:
+        return found
+  return []
+
+
+def layer(module: str, package: str = "pdsn_jax") -> int:
+  rel = module[len(package) + 1:] if module != package else ""
+  for i, (_, prefixes) in enumerate(LAYERS):
+    if any(rel == p or (p and rel.startswith(p + ".")) for p in prefixes):
+      return i
+  raise AssertionError(f"{module} is in no layer of tests/architecture_test.py LAYERS: add it")
+
+
+def upward_imports(graph: dict[str, set[str]], package: str = "pdsn_jax") -> list[str]:
+  return [f"{m} ({LAYERS[layer(m, package)][0]}) imports {n} ({LAYERS[layer(n, package)][0]})"
+          for m in sorted(graph) for n in sorted(graph[m])
+          if layer(n, package) > layer(m, package)]
+
+
+def test_the_package_imports_form_no_cycle():
+  cycle = find_cycle(import_graph())
+  assert not cycle, "import cycle: " + " -> ".join(cycle)
+
+
+def test_imports_only_go_down_the_layers():
+  assert not upward_imports(import_graph())
+
+
+def _plant(root, files: dict) -> str:
+  pkg = root / "pkg"
+  for name, text in files.items():
+    path = pkg / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+  return str(pkg)
+
+
+def test_the_checks_see_a_planted_cycle_and_an_upward_import(tmp_path):
+  pkg = _plant(tmp_path, {
+      "__init__.py": "",
+      "files.py": "def f():\n  from pkg import workdir  # a function-level import counts\n",
+      "workdir.py": "from pkg import files\n",
+      "data/__init__.py": "", "data/x.py": "from pkg.stages import trunk\n",
+      "stages/__init__.py": "", "stages/trunk.py": "import pkg.files\n"})
+  graph = import_graph(pkg, "pkg")
+  assert find_cycle(graph) == ["pkg.files", "pkg.workdir", "pkg.files"]
+  assert upward_imports(graph, "pkg") == [
+      "pkg.data.x (data and models) imports pkg.stages.trunk (stages)",
+      "pkg.files (base) imports pkg.workdir (run)"]

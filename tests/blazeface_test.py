@@ -45,6 +45,7 @@ def test_four_points_align_like_the_template():
     alignment.align_face(photo, pts[:3], (112, 96))
 
 
+@pytest.mark.slow
 @needs_models
 @pytest.mark.parametrize("model", ["short", "full"])
 def test_graph_matches_the_litert_interpreter(model):
@@ -76,6 +77,8 @@ def test_an_unsupported_operator_is_named():
     assert tflite_graph.check_supported(kind, "model.tflite") == kind
 
 
+@pytest.mark.real_data
+@pytest.mark.slow
 @needs_models
 @needs_lfw
 def test_finds_bare_masked_and_sunglassed_faces_and_their_points():

@@ -18,6 +18,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", sorted(CASES))
 def test_help_lists_the_commands_own_flags(command):
   first, wanted = CASES[command]

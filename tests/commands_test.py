@@ -66,6 +66,7 @@ def _fdm(blocks, items):
                    for b in blocks]).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_embed_and_exported_functions_agree(run):
   wd, root = run
   out = str(root / "emb.npz")
@@ -89,6 +90,7 @@ def test_embed_and_exported_functions_agree(run):
   assert meta["model"] == str(z["model"]) == "PDSN + fine-tune"
 
 
+@pytest.mark.slow
 def test_verify_uses_the_evaluation_threshold_and_the_and_of_both_occlusions(run):
   wd, root = run
   a, b = root / "probes" / "person0_1.png", root / "probes" / "person1_4.png"
@@ -109,6 +111,7 @@ def test_verify_uses_the_evaluation_threshold_and_the_and_of_both_occlusions(run
   assert score == pytest.approx(float(e[0] @ e[1]), abs=2e-4)
 
 
+@pytest.mark.slow
 def test_identify_ranks_the_gallery_under_each_probes_fdm(run):
   wd, root = run
   out = str(root / "ranks.csv")
@@ -142,6 +145,7 @@ def test_five_points_from_68():
                                 [[10, 20], [30, 20], [20, 30], [12, 40], [28, 40]])
 
 
+@pytest.mark.real_data
 def test_dlib_landmarks_match_the_lfw_tsv():
   pytest.importorskip("dlib", reason="dlib-bin not installed")
   lfw = os.path.join(helpers.SHARED_DATA, "lfw")
@@ -164,6 +168,7 @@ def test_dlib_landmarks_match_the_lfw_tsv():
   assert np.mean(errors) < 4.0, errors  # px in the 112x96 frame
 
 
+@pytest.mark.slow
 def test_a_user_who_knows_the_occlusion_names_it(run):
   wd, root = run
   a, b = root / "probes" / "person0_1.png", root / "probes" / "person1_4.png"
@@ -180,6 +185,7 @@ def test_a_user_who_knows_the_occlusion_names_it(run):
   assert proc.returncode != 0 and "--occlusion='4,4': allowed values" in proc.stderr
 
 
+@pytest.mark.slow
 def test_real_ar_protocol_ranks_by_hand(run, tmp_path):
   import shutil  # pylint: disable=g-import-not-at-top
   from pdsn_jax.data import ar_real  # pylint: disable=g-import-not-at-top
@@ -216,6 +222,7 @@ def test_real_ar_protocol_ranks_by_hand(run, tmp_path):
   assert len(g) == 4 and len(galleries["p1"]) == 4 * 7 and len(probes["clean"]) == 4 * 7
 
 
+@pytest.mark.slow
 def test_identify_searches_a_prebuilt_store_and_refuses_another_trunks(run, tmp_path):
   wd, root = run
 
@@ -259,6 +266,7 @@ def test_identify_searches_a_prebuilt_store_and_refuses_another_trunks(run, tmp_
   assert proc.returncode != 0 and "--k=0: must be >= 1" in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", ["0", "-3"])
 def test_gallery_refuses_a_shard_size_below_one(tmp_path, size):
   proc = subprocess.run([sys.executable, "-m", "pdsn_jax.gallery", f"--workdir={tmp_path}",
@@ -295,6 +303,7 @@ def test_exports_carry_checksums_and_a_damaged_one_is_named(run, tmp_path):
   assert export.load(str(bad), "dictionary").dtype == np.uint8
 
 
+@pytest.mark.slow
 def test_thresholds_belong_to_the_network_they_were_measured_on(run, tmp_path):
   """The probe: verify fell back to an older checkpoint and applied the newer one's
   thresholds; a damaged thresholds.json was not named."""
@@ -317,6 +326,7 @@ def test_thresholds_belong_to_the_network_they_were_measured_on(run, tmp_path):
       "damaged" in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_gallery_build_keeps_going_past_an_unreadable_image(run, tmp_path):
   from pdsn_jax.evaluation import store  # pylint: disable=g-import-not-at-top
   wd, root = run
@@ -337,6 +347,7 @@ def test_a_gallery_build_keeps_going_past_an_unreadable_image(run, tmp_path):
   assert (labels >= 0).sum() == 3 and s.damaged() == {}
 
 
+@pytest.mark.slow
 def test_evaluate_rebuilds_a_distractor_store_made_with_other_settings(run, tmp_path):
   """The probe: changing eval.num_distractors made evaluate fail with advice to use another
   --out, a flag main does not have."""
@@ -353,6 +364,8 @@ def test_evaluate_rebuilds_a_distractor_store_made_with_other_settings(run, tmp_
 
 @pytest.mark.skipif(not os.path.isfile(os.path.join(helpers.SHARED_DATA, "lfw", "landmarks.tsv")),
                     reason="real photos needed: ../shared/data/lfw is absent")
+@pytest.mark.real_data
+@pytest.mark.slow
 def test_embed_finds_bare_and_masked_faces_in_raw_photos_with_blazeface(run, tmp_path):
   """The default finder on raw LFW photos, one with a mask pasted on (no landmarks TSV)."""
   import importlib.util  # pylint: disable=g-import-not-at-top

@@ -17,6 +17,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
+import subprocess  # noqa: E402
+
 import pytest  # noqa: E402
 
 from tests import helpers  # noqa: E402
@@ -33,3 +35,25 @@ def tiny_run(tmp_path_factory) -> str:
   helpers.run_main(wd, TINY_RUN_STAGES, record_reads=os.path.join(os.path.dirname(wd),
                                                                   "reads.json"))
   return wd
+
+
+# fixtures that train a run: every test that needs one (directly or through another fixture) is
+# in the slow tier, whatever it is marked
+_TRAINING_FIXTURES = {"tiny_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  for item in items:
+    if _TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+      item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_start_no_process(request, monkeypatch):
+  """The fast tier (``-m "not slow"``) never starts a process: a test that does is slow."""
+  if request.node.get_closest_marker("slow") is None:
+    def refuse(*args, **kwargs):
+      del args, kwargs
+      raise RuntimeError(f"{request.node.nodeid} starts a process: mark it @pytest.mark.slow")
+    monkeypatch.setattr(subprocess, "Popen", refuse)

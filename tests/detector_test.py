@@ -28,6 +28,7 @@ def _batch(n=8):
   return {"image": np.stack([r["image"] for r in recs]), "mask": np.stack([r["mask"] for r in recs])}
 
 
+@pytest.mark.slow
 def test_output_shape_and_range_at_full_resolution():
   config = tiny.get_config()
   model = builders.detector(config, False)
@@ -40,6 +41,7 @@ def test_output_shape_and_range_at_full_resolution():
   assert pred.shape == (4, 112, 96) and pred.dtype == bool
 
 
+@pytest.mark.slow
 def test_loss_decreases_when_overfitting_a_tiny_batch():
   config = tiny.get_config()
   config.detector.update(widths=(8, 16), learning_rate=0.1, warmup_steps=0, schedule="constant")
@@ -150,6 +152,7 @@ def test_select_rule_keeps_clean_area_and_prefers_the_committed_then_the_default
   assert rule.verdicts({"c@0.5": row(0.99, 0.03, 0.5)})[1] is None
 
 
+@pytest.mark.slow
 def test_detector_stage_resumes_after_sigkill(tmp_path):
   args = ("--config.stages=detector", "--config.detector.num_steps=6")
   ref = str(tmp_path / "ref")

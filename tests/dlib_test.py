@@ -33,6 +33,7 @@ def port():
   return net, dlib_resnet.to_variables(net)
 
 
+@pytest.mark.slow
 def test_reader_finds_the_published_architecture(port):
   net, variables = port
   kinds = [l["type"] for l in net.layers]
@@ -93,6 +94,8 @@ def _descriptors(variables, chips):
   return np.asarray(dlib_resnet.DlibResNet().apply(variables, x))
 
 
+@pytest.mark.slow
+@pytest.mark.real_data
 def test_descriptors_equal_dlibs_on_dlibs_own_chips(port):
   dlib = _dlib()
   _, variables = port
@@ -104,6 +107,7 @@ def test_descriptors_equal_dlibs_on_dlibs_own_chips(port):
   assert rel.max() < 1e-4, rel
 
 
+@pytest.mark.real_data
 def test_project_chips_stay_close_to_dlib_end_to_end(port):
   dlib = _dlib()
   _, variables = port
@@ -118,6 +122,8 @@ def test_project_chips_stay_close_to_dlib_end_to_end(port):
   assert dist.max() < 0.4, dist
 
 
+@pytest.mark.real_data
+@pytest.mark.slow
 def test_dlib_trunk_runs_the_pdsn_stages(tmp_path):
   _model_file()
   wd = str(tmp_path / "dlib")

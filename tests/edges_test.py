@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from pdsn_jax import checkpointing, files, provenance, workdir as workdir_lib
+from pdsn_jax import checkpointing, files, provenance, recognizer, workdir as workdir_lib
 from pdsn_jax.data import faces as faces_lib
 from pdsn_jax.data import folders, pairs
 from pdsn_jax.evaluation import store
@@ -159,9 +159,10 @@ class _CountingFinder:
   def __init__(self):
     self.batches = []
 
-  def points_batch(self, images):
+  def detect_batch(self, images, min_face=0, faces="largest"):
+    del min_face, faces
     self.batches.append(sum(im.shape[0] * im.shape[1] for im in images))
-    return [(None, "no face found")] * len(images)
+    return [[] for _ in images]
 
 
 def test_the_finder_never_holds_more_than_a_chunks_pixels(tmp_path, monkeypatch):
@@ -239,7 +240,6 @@ def run_copy(tmp_path_factory, tiny_run):
 @pytest.mark.parametrize("value", ["NaN", "-7.5", "\"0.3\""])
 def test_a_threshold_outside_minus_one_to_one_never_decides(run_copy, tmp_path, value):
   """The probe: NaN gave 'different people (threshold nan)', -7.5 'same person', rc 0."""
-  from pdsn_jax import inference  # pylint: disable=g-import-not-at-top
   wd = str(tmp_path / "run")
   shutil.copytree(run_copy, wd)
   path = workdir_lib.thresholds_file(wd)
@@ -247,26 +247,27 @@ def test_a_threshold_outside_minus_one_to_one_never_decides(run_copy, tmp_path, 
   for model in t.values():
     model["occluded"] = "@"
   open(path, "w").write(json.dumps(t).replace('"@"', value))
-  rec = inference.Recognizer(wd)
+  rec = recognizer.Recognizer(wd)
   t, why = rec.threshold(occluded=True)
   assert t is None and "none usable" in why and "not a cosine in [-1, 1]" in why
   t, why = rec.threshold(occluded=False)  # the clean one is fine and still decides
   assert -1 <= t <= 1 and "mean of the 10 fold thresholds" in why
 
 
+@pytest.mark.slow
 def test_the_commands_refuse_stages_made_under_another_config(run_copy, tmp_path):
   """The probe: after the trunk was made again with a changed field, embed used the new trunk
   with the old dictionary (rc 0, no warning)."""
-  from pdsn_jax import inference  # pylint: disable=g-import-not-at-top
   wd = str(tmp_path / "run")
   shutil.copytree(run_copy, wd)
   helpers.run_main(wd, "--config.stages=trunk", "--config.overwrite=trunk",
                    "--config.trunk.learning_rate=0.05")
   with pytest.raises(provenance.StaleStage, match=r"(?s)model 'PDSN \+ fine-tune'.*made from "
                                                   r"another 'trunk'"):
-    inference.Recognizer(wd)
+    recognizer.Recognizer(wd)
 
 
+@pytest.mark.slow
 def test_a_full_disk_in_a_command_is_one_line_and_leaves_no_partial_file(run_copy, tmp_path):
   """The probe: a full disk left a 0-byte embeddings.npz and a raw OSError traceback."""
   out = tmp_path / "e.npz"
@@ -329,19 +330,18 @@ def test_a_damaged_face_finder_weights_file_is_named(tmp_path):
   open(workdir_lib.face_finder_weights(wd), "wb").write(b"PK\x03\x04 not a zip")
   with pytest.raises(files.DamagedFile, match=r"short_range.npz \(the run's tuned face-finder "
                                               r"weights\) cannot be read.*shipped"):
-    faces_lib.for_run("blazeface", wd)
+    recognizer.face_finder("blazeface", wd)
 
 
 def test_an_edited_config_json_names_the_field_not_a_flax_error(run_copy, tmp_path):
   """The probe: a config.json shape edit surfaced as flax's ScopeParamShapeError."""
-  from pdsn_jax import inference  # pylint: disable=g-import-not-at-top
   wd = str(tmp_path / "run")
   shutil.copytree(run_copy, wd)
   c = json.load(open(workdir_lib.config_file(wd)))
   c["model"]["width"] = c["model"]["width"] * 2
   json.dump(c, open(workdir_lib.config_file(wd), "w"))
   with pytest.raises(provenance.StaleStage, match=r"model.width"):
-    inference.Recognizer(wd)
+    recognizer.Recognizer(wd)
   # without records (an older run) the shapes themselves are checked
   for d in os.listdir(wd):
     for f in (provenance.RECORD, provenance.COPY):
@@ -349,9 +349,10 @@ def test_an_edited_config_json_names_the_field_not_a_flax_error(run_copy, tmp_pa
         os.remove(os.path.join(wd, d, f))
   with pytest.raises(ValueError, match=r"does not fit the network of the run's config.json: "
                                        r"\[.*\] is \(\d+,?.*\) in the checkpoint, \("):
-    inference.Recognizer(wd)
+    recognizer.Recognizer(wd)
 
 
+@pytest.mark.slow
 def test_detect_reports_an_unreadable_image_and_goes_on(run_copy, tmp_path):
   """The probe: detect aborted at the first unreadable image."""
   images = tmp_path / "img"
@@ -366,6 +367,7 @@ def test_detect_reports_an_unreadable_image_and_goes_on(run_copy, tmp_path):
   assert "skipped" in proc.stderr and "0_broken.png" in proc.stderr and out.is_file()
 
 
+@pytest.mark.slow
 def test_a_rerun_keeps_what_the_first_run_measured(tmp_path, tiny_run):
   """The probe: a rerun rewrote trunk/summary.json without heldout_verification_at_start."""
   wd = str(tmp_path / "run")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pdsn_jax import evaluate, provenance, workdir as workdir_lib
+from pdsn_jax import evaluate, provenance, run_config, workdir as workdir_lib
 from pdsn_jax.data.synthetic import SyntheticFaces
 from tests import helpers
 
@@ -114,7 +114,7 @@ def test_parse_types_values_like_the_field():
 
 def test_other_test_globs_leave_every_training_record_as_it_was(tiny_run):
   """The issue's case: only occlusion.splits.test changes, with globs already in use."""
-  config = workdir_lib.load_config(tiny_run)
+  config = run_config.load_config(tiny_run)
   config.occlusion.splits.train = ("sunglasses/a*",)
   other = config.copy_and_resolve_references()
   other.occlusion.splits.test = ("sunglasses/z*",)
@@ -122,7 +122,7 @@ def test_other_test_globs_leave_every_training_record_as_it_was(tiny_run):
     assert provenance.fields(other, kind) == provenance.fields(config, kind), kind
   assert provenance.fields(other, "evaluate") != provenance.fields(config, "evaluate")
   # the first glob of any split moves files out of the heldout_every train split: recorded
-  plain = workdir_lib.load_config(tiny_run)
+  plain = run_config.load_config(tiny_run)
   first = plain.copy_and_resolve_references()
   first.occlusion.splits.test = ("sunglasses/z*",)
   assert (provenance.fields(first, "pdsn")[provenance.SPLIT_BY_GLOBS]

@@ -102,6 +102,7 @@ def _embedder():
   return backbone, v, masked.Embedder(backbone, mesh, 16, builders.normalize), mesh
 
 
+@pytest.mark.slow
 def test_embedder_matches_single_device_and_all_ones_is_plain_embedding():
   backbone, v, emb, mesh = _embedder()
   assert mesh.size == 8
@@ -124,6 +125,7 @@ def test_embedder_matches_single_device_and_all_ones_is_plain_embedding():
                               np.asarray(ref), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_checkpoints_sharing_the_trunks_bottom_run_only_their_top(tmp_path):
   from pdsn_jax.stages import evaluate  # pylint: disable=g-import-not-at-top
   config = tiny.get_config()

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pdsn_jax import recognizer
 from pdsn_jax.data import alignment, face_tuning, faces, occlusion
 from pdsn_jax.data.synthetic import SyntheticFaces
 from tests import helpers
@@ -105,6 +106,7 @@ def test_distillation_loss():
   np.testing.assert_allclose(shifted[1][1], 16.0, rtol=1e-6)  # 16 values off by 1 px
 
 
+@pytest.mark.slow
 @needs_models
 def test_a_tiny_run_tunes_the_finder_and_the_commands_use_it(tmp_path):
   from pdsn_jax.data import blazeface  # pylint: disable=g-import-not-at-top
@@ -116,18 +118,18 @@ def test_a_tiny_run_tunes_the_finder_and_the_commands_use_it(tmp_path):
   assert set(found) == {"shipped", "tuned"} and "mask, grey low-res" in found["tuned"]
   assert all(0 <= v <= 100 for r in found.values() for v in r.values())
   assert os.path.getsize(os.path.join(wd, "face_finder", "found.png")) > 0
-  tuned = faces.for_run("blazeface", wd)._blaze[0].params
-  shipped = faces.for_run("blazeface", wd, "shipped")._blaze[0].params
+  tuned = recognizer.face_finder("blazeface", wd)._blaze[0].params
+  shipped = recognizer.face_finder("blazeface", wd, "shipped")._blaze[0].params
   assert set(tuned) == set(shipped)
   # the run's last try comes with its weights; a given one wins; shipped weights: none
-  assert faces.for_run("blazeface", wd).fallback == 0.4
-  assert faces.for_run("blazeface", wd, fallback=0.3).fallback == 0.3
-  assert faces.for_run("blazeface", wd, "shipped").fallback is None
+  assert recognizer.face_finder("blazeface", wd).fallback == 0.4
+  assert recognizer.face_finder("blazeface", wd, fallback=0.3).fallback == 0.3
+  assert recognizer.face_finder("blazeface", wd, "shipped").fallback is None
   assert any(not np.array_equal(tuned[k], shipped[k]) for k in tuned)  # it trained
-  assert faces.for_run("blazeface", str(tmp_path / "no_run"))._blaze[0].params.keys() == \
+  assert recognizer.face_finder("blazeface", str(tmp_path / "no_run"))._blaze[0].params.keys() == \
       shipped.keys()
   with pytest.raises(ValueError, match="face_finder_weights"):
-    faces.for_run("blazeface", wd, "tuned")
+    recognizer.face_finder("blazeface", wd, "tuned")
   bad = dict(np.load(os.path.join(wd, "face_finder", "short_range.npz")))
   bad.pop(sorted(bad)[0])
   with pytest.raises(ValueError, match="do not match"):

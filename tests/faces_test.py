@@ -72,6 +72,7 @@ def test_the_same_face_from_two_tiles_is_kept_once():
   assert [k.score for k in kept] == [0.95, 0.6]
 
 
+@pytest.mark.real_data
 @pytest.mark.slow
 def test_blazeface_finds_a_small_face_in_a_large_photo_only_with_tiles():
   celeba = os.path.join(helpers.SHARED_DATA, "celeba")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from pdsn_jax import builders, config_validation, files, workdir as workdir_lib
+from pdsn_jax import builders, config_validation, files, run_config, workdir as workdir_lib
 from pdsn_jax.evaluation import search, store
 
 U_SHAPE = (7, 6, 32)
@@ -82,6 +82,7 @@ def test_an_edited_store_header_is_refused(tmp_path):
     store.Store(path)
 
 
+@pytest.mark.slow
 def test_unreadable_faces_keep_their_place_and_are_never_found(tmp_path):
   """A gallery image that cannot be read is stored as label UNREADABLE (its shard and every
   later one keep their faces), and the search never returns it, even as the best match."""
@@ -140,10 +141,10 @@ def test_commands_validate_the_runs_config_json(tmp_path):
     workdir_lib.save_config(wd, c.to_json_best_effort())
     with pytest.raises(ValueError, match="config.json: .*" + r"\(".join(
         s.replace(")", r"\)") for s in says.split("("))):
-      workdir_lib.load_config(wd)
+      run_config.load_config(wd)
   open(workdir_lib.config_file(wd), "w").write('{"eval": ')
   with pytest.raises(files.DamagedFile, match=r"config\.json \(the run's config\) is damaged"):
-    workdir_lib.load_config(wd)
+    run_config.load_config(wd)
   assert len(os.listdir(os.path.join(wd, "config_history"))) == 4  # every earlier version
 
 

@@ -138,6 +138,7 @@ def test_reader_runs_no_code_from_the_file(tmp_path):
 # ------------------------------------------------------------------- network
 
 
+@pytest.mark.slow
 def test_depthwise_sum_of_taps_equals_grouped_convolution():
   rng = np.random.default_rng(1)
   for stride, pad, shape in ((1, None, (2, 9, 8, 5)), (2, None, (2, 9, 8, 5)),
@@ -153,6 +154,7 @@ def test_depthwise_sum_of_taps_equals_grouped_convolution():
     np.testing.assert_allclose(layer.apply(v, x), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_shapes_and_width_multiplier():
   x = jnp.zeros((2, 112, 96, 3))
   for width, u_c in ((1.0, 512), (0.25, 128)):
@@ -176,6 +178,8 @@ def test_to_variables_maps_every_key_and_rejects_unknown_ones():
   assert shapes["params"]["conv1"]["conv"]["kernel"].shape == (3, 3, 3, 64)
 
 
+@pytest.mark.real_data
+@pytest.mark.slow
 def test_parity_with_the_original_network():
   ckpt = os.path.join(MODEL_DIR, "068.ckpt")
   ref = os.path.join(MODEL_DIR, "reference_outputs.npz")
@@ -201,6 +205,7 @@ def test_parity_with_the_original_network():
                              rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_trains_from_scratch_as_the_trunk_then_stages_i_ii(tmp_path):
   from pdsn_jax.fdm import load as load_dictionary  # pylint: disable=g-import-not-at-top
   wd = str(tmp_path / "mfn")
@@ -214,6 +219,7 @@ def test_trains_from_scratch_as_the_trunk_then_stages_i_ii(tmp_path):
   assert fdms.shape == (9, 7, 6, 64) and meta["u_shape"] == [7, 6, 64]
 
 
+@pytest.mark.slow
 def test_trainable_top_moves_only_the_layers_at_u_resolution_and_f():
   import functools  # pylint: disable=g-import-not-at-top
   from configs import tiny  # pylint: disable=g-import-not-at-top

@@ -37,6 +37,7 @@ def test_bad_depth_names_allowed():
     _shapes(42, 1.0, (112, 96))
 
 
+@pytest.mark.slow
 def test_head_on_u_is_the_full_forward_and_a_mask_acts_only_where_it_is_zero():
   m = IResNet(depth=18, width=0.0625, embedding_dim=16)
   x = jax.random.normal(jax.random.key(1), (3, 112, 96, 3))

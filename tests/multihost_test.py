@@ -7,6 +7,7 @@ import subprocess
 
 import jax
 import numpy as np
+import pytest
 
 from pdsn_jax import checkpointing, provenance
 from tests import helpers
@@ -34,6 +35,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path):
   single = str(tmp_path / "single")
   helpers.run_main(single, *_STEPS, devices=4)

@@ -162,6 +162,7 @@ def test_select_never_opens_a_test_file(tmp_path, monkeypatch):
   assert opened == [str(root / "sunglasses/s3/d.png")]
 
 
+@pytest.mark.real_data
 def test_real_config_splits_are_disjoint_by_source_and_cover_the_evaluated_categories():
   import os  # pylint: disable=g-import-not-at-top
   from configs import real_mobilefacenet  # pylint: disable=g-import-not-at-top

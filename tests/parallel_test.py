@@ -26,6 +26,7 @@ def _batch(n=16, seed=0):
           "label": rng.integers(0, 12, (n,), dtype=np.int32)}
 
 
+@pytest.mark.slow
 def test_eight_devices_equal_one_device():
   assert jax.device_count() == 8, "conftest must set 8 CPU devices"
   config = tiny.get_config()
@@ -54,6 +55,7 @@ def test_eight_devices_equal_one_device():
   assert max(jax.tree.leaves(diff)) > 1e-4
 
 
+@pytest.mark.slow
 def test_no_retracing_across_steps():
   config = tiny.get_config()
   init, step = _setup(config)

@@ -9,6 +9,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from configs import tiny
 from pdsn_jax import builders, checkpointing, fdm, parallel, training
@@ -30,6 +31,7 @@ def _trunk_vars(config, classes=12):
                           "batch_stats": v["batch_stats"]}
 
 
+@pytest.mark.slow
 def test_stacked_step_equals_separate_generator_steps():
   config = tiny.get_config()
   backbone, head, tv = _trunk_vars(config)
@@ -78,6 +80,7 @@ def test_stacked_step_equals_separate_generator_steps():
   assert int(reused.step) == 1 and int(twice.step) == 2
 
 
+@pytest.mark.slow
 def test_stages_end_to_end_trunk_frozen_and_pdsn_resumes_after_sigkill(tmp_path):
   ref = str(tmp_path / "ref")
   helpers.run_main(ref)
@@ -139,6 +142,7 @@ def _ce_by_hand(emb, kernel, labels, scale=30.0, margin=0.35):
   return float(np.mean(lse - logits[np.arange(len(labels)), labels]))
 
 
+@pytest.mark.slow
 def test_pdsn_loss_by_hand_both_variants():
   """CE on F(m * U(x_j)) (the occluded branch), the L1 a mean over every element, lambda 10;
   the released variant adds the clean branch, each CE weighted 0.5; without differential
@@ -177,6 +181,7 @@ def test_pdsn_loss_by_hand_both_variants():
     np.testing.assert_allclose(np.asarray(got), want[variant], rtol=2e-5)
 
 
+@pytest.mark.slow
 def test_dictionary_probe_overlap_is_one_when_nothing_moved():
   config = tiny.get_config()
   backbone, _, tv = _trunk_vars(config)

@@ -22,6 +22,7 @@ def test_an_unregistered_stream_is_named(tmp_path):
     _run(tmp_path, lambda plan: dataclasses.replace(plan, stream="toy"))
 
 
+@pytest.mark.slow
 def test_metrics_without_loss_are_named(tmp_path):
   def drop_loss(plan):
     step = plan.step

@@ -7,9 +7,10 @@ import os
 import shutil
 
 import numpy as np
+import pytest
 
 from configs import tiny
-from pdsn_jax import config_validation, stages
+from pdsn_jax import config_validation, recognizer, stages
 from pdsn_jax.evaluation import evaluators, search, tables
 
 
@@ -44,6 +45,7 @@ def _section(results):
   return ["## Mirrored faces", ""] + tables.table(["Model", "rank-1"], rows) + [""]
 
 
+@pytest.mark.slow
 def test_a_registered_toy_protocol_runs_in_the_evaluate_stage(tmp_path, tiny_run):
   wd = str(tmp_path / "run")
   shutil.copytree(tiny_run, wd, ignore=shutil.ignore_patterns("export"))
@@ -88,6 +90,7 @@ def _lfw_like(root) -> tuple[str, str]:
   return str(folder), str(tsv)
 
 
+@pytest.mark.slow
 def test_lfw_distractors_split_and_curve(tmp_path, tiny_run):
   from pdsn_jax.evaluation import lfw_distractors  # pylint: disable=g-import-not-at-top
   from pdsn_jax.evaluation import store  # pylint: disable=g-import-not-at-top
@@ -122,9 +125,8 @@ def test_lfw_distractors_split_and_curve(tmp_path, tiny_run):
   assert "## Real distractors: MegaFace's curve on LFW (6 probes" in md
   assert os.path.isfile(os.path.join(wd, "evaluate", "lfw_distractors.png"))
   # by hand at no distractor: the Trunk's clean probes against the gallery by cosine
-  from pdsn_jax import inference  # pylint: disable=g-import-not-at-top
   from pdsn_jax.data.folders import load_rgb  # pylint: disable=g-import-not-at-top
-  rec = inference.Recognizer(wd, "Trunk")
+  rec = recognizer.Recognizer(wd, "Trunk")
   emb = lambda idx: rec.embed(rec.analyse(np.stack([load_rgb(paths[i]) for i in idx]),  # noqa: E731
                                           "none")["u"], np.zeros((len(idx), 9), bool))
   top = np.argmax(emb(probes) @ emb(gallery).T, axis=1)

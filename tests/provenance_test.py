@@ -130,6 +130,7 @@ def test_outputs_with_no_record_at_all_are_refused_until_overwritten(tmp_path):
   assert any(d.startswith("trunk.replaced-") for d in os.listdir(wd))
 
 
+@pytest.mark.slow
 def test_a_rerun_with_a_changed_field_never_reuses_or_mislabels(tmp_path, tiny_run):
   """The probe: a finished run rerun with --config.pdsn.lambda_l1=50 trained nothing, skipped
   the dictionary, overwrote config.json and labelled lambda=10 numbers as lambda=50."""

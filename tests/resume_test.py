@@ -6,6 +6,7 @@ import subprocess
 
 import jax
 import numpy as np
+import pytest
 
 from pdsn_jax import checkpointing
 from tests import helpers
@@ -15,6 +16,7 @@ def _params(workdir):
   return checkpointing.load_variables(os.path.join(workdir, "trunk", "checkpoints"))
 
 
+@pytest.mark.slow
 def test_trunk_smoke_run_and_skip_when_complete(tmp_path):
   wd = str(tmp_path / "run")
   proc = helpers.run_main(wd, "--config.stages=trunk", "--config.profile_steps=2")
@@ -37,6 +39,7 @@ def test_trunk_smoke_run_and_skip_when_complete(tmp_path):
   assert "step 1/6" not in again.stderr
 
 
+@pytest.mark.slow
 def test_sigkill_resume_equals_uninterrupted(tmp_path):
   steps = ("--config.trunk.num_steps=8", "--config.trunk.log_every=1",
            "--config.trunk.checkpoint_every=2", "--config.stages=trunk")
@@ -55,6 +58,7 @@ def test_sigkill_resume_equals_uninterrupted(tmp_path):
   assert logged(wd) == logged(ref) == list(range(1, 9))
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_last_good_checkpoint(tmp_path):
   wd = str(tmp_path / "nan")
   proc = subprocess.run(
@@ -74,6 +78,7 @@ def test_nan_loss_stops_with_last_good_checkpoint(tmp_path):
       assert np.isfinite(leaf).all()
 
 
+@pytest.mark.slow
 def test_bad_config_value_names_key_and_choices(tmp_path):
   proc = subprocess.run(helpers.main_cmd(str(tmp_path), "--config.trunk.schedule=linear"),
                         cwd=helpers.REPO, env=helpers.env_with_devices(1), capture_output=True,
@@ -86,6 +91,7 @@ def test_bad_config_value_names_key_and_choices(tmp_path):
   assert proc.returncode != 0 and "nope" in proc.stderr and "allowed" in proc.stderr
 
 
+@pytest.mark.slow
 def test_damaged_latest_checkpoint_falls_back_and_ends_bit_identical(tmp_path):
   steps = ("--config.trunk.num_steps=6", "--config.trunk.checkpoint_every=2",
            "--config.trunk.keep_checkpoints=3", "--config.stages=trunk")
@@ -106,6 +112,7 @@ def test_damaged_latest_checkpoint_falls_back_and_ends_bit_identical(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, reference, _params(ref))  # steps 5, 6 again
 
 
+@pytest.mark.slow
 def test_divergent_pdsn_run_stops_before_saving(tmp_path):
   wd = str(tmp_path / "div")
   proc = subprocess.run(

@@ -142,6 +142,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_find_the_same_topk_as_one(tmp_path):
   """2 processes x 2 CPU devices, each searching its own shards, equal 1 process x 4."""
   worker = [sys.executable, "-m", "tests.search_worker"]

@@ -26,6 +26,7 @@ def _params(workdir, stage):
   return checkpointing.load_variables(os.path.join(workdir, stage, "checkpoints"))
 
 
+@pytest.mark.slow
 def test_default_stage_list_ends_with_tables_for_all_models(reference):
   wd, proc = reference
   results = json.load(open(os.path.join(wd, "results.json")))
@@ -60,6 +61,7 @@ def test_default_stage_list_ends_with_tables_for_all_models(reference):
   assert "results" in proc.stdout  # the summary printed at the end
 
 
+@pytest.mark.slow
 def test_finetune_and_baseline_start_from_the_trunk_and_move(reference):
   wd, _ = reference
   t = _params(wd, "trunk")
@@ -72,6 +74,7 @@ def test_finetune_and_baseline_start_from_the_trunk_and_move(reference):
   assert max(jax.tree.leaves(diff)) > 0  # the masks change the fine-tuning
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["baseline", "finetune"])
 def test_sigkill_resume_equals_uninterrupted(reference, tmp_path, stage):
   ref, _ = reference
@@ -84,6 +87,7 @@ def test_sigkill_resume_equals_uninterrupted(reference, tmp_path, stage):
   jax.tree.map(np.testing.assert_array_equal, _params(ref, stage), _params(wd, stage))
 
 
+@pytest.mark.slow
 def test_distill_head_only_moves_f_keeps_the_teacher_and_trunk_f_when_clean(reference, tmp_path):
   ref, _ = reference
   wd = str(tmp_path / "distill")

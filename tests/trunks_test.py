@@ -35,6 +35,7 @@ class ToyTrunk(nn.Module):
     return self.head(self.features(x, train), train)
 
 
+@pytest.mark.slow
 def test_a_registered_toy_trunk_runs_stages_i_and_ii(tmp_path):
   trunks.register("toy", trunks.TrunkKind(
       build=lambda m, axis, dtype: ToyTrunk(m.embedding_dim, axis)))

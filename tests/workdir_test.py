@@ -11,6 +11,7 @@ from pdsn_jax import workdir
 from tests import helpers
 
 
+@pytest.mark.slow
 def test_second_run_on_a_locked_workdir_fails_at_once(tmp_path):
   holder = subprocess.Popen(
       [sys.executable, "-c", "import sys, time; from pdsn_jax import workdir\n"

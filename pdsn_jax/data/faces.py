@@ -51,41 +51,6 @@ def five_points(shape68: np.ndarray) -> np.ndarray:
                    p[_MOUTH_L], p[_MOUTH_R]])
 
 
-def for_run(detector: str, workdir: str, weights: str = "run",
-            fallback: float | None = None) -> "FaceFinder":
-  """The finder the photo commands use: with ``weights="run"`` and ``detector="blazeface"``,
-  the run's tuned short-range weights (its ``face_finder`` stage) when it has them, with the
-  run's last try (``face_finder.fallback_score``) unless ``fallback`` is given; else the
-  shipped ones."""
-  from pdsn_jax import files, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  if weights not in WEIGHTS:
-    raise ValueError(f"--face_finder_weights={weights!r} is not one of {WEIGHTS}")
-  path = workdir_lib.face_finder_weights(workdir) if workdir else ""
-  params = None
-  if weights == "run" and detector == "blazeface" and os.path.exists(path):
-    fix = ("use --face_finder_weights=shipped, or make the run's finder again "
-           "(--config.stages=face_finder --config.overwrite=face_finder)")
-    try:
-      with np.load(path, allow_pickle=False) as z:
-        params = dict(z)
-    except Exception as e:  # noqa: BLE001  (not a zip, truncated, a pickled payload)
-      raise files.DamagedFile(f"{path} (the run's tuned face-finder weights) cannot be read: "
-                              f"{type(e).__name__}: {e}; {fix}") from None
-    settings = workdir_lib.face_finder_settings(workdir)
-    if fallback is None and os.path.exists(settings):
-      fallback = files.read_json(settings, "the run's face-finder settings",
-                                 "delete it for no last try").get("fallback_score")
-    logging.info("faces found by BlazeFace with the run's tuned short-range weights (%s), "
-                 "last try: %s", path, fallback or "none")
-  try:
-    return FaceFinder(detector, fallback=fallback, short_params=params)
-  except ValueError as e:
-    if params is None:
-      raise
-    raise files.DamagedFile(f"{path} (the run's tuned face-finder weights) cannot be used: {e}; "
-                            f"{fix}") from None
-
-
 FACES = ("largest", "all")  # which faces of a photo ``find`` returns
 
 

@@ -325,7 +325,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _thresholds(config, results: dict, nets: _Networks, dictionary) -> dict:
   """Takes the verification thresholds out of ``results``: per model, with the fingerprint of
-  the network and dictionary they were measured on (``inference.Recognizer`` checks it)."""
+  the network and dictionary they were measured on (``recognizer.Recognizer`` checks it)."""
   thresholds = evaluators.pop_thresholds(results["models"])
   for table in (results.get("ablations") or {}).values():
     if isinstance(table, dict):
