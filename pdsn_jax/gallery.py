@@ -117,15 +117,15 @@ def source_from_flags(config):
 
 def main(argv):
   del argv
-  from pdsn_jax import builders, parallel, workdir  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.evaluation import masked, store  # pylint: disable=g-import-not-at-top
+  # jax and the networks load after the flags (a fast --help)
+  from pdsn_jax import builders, inference, parallel, provenance  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import recognizer, run_config, workdir  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.evaluation import evaluators, masked, store  # pylint: disable=g-import-not-at-top
 
   logging.getLogger("absl").setLevel(logging.WARNING)
   if _SHARD.value < 1:
     raise ValueError(f"--shard_size={_SHARD.value}: must be >= 1 (faces per shard)")
   config = run_config.load_config(_WORKDIR.value)
-  from pdsn_jax import inference, provenance, recognizer, run_config  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.evaluation import evaluators  # pylint: disable=g-import-not-at-top
   networks = sorted({workdir.TRUNK} | {m.stage for m in evaluators.parse_models(
       config.eval.models)})
   trained = recognizer.trained_models(config, _WORKDIR.value)  # the commands' default: the last

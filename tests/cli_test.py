@@ -15,6 +15,8 @@ CASES = {
     "gallery": ("Builds a gallery feature store", ["--out", "--shard_size", "--face_detector"]),
     "export": ("Exports a run's inference", ["--workdir", "--model"]),
     "main": ("Entry point", ["--config", "--workdir", "--num_processes"]),
+    "evaluate": ("Scores a finished run on other data", ["--workdir", "--name", "--pairs",
+                                                          "--occluders", "--set"]),
 }
 
 
