@@ -185,3 +185,20 @@ def test_the_occluder_split_is_in_every_record_that_pastes_occluders(kind):
   c.detector.heldout_every = 5
   assert provenance.fields(c, kind)["detector.heldout_every"] == 5 != before[
       "detector.heldout_every"]
+
+
+def test_a_record_from_before_split_by_globs_stays_fresh_and_still_sees_the_switch(tmp_path):
+  """Records written before the test globs left the training stages' fields hold
+  occlusion.splits.* and no occlusion.split_by_globs: they are read as they were made."""
+  wd, c = str(tmp_path), tiny.get_config()
+  _chain(c, wd)
+  for name in ("pdsn", "dictionary"):  # rewrite the records as the older code wrote them
+    for f in (provenance.RECORD, provenance.COPY):
+      path = os.path.join(wd, name, f)
+      rec = json.load(open(path))
+      del rec["fields"][provenance.SPLIT_BY_GLOBS]
+      rec["fields"]["occlusion.splits.test"] = []
+      json.dump(rec, open(path, "w"))
+  assert provenance.stale(c, wd, "dictionary") == []
+  c.occlusion.splits.test = ("sunglasses/*",)  # the first glob: the train split changes
+  assert any(provenance.SPLIT_BY_GLOBS in w for w in provenance.stale(c, wd, "pdsn"))
