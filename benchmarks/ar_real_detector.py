@@ -9,8 +9,9 @@ true mask) and mean IU on the sunglasses and the scarf photos; the predicted occ
 the share with any block flagged on the clean photos; then the run's own held-out scores
 (``detector/summary.json``): block accuracy with the select occluder files (plain and grey
 low-res) and the predicted area on clean held-out faces (those at the threshold the detector
-was trained under). ``RUN@T``: the detector at pixel threshold T. AR is evaluation only: never
-choose a setting by its columns.
+was trained under). ``RUN@T``: the detector at pixel threshold T. Only AR's development
+subjects (1-26, ``data.ar_real.DEVELOPMENT_SUBJECTS``) are read: the test subjects (27-50) are
+read by the evaluation's ``ar_real`` protocol alone, for an adopted configuration.
 
 ``--per_block``: then, per run and occluded kind, where the block assignments go wrong: for
 each of the 9 blocks (row by row) the share of photos whose true mask flags it, whose
@@ -56,7 +57,8 @@ def main():
       print(f"| {spec} | no detector stage |")
       continue
     if ar is None:
-      ar = ar_real.load(a.ar_real, config.data.image_size, config.data.alignment, a.alignment)
+      ar = ar_real.load(a.ar_real, config.data.image_size, config.data.alignment, a.alignment,
+                        subjects=ar_real.DEVELOPMENT_SUBJECTS)
     o = config.occlusion
     flags, s, pred = real_ar.ar_real_flags(ar, o.min_overlap, o.overlap,
                                            inference.occlusion_predictor(config, variables),

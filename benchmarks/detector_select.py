@@ -8,7 +8,8 @@ like scarves, each plain and as grey low-resolution photos), and the selection r
 A candidate is ``python -m pdsn_jax.main --config=configs/real_mobilefacenet.py
 --config.stages=detector --workdir=RUN [--config.detector.augment=...]
 [--config.detector.num_epochs=...]``. AR and LFW are never looked at here;
-``benchmarks/ar_real_detector.py`` then reports AR for the chosen run only.
+``benchmarks/ar_real_detector.py`` then reports AR's development subjects (1-26) for the chosen
+run only; AR's test subjects (27-50) are read by the evaluation's ``ar_real`` protocol alone.
 
 Selection rule, version 2 (written in the commit that added this script, before any candidate
 it judges was trained; version 1 is in ``configs/real_mobilefacenet.py``'s docstring): among the

@@ -14,8 +14,9 @@ Columns (one row per detector, all in the same run):
 * LFW + mask / + sunglasses: the first ``--occluded`` of those photos with a test-split
   occluder file (``configs/real_mobilefacenet.OCCLUDER_SPLITS``) pasted: the face is aligned by
   the TSV, occluded in the 112x96 frame, and the occluder warped back into the photo;
-* AR sunglasses / scarf: AR's real occlusions (``--ar``), each 42x30 photo upscaled 4x and
-  padded by half its size (edge pixels), as a raw photo;
+* AR sunglasses / scarf: AR's real occlusions (``--ar``) of the development subjects (1-26;
+  the test subjects 27-50 are the evaluation's alone), each 42x30 photo upscaled 4x and padded
+  by half its size (edge pixels), as a raw photo;
 * point error (clean LFW, px of the 112x96 frame after the TSV's alignment): dlib's 5 points
   against the TSV's; BlazeFace's 4 (eyes, nose tip, mouth centre) against the TSV's eyes, nose
   and mouth-corner mean moved by the fixed offset of its template (fitted on CelebA);
@@ -67,7 +68,7 @@ def ar_photos(root: str, kind: str):
   from pdsn_jax.data import ar_real  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   out = []
-  for r in ar_real.read_labels(root):
+  for r in ar_real.read_labels(root, ar_real.DEVELOPMENT_SUBJECTS):
     if r["kind"] != kind:
       continue
     g = np.asarray(Image.open(os.path.join(root, r["relative_path"])).convert("L"))

@@ -138,3 +138,18 @@ def test_real_ar_photos_align_by_landmarks_and_their_truth_marks_the_category_ro
   for kind in ar_real.OCCLUDED_KINDS:
     cat = placement.category_flags(kind, (112, 96))
     assert np.mean(np.all(flags[ar.kinds == kind] == cat, axis=1)) > 0.8
+
+
+def test_a_subject_filter_never_opens_the_other_subjects_files(tmp_path):
+  """The paper's split: a benchmark asking for the development subjects gets no test subject's
+  row, so their files are never read."""
+  assert set(ar_real.DEVELOPMENT_SUBJECTS) == set(range(1, 27))
+  assert set(ar_real.TEST_SUBJECTS) == set(range(27, 51))
+  (tmp_path / "labels.tsv").write_text(
+      "relative_path\tsubject\tsession\tindex\tkind\n"
+      "s001/a.png\t1\t1\t1\tneutral\ns026/b.png\t26\t1\t1\tscarf\ns027/c.png\t27\t1\t1\tneutral\n")
+  rows = ar_real.read_labels(str(tmp_path), ar_real.DEVELOPMENT_SUBJECTS)
+  assert [r["subject"] for r in rows] == ["1", "26"]
+  assert len(ar_real.read_labels(str(tmp_path))) == 3  # the evaluation's protocol: every row
+  with pytest.raises(ValueError, match="no image of subjects"):
+    ar_real.load(str(tmp_path), (112, 96), how="centre", subjects=(40,))

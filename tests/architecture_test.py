@@ -209,3 +209,38 @@ def test_the_checks_see_a_planted_cycle_and_an_upward_import(tmp_path):
   assert upward_imports(graph, "pkg") == [
       "pkg.data.x (data and models) imports pkg.stages.trunk (stages)",
       "pkg.files (base) imports pkg.workdir (run)"]
+
+
+# Where AR's real-occlusion photos are read, and which subjects: the evaluation's ar_real
+# protocol reads every subject; any other reader (a benchmark, a stage) asks for the
+# development subjects only (../shared/data/ar_real/README.md: test subjects 27-50 are scored
+# only for an adopted configuration).
+_AR_READERS = re.compile(r"\b(?:ar_real|ar_lib)\.(?:load|read_labels)\(")
+_AR_PROTOCOL = os.path.join("pdsn_jax", "evaluation", "real_ar.py")
+
+
+def ar_readers_without_the_development_split(root: str) -> list[str]:
+  """``file:line`` of every call that reads AR photos outside the evaluation's protocol without
+  ``DEVELOPMENT_SUBJECTS`` in its arguments."""
+  hits = []
+  for folder in ("pdsn_jax", "benchmarks"):
+    for d, _, fs in os.walk(os.path.join(root, folder)):
+      for f in fs:
+        path = os.path.join(d, f)
+        rel = os.path.relpath(path, root)
+        if not f.endswith(".py") or rel == _AR_PROTOCOL:
+          continue
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), path)):
+          if isinstance(node, ast.Call) and _AR_READERS.match(ast.unparse(node.func) + "("):
+            if "DEVELOPMENT_SUBJECTS" not in ast.unparse(node):
+              hits.append(f"{rel}:{node.lineno}")
+  return hits
+
+
+def test_only_the_evaluation_reads_ar_test_subjects(tmp_path):
+  assert not ar_readers_without_the_development_split(os.path.dirname(ROOT))
+  bench = tmp_path / "benchmarks"
+  bench.mkdir()
+  (bench / "x.py").write_text("ar = ar_real.load(root, (112, 96))\n"
+                              "ok = ar_real.read_labels(root, ar_real.DEVELOPMENT_SUBJECTS)\n")
+  assert ar_readers_without_the_development_split(str(tmp_path)) == ["benchmarks/x.py:1"]

@@ -43,6 +43,11 @@ UPSCALE = 6
 DIFF_THRESHOLD = 28.0
 DARK_LEVEL = 60.0
 MIN_COMPONENT = 12
+# The paper's split (../shared/data/ar_real/README.md): development subjects may train the
+# detector and be scored by any selection rule; test subjects are read by the evaluation's
+# ar_real protocol alone, and only for an adopted configuration.
+DEVELOPMENT_SUBJECTS = tuple(range(1, 27))
+TEST_SUBJECTS = tuple(range(27, 51))
 
 
 @dataclasses.dataclass
@@ -71,7 +76,9 @@ class ArReal:
     return idx
 
 
-def read_labels(root: str) -> list[dict]:
+def read_labels(root: str, subjects=None) -> list[dict]:
+  """The rows of ``labels.tsv`` (of ``subjects`` only, when given: the other subjects' files
+  are never opened)."""
   path = os.path.join(root, "labels.tsv")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"eval.ar_real_root={root!r}: no labels.tsv there (expected the "
@@ -83,6 +90,9 @@ def read_labels(root: str) -> list[dict]:
       raise ValueError(f"{path} line {i}: kind {r.get('kind')!r} is not one of {KINDS} (or the "
                        "path is empty)")
     files.inside(root, r["relative_path"], f"{path} line {i}")
+  if subjects is not None:
+    keep = {int(s) for s in subjects}
+    rows = [r for r in rows if int(r["subject"]) in keep]
   return rows
 
 
@@ -194,11 +204,14 @@ def crop_points(grey: np.ndarray) -> np.ndarray | None:
 
 
 def load(root: str, image_size: tuple[int, int], template: str = "arcface",
-         how: str = "landmarks") -> ArReal:
-  """Every image of the folder, aligned (``how``: "landmarks" or "centre"), with ground truth."""
+         how: str = "landmarks", subjects=None) -> ArReal:
+  """Every image of the folder (of ``subjects`` only, when given), aligned (``how``:
+  "landmarks" or "centre"), with ground truth."""
   if how not in ALIGNMENTS:
     raise ValueError(f"eval.ar_real_alignment={how!r} is not one of {ALIGNMENTS}")
-  rows = read_labels(root)
+  rows = read_labels(root, subjects)
+  if not rows:
+    raise ValueError(f"{root}: no image of subjects {subjects}")
   greys = [_grey(os.path.join(root, r["relative_path"])) for r in rows]
   subj = np.array([int(r["subject"]) for r in rows])
   sess = np.array([int(r["session"]) for r in rows])
