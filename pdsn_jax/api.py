@@ -185,35 +185,36 @@ class Run:
     template. ``faces``: "largest" (at most one per photo) or "all"; ``min_face``: leave out
     faces whose box is narrower than this many pixels of the photo."""
     images = _as_list(images)
-    found = self._find(images, faces, min_face)
+    per_photo: list[list] = [[] for _ in images]
+    for f in self._find(images, faces, min_face):
+      per_photo[f.index].append(f)
+    h, w = self.face_size
     out = []
-    for i in range(len(images)):
-      mine = [f for f in found if f.index == i and f.face is not None]
-      note = next(f.note for f in found if f.index == i)
-      name = next(f.path for f in found if f.index == i)
-      h, w = self.face_size
+    for found in per_photo:
+      mine = [f for f in found if f.face is not None]
+      nan_points = np.full((5, 2), np.nan)
       out.append(Faces(
-          name,
-          np.array([f.box if f.box is not None else np.full(4, np.nan) for f in mine],
+          found[0].path,
+          np.array([np.full(4, np.nan) if f.box is None else f.box for f in mine],
                    np.float64).reshape(-1, 4),
-          (np.array([f.points if f.points is not None else np.full((5, 2), np.nan)
-                     for f in mine], np.float64) if mine else np.zeros((0, 5, 2))),
+          (np.array([nan_points if f.points is None else f.points for f in mine], np.float64)
+           if mine else np.zeros((0, 5, 2))),
           np.array([np.nan if f.score is None else f.score for f in mine], np.float64),
           np.stack([f.face for f in mine]) if mine else np.zeros((0, h, w, 3), np.uint8),
-          "ok" if len(mine) > 1 and faces == "all" else note))
+          "ok" if len(mine) > 1 else found[0].note))
     return out
 
+  def _is_crop(self, x) -> bool:
+    return isinstance(x, np.ndarray) and x.ndim == 3 and x.shape[:2] == self.face_size
+
   def _aligned(self, images, aligned, missing: str):
-    """(crops, sources, notes, skipped) of ``images``: ``Faces`` (their crops), aligned crops,
-    or photos (their largest face)."""
+    """(crops, sources, notes, skipped) of ``images``: aligned crops (``aligned``; None: when
+    every image is an array of the run's face size), ``Faces`` (their crops), or photos
+    (``find_faces``: their largest face)."""
     if missing not in ("raise", "skip"):
       raise ValueError(f"missing={missing!r}: allowed values ('raise', 'skip')")
     items = _as_list(images)
-    if items and all(isinstance(x, Faces) for x in items):
-      rows = [(c, f.source, "ok") for f in items for c in f.crops]
-      skipped = [(f.source, f.note) for f in items if not len(f.crops)]
-    elif aligned or (aligned is None and isinstance(images, np.ndarray) and images.ndim == 4
-                     and images.shape[1:3] == self.face_size):
+    if aligned or (aligned is None and items and all(self._is_crop(x) for x in items)):
       rows, skipped = [], []
       for i, x in enumerate(items):
         a = faces_lib.as_image(x, f"aligned face {i}")[0]
@@ -223,26 +224,24 @@ class Run:
                            "aligned=False, to find and align them)")
         rows.append((a, f"<face {i}>", "ok"))
     else:
-      found = self._find(items)
-      rows = [(f.face, f.path, f.note) for f in found if f.face is not None]
-      skipped = [(f.path, f.note) for f in found if f.face is None]
+      photos = [x for x in items if not isinstance(x, Faces)]
+      new = iter(self.find_faces(photos) if photos else ())
+      found = [x if isinstance(x, Faces) else next(new) for x in items]
+      rows = [(c, f.source, f.note) for f in found for c in f.crops]
+      skipped = [(f.source, f.note) for f in found if not len(f.crops)]
     if not rows:
       raise ValueError(f"no face found in any of the {len(items)} inputs: " + "; ".join(
           f"{s}: {r}" for s, r in skipped[:5]) + ("; ..." if len(skipped) > 5 else ""))
     if skipped and missing == "raise":
       raise ValueError("no face in " + "; ".join(f"{s}: {r}" for s, r in skipped))
-    h, w = self.face_size
-    crops = np.stack([r[0] for r in rows]) if rows else np.zeros((0, h, w, 3), np.uint8)
-    return crops, [r[1] for r in rows], [r[2] for r in rows], skipped
+    return np.stack([r[0] for r in rows]), [r[1] for r in rows], [r[2] for r in rows], skipped
 
-  def analyse(self, crops: np.ndarray, occlusion: str = "auto", what: str = "faces") -> dict:
-    """U, masks, block flags and embeddings of aligned uint8 faces, ``_CHUNK`` at a time with
-    a progress line (faces/s, ETA)."""
+  def _chunked(self, fn, crops: np.ndarray, what: str) -> dict:
+    """``fn`` (aligned faces -> dict of arrays) over ``_CHUNK`` faces at a time, with a
+    progress line (faces/s, ETA), concatenated."""
     out, t0 = [], time.time()
     for start in range(0, len(crops), _CHUNK):
-      a = self.recognizer.analyse(crops[start:start + _CHUNK], occlusion)
-      a["embeddings"] = self.recognizer.embed(a["u"], a["flags"])
-      out.append(a)
+      out.append(fn(crops[start:start + _CHUNK]))
       done = min(start + _CHUNK, len(crops))
       rate = done / max(time.time() - t0, 1e-9)
       if len(crops) > _CHUNK:
@@ -252,10 +251,17 @@ class Run:
       raise ValueError(f"{what}: no face to embed")
     return {k: np.concatenate([a[k] for a in out]) for k in out[0]}
 
+  def analyse(self, crops: np.ndarray, occlusion: str = "auto", what: str = "faces") -> dict:
+    """U, masks, block flags and embeddings of aligned uint8 faces (``_chunked``)."""
+    def one(c):
+      a = self.recognizer.analyse(c, occlusion)
+      return {**a, "embeddings": self.recognizer.embed(a["u"], a["flags"])}
+    return self._chunked(one, crops, what)
+
   def embed(self, images_or_faces, occlusion: str = "auto", aligned: bool | None = None,
             missing: str = "raise") -> Embeddings:
     """Embeddings, masks and blocks of every face: ``Faces`` from ``find_faces`` (every crop),
-    aligned crops (``aligned=True``; a (N, H, W, 3) uint8 array of the run's face size is
+    aligned crops (``aligned=True``; with None, arrays that all have the run's face size are
     taken as crops), or photos (the largest face of each). ``occlusion``: "auto" (the run's
     detector), "none", a category ("sunglasses", "mask", "scarf") or blocks
     "row,col;row,col". ``missing``: "raise" on a photo without a face, or "skip" it (listed
@@ -269,8 +275,7 @@ class Run:
     """Same person? Two photos (or aligned faces, or ``Faces``), each face's occlusion located
     as ``occlusion`` says; both embedded under the AND of both occlusions, and decided with
     the threshold the run's evaluation chose (clean or occluded)."""
-    crops = [self._aligned([x], None if not isinstance(x, np.ndarray) or x.shape[:2]
-                           != self.face_size else True, "raise")[0][:1] for x in (a, b)]
+    crops = [self._aligned([x], None, "raise")[0][:1] for x in (a, b)]
     r = self.recognizer.analyse(np.concatenate(crops), occlusion)
     both = r["flags"][0] | r["flags"][1]
     emb = self.recognizer.embed(r["u"], np.stack([both, both]))
@@ -300,8 +305,11 @@ class Run:
     kept = [f for f in found if f.face is not None]
     if not kept:
       raise ValueError("gallery: no face found in any photo")
-    g = self.analyse(np.stack([f.face for f in kept]), "auto", "gallery")
-    return Gallery(g["u"], [str(identities[f.index]) for f in kept], [f.path for f in kept],
+    # only U: the gallery is embedded under each probe's FDM when it is searched
+    rec = self.recognizer
+    u = self._chunked(lambda c: {"u": rec.embedder.features(rec.variables, c)},
+                      np.stack([f.face for f in kept]), "gallery")["u"]
+    return Gallery(u, [str(identities[f.index]) for f in kept], [f.path for f in kept],
                    [(f.path, f.note) for f in found if f.face is None])
 
   def identify(self, probes, gallery, k: int = 5, occlusion: str = "auto") -> list[list[Match]]:

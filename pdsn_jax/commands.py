@@ -89,11 +89,8 @@ def embed_main(argv):
     raise ValueError("embed needs --images=DIR and --out=embeddings.npz")
   run = _run()
   photos = faces_lib.list_images(_IMAGES.value)
-  if _FACES.value == "all" or _MIN_FACE.value:
-    e = run.embed(run.find_faces(photos, _FACES.value, _MIN_FACE.value), _OCCLUSION.value,
-                  missing="skip")
-  else:
-    e = run.embed(photos, _OCCLUSION.value, missing="skip")
+  e = run.embed(run.find_faces(photos, _FACES.value, _MIN_FACE.value), _OCCLUSION.value,
+                missing="skip")
   _report(e.skipped)
   api.save_embeddings(e, _OUT.value)  # never half a file
   logging.info("wrote %s: %d faces (%d photos skipped); mean predicted occluded area %.1f%%",

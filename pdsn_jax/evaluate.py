@@ -82,9 +82,10 @@ def _parse(field: str, old, text: str):
       value = ast.literal_eval(text.strip())
     except (ValueError, SyntaxError):
       value = None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+        or isinstance(old, int) and not float(value).is_integer()):
       raise ValueError(f"--set {field}={text!r}: expected a number like {old!r}")
-    return type(old)(value) if isinstance(old, float) or float(value).is_integer() else value
+    return type(old)(value)
   if isinstance(old, (tuple, list)):
     stripped = text.strip()
     if stripped[:1] in "([":

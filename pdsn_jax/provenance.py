@@ -36,6 +36,7 @@ import ml_collections
 
 from pdsn_jax import distributed, files
 from pdsn_jax import workdir as workdir_lib
+from pdsn_jax.data import occlusion
 
 RECORD = "provenance.json"
 COPY = ".provenance.json"  # the record again, so deleting one file never relabels outputs
@@ -62,12 +63,11 @@ SECTIONS = {
 # the train and select files, which their globs and ``SPLIT_BY_GLOBS`` decide), so a finished
 # run can be evaluated on other test files without retraining (``pdsn_jax.evaluate``)
 _TEST_GLOBS = "occlusion.splits.test"
-EXCLUDED = {"detector": ("detector.threshold", _TEST_GLOBS),
-            **{k: (_TEST_GLOBS,) for k in ("pdsn", "dictionary", "baseline", "finetune",
-                                            "face_finder")}}
-# Derived from the globs: whether any split has globs at all (else every heldout_every-th file
-# is a test file, data/occlusion.file_split), which moves files into or out of the train split
-# whichever split's globs make the switch; recorded instead of the test globs.
+EXCLUDED = {k: (_TEST_GLOBS,) for k in SECTIONS if k != "evaluate"}
+EXCLUDED["detector"] += ("detector.threshold",)
+# Derived from the globs: whether any split has globs at all (``occlusion.splits_by_globs``;
+# else every heldout_every-th file is a test file), which moves files into or out of the train
+# split whichever split's globs make the switch; recorded instead of the test globs.
 SPLIT_BY_GLOBS = "occlusion.split_by_globs"
 # Fields a stage reads that are not in its record, and why that is safe. tests/reads_test.py
 # runs every stage with a config that records what it reads and fails on any other field, so a
@@ -119,8 +119,9 @@ def _selected(flat: dict, kind: str) -> dict:
   applied to old records, so a field excluded later never reads as changed; an old record's
   ``SPLIT_BY_GLOBS`` is derived from the globs it still holds)."""
   if SPLIT_BY_GLOBS not in flat and any(k.startswith("occlusion.splits.") for k in flat):
-    flat = {**flat, SPLIT_BY_GLOBS: any(
-        bool(flat.get(f"occlusion.splits.{s}")) for s in ("train", "select", "test"))}
+    flat = {**flat, SPLIT_BY_GLOBS: occlusion.splits_by_globs(
+        {k[len("occlusion.splits."):]: v for k, v in flat.items()
+         if k.startswith("occlusion.splits.")})}
   return {k: v for k, v in sorted(flat.items())
           if any(k == s or k.startswith(s + ".") for s in SECTIONS[kind])
           and k not in EXCLUDED.get(kind, ())}

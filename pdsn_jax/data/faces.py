@@ -134,20 +134,20 @@ class FaceFinder:
           "ok" if len(dets) == 1 else f"{len(dets)} faces, the largest taken")))
     return out
 
-  def detect_batch(self, images, min_face: int = 0,
+  def detect_batch(self, images, min_faces=None,
                    faces: str = "largest") -> list[list[Detected]]:
     """Every face of every RGB uint8 image, largest first; BlazeFace runs them as batches.
-    ``min_face`` > 0 (BlazeFace): also faces down to that width in pixels, searched in
-    overlapping tiles (``tiles``) of every photo (``faces="all"``) or of those where the whole
-    photo showed no face that wide (``"largest"``)."""
+    ``min_faces`` (one width in pixels per image, 0: none; BlazeFace): also faces down to that
+    width, searched in overlapping tiles (``tiles``) of every such photo (``faces="all"``) or
+    of those where the whole photo showed no face that wide (``"largest"``)."""
     found = self._whole(images)
-    if not min_face or self._blaze is None:
+    if min_faces is None or self._blaze is None:
       return found
-    todo = [i for i, dets in enumerate(found)
-            if faces == "all" or not any(d.box[2] - d.box[0] >= min_face for d in dets)]
+    todo = [i for i, dets in enumerate(found) if min_faces[i] and (
+        faces == "all" or not any(d.box[2] - d.box[0] >= min_faces[i] for d in dets))]
     crops, where = [], []
     for i in todo:
-      for x0, y0, side in tiles(images[i].shape[:2], min_face):
+      for x0, y0, side in tiles(images[i].shape[:2], min_faces[i]):
         crops.append(images[i][y0:y0 + side, x0:x0 + side])
         where.append((i, x0, y0))
     if not crops:
@@ -247,8 +247,8 @@ def find(inputs, image_size, template: str = "arcface", landmarks: dict | None =
   centre crop (noted). ``faces="all"``: every face the finder sees, one ``Found`` each (same
   ``index``), else the largest; ``min_face``: faces whose box is narrower (pixels of the photo)
   are left out, and BlazeFace looks for faces down to that width in tiles
-  (``FaceFinder.detect_batch``; slower: ``benchmarks/small_faces.py``). A photo without a face still gets one ``Found`` (``face`` None, the reason in
-  ``note``). Photos are read and searched ``chunk`` at a time, with a progress line (found,
+  (``FaceFinder.detect_batch``; slower: ``benchmarks/small_faces.py``). A photo without a
+  face still gets one ``Found`` (``face`` None, the reason in ``note``). Photos are read and searched ``chunk`` at a time, with a progress line (found,
   skipped, photos/s) per chunk."""
   if faces not in FACES:
     raise ValueError(f"faces={faces!r}: allowed values {FACES}")
@@ -303,12 +303,10 @@ def _find_chunk(inputs, offset, image_size, template, landmarks, finder, faces,
   search = []  # (index, image, scale) for the finder, at most CHUNK_PIXELS of them held at once
 
   def run_finder():
-    pics = [s[1] for s in search]
-    # min_face is in the photo's pixels; the finder sees it shrunk by each photo's scale
-    smallest = min((s[2] for s in search), default=1.0)
+    # min_face is in the photo's pixels; the finder sees each photo shrunk by its scale
+    widths = [max(1, int(min_face * scale)) if min_face else 0 for _, _, scale in search]
     for (i, image, scale), dets in zip(search, finder.detect_batch(
-        pics, int(np.floor(min_face * smallest)), faces) if min_face else
-                                       finder.detect_batch(pics)):
+        [s[1] for s in search], widths, faces)):
       name = _name(inputs[i], offset + i)
       small = [d for d in dets if (d.box[2] - d.box[0]) / scale < min_face]
       dets = [d for d in dets if (d.box[2] - d.box[0]) / scale >= min_face]

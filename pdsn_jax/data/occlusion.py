@@ -206,11 +206,17 @@ class OccluderLibrary:
     return cat, procedural_occluder(cat, rng)
 
 
+def splits_by_globs(splits: dict | None) -> bool:
+  """Whether ``occlusion.splits`` names files by globs (any split has one); else every
+  ``heldout_every``-th file is a test file (``file_split``)."""
+  return bool(splits) and any(splits.get(k) for k in ("train", "select", "test"))
+
+
 def file_split(rel: str, index: int, splits: dict | None, heldout_every: int = 4) -> str | None:
   """The split of one occluder file (``rel``: its path under the root, ``index``: its place in
   its category folder's sorted list): the split whose globs match it (None: no split), or,
   without globs, "test" / "select" / "train" by ``index`` modulo ``heldout_every``."""
-  if splits and any(splits.get(k) for k in ("train", "select", "test")):
+  if splits_by_globs(splits):
     hits = [k for k in ("train", "select", "test")
             if any(fnmatch.fnmatch(rel, g) for g in (splits.get(k) or ()))]
     if len(hits) > 1:
