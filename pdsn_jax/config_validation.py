@@ -2,7 +2,8 @@
 
 import ml_collections
 
-from pdsn_jax import builders, provenance, recognition, training
+from pdsn_jax import builders, pdsn_probe, recognition, stages, training
+from pdsn_jax import stage as stage_lib
 from pdsn_jax.data import alignment, ar_real, occlusion, placement, sources
 from pdsn_jax.evaluation import evaluators, protocols, search, store
 from pdsn_jax.models import trunks
@@ -10,15 +11,13 @@ from pdsn_jax.models import trunks
 
 def _choices() -> dict:
   """key -> allowed values, each from the module that acts on the key."""
-  from pdsn_jax import pdsn_probe  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.stages import pdsn  # pylint: disable=g-import-not-at-top
   out = {
       "prng_impl": training.PRNG_IMPLS,
       "data.source": sources.SOURCES,
       "data.alignment": tuple(alignment.TEMPLATES),
       "model.kind": tuple(trunks.KINDS),
       "model.dtype": tuple(builders.DTYPES),
-      "pdsn.loss": pdsn.LOSSES,
+      "pdsn.loss": stages.pdsn.LOSSES,
       "pdsn.lambda_rule": pdsn_probe.LAMBDA_RULES,
       "occlusion.overlap": occlusion.OVERLAPS,
       "finetune.loss": recognition.LOSSES,
@@ -30,9 +29,6 @@ def _choices() -> dict:
       "eval.occluder_split": ("select", "test"),
       "eval.ar_real_alignment": ar_real.ALIGNMENTS,
   }
-  for stage in ("trunk", "pdsn", "finetune", "detector", "face_finder"):
-    out[f"{stage}.schedule"] = training.SCHEDULES
-    out[f"{stage}.optimizer"] = training.OPTIMIZERS
   return out
 
 
@@ -45,10 +41,6 @@ _POSITIVE = ("model.width", "model.embedding_dim", "eval.num_pairs", "cosface.sc
 _NON_NEGATIVE = ("trunk.momentum", "trunk.warmup_steps", "model.dropout", "cosface.margin",
                  "data.num_workers", "eval.num_distractors", "pdsn.converge_pairs",
                  "eval.bottom_cache_gib")
-
-
-# stages whose folder holds no recognition network (eval.models cannot name them)
-NOT_NETWORKS = ("pdsn", "dictionary", "lambda0", "detector", "face_finder", "evaluate")
 
 
 # sections a run made before they existed lacks (its config.json still loads): not checked
@@ -89,6 +81,10 @@ def _walk(node, prefix=""):
       yield path, key, value
 
 
+# choices checked wherever they occur: every training section's optimizer and schedule
+_CHOICES_BY_NAME = {"schedule": training.SCHEDULES, "optimizer": training.OPTIMIZERS}
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first bad key and what it allows."""
   for path, key, value in _walk(config):
@@ -96,6 +92,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       ok, what = _BY_NAME[key]
       if not ok(value):
         raise ValueError(f"config.{path}={value!r} must be {what}")
+    if key in _CHOICES_BY_NAME and value not in _CHOICES_BY_NAME[key]:
+      raise ValueError(f"config.{path}={value!r} is not one of {_CHOICES_BY_NAME[key]}")
   for key, allowed in _choices().items():
     if _skip(config, key):
       continue
@@ -147,17 +145,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   size = tuple(config.data.image_size)
   if len(size) != 2 or min(size) < 16:
     raise ValueError(f"config.data.image_size={size!r} must be (height, width), each >= 16")
-  from pdsn_jax.stages import STAGES, parse_stages  # pylint: disable=g-import-not-at-top
-  parse_stages(config.stages)
-  networks = [s for s in STAGES if s not in NOT_NETWORKS]
+  stages.parse_stages(config.stages)
+  networks = stage_lib.networks()
   for m in evaluators.parse_models(config.eval.models):
     if m.stage not in networks:  # a folder of this workdir, never a path to another run's
       raise ValueError(f"config.eval.models entry {m.name!r}={m.stage!r}: the stage must be "
                        f"one of this workdir's networks {networks}")
-  bad = [s for s in provenance.overwrite_names(config) if s not in STAGES]
-  if bad:
-    raise ValueError(f"config.overwrite={config.get('overwrite')!r}: unknown stage(s) {bad}; "
-                     f"allowed: {list(STAGES)}")
+  stage_lib.parse(config.get("overwrite", ""), "config.overwrite")
   if not config.detector.input_scale <= 4:
     raise ValueError(f"config.detector.input_scale={config.detector.input_scale!r} must be "
                      "in (0, 4]: the detector sees the face at this scale")

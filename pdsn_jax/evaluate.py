@@ -192,7 +192,7 @@ def evaluate(run_dir: str, name: str, changes: dict) -> dict:
         "run": os.path.abspath(run_dir), "name": name,
         "changes": {k: v if isinstance(v, str) else repr(v) for k, v in changes.items()},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
-    summary = stages.STAGES[workdir_lib.EVALUATE](config, out)
+    summary = stages.evaluate.STAGE.run(config, out)
   logging.info("the run %s evaluated as %r: %s", run_dir, name, ", ".join(
       workdir_lib.results_files(out)))
   return summary

@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from pdsn_jax import builders, checkpointing, metrics as metrics_lib, parallel, provenance
+from pdsn_jax import stage as stage_lib
 from pdsn_jax import training
 from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.data import pipeline, sources
@@ -138,6 +139,7 @@ class Context:
   workdir: str
   name: str  # the stage's folder under the workdir
   cfg: ml_collections.ConfigDict  # its config section (batch, steps, optimizer, logging)
+  stream: stage_lib.Stream  # its randomness (``training.init_key``)
   mesh: Any
   train: Any  # the training source
   heldout: Any  # held-out faces of the same data
@@ -151,9 +153,8 @@ class Plan:
   ``init() -> TrainState`` builds the starting state (traced for shapes, jitted);
   ``step(state, batch, rng) -> (state, metrics)`` is per-device (mapped over the mesh), and
   its metrics must hold the scalars ``loss`` and ``param_norm`` (the divergence check and the
-  logs read them); ``stream`` names its randomness: a key of ``training.STREAMS`` (its data
-  seed offset and init key); ``transforms`` make the batches (after the
-  seeded shuffle of ``stream``'s seed); ``init_from``/``merge``/``loader``: a starting
+  logs read them); ``transforms`` make the batches (after the seeded shuffle of the stage's
+  stream); ``init_from``/``merge``/``loader``: a starting
   network (``checkpointing.restore_or_init``); ``prepare(state, origin)`` runs after the
   restore; ``evaluate(state, step, writer) -> dict`` is the held-out evaluation, run at
   the end, every ``eval_every`` steps and, with ``eval_at_start``, before a fresh start;
@@ -164,7 +165,6 @@ class Plan:
 
   init: Callable[[], Any]
   step: Callable
-  stream: str
   transforms: tuple = ()
   init_from: str = ""
   merge: Callable | None = None
@@ -183,14 +183,6 @@ class Plan:
 REQUIRED_METRICS = ("loss", "param_norm")
 
 
-def check_plan(plan: Plan, name: str) -> None:
-  """Raises ValueError saying what to add when ``plan`` breaks the ``Plan`` contract."""
-  if plan.stream not in training.STREAMS:
-    raise ValueError(f"stage '{name}': Plan.stream={plan.stream!r} is not registered; add it to "
-                     f"training.STREAMS (its data-seed offset and init-key fold), which has "
-                     f"{sorted(training.STREAMS)}")
-
-
 def check_metrics(metrics: dict, name: str) -> None:
   missing = [k for k in REQUIRED_METRICS if k not in metrics]
   if missing:
@@ -198,25 +190,30 @@ def check_metrics(metrics: dict, name: str) -> None:
                      f"{missing}; return them from the step (see loop.Plan)")
 
 
-def run_stage(config: ml_collections.ConfigDict, workdir: str, name: str,
-              cfg: ml_collections.ConfigDict, plan_fn: Callable[[Context], Plan], *,
-              kind: str = "", upstream=(), overrides: dict | None = None,
-              raw_photos: bool = False) -> dict:
-  """Trains (or resumes) one stage into ``<workdir>/<name>``; returns its summary, which
-  process 0 also writes to ``summary.json``. ``kind`` (default: ``name``), ``upstream`` (the
-  stage folders it reads) and ``overrides`` (config fields it changed, e.g. Table 3's) are
-  its provenance: outputs made under another config are never resumed (``provenance``).
-  ``raw_photos``: the training records are photos with their landmarks (``sources.build``)."""
-  record = provenance.begin(config, workdir, name, kind or name, upstream, overrides)
+def run_stage(config: ml_collections.ConfigDict, workdir: str, stage: stage_lib.Stage,
+              plan_fn: Callable[[Context], Plan], *, name: str = "", upstream=None,
+              overrides: dict | None = None, raw_photos: bool = False) -> dict:
+  """Trains (or resumes) ``stage`` into ``<workdir>/<name>`` (default: its name) with its
+  config section, stream and upstream (``upstream`` replaces that: Table 3's generators read
+  another folder); returns its summary, which process 0 also writes to ``summary.json``.
+  ``overrides``: config fields it changed (Table 3's), part of its provenance: outputs made
+  under another config are never resumed (``provenance``). ``raw_photos``: the training
+  records are photos with their landmarks (``sources.build``)."""
+  name = name or stage.name
+  if stage.stream is None or not stage.section:
+    raise ValueError(f"stage {stage.name!r} trains, so its Stage needs a stream and a config "
+                     f"section (stream={stage.stream}, section={stage.section!r})")
+  cfg = config[stage.section]
+  record = provenance.begin(config, workdir, name, stage.name,
+                            stage.upstream if upstream is None else upstream, overrides)
   mesh = parallel.make_mesh()
   pcount, pindex = jax.process_count(), jax.process_index()
   pipeline.check_batch_size(cfg.batch_size, mesh.size, pcount, f"{name}.batch_size")
   train_src, heldout_src = sources.build(config.data, raw_photos)
   steps = builders.total_steps(cfg, len(train_src))
-  ctx = Context(config, workdir, name, cfg, mesh, train_src, heldout_src, steps)
+  ctx = Context(config, workdir, name, cfg, stage.stream, mesh, train_src, heldout_src, steps)
   plan = plan_fn(ctx)
-  check_plan(plan, name)
-  ds = pipeline.train_dataset(train_src, cfg.batch_size, training.data_seed(config, plan.stream),
+  ds = pipeline.train_dataset(train_src, cfg.batch_size, training.data_seed(config, stage.stream),
                               pindex, pcount, plan.transforms)
   data_iter = pipeline.to_iterator(ds, config.data.num_workers)
   mgr = checkpointing.manager(workdir_lib.checkpoints(workdir, name), cfg.keep_checkpoints,

@@ -27,22 +27,19 @@ def default_workdir(config_path: str) -> str:
   return os.path.join("runs", name)
 
 
-def main(argv):
-  del argv
-  # Imported here so --help is fast and jax starts after flags (device count flags, etc.).
+def run(config, workdir: str) -> dict:
+  """Runs the stages of ``config.stages`` in order into ``workdir``; returns their summaries.
+  Raises ``provenance.StaleStage`` when a stage's outputs were made under another config."""
   import jax  # pylint: disable=g-import-not-at-top
-  from pdsn_jax import builders, distributed, files, packages, provenance, stages  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import builders, packages, stages  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import stage as stage_lib  # pylint: disable=g-import-not-at-top
   from pdsn_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from pdsn_jax.config_validation import validate  # pylint: disable=g-import-not-at-top
 
-  # orbax and grain log every save at INFO through absl; keep the console to our progress lines.
-  logging.getLogger("absl").setLevel(logging.WARNING)
-  config = _CONFIG.value
   validate(config)
   packages.check(config)  # before an hour of training, not when a stage reaches the import
-  distributed.maybe_initialize(_COORD.value, _NPROC.value, _PID.value)
-  workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
   os.makedirs(workdir, exist_ok=True)
+  summaries = {}
   with workdir_lib.locked(workdir, jax.process_index()):
     # config.json describes the workdir's outputs: written now on a first run, else only once
     # every stage has passed (a refused rerun leaves it as it was; earlier ones are kept)
@@ -50,24 +47,38 @@ def main(argv):
     if first and jax.process_index() == 0:
       workdir_lib.save_config(workdir, config.to_json_best_effort(indent=2))
     logging.info("workdir %s; devices: %s", os.path.abspath(workdir), jax.devices())
-    for split, files in builders.occluder_splits(config).items():
-      logging.info("occluder files, %s split (%d): %s", split, len(files), ", ".join(files))
-    summaries = {}
+    for split, names in builders.occluder_splits(config).items():
+      logging.info("occluder files, %s split (%d): %s", split, len(names), ", ".join(names))
     for name in stages.parse_stages(config.stages):
-      try:
-        summaries[name] = stages.STAGES[name](config, workdir)
-      except provenance.StaleStage as e:  # the fields and the ways out, without a traceback
-        logging.error("%s", e)
-        raise SystemExit(1) from None
-      except Exception as e:  # noqa: BLE001  (a full disk, from any writer, in one line)
-        line = files.disk_full(e)
-        if line is None:
-          raise
-        logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # orbax's thread noise
-        logging.error("[%s] %s", name, line)
-        raise SystemExit(1) from None
+      summaries[name] = stage_lib.get(name).run(config, workdir)
     if not first and jax.process_index() == 0:
       workdir_lib.save_config(workdir, config.to_json_best_effort(indent=2))
+  return summaries
+
+
+def main(argv):
+  del argv
+  # Imported here so --help is fast and jax starts after flags (device count flags, etc.).
+  import jax  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import distributed, files, provenance  # pylint: disable=g-import-not-at-top
+
+  # orbax and grain log every save at INFO through absl; keep the console to our progress lines.
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  config = _CONFIG.value
+  distributed.maybe_initialize(_COORD.value, _NPROC.value, _PID.value)
+  workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
+  try:
+    summaries = run(config, workdir)
+  except provenance.StaleStage as e:  # the fields and the ways out, without a traceback
+    logging.error("%s", e)
+    raise SystemExit(1) from None
+  except Exception as e:  # noqa: BLE001  (a full disk, from any writer, in one line)
+    line = files.disk_full(e)
+    if line is None:
+      raise
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # orbax's thread noise
+    logging.error("%s", line)
+    raise SystemExit(1) from None
   if jax.process_index() == 0:
     print(json.dumps(summaries, indent=2))
 

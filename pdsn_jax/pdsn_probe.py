@@ -2,7 +2,8 @@
 whether the dictionary the generators would give has stopped moving.
 
 The pairs are drawn once with their own seed (the ``pdsn_probe`` stream) from the training
-faces and the training occluders: never the held-out identities or the test files. Every
+faces and the training occluders (``STREAM``, apart from every stage's:
+``tests/stage_test.py``): never the held-out identities or the test files. Every
 process draws the same pairs (no sharding) and so takes the same decision. U of the pairs is
 computed once; a check runs only the generators.
 """
@@ -15,16 +16,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from pdsn_jax import builders, fdm, training, visualize
+from pdsn_jax import stage as stage_lib
 from pdsn_jax.data import occlusion, pipeline
 
 LAMBDA_RULES = ("fixed", "same_scale")
+STREAM = stage_lib.Stream(data_offset=5, init_fold=None)
 
 
 def probe_batches(config, src, pairs: int, batch_size: int, neighbour_prob: float) -> list:
   """``pairs // batch_size`` batches (at least one) of training faces with their 9 block-occluded
   copies, the same in every process and every run."""
   transform = builders.every_block_occlusion(config, neighbour_prob)
-  ds = pipeline.train_dataset(src, batch_size, training.data_seed(config, "pdsn_probe"), 0, 1,
+  ds = pipeline.train_dataset(src, batch_size, training.data_seed(config, STREAM), 0, 1,
                               (transform,))
   return [ds[i] for i in range(max(1, pairs // batch_size))]
 

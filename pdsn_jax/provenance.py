@@ -21,7 +21,8 @@ The rule, applied when a stage starts (``begin``):
 A record carries a random ``id`` made when the stage first starts, so a stage trained again
 under the same config still changes its fingerprint: downstream stages never pair with a
 network they were not made from. Fields that change only logging or speed are left out
-(``IGNORED``).
+(``IGNORED``). Which fields each stage's record holds is its descriptor's (``stage.Stage``:
+``depends_on`` less ``excluded``).
 """
 
 import datetime
@@ -35,6 +36,7 @@ import jax
 import ml_collections
 
 from pdsn_jax import distributed, files
+from pdsn_jax import stage as stage_lib
 from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.data import occlusion
 
@@ -42,29 +44,6 @@ RECORD = "provenance.json"
 COPY = ".provenance.json"  # the record again, so deleting one file never relabels outputs
 IGNORED = frozenset({"log_every", "checkpoint_every", "keep_checkpoints", "eval_every",
                      "num_workers", "cache", "eval_images", "bottom_cache_gib"})
-# config sections (or dotted fields) each kind of stage's outputs depend on
-_BASE = ("seed", "prng_impl", "data")
-# (``detector.heldout_every`` splits the occluder files of every stage that pastes occluders,
-# builders.occluders, so each of them records it)
-_OCCLUDERS = ("occlusion", "detector.heldout_every")
-SECTIONS = {
-    "trunk": _BASE + ("model", "cosface", "trunk"),
-    "pdsn": _BASE + ("model", "cosface", "pdsn") + _OCCLUDERS,
-    "dictionary": _BASE + ("model", "dictionary") + _OCCLUDERS,
-    "baseline": _BASE + ("model", "cosface", "finetune") + _OCCLUDERS,
-    "finetune": _BASE + ("model", "cosface", "finetune") + _OCCLUDERS,
-    "detector": _BASE + ("detector", "model.dtype") + _OCCLUDERS,
-    "face_finder": _BASE + ("face_finder", "eval.seed") + _OCCLUDERS,
-    "evaluate": _BASE + ("model", "eval", "detector.threshold") + _OCCLUDERS,
-}
-# fields inside a stage's sections that only its users read: the detector's pixel threshold is
-# applied at inference (the evaluation, the photo commands), so choosing it never retrains; the
-# test occluders' globs are read by the evaluation alone (the stages that paste occluders load
-# the train and select files, which their globs and ``SPLIT_BY_GLOBS`` decide), so a finished
-# run can be evaluated on other test files without retraining (``pdsn_jax.evaluate``)
-_TEST_GLOBS = "occlusion.splits.test"
-EXCLUDED = {k: (_TEST_GLOBS,) for k in SECTIONS if k != "evaluate"}
-EXCLUDED["detector"] += ("detector.threshold",)
 # Derived from the globs: whether any split has globs at all (``occlusion.splits_by_globs``;
 # else every heldout_every-th file is a test file), which moves files into or out of the train
 # split whichever split's globs make the switch; recorded instead of the test globs.
@@ -80,15 +59,9 @@ UNRECORDED = {
     "eval.seed": "the held-out verification logged while training, not the network",
     "detector.threshold": "the detector's held-out scores in its summary; its network never "
                           "depends on it",
-    _TEST_GLOBS: f"which files are test files: a stage that trains loads the train and select "
-                 f"files, which their own globs and {SPLIT_BY_GLOBS} (both recorded) decide",
-}
-# Fields of an upstream stage's section that a stage reads to rebuild that stage's network (the
-# generators, the detector) or to report it (lambda): the upstream record holds them and its
-# fingerprint is in this stage's record, so changing them makes this stage stale through it.
-THROUGH_UPSTREAM = {
-    "dictionary": ("pdsn.differential", "pdsn.mask_bias_init"),
-    "evaluate": ("detector.input_scale", "detector.widths", "pdsn.lambda_l1"),
+    stage_lib.TEST_GLOBS: f"which files are test files: a stage that trains loads the train "
+                          f"and select files, which their own globs and {SPLIT_BY_GLOBS} (both "
+                          "recorded) decide",
 }
 
 
@@ -122,9 +95,10 @@ def _selected(flat: dict, kind: str) -> dict:
     flat = {**flat, SPLIT_BY_GLOBS: occlusion.splits_by_globs(
         {k[len("occlusion.splits."):]: v for k, v in flat.items()
          if k.startswith("occlusion.splits.")})}
+  stage = stage_lib.get(kind)
   return {k: v for k, v in sorted(flat.items())
-          if any(k == s or k.startswith(s + ".") for s in SECTIONS[kind])
-          and k not in EXCLUDED.get(kind, ())}
+          if any(k == s or k.startswith(s + ".") for s in stage.depends_on)
+          and k not in stage.excluded}
 
 
 def _path(workdir: str, name: str) -> str:
@@ -174,7 +148,7 @@ def stale(config, workdir: str, name: str) -> list[str]:
 
 def _stage(folder: str) -> str:
   """The ``config.stages`` name that makes a stage folder (Table 3's "lambda0_*" -> lambda0)."""
-  return folder.split("_", 1)[0] if "_" in folder else folder
+  return stage_lib.owner(folder) or folder
 
 
 def overwrite_names(config) -> list[str]:
@@ -222,7 +196,8 @@ def require_fresh(config, workdir: str, upstream, needed_by: str) -> None:
 
 def begin(config, workdir: str, name: str, kind: str, upstream=(), overrides: dict | None = None,
           reuse: bool = True) -> dict:
-  """Applies the module's rule before stage ``name`` (of ``kind``) reads or writes anything;
+  """Applies the module's rule before stage ``name`` (a folder of the registered stage
+  ``kind``, whose descriptor says which fields the record holds) reads or writes anything;
   returns its record (written). ``reuse=False``: the stage remakes every output each run (the
   evaluation), so only rule 1 applies."""
   upstream = [u for u in upstream if has_outputs(workdir, u)]

@@ -12,6 +12,7 @@ import numpy as np
 import optax
 
 from pdsn_jax import builders, fdm, loop, parallel, training
+from pdsn_jax import stage as stage_lib
 from pdsn_jax.data import pipeline
 from pdsn_jax.data.pairs import generate_pairs
 from pdsn_jax.evaluation import verification
@@ -19,6 +20,8 @@ from pdsn_jax.models.layers import l2_normalize
 
 LOSSES = ("cosface", "distill")
 TRAINABLE = ("all", "top", "head", "classifier")
+# the trunk's randomness; the Baseline and fine-tune stages draw it too (the same face order)
+STREAM = stage_lib.Stream(data_offset=0, init_fold=None)
 
 
 def trainable_mask(backbone, trainable: str, loss: str):
@@ -52,12 +55,13 @@ def trainable_mask(backbone, trainable: str, loss: str):
   return mask
 
 
-def init_fn(config, backbone, head, tx: optax.GradientTransformation, with_teacher: bool = False):
+def init_fn(config, backbone, head, tx: optax.GradientTransformation, with_teacher: bool = False,
+            stream: stage_lib.Stream = STREAM):
   """A function of no arguments returning the initial TrainState (for eval_shape / jit).
   ``with_teacher``: room in ``frozen`` for the starting network (filled in from init_from)."""
 
   def init() -> training.TrainState:
-    k_backbone, k_head, k_run = jax.random.split(training.init_key(config, "trunk"), 3)
+    k_backbone, k_head, k_run = jax.random.split(training.init_key(config, stream), 3)
     x = jnp.zeros((1, *config.data.image_size, 3), jnp.float32)
     variables = backbone.init({"params": k_backbone, "dropout": k_backbone}, x)
     head_params = head.init(k_head, jnp.zeros((1, backbone.embedding_dim)))["params"]
@@ -246,10 +250,10 @@ def plan(ctx: loop.Context, *, transforms: tuple = (), dictionary: np.ndarray | 
   flip = (pipeline.RandomFlip(),) if config.data.flip else ()
   return loop.Plan(
       init=init_fn(config, builders.backbone(config, False), head, tx,
-                   with_teacher=loss == "distill"),
+                   with_teacher=loss == "distill", stream=ctx.stream),
       step=functools.partial(train_step, backbone=backbone, head=head, tx=tx,
                              schedule=schedule, dictionary=table, trainable=trainable, loss=loss),
-      stream="trunk", transforms=flip + tuple(transforms), init_from=init_from,
+      transforms=flip + tuple(transforms), init_from=init_from,
       merge=merge_init_from, loader=builders.init_from_loader(config), evaluate=evaluate,
       eval_at_start=True, eval_every=cfg.eval_every, summary=summary,
       description=f", loss {loss}, training {trainable}")

@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from pdsn_jax import stage as stage_lib
+
 SCHEDULES = ("cosine", "step", "constant")
 
 
@@ -32,22 +34,15 @@ class TrainState:
 
 PRNG_IMPLS = ("rbg", "threefry2x32", "unsafe_rbg")
 
-# Every random stream of a run, in one table: stream -> (the data pipeline's seed offset from
-# config.seed, the fold_in index of the stage's init key in the root key; None: the root key
-# itself). The numbers are those of the first runs: changing one changes that stage's results.
-# Baseline and fine-tune draw the trunk's stream (the same face order, the trunk's init).
-STREAMS = {"trunk": (0, None), "pdsn": (1, 1), "dictionary": (2, None), "detector": (4, 3),
-           "pdsn_probe": (5, None), "face_finder": (6, 5)}
+def data_seed(config: ml_collections.ConfigDict, stream: stage_lib.Stream) -> int:
+  """The data pipeline's seed of a stage drawing ``stream`` (its descriptor's)."""
+  return int(config.seed) + stream.data_offset
 
 
-def data_seed(config: ml_collections.ConfigDict, stream: str) -> int:
-  return int(config.seed) + STREAMS[stream][0]
-
-
-def init_key(config: ml_collections.ConfigDict, stream: str) -> jax.Array:
-  k = STREAMS[stream][1]
+def init_key(config: ml_collections.ConfigDict, stream: stage_lib.Stream) -> jax.Array:
+  """The initial-parameter key of a stage drawing ``stream``."""
   root = root_key(config)
-  return root if k is None else jax.random.fold_in(root, k)
+  return root if stream.init_fold is None else jax.random.fold_in(root, stream.init_fold)
 
 
 def root_key(config: ml_collections.ConfigDict) -> jax.Array:

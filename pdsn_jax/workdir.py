@@ -25,10 +25,14 @@ import os
 
 from pdsn_jax import checkpointing, files
 
+# The folders of the built-in stages, for the code that reads a particular one's outputs. A
+# stage's descriptor (``stage.Stage``, in its module) is what makes it a stage; a new stage
+# needs no name here.
 TRUNK, PDSN, DICTIONARY = "trunk", "pdsn", "dictionary"
 BASELINE, FINETUNE, DETECTOR, EVALUATE = "baseline", "finetune", "detector", "evaluate"
 FACE_FINDER = "face_finder"
-LAMBDA0 = "lambda0"  # Table 3's ablation: its generators and dictionary are "lambda0_<stage>"
+LAMBDA0 = "lambda0"  # Table 3's ablation: its generators and its dictionary
+LAMBDA0_PDSN, LAMBDA0_DICTIONARY = f"{LAMBDA0}_{PDSN}", f"{LAMBDA0}_{DICTIONARY}"
 DICTIONARY_FILE = "dictionary.npz"
 FACE_FINDER_FILE = "short_range.npz"
 STOPPED_FILE = "stopped.json"  # a training stage ended by its stopping rule, at this step

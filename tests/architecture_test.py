@@ -104,7 +104,7 @@ def test_stage_entry_points_are_at_most_60_lines(module):
 # The package's layers, lowest first: a module imports only from its own layer or below
 # (docs/architecture.md). A module is in the first layer one of whose prefixes names it.
 LAYERS = (
-    ("base", ("files", "distributed", "parallel", "packages", "training", "metrics")),
+    ("base", ("files", "distributed", "parallel", "packages", "stage", "training", "metrics")),
     ("data and models", ("data", "models")),
     ("run", ("workdir", "checkpointing", "provenance", "fdm", "visualize", "builders")),
     ("method", ("loop", "recognition", "pdsn_probe", "inference", "evaluation")),

@@ -6,20 +6,22 @@ import dataclasses
 import pytest
 
 from configs import tiny
-from pdsn_jax import loop, recognition
+from pdsn_jax import loop, recognition, stages
 
 
-def _run(tmp_path, change):
+def _run(tmp_path, change, stage=None):
   config = tiny.get_config()
   config.trunk.num_steps = 1
-  return loop.run_stage(config, str(tmp_path), "toy", config.trunk,
-                        lambda ctx: change(recognition.plan(ctx)), kind="trunk")
+  return loop.run_stage(config, str(tmp_path), stage or stages.trunk.STAGE,
+                        lambda ctx: change(recognition.plan(ctx)), name="toy")
 
 
-def test_an_unregistered_stream_is_named(tmp_path):
-  with pytest.raises(ValueError, match=r"Plan.stream='toy' is not registered; add it to "
-                                       r"training.STREAMS"):
-    _run(tmp_path, lambda plan: dataclasses.replace(plan, stream="toy"))
+@pytest.mark.parametrize("missing", ["stream", "section"])
+def test_a_training_stage_without_stream_or_section_is_named(tmp_path, missing):
+  stage = dataclasses.replace(stages.trunk.STAGE, **{missing: None if missing == "stream" else ""})
+  with pytest.raises(ValueError, match=r"stage 'trunk' trains, so its Stage needs a stream and a "
+                                       r"config section"):
+    _run(tmp_path, lambda plan: plan, stage)
 
 
 @pytest.mark.slow

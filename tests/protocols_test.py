@@ -58,7 +58,7 @@ def test_a_registered_toy_protocol_runs_in_the_evaluate_stage(tmp_path, tiny_run
     config.eval.protocols = ("ar_p2", "mirrored")  # no verification: not required
     config.eval.batch_size = 8
     config_validation.validate(config)
-    stages.STAGES["evaluate"](config, wd)
+    stages.evaluate.STAGE.run(config, wd)
   finally:
     evaluators.PROTOCOLS.pop("mirrored")
   res = json.load(open(os.path.join(wd, "results.json")))
@@ -109,7 +109,7 @@ def test_lfw_distractors_split_and_curve(tmp_path, tiny_run):
   config.eval.update(protocols=("lfw_distractors", "distractors"), lfw_root=root,
                      lfw_landmarks=tsv, distractor_sizes=(4, 100), batch_size=8, ablations=False)
   config_validation.validate(config)
-  stages.STAGES["evaluate"](config, wd)
+  stages.evaluate.STAGE.run(config, wd)
   res = json.load(open(os.path.join(wd, "results.json")))
   row = res["models"]["PDSN + fine-tune"]["lfw_distractors"]
   n = 15 + config.eval.num_distractors  # LFW images not probed + the tiny run's pool

@@ -1,5 +1,5 @@
 """Every config field a stage's code reads is in its provenance record, or explained
-(``provenance.UNRECORDED``, ``provenance.THROUGH_UPSTREAM``): the session's tiny run is made
+(``provenance.UNRECORDED``, the stage's ``through_upstream``): the session's tiny run is made
 through ``tests/record_reads.py``, which records every field each stage reads, so a stage that
 starts reading a new field cannot reuse outputs made under another value of it (issue 38:
 detector.heldout_every decided every stage's occluder split and was in no PDSN stage's
@@ -11,15 +11,17 @@ import os
 
 import pytest
 
-from pdsn_jax import provenance
+from pdsn_jax import provenance, stages  # noqa: F401  (registers them)
+from pdsn_jax import stage as stage_lib
 
 STAGES = ("trunk", "pdsn", "dictionary", "finetune", "detector", "evaluate")
 
 
 def _covered(field: str, kind: str) -> bool:
-  sections = provenance.SECTIONS[kind] + provenance.THROUGH_UPSTREAM.get(kind, ())
+  stage = stage_lib.get(kind)
+  sections = stage.depends_on + stage.through_upstream
   return (any(field == s or field.startswith(s + ".") for s in sections)
-          and field not in provenance.EXCLUDED.get(kind, ())
+          and field not in stage.excluded
           or field.split(".")[-1] in provenance.IGNORED or field in provenance.UNRECORDED)
 
 
@@ -42,5 +44,5 @@ def test_every_field_a_stage_reads_is_in_its_record(reads, stage):
   missing = [f for f in reads[stage] if not _covered(f, stage)]
   assert not missing, (
       f"stage '{stage}' reads {missing}, which its provenance record does not hold: add them "
-      "to provenance.SECTIONS (or, when they cannot change its outputs, to "
+      "to its Stage's depends_on (or, when they cannot change its outputs, to "
       "provenance.UNRECORDED with the reason)")

@@ -4,6 +4,7 @@ fields]} (the session's tiny run is made this way; ``tests/reads_test.py`` check
 against the stages' provenance records). The records' own reading of the whole config is left
 out: it is not the stage's code."""
 
+import dataclasses
 import json
 import os
 import runpy
@@ -13,7 +14,8 @@ import ml_collections
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pdsn_jax import provenance, stages  # noqa: E402  (after the path)
+from pdsn_jax import provenance, stages  # noqa: E402,F401  (after the path; registers them)
+from pdsn_jax import stage as stage_lib  # noqa: E402
 
 
 class Recorder:
@@ -68,8 +70,8 @@ def install(rec: Recorder, out: dict) -> None:
 
   ml_collections.ConfigDict.__getitem__ = recording_getitem
   provenance._flatten = whole_config  # pylint: disable=protected-access
-  for name, fn in list(stages.STAGES.items()):
-    stages.STAGES[name] = recorded(name, fn)
+  for name, s in stage_lib.registered().items():
+    stage_lib._REGISTRY[name] = dataclasses.replace(s, run=recorded(name, s.run))  # pylint: disable=protected-access
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from pdsn_jax import builders, config_validation, stages, workdir as workdir_lib
+from pdsn_jax import builders, config_validation, stages, workdir as workdir_lib  # noqa: F401
+from pdsn_jax import stage as stage_lib
 from pdsn_jax.models import trunks
 
 
@@ -47,7 +48,7 @@ def test_a_registered_toy_trunk_runs_stages_i_and_ii(tmp_path):
     assert builders.u_shape(config) == (7, 6, 8)
     wd = str(tmp_path)
     for name in ("trunk", "pdsn", "dictionary"):
-      stages.STAGES[name](config, wd)
+      stage_lib.get(name).run(config, wd)
     assert workdir_lib.latest_step(wd, "pdsn") == config.pdsn.num_steps
     from pdsn_jax import fdm  # pylint: disable=g-import-not-at-top
     items = fdm.load(workdir_lib.dictionary_file(wd))[0]

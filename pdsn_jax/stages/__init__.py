@@ -1,7 +1,13 @@
-"""The method's stages, run in order by ``pdsn_jax.main``; each resumes from its own checkpoints."""
+"""The method's stages, run in order by ``pdsn_jax.main``; each resumes from its own checkpoints.
+
+Each module declares its ``Stage`` (``pdsn_jax/stage.py``); the registry line below is the one
+place a stage is added. The order is the order ``config.stages`` lists them in the docs, and a
+stage's upstream comes before it.
+"""
 
 import ml_collections
 
+from pdsn_jax import stage as stage_lib
 from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.stages import detector, dictionary, evaluate, face_finder, finetune, pdsn, trunk
 
@@ -12,24 +18,26 @@ def run_lambda0(config: ml_collections.ConfigDict, workdir: str) -> dict:
   c = ml_collections.ConfigDict(config.to_dict())
   overrides = {"pdsn.differential": False}
   c.pdsn.differential = False
-  gens = f"{workdir_lib.LAMBDA0}_{workdir_lib.PDSN}"
-  return {"pdsn": pdsn.run(c, workdir, name=gens, overrides=overrides),
-          "dictionary": dictionary.run(c, workdir,
-                                       name=f"{workdir_lib.LAMBDA0}_{workdir_lib.DICTIONARY}",
-                                       generators=gens, overrides=overrides)}
+  return {"pdsn": pdsn.run(c, workdir, name=workdir_lib.LAMBDA0_PDSN, overrides=overrides),
+          "dictionary": dictionary.run(c, workdir, name=workdir_lib.LAMBDA0_DICTIONARY,
+                                       generators=workdir_lib.LAMBDA0_PDSN, overrides=overrides)}
 
 
-STAGES = {workdir_lib.TRUNK: trunk.run, workdir_lib.PDSN: pdsn.run,
-          workdir_lib.DICTIONARY: dictionary.run, workdir_lib.BASELINE: finetune.run_baseline,
-          workdir_lib.FINETUNE: finetune.run_finetune, workdir_lib.LAMBDA0: run_lambda0,
-          workdir_lib.DETECTOR: detector.run, workdir_lib.FACE_FINDER: face_finder.run,
-          workdir_lib.EVALUATE: evaluate.run}
+# its folders hold a pdsn and a dictionary stage's outputs (those kinds' records)
+LAMBDA0 = stage_lib.Stage(
+    name=workdir_lib.LAMBDA0, run=run_lambda0, depends_on=(), upstream=(workdir_lib.TRUNK,),
+    folders=(workdir_lib.LAMBDA0_PDSN, workdir_lib.LAMBDA0_DICTIONARY))
+
+stage_lib.register(
+    trunk.STAGE, pdsn.STAGE, dictionary.STAGE, finetune.BASELINE, finetune.FINETUNE, LAMBDA0,
+    detector.STAGE, face_finder.STAGE, evaluate.STAGE)
 
 
 def parse_stages(spec: str) -> list[str]:
-  """'trunk,pdsn' -> ['trunk', 'pdsn'], rejecting unknown names with the allowed ones."""
-  names = [s.strip() for s in spec.split(",") if s.strip()]
-  bad = [s for s in names if s not in STAGES]
-  if bad or not names:
-    raise ValueError(f"config.stages={spec!r}: unknown stage(s) {bad}; allowed: {list(STAGES)}")
+  """'trunk,pdsn' -> ['trunk', 'pdsn'], rejecting unknown names (and none) with the allowed
+  ones."""
+  names = stage_lib.parse(spec)
+  if not names:
+    raise ValueError(f"config.stages={spec!r}: name at least one of "
+                     f"{list(stage_lib.registered())}")
   return names

@@ -24,11 +24,11 @@ import optax
 from PIL import Image
 
 from pdsn_jax import builders, inference, loop, parallel, training, visualize
+from pdsn_jax import stage as stage_lib
 from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.data import occlusion, pipeline, placement, sources
 from pdsn_jax.evaluation.segmentation import segmentation_metrics
 
-STAGE = workdir_lib.DETECTOR
 
 
 AUGMENTS = ("scarf", "eyeglasses", "cloth", "highlights", "grey", "lowres", "blur", "light",
@@ -174,7 +174,7 @@ def train_step(state: training.TrainState, batch: dict, rng: jax.Array, *, model
 
 def init_fn(config, model, tx):
   def init() -> training.TrainState:
-    k, k_run = jax.random.split(training.init_key(config, "detector"))
+    k, k_run = jax.random.split(training.init_key(config, STAGE.stream))
     h, w = config.data.image_size
     s = config.detector.input_scale
     v = model.init(k, jnp.zeros((1, int(round(h * s)), int(round(w * s)), 3)))
@@ -275,7 +275,6 @@ def plan(ctx: loop.Context) -> loop.Plan:
       init=init_fn(config, builders.detector(config, False), tx),
       step=functools.partial(train_step, model=builders.detector(config, True), tx=tx,
                              schedule=schedule, scale=cfg.input_scale),
-      stream="detector",
       transforms=flip + (DetectorOcclusion(builders.training_occluders(config), cfg.clean_prob,
                                            cfg.augment), Appearance(cfg.augment)),
       evaluate=evaluate_hook, summary=lambda results: {"heldout": results["final"]},
@@ -284,4 +283,13 @@ def plan(ctx: loop.Context) -> loop.Plan:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the detector; writes ``<workdir>/detector/summary.json``."""
-  return loop.run_stage(config, workdir, STAGE, config.detector, plan)
+  return loop.run_stage(config, workdir, STAGE, plan)
+
+
+STAGE = stage_lib.Stage(
+    name=workdir_lib.DETECTOR, run=run, section="detector",
+    stream=stage_lib.Stream(data_offset=4, init_fold=3),
+    depends_on=stage_lib.BASE + ("detector", "model.dtype") + stage_lib.OCCLUDERS,
+    # the pixel threshold is applied at inference (the evaluation, the photo commands), so
+    # choosing it never retrains
+    excluded=(stage_lib.TEST_GLOBS, "detector.threshold"))

@@ -24,11 +24,11 @@ import orbax.checkpoint as ocp
 
 from pdsn_jax import builders, distributed, fdm, files, parallel, provenance, training
 from pdsn_jax import visualize
+from pdsn_jax import stage as stage_lib
 from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.data import occlusion, pipeline, sources
 from pdsn_jax import pdsn_probe
 
-STAGE = workdir_lib.DICTIONARY
 
 
 def merge_mean(mean: jax.Array, count: jax.Array, batch_mean: jax.Array, n) -> tuple:
@@ -100,7 +100,7 @@ def _accumulate(config, generators_vars: dict, name: str, mesh) -> tuple[dict, n
   train_src, _ = sources.build(config.data)
   backbone, gens = builders.backbone(config, False), builders.generators(config, False)
   num_batches = max(1, cfg.pairs_per_block // cfg.batch_size)
-  ds = pipeline.train_dataset(train_src, cfg.batch_size, training.data_seed(config, "dictionary"),
+  ds = pipeline.train_dataset(train_src, cfg.batch_size, training.data_seed(config, STAGE.stream),
                               pindex, pcount,
                               (builders.every_block_occlusion(config, cfg.neighbour_prob),))
   data_iter = pipeline.to_iterator(ds, config.data.num_workers)
@@ -137,7 +137,7 @@ def _metadata(config, workdir: str, fdms: np.ndarray, count, shape) -> dict:
           **pdsn_probe.locality(fdms)}
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, name: str = STAGE,
+def run(config: ml_collections.ConfigDict, workdir: str, name: str = workdir_lib.DICTIONARY,
         generators: str = workdir_lib.PDSN, overrides: dict | None = None) -> dict:
   """Builds ``<workdir>/<name>/dictionary.npz`` from the generators in ``<workdir>/<generators>``
   (skipped when it exists and its provenance matches; rebuilt when it cannot be read)."""
@@ -145,7 +145,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str = STAGE,
   out_path = workdir_lib.dictionary_file(workdir, name)
   own = lambda f: workdir_lib.stage_file(workdir, name, f)  # noqa: E731
   workdir_lib.require(workdir, generators, needed_by=name)
-  record = provenance.begin(config, workdir, name, STAGE, (generators,), overrides)
+  record = provenance.begin(config, workdir, name, STAGE.name, (generators,), overrides)
   if workdir_lib.is_complete(workdir, name):
     try:
       _, _, meta = fdm.load(out_path)
@@ -183,3 +183,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str = STAGE,
   if jax.process_index() == 0:
     workdir_lib.write_summary(workdir, name, summary)
   return summary
+
+
+STAGE = stage_lib.Stage(
+    name=workdir_lib.DICTIONARY, run=run, section="dictionary", upstream=(workdir_lib.PDSN,),
+    stream=stage_lib.Stream(data_offset=2, init_fold=None),
+    depends_on=stage_lib.BASE + ("model", "dictionary") + stage_lib.OCCLUDERS,
+    # it rebuilds the generators the pdsn stage trained
+    through_upstream=("pdsn.differential", "pdsn.mask_bias_init"))

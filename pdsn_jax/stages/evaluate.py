@@ -24,13 +24,13 @@ import ml_collections
 import numpy as np
 
 from pdsn_jax import builders, distributed, fdm, files, inference, parallel, provenance
+from pdsn_jax import stage as stage_lib
 from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.data import occlusion, pairs as pairs_lib, sources
 from pdsn_jax.evaluation import evaluators, masked, protocols, report, search, stats
 from pdsn_jax.evaluation import store as store_lib
 from pdsn_jax.evaluation.segmentation import segmentation_metrics
 
-STAGE = workdir_lib.EVALUATE
 
 
 def _dictionary(workdir: str, name: str):
@@ -264,10 +264,9 @@ def _evaluate_models(config, nets: _Networks, sets, flags, flags_det, dictionary
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every protocol for every available model and ablation; writes results.md/.json."""
   cfg, t0 = config.eval, time.time()
-  lam0 = [f"{workdir_lib.LAMBDA0}_{s}" for s in (workdir_lib.PDSN, workdir_lib.DICTIONARY)]
-  upstream = list(dict.fromkeys([m.stage for m in evaluators.parse_models(cfg.models)] + [
-      workdir_lib.DICTIONARY, workdir_lib.DETECTOR] + lam0))
-  record = provenance.begin(config, workdir, STAGE, STAGE, upstream, reuse=False)
+  upstream = list(dict.fromkeys([m.stage for m in evaluators.parse_models(cfg.models)]
+                                + list(STAGE.upstream)))
+  record = provenance.begin(config, workdir, STAGE.name, STAGE.name, upstream, reuse=False)
   mesh = parallel.make_mesh()
   sets = _eval_sets(config, builders.test_occluders(config))
   det_vars = workdir_lib.load(workdir, workdir_lib.DETECTOR)
@@ -287,7 +286,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                              builders.normalize)
   nets = _Networks(config, workdir, embedder, sets, mesh)
   if not nets.available(workdir_lib.TRUNK):
-    workdir_lib.require(workdir, workdir_lib.TRUNK, needed_by=STAGE)
+    workdir_lib.require(workdir, workdir_lib.TRUNK, needed_by=STAGE.name)
   dictionary = _dictionary(workdir, workdir_lib.DICTIONARY)
   results = {**_description(config), "models": {}, "ablations": {}, "missing": [],
              "provenance": {"evaluate": record["fingerprint"],
@@ -310,16 +309,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results["ablations"] = _ablations(config, workdir, nets, sets, flags, dictionary)
   results["seconds"] = round(time.time() - t0, 1)
   thresholds = _thresholds(config, results, nets, dictionary)
-  summary = {"stage": STAGE, "results": workdir_lib.results_files(workdir)[0],
+  summary = {"stage": STAGE.name, "results": workdir_lib.results_files(workdir)[0],
              "seconds": results["seconds"]}
   if jax.process_index() == 0:
     files.write_json(workdir_lib.thresholds_file(workdir), thresholds)
-    files.write_json(workdir_lib.stage_file(workdir, STAGE, "config.json"),
+    files.write_json(workdir_lib.stage_file(workdir, STAGE.name, "config.json"),
                      json.loads(config.to_json_best_effort()))
     logging.info("[evaluate] wrote %s", ", ".join(report.write(
         results, sets, flags, workdir, _protocols(config))))
     print(report.summary(results, _protocols(config).values()), flush=True)
-    workdir_lib.write_summary(workdir, STAGE, summary)
+    workdir_lib.write_summary(workdir, STAGE.name, summary)
   return summary
 
 
@@ -361,7 +360,7 @@ def _ablations(config, workdir, nets: _Networks, sets, flags, dictionary) -> dic
   lam = trained.get("lambda_l1", config.pdsn.lambda_l1)
   rule = {"same_scale": "paper's same-scale rule"}.get(trained.get("lambda_rule"), "fixed")
   out["lambda"][f"lambda={lam:.3g} ({rule})"] = out["mask_kind"]["binary"]
-  lam0 = _dictionary(workdir, f"{workdir_lib.LAMBDA0}_{workdir_lib.DICTIONARY}")
+  lam0 = _dictionary(workdir, workdir_lib.LAMBDA0_DICTIONARY)
   if lam0 is not None:
     out["lambda"]["no differential input, lambda=0"] = score(lam0[0])
   else:
@@ -440,3 +439,14 @@ def _source_description(config) -> str:
   if d.source == "recordio":
     return f"recordio: {d.recordio.path}"
   return f"folders: {d.folders.root}"
+
+
+STAGE = stage_lib.Stage(
+    name=workdir_lib.EVALUATE, run=run,
+    depends_on=stage_lib.BASE + ("model", "eval", "detector.threshold") + stage_lib.OCCLUDERS,
+    excluded=(),  # it reads the test occluder files
+    # what it reads besides the networks eval.models names (Table 3's ablation too)
+    upstream=(workdir_lib.DICTIONARY, workdir_lib.DETECTOR,
+              workdir_lib.LAMBDA0_PDSN, workdir_lib.LAMBDA0_DICTIONARY),
+    # it rebuilds the detector and reports the generators' lambda
+    through_upstream=("detector.input_scale", "detector.widths", "pdsn.lambda_l1"))

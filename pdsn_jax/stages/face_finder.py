@@ -22,10 +22,10 @@ import numpy as np
 import optax
 
 from pdsn_jax import builders, files, loop, parallel, training, visualize
+from pdsn_jax import stage as stage_lib
 from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.data import blazeface, face_tuning
 
-STAGE = workdir_lib.FACE_FINDER
 
 
 def shipped_params() -> tuple:
@@ -96,7 +96,7 @@ def plan(ctx: loop.Context) -> loop.Plan:
   apply = functools.partial(tflite_graph.apply, graph)
 
   def init() -> training.TrainState:
-    k = training.init_key(config, "face_finder")
+    k = training.init_key(config, STAGE.stream)
     params = jax.tree.map(jnp.asarray, stock)
     return training.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                batch_stats={}, opt_state=tx.init(params),
@@ -126,7 +126,6 @@ def plan(ctx: loop.Context) -> loop.Plan:
       init=init,
       step=functools.partial(train_step, apply=apply, tx=tx, schedule=schedule,
                              reg_weight=cfg.reg_weight),
-      stream="face_finder",
       transforms=(face_tuning.TuningSample(builders.training_occluders(config), cfg.kind_probs,
                                            cfg.face_px, cfg.grey_prob, cfg.lowres_prob,
                                            cfg.lowres_px, cfg.get("cloth_prob", 0.0),
@@ -140,5 +139,11 @@ def plan(ctx: loop.Context) -> loop.Plan:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Tunes (or resumes) the face finder; writes ``<workdir>/face_finder/short_range.npz`` and
   ``summary.json``."""
-  return loop.run_stage(config, workdir, STAGE, config.face_finder, plan, raw_photos=True)
+  return loop.run_stage(config, workdir, STAGE, plan, raw_photos=True)
+
+
+STAGE = stage_lib.Stage(
+    name=workdir_lib.FACE_FINDER, run=run, section="face_finder",
+    stream=stage_lib.Stream(data_offset=6, init_fold=5),
+    depends_on=stage_lib.BASE + ("face_finder", "eval.seed") + stage_lib.OCCLUDERS)
 

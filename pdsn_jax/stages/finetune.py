@@ -24,6 +24,7 @@ the same faces and ignores the flags.
 import ml_collections
 
 from pdsn_jax import builders, fdm, loop, recognition
+from pdsn_jax import stage as stage_lib
 from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.data import placement
 
@@ -37,12 +38,10 @@ def occlusion_transform(config: ml_collections.ConfigDict) -> placement.RandomOc
                                    clean_fdm_prob=config.finetune.clean_fdm_prob)
 
 
-def _run(config, workdir: str, name: str, dictionary=None) -> dict:
-  start = workdir_lib.require(workdir, workdir_lib.TRUNK, needed_by=name)
-  upstream = (workdir_lib.TRUNK,) + ((workdir_lib.DICTIONARY,) if dictionary is not None else ())
-  return loop.run_stage(config, workdir, name, config.finetune, lambda ctx: recognition.plan(
-      ctx, transforms=(occlusion_transform(config),), dictionary=dictionary, init_from=start),
-                        upstream=upstream)
+def _run(config, workdir: str, stage: stage_lib.Stage, dictionary=None) -> dict:
+  start = workdir_lib.require(workdir, workdir_lib.TRUNK, needed_by=stage.name)
+  return loop.run_stage(config, workdir, stage, lambda ctx: recognition.plan(
+      ctx, transforms=(occlusion_transform(config),), dictionary=dictionary, init_from=start))
 
 
 def run_finetune(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -53,9 +52,18 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str) -> dict:
   except FileNotFoundError:
     raise FileNotFoundError(f"stage 'finetune' needs the FDM dictionary: {path} does not "
                             "exist; run the 'dictionary' stage first (config.stages)") from None
-  return _run(config, workdir, workdir_lib.FINETUNE, fdms)
+  return _run(config, workdir, FINETUNE, fdms)
 
 
 def run_baseline(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """The paper's Baseline: the trunk fine-tuned on occluded faces without masks."""
-  return _run(config, workdir, workdir_lib.BASELINE)
+  return _run(config, workdir, BASELINE)
+
+
+# the same code, section and stream (so the same faces in the same order); only the masks differ
+_SHARED = dict(section="finetune", stream=recognition.STREAM, network=True,
+               depends_on=stage_lib.BASE + ("model", "cosface", "finetune") + stage_lib.OCCLUDERS)
+BASELINE = stage_lib.Stage(name=workdir_lib.BASELINE, run=run_baseline,
+                           upstream=(workdir_lib.TRUNK,), **_SHARED)
+FINETUNE = stage_lib.Stage(name=workdir_lib.FINETUNE, run=run_finetune,
+                           upstream=(workdir_lib.TRUNK, workdir_lib.DICTIONARY), **_SHARED)

@@ -27,11 +27,11 @@ import numpy as np
 import optax
 
 from pdsn_jax import builders, checkpointing, loop, parallel, training, visualize
+from pdsn_jax import stage as stage_lib
 from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.data import occlusion
 from pdsn_jax import pdsn_probe
 
-STAGE = workdir_lib.PDSN
 LOSSES = ("paper", "released")
 
 
@@ -106,7 +106,7 @@ def train_step(state: training.TrainState, batch: dict, rng: jax.Array, *, backb
 
 def starting_generators(config, gens, u_shape) -> tuple[dict, jax.Array]:
   """The generators' starting variables and the stage's run key."""
-  k_gen, k_run = jax.random.split(training.init_key(config, "pdsn"))
+  k_gen, k_run = jax.random.split(training.init_key(config, STAGE.stream))
   return gens.init(k_gen, jnp.zeros((gens.num, 1, *u_shape), jnp.float32)), k_run
 
 
@@ -250,7 +250,7 @@ def plan(ctx: loop.Context) -> loop.Plan:
                    builders.u_shape(config)),
       step=functools.partial(train_step, backbone=backbone, head=head, gens=gens, tx=tx,
                              schedule=schedule, cfg=cfg, lam=lam["lambda_l1"]),
-      stream="pdsn", transforms=(transform,), prepare=prepare,
+      transforms=(transform,), prepare=prepare,
       images_per_step=cfg.batch_size * (1 + occlusion.NUM_GENERATORS),  # + occluded copies
       on_metrics=per_generator, summary=summary, on_checkpoint=on_checkpoint,
       description=f", {gens.num} generators, lambda={lam['lambda_l1']:g} ({lam['lambda_rule']}), "
@@ -258,9 +258,14 @@ def plan(ctx: loop.Context) -> loop.Plan:
                   "per batch")
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, name: str = STAGE,
+def run(config: ml_collections.ConfigDict, workdir: str, name: str = workdir_lib.PDSN,
         overrides: dict | None = None) -> dict:
   """Trains (or resumes) the 9 generators against the frozen trunk into ``<workdir>/<name>``
   (``overrides``: the fields ``config`` changed from the run's, as Table 3's ablation does)."""
-  return loop.run_stage(config, workdir, name, config.pdsn, plan, kind=STAGE,
-                        upstream=(workdir_lib.TRUNK,), overrides=overrides)
+  return loop.run_stage(config, workdir, STAGE, plan, name=name, overrides=overrides)
+
+
+STAGE = stage_lib.Stage(
+    name=workdir_lib.PDSN, run=run, section="pdsn", upstream=(workdir_lib.TRUNK,),
+    stream=stage_lib.Stream(data_offset=1, init_fold=1),
+    depends_on=stage_lib.BASE + ("model", "cosface", "pdsn") + stage_lib.OCCLUDERS)

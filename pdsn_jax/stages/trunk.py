@@ -4,12 +4,16 @@ trunk (``trunk.init_from``) whose CosFace classifier alone is fitted (``freeze_b
 import ml_collections
 
 from pdsn_jax import loop, recognition
+from pdsn_jax import stage as stage_lib
 from pdsn_jax import workdir as workdir_lib
-
-STAGE = workdir_lib.TRUNK
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the trunk; returns and writes ``<workdir>/trunk/summary.json``."""
-  return loop.run_stage(config, workdir, STAGE, config.trunk, lambda ctx: recognition.plan(
+  return loop.run_stage(config, workdir, STAGE, lambda ctx: recognition.plan(
       ctx, init_from=config.trunk.init_from))
+
+
+STAGE = stage_lib.Stage(
+    name=workdir_lib.TRUNK, run=run, section="trunk", stream=recognition.STREAM, network=True,
+    depends_on=stage_lib.BASE + ("model", "cosface", "trunk"))
