@@ -42,7 +42,7 @@ def main():
     sys.exit(f"no AR real-occlusion folder at {a.ar_real} (labels.tsv)")
   from pdsn_jax import inference, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from pdsn_jax.data import ar_real, occlusion  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.evaluation import real_ar  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.evaluation.protocols import ar_real as real_ar  # pylint: disable=g-import-not-at-top
   ar, details, margins = None, [], []
   head = ["run", "sunglasses block acc", "sunglasses mean IU", "scarf block acc",
           "scarf mean IU", "clean area", "clean any block", "held-out select block acc",

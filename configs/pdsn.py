@@ -72,13 +72,7 @@ def get_config() -> ml_collections.ConfigDict:
       freeze_backbone=False)  # True: only the CosFace classifier trains
 
   c.eval = ml_collections.ConfigDict(dict(
-      num_pairs=600, batch_size=64, seed=1,
-      pairs_file="",  # an LFW-format pairs.txt (data.source="folders"); "" = generated pairs
-      pairs_root="",  # folder the pairs file's images are under; "" = data.folders.root
-      pairs_pattern="{name}/{name}_{num:04d}.jpg",  # image path of (name, number) in pairs_root
-      pairs_landmarks="",  # landmarks TSV of the pairs' images; "" = data.folders.landmarks
-      pairs_bin="",  # an insightface verification .bin (lfw.bin, cfp_fp.bin, agedb_30.bin)
-      conditions=("sunglasses", "mask", "hand", "object", "blocks"),  # occluded verification
+      num_pairs=600, batch_size=64, seed=1,  # also the training stages' held-out verification
       ar_gallery_images=3,  # AR protocol 1 gallery images per subject (protocol 2: one)
       identification_root="",  # subjects for the AR-style protocols; "" = held-out identities
       identification_landmarks="",  # its landmarks TSV ("" = centre crop)
@@ -93,14 +87,6 @@ def get_config() -> ml_collections.ConfigDict:
       # "general": F applied per FDM, "auto": the faster in a timed trial when F is affine
       occluder_dir="",  # occluders of the test probes; "" = those of config.occlusion
       occluder_split="test",  # ... of this split of occlusion.splits ("select": choosing)
-      # AR's own photos of real sunglasses and scarves (labels.tsv; the "ar_real" protocol,
-      # paper Table 6), aligned by dlib landmarks ("landmarks") or centre-cropped ("centre")
-      ar_real_root="", ar_real_alignment="landmarks",
-      # MegaFace's curve on real faces (the "lfw_distractors" protocol): LFW's flat image
-      # folder and landmarks TSV; every lfw_probe_every-th identity with >= 2 images is
-      # probed (the rest are distractors, with the num_distractors above); rank-1 at these
-      # distractor counts (and 0 and all)
-      lfw_root="", lfw_landmarks="", lfw_probe_every=2, distractor_sizes=(10, 100, 1000),
       procedural=True,  # with occluder_dir: also the built-in occluders
       procedural_categories=("sunglasses", "mask", "hand", "object"),  # ... of these kinds
       occlusion_source="ground_truth",  # where test-time occlusion masks come from; rows
@@ -110,11 +96,16 @@ def get_config() -> ml_collections.ConfigDict:
       # faces with no occluded block with the trunk's F instead (evaluators.py)
       models=("Trunk=trunk", "Baseline=baseline", "PDSN=trunk+fdm",
               "PDSN + fine-tune=finetune+fdm"),
-      # what each row is measured by (pdsn_jax/evaluation/evaluators.PROTOCOLS): pair
-      # verification (clean + occluded second image; its thresholds are what `verify`
-      # decides with), AR-style (pasted) protocols 1/2 rank-1, identification among
-      # distractors; also "ar_real" and "lfw_distractors" (their own data, keys above)
-      protocols=("verification", "ar_p1", "ar_p2", "distractors"),
+      # what each row is measured by: protocol name -> its own settings (each protocol's
+      # Settings in pdsn_jax/evaluation/protocols/<module>.py: keys and defaults; {} = the
+      # defaults). Pair verification (clean + occluded second image, per condition; its
+      # thresholds are what `verify` decides with; pairs_file / pairs_bin for a pairs
+      # file), AR-style (pasted) protocols 1/2 rank-1, identification among distractors;
+      # also "ar_real" (AR's real sunglasses and scarves: root, alignment, subjects,
+      # distractor_sizes) and "lfw_distractors" (LFW: root, landmarks, probe_every, sizes)
+      protocols=dict(
+          verification=dict(conditions=("sunglasses", "mask", "hand", "object", "blocks")),
+          ar_p1={}, ar_p2={}, distractors={}),
       ablations=True,  # Tables 1-3 on the trunk + dictionary
       tau_sweep=(0.0, 0.05, 0.15, 0.25, 0.35, 0.45)))
 

@@ -37,10 +37,11 @@ def get_config():
   # dlib's net has no batch norm and an unnormalised descriptor: fine-tune gently
   c.finetune.update(num_epochs=0.3, log_every=10, learning_rate=1e-4,
                     conditions=("sunglasses", "mask", "blocks"))
-  c.eval.update(pairs_file=f"{ROOT}/lfw/pairs.txt", pairs_root=f"{ROOT}/lfw",
-                pairs_pattern="lfw/{name}_{num:04d}.jpg",
-                pairs_landmarks=f"{ROOT}/lfw/landmarks.tsv", num_pairs=6000, batch_size=64,
-                conditions=("sunglasses", "mask"), procedural_categories=("hand", "object"),
+  c.eval.protocols.verification.update(
+      pairs_file=f"{ROOT}/lfw/pairs.txt", pairs_root=f"{ROOT}/lfw",
+      pairs_pattern="lfw/{name}_{num:04d}.jpg", pairs_landmarks=f"{ROOT}/lfw/landmarks.tsv",
+      conditions=("sunglasses", "mask"))
+  c.eval.update(num_pairs=6000, batch_size=64, procedural_categories=("hand", "object"),
                 identification_root=f"{ROOT}/ar_clean",
                 ar_gallery_images=3, num_distractors=500, tau_sweep=(0.0, 0.15, 0.25, 0.35))
   return c

@@ -23,7 +23,7 @@ Hygiene:
   held-out score) and test (tryon_rayban's 9 sunglasses, MaskTheFace's 21 masks; the
   evaluation only). The test faces are also occluded with hands and objects, drawings of
   categories no training stage draws (training draws only sunglasses and masks);
-* AR's real sunglasses and scarves (``eval.ar_real_root``, the ``ar_real`` protocol, paper
+* AR's real sunglasses and scarves (``eval.protocols.ar_real``: its test subjects 27-50, paper
   Table 6) are evaluation only: no stage trains or chooses a setting on them;
 * CelebA: the last 30 identities are held out (the ``:select`` protocol), the 40 before
   them are the distractors; neither is trained on;
@@ -57,6 +57,8 @@ Hygiene:
 """
 
 import os
+
+import ml_collections
 
 from configs import pdsn
 
@@ -113,17 +115,19 @@ def get_config(arg: str | None = None):
   # the face finder chosen by benchmarks/blazeface_tuned.py's rule (2026-12-03, docs/data.md):
   # erased faces with an occluder pasted as negatives, and a last try at 0.4
   c.face_finder.update(erased_occluder_prob=0.5, fallback_score=0.4)
-  c.eval.update(pairs_file=f"{DATA}/lfw/pairs.txt", pairs_root=f"{DATA}/lfw",
-                pairs_pattern="lfw/{name}_{num:04d}.jpg",
-                pairs_landmarks=f"{DATA}/lfw/landmarks.tsv", num_pairs=6000, batch_size=128,
-                conditions=("sunglasses", "mask", "hand", "object"),
-                procedural_categories=("hand", "object"),
+  c.eval.protocols = ml_collections.ConfigDict(dict(
+      verification=dict(pairs_file=f"{DATA}/lfw/pairs.txt", pairs_root=f"{DATA}/lfw",
+                        pairs_pattern="lfw/{name}_{num:04d}.jpg",
+                        pairs_landmarks=f"{DATA}/lfw/landmarks.tsv",
+                        conditions=("sunglasses", "mask", "hand", "object")),
+      ar_p1={}, ar_p2={}, distractors={},
+      # AR's test subjects (27-50) only; the development ones are for choosing (docs)
+      ar_real=dict(root=f"{DATA}/ar_real", subjects="test", distractor_sizes=(100, 1000)),
+      lfw_distractors=dict(root=f"{DATA}/lfw", landmarks=f"{DATA}/lfw/landmarks.tsv")))
+  c.eval.update(num_pairs=6000, batch_size=128, procedural_categories=("hand", "object"),
                 identification_root=f"{DATA}/ar_clean", ar_gallery_images=3,
                 num_distractors=100_000, tau_sweep=(0.0, 0.1, 0.25, 0.4),  # every distractor
-                ar_real_root=f"{DATA}/ar_real", gallery_dtype="int8",
-                lfw_root=f"{DATA}/lfw", lfw_landmarks=f"{DATA}/lfw/landmarks.tsv",
-                protocols=("verification", "ar_p1", "ar_p2", "distractors", "ar_real",
-                           "lfw_distractors"),
+                gallery_dtype="int8",
                 # one network per row, as the paper's; the variants that use the trunk's F
                 # for faces with no occluded block beside them
                 models=("Trunk=trunk", "Baseline=baseline",
@@ -132,9 +136,11 @@ def get_config(arg: str | None = None):
                         "PDSN + fine-tune + trunk F when clean=finetune+fdm+trunk_when_clean",
                         "PDSN + fine-tune=finetune+fdm"))
   if arg == "select":  # CelebA held-out identities and the select occluder files only
-    c.eval.update(pairs_file="", identification_root="", num_pairs=3000, num_distractors=0,
-                  occluder_split="select", ar_real_root="", lfw_root="", lfw_landmarks="",
-                  protocols=("verification", "ar_p1", "ar_p2"))
+    c.eval.update(identification_root="", num_pairs=3000, num_distractors=0,
+                  occluder_split="select")
+    c.eval.protocols = ml_collections.ConfigDict(dict(
+        verification=dict(conditions=c.eval.protocols.verification.conditions),
+        ar_p1={}, ar_p2={}))
   elif arg:
     raise ValueError(f"configs/real_mobilefacenet.py:{arg}: the only variant is ':select'")
   return c

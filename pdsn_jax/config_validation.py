@@ -4,8 +4,9 @@ import ml_collections
 
 from pdsn_jax import builders, pdsn_probe, recognition, stages, training
 from pdsn_jax import stage as stage_lib
-from pdsn_jax.data import alignment, ar_real, occlusion, placement, sources
-from pdsn_jax.evaluation import evaluators, protocols, search, store
+from pdsn_jax.data import alignment, occlusion, placement, sources
+from pdsn_jax.evaluation import evaluators, search, store
+from pdsn_jax.evaluation import sets as sets_lib
 from pdsn_jax.models import trunks
 
 
@@ -23,11 +24,10 @@ def _choices() -> dict:
       "finetune.loss": recognition.LOSSES,
       # "classifier" is the trunk stage's freeze_backbone, not a fine-tuning choice
       "finetune.trainable": tuple(t for t in recognition.TRAINABLE if t != "classifier"),
-      "eval.occlusion_source": protocols.OCCLUSION_SOURCES,
+      "eval.occlusion_source": sets_lib.OCCLUSION_SOURCES,
       "eval.gallery_dtype": store.DTYPES,
       "eval.search_path": search.PATHS,
       "eval.occluder_split": ("select", "test"),
-      "eval.ar_real_alignment": ar_real.ALIGNMENTS,
   }
   return out
 
@@ -120,25 +120,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
               "face_finder.fallback_score"):
     if not _skip(config, key) and not 0 <= _get(config, key) <= 1:
       raise ValueError(f"config.{key}={_get(config, key)!r} must be in [0, 1]")
-  for key in ("eval.conditions", "finetune.conditions"):
-    bad = [c for c in _get(config, key) if c not in placement.CONDITIONS]
-    if bad or not _get(config, key):
-      raise ValueError(f"config.{key}={tuple(_get(config, key))!r}: allowed values "
-                       f"{placement.CONDITIONS}")
-  bad = [p for p in config.eval.protocols if p not in evaluators.PROTOCOLS]
-  if bad or not config.eval.protocols:
-    raise ValueError(f"config.eval.protocols={tuple(config.eval.protocols)!r}: allowed values "
-                     f"{tuple(evaluators.PROTOCOLS)} (at least one)")
-  for name in config.eval.protocols:
-    for key in evaluators.get(name).config_keys:
-      if not config.eval.get(key):
-        raise ValueError(f"config.eval.protocols names {name!r} but config.eval.{key} is "
-                         f"empty: set it (see configs/pdsn.py)")
+  bad = [c for c in config.finetune.conditions if c not in placement.CONDITIONS]
+  if bad or not config.finetune.conditions:
+    raise ValueError(f"config.finetune.conditions={tuple(config.finetune.conditions)!r}: allowed "
+                     f"values {placement.CONDITIONS}")
+  evaluators.plan(config)  # the protocols (each checks its own settings) and the models
   splits = config.occlusion.splits
   bad = sorted(set(splits) - {"train", "select", "test"})
   if bad:
     raise ValueError(f"config.occlusion.splits has {bad}: allowed keys train, select, test")
-  evaluators.parse_models(config.eval.models)
   for tau in config.eval.tau_sweep:
     if not 0 <= tau < 1:
       raise ValueError(f"config.eval.tau_sweep has {tau!r}; every tau must be in [0, 1)")

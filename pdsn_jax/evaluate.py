@@ -25,11 +25,15 @@ import os
 import re
 import sys
 
+import dataclasses
+
 from absl import flags
+import ml_collections
 
 from pdsn_jax import provenance, run_config, stages
 from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.config_validation import validate
+from pdsn_jax.evaluation import evaluators
 
 _FLAGS = {}  # defined by ``cli`` only: importing this module (the tests do) defines no flag
 
@@ -40,13 +44,13 @@ def _define_flags() -> None:
   _FLAGS.update(
       workdir=d.DEFINE_string("workdir", None, "A finished run of python -m pdsn_jax.main."),
       name=d.DEFINE_string("name", None, "This evaluation's folder: RUN/evaluations/NAME."),
-      pairs=d.DEFINE_string("pairs", "", "An LFW-format pairs.txt (eval.pairs_file)."),
-      pairs_root=d.DEFINE_string("pairs_root", "", "Its images' folder (eval.pairs_root)."),
+      pairs=d.DEFINE_string("pairs", "", "An LFW-format pairs.txt "
+                            "(eval.protocols.verification.pairs_file)."),
+      pairs_root=d.DEFINE_string("pairs_root", "", "Its images' folder (pairs_root)."),
       pairs_landmarks=d.DEFINE_string("pairs_landmarks", "",
-                                      "Their landmarks TSV (eval.pairs_landmarks)."),
+                                      "Their landmarks TSV (pairs_landmarks)."),
       pairs_pattern=d.DEFINE_string(
-          "pairs_pattern", "",
-          "Image path of (name, number) under --pairs_root (eval.pairs_pattern)."),
+          "pairs_pattern", "", "Image path of (name, number) under --pairs_root (pairs_pattern)."),
       occluders=d.DEFINE_string(
           "occluders", "", "Folder of <category>/**/*.png occluders for the test faces, every "
           "file (eval.occluder_dir)."),
@@ -59,14 +63,18 @@ def _define_flags() -> None:
       identification_landmarks=d.DEFINE_string(
           "identification_landmarks", "", "Its landmarks TSV (eval.identification_landmarks)."),
       ar_real=d.DEFINE_string("ar_real", "", "An AR-style set of real occlusions (labels.tsv; "
-                              "eval.ar_real_root)."),
-      protocols=d.DEFINE_list("protocols", None, "The protocols to run (eval.protocols)."),
+                              "eval.protocols.ar_real.root)."),
+      protocols=d.DEFINE_list("protocols", None, "The protocols to run (the names of "
+                              "eval.protocols; each keeps the run's settings, else its "
+                              "defaults)."),
       set=d.DEFINE_multi_string(
           "set", [], "Any other field the evaluation alone reads, as FIELD=VALUE (e.g. "
-          "eval.num_pairs=300, eval.conditions=sunglasses,mask, detector.threshold=0.4)."))
+          "eval.num_pairs=300, eval.protocols.verification.conditions=sunglasses,mask, "
+          "detector.threshold=0.4)."))
 
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+PROTOCOLS = "eval.protocols"
 
 
 def _parse(field: str, old, text: str):
@@ -105,16 +113,18 @@ def _parse(field: str, old, text: str):
 def overrides_from_flags() -> dict:
   """{dotted field: text} of the flags given, the named flags first, then every ``--set``."""
   f = {k: v.value for k, v in _FLAGS.items()}
-  named = {"eval.pairs_file": f["pairs"], "eval.pairs_root": f["pairs_root"],
-           "eval.pairs_landmarks": f["pairs_landmarks"], "eval.pairs_pattern": f["pairs_pattern"],
+  v = "eval.protocols.verification."
+  named = {v + "pairs_file": f["pairs"], v + "pairs_root": f["pairs_root"],
+           v + "pairs_landmarks": f["pairs_landmarks"], v + "pairs_pattern": f["pairs_pattern"],
            "eval.occluder_dir": f["occluders"], "eval.identification_root": f["identification"],
            "eval.identification_landmarks": f["identification_landmarks"],
-           "eval.ar_real_root": f["ar_real"]}
-  out = {k: v for k, v in named.items() if v}
+           "eval.protocols.ar_real.root": f["ar_real"]}
+  out = {}
+  if f["protocols"] is not None:  # first: the settings below go into the protocols chosen
+    out[PROTOCOLS] = ",".join(f["protocols"])
+  out.update({k: v for k, v in named.items() if v})
   if f["test_globs"] is not None:
     out["occlusion.splits.test"] = ",".join(f["test_globs"])
-  if f["protocols"] is not None:
-    out["eval.protocols"] = ",".join(f["protocols"])
   for item in f["set"]:
     field, sep, value = item.partition("=")
     if not sep or not field.strip():
@@ -123,11 +133,37 @@ def overrides_from_flags() -> dict:
   return out
 
 
+def _apply_protocols(config, field: str, value) -> None:
+  """``eval.protocols=a,b`` (those protocols, each with the run's settings, else its defaults)
+  or ``eval.protocols.NAME.KEY=value`` (a registered protocol, added when the run lacks it; the
+  value typed like the key's default)."""
+  given = config.eval.protocols
+  if field == PROTOCOLS:
+    names = [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else value
+    config.eval.protocols = ml_collections.ConfigDict(
+        {n: given[n] if n in given else {} for n in names})
+    return
+  name, _, key = field[len(PROTOCOLS) + 1:].partition(".")
+  if name not in evaluators.PROTOCOLS:
+    raise KeyError(f"{field}: no protocol {name!r}; registered: {tuple(evaluators.PROTOCOLS)}")
+  if name not in given:
+    given[name] = ml_collections.ConfigDict()
+  cls = evaluators.get(name).settings
+  allowed = [f.name for f in dataclasses.fields(cls)] if cls is not None else []
+  if key not in allowed:
+    raise KeyError(f"{field}: the {name!r} protocol has no setting {key!r}; allowed: {allowed}")
+  old = given[name].get(key, getattr(cls(), key))
+  given[name][key] = _parse(field, old, value) if isinstance(value, str) else value
+
+
 def apply(config, changes: dict):
   """``config`` with ``changes`` ({dotted field: text or value}) applied, each typed like the
   field it replaces; an unknown field is refused naming its section's fields."""
   config = config.copy_and_resolve_references()
   for field, value in changes.items():
+    if field == PROTOCOLS or field.startswith(PROTOCOLS + "."):
+      _apply_protocols(config, field, value)
+      continue
     *parents, leaf = field.split(".")
     node = config
     for i, key in enumerate(parents):

@@ -17,10 +17,11 @@ def needed(config) -> dict[str, str]:
   """{module: the setting that needs it} for the stages and protocols ``config`` will run."""
   stages = {s.strip() for s in str(config.stages).split(",") if s.strip()}
   out = {}
-  if "evaluate" in stages and "ar_real" in tuple(config.eval.protocols) and \
-      config.eval.get("ar_real_alignment", "") == "landmarks":
-    why = "eval.protocols has 'ar_real' with eval.ar_real_alignment='landmarks' (AR's crops " \
-          "are aligned by dlib's landmarks; 'centre' needs nothing)"
+  ar_real = config.eval.protocols.get("ar_real") if hasattr(config.eval.protocols, "get") else None
+  if "evaluate" in stages and ar_real is not None and \
+      (ar_real or {}).get("alignment", "landmarks") == "landmarks":
+    why = "eval.protocols has 'ar_real' with alignment='landmarks' (AR's crops are aligned by " \
+          "dlib's landmarks; 'centre' needs nothing)"
     out.update(dlib=why, face_recognition_models=why)
   if "face_finder" in stages:
     why = "config.stages has 'face_finder' (BlazeFace's model files and their reader)"

@@ -9,6 +9,42 @@ import ml_collections
 from pdsn_jax import config_validation, files
 from pdsn_jax import workdir as workdir_lib
 
+# Before each protocol carried its own settings (eval.protocols was a list of names), these
+# eval fields held them: old field -> (protocol, its setting).
+_MOVED = {
+    "conditions": ("verification", "conditions"),
+    "pairs_file": ("verification", "pairs_file"),
+    "pairs_root": ("verification", "pairs_root"),
+    "pairs_pattern": ("verification", "pairs_pattern"),
+    "pairs_landmarks": ("verification", "pairs_landmarks"),
+    "pairs_bin": ("verification", "pairs_bin"),
+    "ar_real_root": ("ar_real", "root"),
+    "ar_real_alignment": ("ar_real", "alignment"),
+    "lfw_root": ("lfw_distractors", "root"),
+    "lfw_landmarks": ("lfw_distractors", "landmarks"),
+    "lfw_probe_every": ("lfw_distractors", "probe_every"),
+    "distractor_sizes": ("lfw_distractors", "sizes"),
+}
+
+
+def upgrade(raw: dict) -> dict:
+  """A run's config as written before protocols carried their settings, in today's layout
+  (the moved ``eval`` fields into ``eval.protocols.<name>``); a current one unchanged. The AR
+  protocol of such a run scored every subject, so its ``subjects`` says "all"."""
+  ev = raw.get("eval")
+  if not isinstance(ev, dict) or not isinstance(ev.get("protocols"), list):
+    return raw
+  ev = dict(ev)
+  protocols = {name: {} for name in ev["protocols"]}
+  for old, (name, key) in _MOVED.items():
+    value = ev.pop(old, None)
+    if name in protocols and value is not None:
+      protocols[name][key] = value
+  if "ar_real" in protocols:
+    protocols["ar_real"]["subjects"] = "all"
+  ev["protocols"] = protocols
+  return {**raw, "eval": ev}
+
 
 def load_config(workdir: str):
   """The config a run was made with (``config.json``), as a ConfigDict, checked by the same
@@ -17,7 +53,7 @@ def load_config(workdir: str):
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} not found: --workdir must be a run folder of "
                             "python -m pdsn_jax.main")
-  config = ml_collections.ConfigDict(files.read_json(path, "the run's config"))
+  config = ml_collections.ConfigDict(upgrade(files.read_json(path, "the run's config")))
   try:
     config_validation.validate(config)
   except (ValueError, KeyError, TypeError) as e:

@@ -216,7 +216,7 @@ def test_the_checks_see_a_planted_cycle_and_an_upward_import(tmp_path):
 # development subjects only (../shared/data/ar_real/README.md: test subjects 27-50 are scored
 # only for an adopted configuration).
 _AR_READERS = re.compile(r"\b(?:ar_real|ar_lib)\.(?:load|read_labels)\(")
-_AR_PROTOCOL = os.path.join("pdsn_jax", "evaluation", "real_ar.py")
+_AR_PROTOCOL = os.path.join("pdsn_jax", "evaluation", "protocols", "ar_real.py")
 
 
 def ar_readers_without_the_development_split(root: str) -> list[str]:

@@ -189,19 +189,29 @@ def test_a_user_who_knows_the_occlusion_names_it(run):
 def test_real_ar_protocol_ranks_by_hand(run, tmp_path):
   import shutil  # pylint: disable=g-import-not-at-top
   from pdsn_jax.data import ar_real  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.evaluation import evaluators, real_ar  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.evaluation import evaluators  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.evaluation.protocols import ar_real as real_ar  # pylint: disable=g-import-not-at-top
   from tests import ar_real_test  # pylint: disable=g-import-not-at-top
   wd, _ = run
   wd2 = str(tmp_path / "run")
   shutil.copytree(wd, wd2)
   folder = str(tmp_path / "ar")
   ar_real_test.make_ar_folder(folder, subjects=4)
-  helpers.run_main(wd2, STAGES, f"--config.eval.ar_real_root={folder}",
-                   "--config.eval.ar_real_alignment=centre",
-                   "--config.eval.protocols=('verification','ar_p1','ar_p2','ar_real')")
+  # the made-up folder's subjects are 1-4: development subjects of the paper's split
+  helpers.run_main(wd2, STAGES, "--config.eval.protocols={'verification': {}, 'ar_p1': {}, "
+                   f"'ar_p2': {{}}, 'ar_real': {{'root': '{folder}', 'alignment': 'centre', "
+                   "'subjects': 'development'}}")
   res = json.load(open(os.path.join(wd2, "results.json")))
   row = res["models"]["PDSN + fine-tune"]["ar_real"]
-  assert set(row) == {"detector", "category", "ground_truth"}
+  assert set(row) == {"subjects", "detector", "category", "ground_truth", "distractors"}
+  assert row["subjects"] == {"split": "development", "count": 4}
+  # among the evaluation's 10 distractors a probe can only lose
+  assert row["distractors"]["sizes"] == [10]
+  for loc in ("detector", "category", "ground_truth"):
+    for p in ("p1", "p2"):
+      for cond, (at10,) in row["distractors"][loc][p].items():
+        assert at10 <= row[loc][p][cond]
+  assert os.path.isfile(os.path.join(wd2, "evaluate", "ar_real_distractors.png"))
   assert set(row["category"]) == {"p1", "p2"}
   assert set(row["category"]["p2"]) == {"sunglasses", "scarf", "clean"}
   assert not any(evaluators.HITS in r for r in res["models"].values())

@@ -2,8 +2,10 @@
 
 import glob
 import importlib
+import json
 import os
 
+import ml_collections
 import pytest
 
 from pdsn_jax.config_validation import validate
@@ -22,8 +24,8 @@ def test_config_is_valid(name):
 def test_bad_values_name_key_and_allowed_values():
   from configs import pdsn  # pylint: disable=g-import-not-at-top
   c = pdsn.get_config()
-  c.eval.conditions = ("sunglasses", "rain")
-  with pytest.raises(ValueError, match=r"eval.conditions.*allowed"):
+  c.eval.protocols.verification.conditions = ("sunglasses", "rain")
+  with pytest.raises(ValueError, match=r"eval.protocols.verification.conditions.*allowed"):
     validate(c)
   c = pdsn.get_config()
   c.model.kind = "vgg"
@@ -62,21 +64,71 @@ def test_eval_models_and_protocols_are_checked():
   assert (two.fdm, two.trunk_when_clean, one.fdm, one.trunk_when_clean) == (True, True, True,
                                                                             False)
   c = pdsn.get_config()
-  c.eval.protocols = ("ar_p1", "nope")
-  with pytest.raises(ValueError, match=r"eval.protocols.*allowed values .*'ar_real'"):
+  c.eval.protocols = {"ar_p1": {}, "nope": {}}
+  with pytest.raises(ValueError, match=r"eval.protocols has \['ar_p1', 'nope'\]: allowed names "
+                                       r".*'ar_real'"):
     validate(c)
-  c.eval.protocols = ("ar_p1",)  # verification is not required
+  c.eval.protocols = {"ar_p1": {}}  # verification is not required
   validate(c)
-  c.eval.protocols = ("verification", "ar_real")  # a protocol's own config key, named
-  with pytest.raises(ValueError, match=r"names 'ar_real' but config.eval.ar_real_root is empty"):
+  # a config file written with the old list of names is told what to write now
+  c.eval = ml_collections.ConfigDict({**c.eval.to_dict(), "protocols": ("verification", "ar_p1")})
+  with pytest.raises(ValueError, match=r"a dict of protocol name -> its settings"):
     validate(c)
+
+
+@pytest.mark.parametrize("protocols, message", [
+    ({"verification": {}, "ar_real": {}},
+     r"config.eval.protocols.ar_real.root is empty: set it"),
+    ({"ar_real": {"root": "x", "subjects": "first"}},
+     r"config.eval.protocols.ar_real.subjects='first' is not one of \('test', 'development', "
+     r"'all'\)"),
+    ({"ar_real": {"root": "x", "rot": "y"}},
+     r"config.eval.protocols.ar_real: unknown key\(s\) \['rot'\]; allowed: \['root', "
+     r"'alignment', 'subjects', 'distractor_sizes'\]"),
+    ({"lfw_distractors": {"root": "x", "landmarks": "y", "sizes": (10, 0)}},
+     r"config.eval.protocols.lfw_distractors: probe_every=2 and every size \(10, 0\)"),
+    ({"ar_p1": {"gallery_images": 2}},
+     r"config.eval.protocols.ar_p1 has \['gallery_images'\]; the 'ar_p1' protocol takes no "
+     r"settings"),
+])
+def test_each_protocol_checks_its_own_settings(protocols, message):
+  from configs import pdsn  # pylint: disable=g-import-not-at-top
+  c = pdsn.get_config()
+  c.eval.protocols = protocols
+  with pytest.raises(ValueError, match=message):
+    validate(c)
+
+
+def test_a_run_made_before_protocols_had_settings_loads_in_todays_layout(tmp_path):
+  from configs import real_mobilefacenet  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import run_config  # pylint: disable=g-import-not-at-top
+  old = real_mobilefacenet.get_config().to_dict()
+  ev = old["eval"]
+  v, ar, lfw = (ev["protocols"][k] for k in ("verification", "ar_real", "lfw_distractors"))
+  ev.update(pairs_file=v["pairs_file"], pairs_root=v["pairs_root"],
+            pairs_pattern=v["pairs_pattern"], pairs_landmarks=v["pairs_landmarks"], pairs_bin="",
+            conditions=list(v["conditions"]), ar_real_root=ar["root"],
+            ar_real_alignment="landmarks", lfw_root=lfw["root"], lfw_landmarks=lfw["landmarks"],
+            lfw_probe_every=2, distractor_sizes=[10, 100, 1000],
+            protocols=["verification", "ar_p1", "ar_p2", "distractors", "ar_real",
+                       "lfw_distractors"])
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  c = run_config.load_config(str(tmp_path))
+  assert "pairs_file" not in c.eval and "ar_real_root" not in c.eval
+  assert c.eval.protocols.verification.pairs_file == v["pairs_file"]
+  assert tuple(c.eval.protocols.verification.conditions) == tuple(v["conditions"])
+  # it scored every AR subject then
+  assert c.eval.protocols.ar_real.to_dict() == {"root": ar["root"], "alignment": "landmarks",
+                                                "subjects": "all"}
+  assert tuple(c.eval.protocols.lfw_distractors.sizes) == (10, 100, 1000)
 
 
 def test_real_mobilefacenet_variants():
   from configs import real_mobilefacenet  # pylint: disable=g-import-not-at-top
   sel = real_mobilefacenet.get_config("select")
   validate(sel)
-  assert not sel.eval.pairs_file and sel.eval.num_distractors == 0
+  assert list(sel.eval.protocols.keys()) == ["ar_p1", "ar_p2", "verification"]
+  assert not sel.eval.protocols.verification.get("pairs_file") and sel.eval.num_distractors == 0
   with pytest.raises(ValueError, match=":select"):
     real_mobilefacenet.get_config("lfw")
 
@@ -94,6 +146,6 @@ def test_main_names_a_missing_optional_package_before_any_stage(monkeypatch):
   with pytest.raises(ImportError, match=r"dlib: needed because eval.protocols has 'ar_real'.*"
                                         r"pip install dlib-bin"):
     packages.check(c)
-  c.eval.ar_real_alignment = "centre"  # aligned without landmarks: nothing more to install
+  c.eval.protocols.ar_real.alignment = "centre"  # without landmarks: nothing more to install
   packages.check(c)
   assert packages.needed(importlib.import_module("configs.tiny").get_config()) == {}

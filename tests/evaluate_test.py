@@ -68,7 +68,7 @@ def test_a_finished_run_is_scored_on_other_pairs_and_occluders_without_retrainin
   _cmd(f"--workdir={wd}", "--name=mine", f"--pairs={data / 'pairs.txt'}",
        f"--pairs_root={data / 'faces'}", "--pairs_pattern={name}/{name}_{num:04d}.png",
        f"--occluders={data / 'occluders'}", "--protocols=verification",
-       "--set=eval.conditions=sunglasses")
+       "--set=eval.protocols.verification.conditions=sunglasses")
 
   assert {s: _tree_digest(os.path.join(wd, s)) for s in stages + ["evaluate"]} == before
   assert [open(p, "rb").read() for p in workdir_lib.results_files(wd)] == own
@@ -81,7 +81,8 @@ def test_a_finished_run_is_scored_on_other_pairs_and_occluders_without_retrainin
   assert set(rows["occluded"]) == {"sunglasses"} and "ar_p1" not in rows
   assert rows["clean"]["negatives"] == 6  # the user's 12 pairs, not the run's 40 generated ones
   with open(os.path.join(out, "evaluation.json"), encoding="utf-8") as f:
-    assert json.load(f)["changes"]["eval.pairs_file"] == str(data / "pairs.txt")
+    assert json.load(f)["changes"]["eval.protocols.verification.pairs_file"] == str(
+        data / "pairs.txt")
   md = open(os.path.join(out, "results.md"), encoding="utf-8").read()
   assert str(data / "pairs.txt") in md and str(data / "occluders") in md
 
@@ -97,9 +98,21 @@ def test_a_change_a_trained_stage_recorded_is_refused_naming_it(tiny_run, tmp_pa
     evaluate.plan(wd, "x", {"eval.num_pairs": "many"})
   with pytest.raises(ValueError, match="a folder name"):
     evaluate.plan(wd, "../x", {})
-  c = evaluate.plan(wd, "ok", {"eval.conditions": "sunglasses,mask", "detector.threshold": "0.4",
-                               "eval.num_pairs": "20"})
-  assert tuple(c.eval.conditions) == ("sunglasses", "mask") and c.eval.num_pairs == 20
+  c = evaluate.plan(wd, "ok", {"eval.protocols.verification.conditions": "sunglasses,mask",
+                               "detector.threshold": "0.4", "eval.num_pairs": "20"})
+  assert tuple(c.eval.protocols.verification.conditions) == ("sunglasses", "mask")
+  assert c.eval.num_pairs == 20
+  # another protocol with its settings, added to the run's (typed like its defaults)
+  c = evaluate.plan(wd, "ar", {"eval.protocols": "verification,ar_real",
+                               "eval.protocols.ar_real.root": "/data/ar",
+                               "eval.protocols.ar_real.distractor_sizes": "10,20"})
+  assert list(c.eval.protocols.keys()) == ["ar_real", "verification"]
+  assert c.eval.protocols.ar_real.to_dict() == {"root": "/data/ar", "distractor_sizes": (10, 20)}
+  with pytest.raises(KeyError, match=r"the 'ar_real' protocol has no setting 'rot'; allowed: "
+                                     r"\['root', 'alignment'"):
+    evaluate.plan(wd, "x", {"eval.protocols.ar_real.rot": "/data/ar"})
+  with pytest.raises(ValueError, match=r"eval.protocols.ar_real.root is empty"):
+    evaluate.plan(wd, "x", {"eval.protocols": "ar_real"})
   assert not os.path.exists(workdir_lib.evaluation_dir(wd, "ok"))  # nothing written by a plan
 
 

@@ -12,7 +12,8 @@ from configs import tiny
 from pdsn_jax import builders, fdm, parallel
 from pdsn_jax.data import occlusion, pairs, placement
 from pdsn_jax.data.synthetic import SyntheticFaces
-from pdsn_jax.evaluation import masked, protocols
+from pdsn_jax.evaluation import masked
+from pdsn_jax.evaluation import sets as sets_lib
 from pdsn_jax.evaluation.verification import cosine_scores
 
 LIB = occlusion.OccluderLibrary("", True)
@@ -21,7 +22,7 @@ B = {b: k for k, b in enumerate(occlusion.CENTRAL_BLOCKS)}  # block id -> flag c
 
 
 def _flags(condition, n=8, seed=0):
-  occ = protocols.occlude_all(FACES[:n], condition, LIB, seed, 0)
+  occ = sets_lib.occlude_all(FACES[:n], condition, LIB, seed, 0)
   return occ, occlusion.block_flags(occ.masks)
 
 
@@ -49,14 +50,14 @@ def test_unknown_condition_and_source_fail_clearly():
     placement.occlude(FACES[0], np.random.default_rng(0), LIB, "umbrella")
   occ, _ = _flags("mask", 2)
   with pytest.raises(ValueError, match="occlusion_source"):
-    protocols.locate(occ, "oracle")
+    sets_lib.locate(occ, "oracle")
   with pytest.raises(ValueError, match="detector"):
-    protocols.locate(occ, "detector")
+    sets_lib.locate(occ, "detector")
 
 
 def test_ar_split_protocols():
   labels = np.repeat(np.arange(3), 5)
-  g1, g2, probes = protocols.ar_split(labels, 3)
+  g1, g2, probes = sets_lib.ar_split(labels, 3)
   assert len(g1) == 9 and len(g2) == 3 and len(probes) == 6
   assert set(g2) <= set(g1) and not set(g1) & set(probes)
   assert sorted(labels[g2].tolist()) == [0, 1, 2]

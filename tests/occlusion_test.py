@@ -177,11 +177,12 @@ def test_real_config_splits_are_disjoint_by_source_and_cover_the_evaluated_categ
              for s, v in flat.items()}
   for a, b in (("train", "select"), ("train", "test"), ("select", "test")):
     assert not flat[a] & flat[b] and not sources[a] & sources[b], (a, b)
-  file_conditions = [k for k in c.eval.conditions if k not in c.eval.procedural_categories
+  file_conditions = [k for k in c.eval.protocols.verification.conditions
+                     if k not in c.eval.procedural_categories
                      and k != "blocks"]
   assert file_conditions and all(files["test"].get(k) for k in file_conditions)
   assert all(files["train"].get(k) for k in c.occlusion.procedural_categories)
   # hands and objects stay categories no training stage sees: no training file of theirs
   assert set(files["train"]) == set(c.occlusion.procedural_categories) == {"sunglasses", "mask"}
   sel = real_mobilefacenet.get_config("select")
-  assert sel.eval.occluder_split == "select" and not sel.eval.ar_real_root
+  assert sel.eval.occluder_split == "select" and "ar_real" not in sel.eval.protocols

@@ -1,7 +1,9 @@
-"""A new protocol is one module and one registry line (issue 23): a toy protocol registered here
-brings its own images, their U and its section of results.md, and the evaluate stage, the
-report and the config validation run it without naming it."""
+"""A new protocol is one module and one registry line (issues 23, 37): a toy protocol registered
+here brings its own settings (checked by the config validation), its own images, their U and
+its section of results.md, and the evaluate stage, the report and the config validation run it
+without naming it."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -14,9 +16,19 @@ from pdsn_jax import config_validation, recognizer, stages
 from pdsn_jax.evaluation import evaluators, search, tables
 
 
-def _inputs(config, sets):
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+  axis: str = "horizontal"  # how the faces are mirrored: "horizontal" or "vertical"
+
+  def check(self, where):
+    if self.axis not in ("horizontal", "vertical"):
+      raise ValueError(f"{where}.axis={self.axis!r}: horizontal or vertical")
+
+
+def _inputs(config, sets, settings):
   del config
-  return type(sets)(**{**sets.__dict__, "extra": {**sets.extra, "mirrored": sets.faces[:, :, ::-1]}})
+  mirrored = sets.faces[:, :, ::-1] if settings.axis == "horizontal" else sets.faces[:, ::-1]
+  return type(sets)(**{**sets.__dict__, "extra": {**sets.extra, "mirrored": mirrored}})
 
 
 def _features(features, sets):
@@ -32,7 +44,8 @@ def _run(ctx, model):
   scores = probe @ gallery.T
   np.fill_diagonal(scores, -np.inf)
   hits = sets.labels[np.argmax(scores, 1)] == sets.labels
-  return {"mirrored": {"rank1": float(hits.mean())}, evaluators.HITS: {"mirrored/rank1": hits}}
+  return {"mirrored": {"rank1": float(hits.mean()), "axis": ctx.settings["mirrored"].axis},
+          evaluators.HITS: {"mirrored/rank1": hits}}
 
 
 def _columns(row):
@@ -45,27 +58,51 @@ def _section(results):
   return ["## Mirrored faces", ""] + tables.table(["Model", "rank-1"], rows) + [""]
 
 
-@pytest.mark.slow
-def test_a_registered_toy_protocol_runs_in_the_evaluate_stage(tmp_path, tiny_run):
-  wd = str(tmp_path / "run")
-  shutil.copytree(tiny_run, wd, ignore=shutil.ignore_patterns("export"))
-  evaluators.register("mirrored", evaluators.Protocol(
-      run=_run, section=_section, columns=_columns, title="mirrored", inputs=_inputs,
-      features=_features))
+@pytest.fixture
+def mirrored():
+  evaluators.register("mirrored", evaluators.Protocol(  # the one registry line
+      run=_run, section=_section, columns=_columns, title="mirrored", settings=_Settings,
+      inputs=_inputs, features=_features))
   try:
-    config = tiny.get_config()
-    config.stages = "evaluate"
-    config.eval.protocols = ("ar_p2", "mirrored")  # no verification: not required
-    config.eval.batch_size = 8
-    config_validation.validate(config)
-    stages.evaluate.STAGE.run(config, wd)
+    yield
   finally:
     evaluators.PROTOCOLS.pop("mirrored")
+
+
+def test_a_toy_protocols_settings_are_checked_by_the_config_validation(mirrored):
+  config = tiny.get_config()
+  config.eval.protocols = {"ar_p2": {}, "mirrored": {"axis": "diagonal"}}
+  with pytest.raises(ValueError, match=r"config.eval.protocols.mirrored.axis='diagonal': "
+                                       r"horizontal or vertical"):
+    config_validation.validate(config)
+  config.eval.protocols = {"ar_p2": {}, "mirrored": {"axes": "vertical"}}
+  with pytest.raises(ValueError, match=r"config.eval.protocols.mirrored: unknown key\(s\) "
+                                       r"\['axes'\]; allowed: \['axis'\]"):
+    config_validation.validate(config)
+  config.eval.protocols = {"mirrored": {}, "ar_p2": {}}
+  plan = evaluators.plan(config)
+  assert list(plan.protocols) == ["ar_p2", "mirrored"]  # the registry's order
+  assert plan.settings["mirrored"] == _Settings("horizontal")  # the defaults
+  assert plan.settings["ar_p2"] is None
+
+
+@pytest.mark.slow
+def test_a_registered_toy_protocol_runs_in_the_evaluate_stage(tmp_path, tiny_run, mirrored):
+  wd = str(tmp_path / "run")
+  shutil.copytree(tiny_run, wd, ignore=shutil.ignore_patterns("export"))
+  config = tiny.get_config()
+  config.stages = "evaluate"
+  # no verification: not required
+  config.eval.protocols = {"ar_p2": {}, "mirrored": {"axis": "vertical"}}
+  config.eval.batch_size = 8
+  config_validation.validate(config)
+  stages.evaluate.STAGE.run(config, wd)
   res = json.load(open(os.path.join(wd, "results.json")))
   md = open(os.path.join(wd, "results.md")).read()
   assert set(res["models"]) >= {"Trunk", "PDSN", "PDSN + fine-tune"}
   for name, row in res["models"].items():
     assert 0 <= row["mirrored"]["rank1"] <= 1 and "clean" not in row, name
+    assert row["mirrored"]["axis"] == "vertical"
     assert f"| {name} | {tables.pct(row['mirrored']['rank1'])} |" in md
   assert "## Mirrored faces" in md and "## Verification" not in md
   # its columns join the ablation tables and its hits the paired differences
@@ -92,7 +129,7 @@ def _lfw_like(root) -> tuple[str, str]:
 
 @pytest.mark.slow
 def test_lfw_distractors_split_and_curve(tmp_path, tiny_run):
-  from pdsn_jax.evaluation import lfw_distractors  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.evaluation.protocols import lfw_distractors  # pylint: disable=g-import-not-at-top
   from pdsn_jax.evaluation import store  # pylint: disable=g-import-not-at-top
   root, tsv = _lfw_like(tmp_path)
   paths = sorted(os.path.join(root, f) for f in os.listdir(root))
@@ -106,8 +143,9 @@ def test_lfw_distractors_split_and_curve(tmp_path, tiny_run):
   shutil.copytree(tiny_run, wd, ignore=shutil.ignore_patterns("export"))
   config = tiny.get_config()
   config.stages = "evaluate"
-  config.eval.update(protocols=("lfw_distractors", "distractors"), lfw_root=root,
-                     lfw_landmarks=tsv, distractor_sizes=(4, 100), batch_size=8, ablations=False)
+  config.eval.protocols = {"lfw_distractors": {"root": root, "landmarks": tsv, "sizes": (4, 100)},
+                           "distractors": {}}
+  config.eval.update(batch_size=8, ablations=False)
   config_validation.validate(config)
   stages.evaluate.STAGE.run(config, wd)
   res = json.load(open(os.path.join(wd, "results.json")))

@@ -1,12 +1,15 @@
 """Evaluators built from the config, as big_vision's ``config.evals``: which models are compared
-(``eval.models``) and which protocols each one runs (``eval.protocols``).
+(``eval.models``) and which protocols each one runs, with each protocol's own settings
+(``eval.protocols``, a dict: protocol name -> its settings).
 
 A model is ``"Name=stage"`` (the stage's network, plain embeddings F(U)) or
 ``"Name=stage+fdm"`` (the same under the probe's FDM from the stage II dictionary,
 F(M * U)). A protocol is a ``Protocol``: it runs per model, may bring its own inputs, their U
-and their block flags, and writes its own section of results.md. Adding one is a module with a
-``PROTOCOL`` and its line in ``PROTOCOLS`` (e.g. ``evaluation/real_ar.py``); nothing in the
-evaluate stage, the report or the config validation names a protocol.
+and their block flags, and writes its own section of results.md; its ``settings`` dataclass
+names its keys, their defaults and their checks. Adding one is a module in
+``evaluation/protocols/`` with a ``PROTOCOL`` and its line in ``PROTOCOLS``; nothing in the
+evaluate stage, the report or the config validation names a protocol. ``plan(config)`` is what
+the evaluation runs (models x protocols), built once.
 """
 
 import dataclasses
@@ -17,7 +20,8 @@ import numpy as np
 
 from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.data import occlusion
-from pdsn_jax.evaluation import masked, protocols, search, tables, verification
+from pdsn_jax.evaluation import masked, search, tables
+from pdsn_jax.evaluation import sets as sets_lib
 
 HITS = "_hits"  # per pair / probe right or wrong, taken out by evaluate for paired statistics
 THRESHOLDS = "mean_fold_threshold"  # taken out into evaluate/thresholds.json
@@ -69,11 +73,12 @@ class Context:
   """What every protocol reads: the images, their U, the block flags, the embedding engine."""
 
   embedder: masked.Embedder
-  sets: protocols.EvalSets
+  sets: sets_lib.EvalSets
   feats: dict  # U per image group (see evaluate's ``_features``)
   flags: dict  # block flags per occluded group ("second", "probes")
   searcher: search.Searcher | None = None  # streaming top-k over a gallery store
   distractors: Any = None  # the distractors' gallery store (``evaluation.store.Store``)
+  settings: dict = dataclasses.field(default_factory=dict)  # protocol name -> its settings
 
 
 @dataclasses.dataclass
@@ -110,12 +115,15 @@ class Protocol:
   columns(row) -> {header: fraction}: the row's headline numbers (the console line and the
     ablation tables).
   title: names its columns in the paired-difference tables ("<key>/..." hits).
-  config_keys: ``eval.*`` fields it needs set (the config validation says which is empty).
-  inputs(config, sets) -> sets: its own images, added to ``sets.extra``.
+  settings: a dataclass whose fields (with defaults) are the keys ``eval.protocols.<name>``
+    may set; its ``check(where)`` (optional) raises ValueError naming a bad value. The hooks read
+    their instance as ``ctx.settings[name]`` or their ``settings`` argument.
+  inputs(config, sets, settings) -> sets: its own images, added to ``sets.extra``.
   features(embed, sets) -> {name: U}: U of those images, into ``ctx.feats`` (per checkpoint).
-  locate(config, sets, flags, predict, workdir) -> dict: adds its block flags to ``flags``
+  locate(config, sets, flags, predict, workdir, settings) -> dict: adds its block flags to ``flags``
     (``predict``: the occlusion detector or None); what it returns goes into results.json.
-  figures(results, workdir) -> paths: its figures, written with results.md.
+  figures(results, workdir, sets, flags) -> paths: its figures, written with results.md.
+  describe(settings) -> str: what results.md's data line says of its own data ("" nothing).
   ablations: it also scores Tables 1-3; distractor_store: it searches the distractors' store
   (``ctx.distractors``, built from ``sets.distractors``, which ``inputs`` may extend: every
   such protocol searches the same store); paired_in_section: its section prints its paired
@@ -126,82 +134,15 @@ class Protocol:
   section: Callable[[dict], list[str]]
   columns: Callable[[dict], dict] = _no_columns
   title: str = ""
-  config_keys: tuple[str, ...] = ()
+  settings: type | None = None
   inputs: Callable | None = None
   features: Callable | None = None
   locate: Callable | None = None
   figures: Callable | None = None
+  describe: Callable | None = None
   ablations: bool = True
   distractor_store: bool = False
   paired_in_section: bool = False
-
-
-def _verification(scores, issame, hits: dict, key: str) -> dict:
-  r = verification.report(scores, issame)
-  hits[key] = r["correct"]
-  return {"accuracy": r["accuracy"], "std": r["std"], "tar_at_far_1e-3": r["tar_at_far_1e-3"],
-          "negatives": r["negatives"],
-          # taken out into evaluate/thresholds.json (the commands' decision thresholds)
-          THRESHOLDS: float(np.mean(r["thresholds"]))}
-
-
-def pair_verification(ctx: Context, model: Model) -> dict:
-  """10-fold verification of the pairs clean, and with the second image occluded per
-  condition; both faces under the FDM of the blocks occluded in either (the first is clean)."""
-  sets, u = ctx.sets, ctx.feats["pair_faces"]
-  pa, pb = sets.pairs[:, 0], sets.pairs[:, 1]
-  none = np.zeros((len(pa), ctx.flags["blocks"]), bool)
-  ea, eb = model.embed(ctx, u[pa], none), model.embed(ctx, u[pb], none)
-  hits: dict = {}
-  out = {"clean": _verification(np.sum(ea * eb, 1), sets.issame, hits, "verification/clean"),
-         "occluded": {}, HITS: hits}
-  for cond, fl in ctx.flags["second"].items():
-    ea, eb = model.embed(ctx, u[pa], fl), model.embed(ctx, ctx.feats["second"][cond], fl)
-    out["occluded"][cond] = _verification(np.sum(ea * eb, 1), sets.issame, hits,
-                                          f"verification/{cond}")
-  return out
-
-
-def _ar(gallery_name: str) -> Callable[[Context, Model], dict]:
-  def ar(ctx: Context, model: Model) -> dict:
-    """AR-style (pasted) rank-1: probes with pasted occluders against a clean gallery, per
-    condition."""
-    sets = ctx.sets
-    gallery = getattr(sets, gallery_name)
-    probe_labels = sets.labels[sets.probes]
-    res, hits = {}, {}
-    name = gallery_name.replace("gallery_", "ar_")
-    faces = search.ArrayGallery(ctx.feats["faces"][gallery], sets.labels[gallery])
-    for cond, fl in ctx.flags["probes"].items():
-      arg = model.top1(ctx, faces, ctx.feats["probes"][cond], fl)
-      hits[f"{name}/{cond}"] = sets.labels[gallery][arg] == probe_labels
-      res[cond] = float(np.mean(hits[f"{name}/{cond}"]))
-    return {name: res, HITS: hits}
-  return ar
-
-
-def distractor_identification(ctx: Context, model: Model) -> dict:
-  """MegaFace-style rank-1: protocol 2's gallery plus the distractors, streamed from their
-  gallery store; clean and occluded probes."""
-  sets, feats = ctx.sets, ctx.feats
-  if ctx.distractors is None:
-    return {}
-  g = sets.gallery_p2
-  gallery = search.ConcatGallery([search.ArrayGallery(feats["faces"][g], sets.labels[g]),
-                                  ctx.distractors])
-  gallery_labels = np.concatenate([sets.labels[g], np.full(ctx.distractors.num_faces, -1)])
-  probe_labels = sets.labels[sets.probes]
-  res = {"num_distractors": int(ctx.distractors.num_faces)}
-  probe_sets = {"clean": (feats["faces"][sets.probes],
-                          np.zeros((len(sets.probes), ctx.flags["blocks"]), bool))}
-  probe_sets.update({c: (feats["probes"][c], fl) for c, fl in ctx.flags["probes"].items()})
-  hits = {}
-  for cond, (pu, fl) in probe_sets.items():
-    hits[f"distractors/{cond}"] = gallery_labels[model.top1(ctx, gallery, pu, fl)] == probe_labels
-    res[cond] = float(np.mean(hits[f"distractors/{cond}"]))
-  return {"distractors": res, HITS: hits}
-
-
 
 
 def pop_thresholds(models: dict) -> dict:
@@ -221,33 +162,7 @@ def pop_thresholds(models: dict) -> dict:
   return out
 
 
-def _occluded_mean(r: dict) -> float:
-  return float(np.mean([v["accuracy"] for v in r["occluded"].values()]))
-
-
-def _verification_section(results: dict) -> list[str]:
-  rows = {n: r for n, r in results["models"].items() if "clean" in r}
-  if not rows:
-    return []
-  pct, conds = tables.pct, list(next(iter(rows.values()))["occluded"])
-  body = []
-  for name, r in rows.items():
-    body.append([name, f"{pct(r['clean']['accuracy'])} ± {pct(r['clean']['std'])}",
-                 verification.format_tar(r["clean"]["tar_at_far_1e-3"], r["clean"]["negatives"])]
-                + [f"{pct(r['occluded'][c]['accuracy'])} ± {pct(r['occluded'][c]['std'])}"
-                   for c in conds] + [pct(_occluded_mean(r))])
-  return (["## Verification", ""] + tables.table(
-      ["Model", "clean", "clean TAR@FAR=1e-3"] + conds + ["occluded mean"], body) + [""])
-
-
-def _verification_columns(r: dict) -> dict:
-  if "clean" not in r:
-    return {}
-  return {"clean": r["clean"]["accuracy"], "occluded mean": _occluded_mean(r),
-          **{c: v["accuracy"] for c, v in r["occluded"].items()}}
-
-
-def _rank1_protocol(key: str, title: str, run, **kw) -> Protocol:
+def rank1_protocol(key: str, title: str, run, **kw) -> Protocol:
   """A protocol whose row is ``{key: {column: rank-1}}``, in a table of its own."""
   def columns(r: dict) -> dict:
     return {f"{title} {c}": v for c, v in r.get(key, {}).items() if c != "num_distractors"}
@@ -266,16 +181,15 @@ def _rank1_protocol(key: str, title: str, run, **kw) -> Protocol:
   return Protocol(run=run, section=section, columns=columns, title=title, **kw)
 
 
-# name -> Protocol, or "module:attribute" of one (imported on first use)
+# name -> Protocol, or "module:attribute" of one (imported on first use); the order is the order
+# of their sections in results.md
 PROTOCOLS: dict[str, Any] = {
-    "verification": Protocol(run=pair_verification, section=_verification_section,
-                             columns=_verification_columns, title="verification"),
-    "ar_p1": _rank1_protocol("ar_p1", "AR-style (pasted) P1", _ar("gallery_p1")),
-    "ar_p2": _rank1_protocol("ar_p2", "AR-style (pasted) P2", _ar("gallery_p2")),
-    "distractors": _rank1_protocol("distractors", "distractors", distractor_identification,
-                                   ablations=False, distractor_store=True),
-    "ar_real": "pdsn_jax.evaluation.real_ar:PROTOCOL",
-    "lfw_distractors": "pdsn_jax.evaluation.lfw_distractors:PROTOCOL",
+    "verification": "pdsn_jax.evaluation.protocols.verification:PROTOCOL",
+    "ar_p1": "pdsn_jax.evaluation.protocols.ar_pasted:P1",
+    "ar_p2": "pdsn_jax.evaluation.protocols.ar_pasted:P2",
+    "distractors": "pdsn_jax.evaluation.protocols.distractors:PROTOCOL",
+    "ar_real": "pdsn_jax.evaluation.protocols.ar_real:PROTOCOL",
+    "lfw_distractors": "pdsn_jax.evaluation.protocols.lfw_distractors:PROTOCOL",
 }
 
 
@@ -295,12 +209,70 @@ def register(name: str, protocol: Protocol) -> None:
   PROTOCOLS[name] = protocol
 
 
-def run_protocols(ctx: Context, model: Model, names) -> dict:
-  """Every protocol of ``names`` (``eval.protocols``) for one model, merged into one dict;
+def settings(name: str, given) -> Any:
+  """The protocol's settings from ``given`` (its ``eval.protocols`` entry; None or {}: its
+  defaults), checked; ValueError naming an unknown key with the allowed ones, or a bad value."""
+  where = f"config.eval.protocols.{name}"
+  given = {} if given is None else dict(given)
+  cls = get(name).settings
+  if cls is None:
+    if given:
+      raise ValueError(f"{where} has {sorted(given)}; the {name!r} protocol takes no settings")
+    return None
+  allowed = [f.name for f in dataclasses.fields(cls)]
+  bad = sorted(set(given) - set(allowed))
+  if bad:
+    raise ValueError(f"{where}: unknown key(s) {bad}; allowed: {allowed}")
+  out = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+  if hasattr(out, "check"):
+    out.check(where)
+  return out
+
+
+def protocol_names(config) -> list[str]:
+  """The protocols ``config.eval.protocols`` turns on, in ``PROTOCOLS`` order; ValueError naming
+  an unknown one, or none."""
+  given = config.eval.protocols
+  if not hasattr(given, "keys"):
+    raise ValueError(
+        f"config.eval.protocols={given!r}: a dict of protocol name -> its settings, e.g. "
+        "{'verification': {}, 'ar_real': {'root': '../shared/data/ar_real'}} (on the command "
+        "line: --config.eval.protocols=\"{'verification': {}}\"); allowed names: "
+        f"{tuple(PROTOCOLS)}")
+  bad = [n for n in given.keys() if n not in PROTOCOLS]
+  if bad or not len(given):
+    raise ValueError(f"config.eval.protocols has {sorted(given.keys())}: allowed names "
+                     f"{tuple(PROTOCOLS)} (at least one)")
+  return [n for n in PROTOCOLS if n in given]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """What the evaluation runs, built once from the config: the models (rows) and the protocols
+  (with their settings) each one runs."""
+
+  models: tuple[ModelSpec, ...]
+  protocols: dict[str, Protocol]
+  settings: dict[str, Any]
+
+  def with_hook(self, hook: str) -> list[tuple[str, Protocol]]:
+    """(name, protocol) of the protocols that have ``hook``."""
+    return [(n, p) for n, p in self.protocols.items() if getattr(p, hook) is not None]
+
+
+def plan(config) -> Plan:
+  """The evaluation plan of ``config`` (``eval.models`` x ``eval.protocols``), checked."""
+  names = protocol_names(config)
+  return Plan(tuple(parse_models(config.eval.models)), {n: get(n) for n in names},
+              {n: settings(n, config.eval.protocols[n]) for n in names})
+
+
+def run_protocols(ctx: Context, model: Model, protocols) -> dict:
+  """Every protocol of ``protocols`` ({name: Protocol}) for one model, merged into one dict;
   their per-item hits (``HITS``, "protocol/column" -> bool per pair or probe) merged too."""
   res: dict = {HITS: {}}
-  for name in names:
-    out = get(name).run(ctx, model)
+  for p in protocols.values():
+    out = p.run(ctx, model)
     res[HITS].update(out.pop(HITS, {}))
     res.update(out)
   return res

@@ -1,19 +1,16 @@
-"""results.md / results.json and the evaluation figures (PIL only) from the evaluate stage."""
+"""results.md / results.json of the evaluate stage, with the figures the protocols draw."""
 
 import json
 import os
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from pdsn_jax import files
-from pdsn_jax.data import occlusion
 from pdsn_jax.evaluation import tables
 from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.workdir import RESULTS
 
 RESULTS_MD, RESULTS_JSON = RESULTS
-_COLOURS = [(90, 90, 90), (230, 150, 40), (40, 110, 200), (40, 170, 90), (180, 60, 160)]
 
 
 _pct = tables.pct
@@ -119,72 +116,17 @@ def summary(results: dict, protocols) -> str:
   return "\n".join(out)
 
 
-def probes_figure(sets, flags: dict, path: str, num: int = 4) -> str:
-  """Rows: pairs; columns: the clean first face, then the second face under every condition
-  with the generator blocks counted as occluded outlined in red."""
-  boxes = occlusion.block_boxes(sets.pair_faces.shape[1:3])
-  rows = []
-  for i in range(min(num, len(sets.pairs))):
-    cells = [sets.pair_faces[sets.pairs[i, 0]]]
-    for cond, occ in sets.occluded_second.items():
-      img = Image.fromarray(occ.images[i])
-      d = ImageDraw.Draw(img)
-      for k, b in enumerate(occlusion.CENTRAL_BLOCKS):
-        if flags["second"][cond][i, k]:
-          y0, x0, y1, x1 = boxes[b]
-          d.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(255, 0, 0))
-      cells.append(np.asarray(img))
-    rows.append(np.concatenate([np.pad(c, ((2, 2), (2, 2), (0, 0)), constant_values=255)
-                                for c in cells], 1))
-  from pdsn_jax.visualize import save_with_header  # pylint: disable=g-import-not-at-top
-  return save_with_header(np.concatenate(rows, 0), ["clean"] + list(sets.occluded_second), path)
-
-
-def bar_figure(models: dict, path: str, lo: float = 0.5) -> str:
-  """Grouped bars: verification accuracy per condition (clean + occluded), one bar per model."""
-  conds = ["clean"] + list(next(iter(models.values()))["occluded"])
-  names = list(models)
-  gw, bw, h, top = 20 + 16 * len(names), 14, 220, 30
-  img = Image.new("RGB", (60 + gw * len(conds), h + 60 + 14 * len(names)), (255, 255, 255))
-  d = ImageDraw.Draw(img)
-  for t in range(5):  # y grid from lo to 1
-    v = lo + (1 - lo) * t / 4
-    y = top + h - int((v - lo) / (1 - lo) * h)
-    d.line([50, y, img.width - 5, y], fill=(225, 225, 225))
-    d.text((5, y - 6), f"{100 * v:.0f}%", fill=(0, 0, 0))
-  for ci, c in enumerate(conds):
-    x0 = 60 + ci * gw
-    for mi, n in enumerate(names):
-      r = models[n]["clean"] if c == "clean" else models[n]["occluded"][c]
-      y = top + h - int((max(r["accuracy"], lo) - lo) / (1 - lo) * h)
-      d.rectangle([x0 + mi * (bw + 2), y, x0 + mi * (bw + 2) + bw, top + h],
-                  fill=_COLOURS[mi % len(_COLOURS)])
-    d.text((x0, top + h + 4), c, fill=(0, 0, 0))
-  d.text((5, 5), "verification accuracy, second image occluded", fill=(0, 0, 0))
-  for mi, n in enumerate(names):
-    y = top + h + 22 + 14 * mi
-    d.rectangle([60, y, 70, y + 10], fill=_COLOURS[mi % len(_COLOURS)])
-    d.text((76, y - 1), n, fill=(0, 0, 0))
-  with files.atomic_path(path) as tmp:  # never half a picture
-    img.save(tmp)
-  return path
-
-
 def write(results: dict, sets, flags: dict, workdir: str, protocols: dict) -> list[str]:
-  """results.json, results.md (workdir) and the figures (workdir/evaluate); returns the paths."""
-  figure = lambda name: workdir_lib.stage_file(workdir, workdir_lib.EVALUATE, name)  # noqa: E731
+  """results.json, results.md (workdir) and the protocols' figures (workdir/evaluate); returns
+  the paths."""
   os.makedirs(workdir_lib.stage_dir(workdir, workdir_lib.EVALUATE), exist_ok=True)
   md, js = workdir_lib.results_files(workdir)
   paths = [js, md]
   for p, text in zip(paths, (json.dumps(results, indent=2), markdown(results, protocols))):
     files.atomic_write(p, text)
-  paths.append(probes_figure(sets, flags, figure("probes.png")))
-  if any("clean" in r for r in results["models"].values()):
-    paths.append(bar_figure({n: r for n, r in results["models"].items() if "clean" in r},
-                            figure("occluded_verification.png")))
   for p in protocols.values():
     if p.figures is not None:
-      paths += p.figures(results, workdir)
+      paths += p.figures(results, workdir, sets, flags)
   return paths
 
 

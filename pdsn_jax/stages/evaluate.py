@@ -26,11 +26,12 @@ import numpy as np
 from pdsn_jax import builders, distributed, fdm, files, inference, parallel, provenance
 from pdsn_jax import stage as stage_lib
 from pdsn_jax import workdir as workdir_lib
-from pdsn_jax.data import occlusion, pairs as pairs_lib, sources
-from pdsn_jax.evaluation import evaluators, masked, protocols, report, search, stats
+from pdsn_jax.data import occlusion, sources
+from pdsn_jax.data.folders import FolderFaces
+from pdsn_jax.evaluation import evaluators, masked, report, search, stats
+from pdsn_jax.evaluation import sets as sets_lib
 from pdsn_jax.evaluation import store as store_lib
 from pdsn_jax.evaluation.segmentation import segmentation_metrics
-
 
 
 def _dictionary(workdir: str, name: str):
@@ -38,50 +39,30 @@ def _dictionary(workdir: str, name: str):
   return fdm.load(path) if os.path.isfile(path) else None
 
 
-def _eval_sets(config, library) -> protocols.EvalSets:
+def _eval_sets(config, plan: evaluators.Plan, library) -> sets_lib.EvalSets:
+  """The shared sets, then what each protocol brings itself (``Protocol.inputs``)."""
   cfg = config.eval
   heldout, distractor_src = sources.build_eval(config.data, cfg.num_distractors)
   if cfg.identification_root:  # e.g. AR: its own subjects for the AR-style protocols
-    from pdsn_jax.data.folders import FolderFaces  # pylint: disable=g-import-not-at-top
     heldout = FolderFaces(cfg.identification_root, cfg.identification_landmarks or None,
                           config.data.image_size, min_images=2, template=config.data.alignment)
   faces = np.stack([heldout[i]["image"] for i in range(len(heldout))])
   labels = np.asarray(heldout.labels)
-  sets = protocols.build(faces, labels, distractor_src, library, num_pairs=cfg.num_pairs,
-                         seed=cfg.seed, ar_gallery_images=cfg.ar_gallery_images,
-                         conditions=tuple(cfg.conditions))
-  if cfg.pairs_bin:
-    from pdsn_jax.data import insightface  # pylint: disable=g-import-not-at-top
-    images, idx, issame = insightface.read_verification_bin(cfg.pairs_bin, config.data.image_size)
-    sets = protocols.with_pairs(sets, images, idx, issame, library, cfg.seed,
-                                tuple(cfg.conditions))
-  elif cfg.pairs_file:
-    f = config.data.folders
-    named, issame = pairs_lib.read_lfw_pairs(cfg.pairs_file, cfg.pairs_pattern)
-    pair_faces, idx = sources.load_pair_images(named, cfg.pairs_root or f.root,
-                                               cfg.pairs_landmarks or f.landmarks,
-                                               config.data.image_size, config.data.alignment)
-    sets = protocols.with_pairs(sets, pair_faces, idx, issame, library, cfg.seed,
-                                tuple(cfg.conditions))
-  for p in _protocols(config).values():  # the images protocols bring themselves
-    if p.inputs is not None:
-      sets = p.inputs(config, sets)
+  sets = sets_lib.build(faces, labels, distractor_src, library, seed=cfg.seed,
+                        ar_gallery_images=cfg.ar_gallery_images)
+  for name, p in plan.with_hook("inputs"):
+    sets = p.inputs(config, sets, plan.settings[name])
   return sets
 
 
-def _protocols(config) -> dict[str, evaluators.Protocol]:
-  return {name: evaluators.get(name) for name in config.eval.protocols}
-
-
-def _features(config, f, sets: protocols.EvalSets) -> dict:
+def _features(plan: evaluators.Plan, f, sets: sets_lib.EvalSets) -> dict:
   """U of every image any protocol uses, for one checkpoint (``f``: images -> U)."""
   out = {"faces": f(sets.faces),
          "second": {c: f(o.images) for c, o in sets.occluded_second.items()},
          "probes": {c: f(o.images) for c, o in sets.occluded_probes.items()}}
   out["pair_faces"] = out["faces"] if sets.pair_faces is sets.faces else f(sets.pair_faces)
-  for p in _protocols(config).values():
-    if p.features is not None:
-      out.update(p.features(f, sets))
+  for _, p in plan.with_hook("features"):
+    out.update(p.features(f, sets))
   return out
 
 
@@ -101,14 +82,14 @@ def _same_features(backbone, a: dict, b: dict, top: bool = False) -> bool:
   return True
 
 
-def _flags(config, sets: protocols.EvalSets, source: str, detector=None) -> dict:
+def _flags(config, sets: sets_lib.EvalSets, source: str, detector=None) -> dict:
   """Block flags of every occluded image, from masks located by ``source``; with a detector,
   also its segmentation scores against the ground truth per condition."""
   o = config.occlusion
   out = {"blocks": occlusion.NUM_GENERATORS, "second": {}, "probes": {}, "detector_scores": {}}
   for group, occs in (("second", sets.occluded_second), ("probes", sets.occluded_probes)):
     for c, occ in occs.items():
-      masks = protocols.locate(occ, source, detector)
+      masks = sets_lib.locate(occ, source, detector)
       out[group][c] = occlusion.block_flags(masks, o.min_overlap, o.overlap)
       if source == "detector":
         out["detector_scores"][f"{group}/{c}"] = segmentation_metrics(
@@ -145,9 +126,10 @@ class _Networks:
   once (a checkpoint that differs from another only in F shares its U and store; one that
   differs also in the trunk's top shares its bottom V: ``_Bottoms``)."""
 
-  def __init__(self, config, workdir: str, embedder: masked.Embedder, sets, mesh):
-    self.config, self.workdir, self.embedder, self.sets, self.mesh = (config, workdir, embedder,
-                                                                     sets, mesh)
+  def __init__(self, config, plan: evaluators.Plan, workdir: str, embedder: masked.Embedder,
+               sets, mesh):
+    self.config, self.plan, self.workdir, self.embedder, self.sets, self.mesh = (
+        config, plan, workdir, embedder, sets, mesh)
     self.backbone = builders.backbone(config, False)
     self.host, self.reps, self.feats, self.stores = {}, {}, {}, {}
     self.bottoms = None  # made with the trunk's replicated variables (``get``)
@@ -171,7 +153,7 @@ class _Networks:
         logging.info("[evaluate] %s differs from %s only in F: reusing its U", stage, same[0])
       else:
         f = self._feature_fn(stage)
-        self.feats[stage] = _features(self.config, f, self.sets)
+        self.feats[stage] = _features(self.plan, f, self.sets)
         self.stores[stage] = self._store(stage, f)
         logging.info("[evaluate] features of the %s checkpoint (%.1fs)", stage, time.time() - t)
     return self.reps[stage], self.feats[stage]
@@ -197,7 +179,7 @@ class _Networks:
     """U of the distractors on disk (``evaluate/distractors_<stage>/``), built or resumed;
     rebuilt when the checkpoint changed since."""
     cfg, src = self.config.eval, self.sets.distractors
-    if not any(p.distractor_store for p in _protocols(self.config).values()) or not len(src):
+    if not any(p.distractor_store for p in self.plan.protocols.values()) or not len(src):
       return None
     path = workdir_lib.distractor_store(self.workdir, stage)
     print_ = store_lib.fingerprint(builders.feature_variables(self.backbone, self.host[stage]))
@@ -231,11 +213,12 @@ def _store_description(src) -> str:
   return f"distractors: {getattr(src, 'description', '')}"
 
 
-def _evaluate_models(config, nets: _Networks, sets, flags, flags_det, dictionary, results) -> None:
-  """Every model of ``eval.models`` under every protocol of ``eval.protocols``, and the FDM
-  models again with the detector's flags when given; into ``results["models"]``."""
+def _evaluate_models(config, plan: evaluators.Plan, nets: _Networks, sets, flags, flags_det,
+                     dictionary, results) -> None:
+  """Every model of the plan under every protocol of it, and the FDM models again with the
+  detector's flags when given; into ``results["models"]``."""
   put = lambda x: parallel.put_replicated(np.asarray(x, np.float32), nets.mesh)  # noqa: E731
-  specs = evaluators.parse_models(config.eval.models)
+  specs = plan.models
   runs = [(m, flags, m.name) for m in specs]
   if flags_det is not None:
     # the "+trunk_when_clean" variants are compared where the occlusion is known only
@@ -254,21 +237,20 @@ def _evaluate_models(config, nets: _Networks, sets, flags, flags_det, dictionary
                                   builders.u_shape(config))
     model = evaluators.Model(variables, put(table), clean)
     ctx = evaluators.Context(nets.embedder, sets, feats, fl, nets.searcher,
-                             nets.stores[spec.stage])
-    results["models"][row] = evaluators.run_protocols(ctx, model, config.eval.protocols)
+                             nets.stores[spec.stage], plan.settings)
+    results["models"][row] = evaluators.run_protocols(ctx, model, plan.protocols)
     logging.info("[evaluate] %s: %s (%.1fs)", row, report.one_line(results["models"][row],
-                                                            _protocols(config).values()),
+                                                            plan.protocols.values()),
                  time.time() - t)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every protocol for every available model and ablation; writes results.md/.json."""
-  cfg, t0 = config.eval, time.time()
-  upstream = list(dict.fromkeys([m.stage for m in evaluators.parse_models(cfg.models)]
-                                + list(STAGE.upstream)))
+  cfg, t0, plan = config.eval, time.time(), evaluators.plan(config)
+  upstream = list(dict.fromkeys([m.stage for m in plan.models] + list(STAGE.upstream)))
   record = provenance.begin(config, workdir, STAGE.name, STAGE.name, upstream, reuse=False)
   mesh = parallel.make_mesh()
-  sets = _eval_sets(config, builders.test_occluders(config))
+  sets = _eval_sets(config, plan, builders.test_occluders(config))
   det_vars = workdir_lib.load(workdir, workdir_lib.DETECTOR)
   if cfg.occlusion_source == "detector" and det_vars is None:
     workdir_lib.require(workdir, workdir_lib.DETECTOR, "eval.occlusion_source='detector'")
@@ -277,21 +259,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   flags = _flags(config, sets, cfg.occlusion_source, predict)
   flags_det = (_flags(config, sets, "detector", predict)
                if predict is not None and cfg.occlusion_source != "detector" else None)
-  located = _locate(config, sets, flags, predict, workdir)
+  located = _locate(config, plan, sets, flags, predict, workdir)
   logging.info("[evaluate] %d held-out faces, %d pairs x %d conditions, %d AR probes x %d, "
                "%d distractors (%.1fs)", len(sets.faces), len(sets.pairs),
                len(sets.occluded_second), len(sets.probes), len(sets.occluded_probes),
                len(sets.distractors), time.time() - t0)
   embedder = masked.Embedder(builders.backbone(config, False), mesh, cfg.batch_size,
                              builders.normalize)
-  nets = _Networks(config, workdir, embedder, sets, mesh)
+  nets = _Networks(config, plan, workdir, embedder, sets, mesh)
   if not nets.available(workdir_lib.TRUNK):
     workdir_lib.require(workdir, workdir_lib.TRUNK, needed_by=STAGE.name)
   dictionary = _dictionary(workdir, workdir_lib.DICTIONARY)
-  results = {**_description(config), "models": {}, "ablations": {}, "missing": [],
+  results = {**_description(config, plan), "models": {}, "ablations": {}, "missing": [],
              "provenance": {"evaluate": record["fingerprint"],
                             "stages": provenance.records(workdir, upstream)}}
-  two = [m.name for m in evaluators.parse_models(cfg.models) if m.trunk_when_clean]
+  two = [m.name for m in plan.models if m.trunk_when_clean]
   if two:
     results["notes"] = [f"{', '.join(two)}: the trunk's F (on the row's own U) for faces with "
                         "no occluded block (clean pairs, probes whose occlusion flags no block), "
@@ -300,15 +282,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         "'head') U is the trunk's too, and their clean columns equal the "
                         "Trunk's. Every other row is one network for every face."]
   nets.get(workdir_lib.TRUNK)  # first: the other checkpoints reuse its U when they can
-  _evaluate_models(config, nets, sets, flags, flags_det, dictionary, results)
+  _evaluate_models(config, plan, nets, sets, flags, flags_det, dictionary, results)
   if flags_det is not None:
     results["detector_on_probes"] = flags_det["detector_scores"]
   results.update(located)
   _paired(results, ("Baseline", "Trunk"), cfg.seed)
   if dictionary is not None and cfg.ablations:
-    results["ablations"] = _ablations(config, workdir, nets, sets, flags, dictionary)
+    results["ablations"] = _ablations(config, plan, workdir, nets, sets, flags, dictionary)
   results["seconds"] = round(time.time() - t0, 1)
-  thresholds = _thresholds(config, results, nets, dictionary)
+  thresholds = _thresholds(plan, results, nets, dictionary)
   summary = {"stage": STAGE.name, "results": workdir_lib.results_files(workdir)[0],
              "seconds": results["seconds"]}
   if jax.process_index() == 0:
@@ -316,35 +298,37 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     files.write_json(workdir_lib.stage_file(workdir, STAGE.name, "config.json"),
                      json.loads(config.to_json_best_effort()))
     logging.info("[evaluate] wrote %s", ", ".join(report.write(
-        results, sets, flags, workdir, _protocols(config))))
-    print(report.summary(results, _protocols(config).values()), flush=True)
+        results, sets, flags, workdir, plan.protocols)))
+    print(report.summary(results, plan.protocols.values()), flush=True)
     workdir_lib.write_summary(workdir, STAGE.name, summary)
   return summary
 
 
-def _thresholds(config, results: dict, nets: _Networks, dictionary) -> dict:
+def _thresholds(plan: evaluators.Plan, results: dict, nets: _Networks, dictionary) -> dict:
   """Takes the verification thresholds out of ``results``: per model, with the fingerprint of
   the network and dictionary they were measured on (``recognizer.Recognizer`` checks it)."""
   thresholds = evaluators.pop_thresholds(results["models"])
   for table in (results.get("ablations") or {}).values():
     if isinstance(table, dict):
       evaluators.pop_thresholds(table)
-  for spec in evaluators.parse_models(config.eval.models):
+  for spec in plan.models:
     if spec.name in thresholds:
       thresholds[spec.name]["model_fingerprint"] = inference.model_fingerprint(
           nets.host[spec.stage], dictionary[0] if spec.fdm else None)
   return thresholds
 
 
-def _ablations(config, workdir, nets: _Networks, sets, flags, dictionary) -> dict:
-  """Tables 1-3 on the trunk's U under the protocols of ``eval.protocols`` that score them."""
+def _ablations(config, plan: evaluators.Plan, workdir, nets: _Networks, sets, flags,
+               dictionary) -> dict:
+  """Tables 1-3 on the trunk's U under the plan's protocols that score them."""
   fdms, mean_masks, meta = dictionary
   variables, feats = nets.get(workdir_lib.TRUNK)
-  ctx = evaluators.Context(nets.embedder, sets, feats, flags, nets.searcher)
-  names = [n for n in config.eval.protocols if evaluators.get(n).ablations]
+  ctx = evaluators.Context(nets.embedder, sets, feats, flags, nets.searcher,
+                           settings=plan.settings)
+  scoring = {n: p for n, p in plan.protocols.items() if p.ablations}
   put = lambda x: parallel.put_replicated(np.asarray(x, np.float32), nets.mesh)  # noqa: E731
   score = lambda table: _without_hits(evaluators.run_protocols(  # noqa: E731
-      ctx, evaluators.Model(variables, put(table)), names))
+      ctx, evaluators.Model(variables, put(table)), scoring))
   out: dict = {"tau": {}, "mask_kind": {}, "lambda": {}}
   t = time.time()
   for tau in config.eval.tau_sweep:
@@ -375,13 +359,12 @@ def _without_hits(res: dict) -> dict:
   return res
 
 
-def _locate(config, sets, flags: dict, predict, workdir: str) -> dict:
+def _locate(config, plan: evaluators.Plan, sets, flags: dict, predict, workdir: str) -> dict:
   """The protocols' own block flags into ``flags``; what they report (e.g. the detector on the
   real AR photos) for results.json."""
   out = {}
-  for p in _protocols(config).values():
-    if p.locate is not None:
-      out.update(p.locate(config, sets, flags, predict, workdir))
+  for name, p in plan.with_hook("locate"):
+    out.update(p.locate(config, sets, flags, predict, workdir, plan.settings[name]))
   return out
 
 
@@ -405,9 +388,9 @@ def _paired(results: dict, references, seed: int) -> None:
           for k, v in h.items() if k in hits[ref]}
 
 
-def _description(config) -> dict:
+def _description(config, plan: evaluators.Plan) -> dict:
   """What results.md says about the data: faces, where occlusions are located, occluders."""
-  return {"data": _data_description(config), "occlusion_source": config.eval.occlusion_source,
+  return {"data": _data_description(config, plan), "occlusion_source": config.eval.occlusion_source,
           "test_occluders": _test_occluders(config),
           "occluder_splits": builders.occluder_splits(config)}
 
@@ -424,10 +407,10 @@ def _test_occluders(config) -> str:
   return "built-in" + drawn
 
 
-def _data_description(config) -> str:
-  pairs = config.eval.pairs_bin or config.eval.pairs_file
-  suffix = f"; verification pairs from {pairs}" if pairs else ""
-  return _source_description(config) + suffix
+def _data_description(config, plan: evaluators.Plan) -> str:
+  """The faces, then what each protocol says about its own data (``Protocol.describe``)."""
+  own = [p.describe(plan.settings[n]) for n, p in plan.with_hook("describe")]
+  return _source_description(config) + "".join(f"; {d}" for d in own if d)
 
 
 def _source_description(config) -> str:

@@ -1,7 +1,7 @@
 """MegaFace's curve on real faces: rank-1 of LFW probes, clean and occluded, against 0 to every
 distractor no stage trains on.
 
-* Probes (FaceScrub-like): every ``eval.lfw_probe_every``-th LFW identity with at least 2
+* Probes (FaceScrub-like): every ``probe_every``-th LFW identity with at least 2
   images (sorted by name); its first image is the clean gallery, the others are probes, clean
   and with the test occluder files' sunglasses and masks pasted in place.
 * Distractors: every other LFW image (the other identities, whatever their count) and the
@@ -13,7 +13,7 @@ distractor no stage trains on.
   located by the detector (what a user gets) and by the ground truth (oracle location).
 
 LFW's images are named ``<Identity_Name>_<NNNN>.<ext>`` in one folder (``../shared/data/lfw``);
-``eval.lfw_landmarks`` aligns them. The curve is drawn to ``evaluate/lfw_distractors.png``.
+its ``landmarks`` TSV aligns them. The curve is drawn to ``evaluate/lfw_distractors.png``.
 """
 
 import dataclasses
@@ -22,19 +22,36 @@ import re
 
 import numpy as np
 
-from pdsn_jax import builders, visualize
+from pdsn_jax import visualize
 from pdsn_jax import workdir as workdir_lib
 from pdsn_jax.data import occlusion
 from pdsn_jax.data.alignment import align_face
 from pdsn_jax.data.faces import list_images
 from pdsn_jax.data.folders import load_rgb, read_landmarks
 from pdsn_jax.data.sources import Subset
-from pdsn_jax.evaluation import evaluators, protocols, search, tables
+from pdsn_jax.evaluation import evaluators, search, tables
+from pdsn_jax.evaluation import sets as sets_lib
 
 KEY = "lfw_distractors"
 CONDITIONS = ("clean", "sunglasses", "mask")
 _LOCATIONS = {"detector": "detector", "ground_truth": "ground truth (oracle location)"}
 _NAME = re.compile(r"^(.+)_\d+$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  root: str = ""  # LFW's flat image folder (<Identity_Name>_<NNNN>.jpg)
+  landmarks: str = ""  # its landmarks TSV
+  probe_every: int = 2  # every this-th identity with >= 2 images is probed
+  sizes: tuple = (10, 100, 1000)  # rank-1 at these distractor counts (and 0 and all)
+
+  def check(self, where: str) -> None:
+    for key in ("root", "landmarks"):
+      if not getattr(self, key):
+        raise ValueError(f"{where}.{key} is empty: set it (see configs/real_mobilefacenet.py)")
+    if int(self.probe_every) < 1 or any(int(n) <= 0 for n in self.sizes):
+      raise ValueError(f"{where}: probe_every={self.probe_every!r} and every size "
+                       f"{tuple(self.sizes)!r} must be > 0")
 
 
 def _points(marks: dict, path: str):
@@ -101,16 +118,15 @@ def split(paths: list[str], every: int) -> tuple[list[int], list[int], list[int]
   return gallery, probes, distractors, label
 
 
-def _inputs(config, sets):
+def _inputs(config, sets, settings: Settings):
   cfg, d = config.eval, config.data
-  paths = list_images(cfg.lfw_root)
-  marks = read_landmarks(cfg.lfw_landmarks)
-  gallery, probes, others, label = split(paths, cfg.lfw_probe_every)
+  paths = list_images(settings.root)
+  marks = read_landmarks(settings.landmarks)
+  gallery, probes, others, label = split(paths, int(settings.probe_every))
   align = lambda idx: np.stack([align_face(load_rgb(paths[i]), _points(marks, paths[i]),  # noqa: E731
                                            tuple(d.image_size), d.alignment) for i in idx])
-  library = builders.test_occluders(config)
   probe_faces = align(probes)
-  occluded = {c: protocols.occlude_all(probe_faces, c, library, cfg.seed, 300 + k)
+  occluded = {c: sets_lib.occlude_all(probe_faces, c, sets.library, cfg.seed, 300 + k)
               for k, c in enumerate(CONDITIONS[1:])}
   lfw_others = AlignedFaces([paths[i] for i in others], label[others], marks, d.image_size,
                             d.alignment, f"LFW ({len(others)} images of identities not probed)")
@@ -119,7 +135,7 @@ def _inputs(config, sets):
   mine = {"gallery": align(gallery), "gallery_labels": label[gallery],
           "probes": probe_faces, "probe_labels": label[probes], "occluded": occluded,
           "lfw_distractors": len(others),
-          "sizes": tuple(int(n) for n in cfg.distractor_sizes)}
+          "sizes": tuple(int(n) for n in settings.sizes)}
   return dataclasses.replace(sets, distractors=shuffled, extra={**sets.extra, KEY: mine})
 
 
@@ -131,15 +147,15 @@ def _features(features, sets) -> dict:
   return out
 
 
-def _locate(config, sets, flags: dict, predict, workdir: str) -> dict:
-  del workdir
+def _locate(config, sets, flags: dict, predict, workdir: str, settings: Settings) -> dict:
+  del workdir, settings
   o, mine = config.occlusion, sets.extra[KEY]
   none = np.zeros((len(mine["probes"]), occlusion.NUM_GENERATORS), bool)
   sources = ["ground_truth"] + (["detector"] if predict is not None else [])
   flags[KEY] = {}
   for source in sorted(sources, key=list(_LOCATIONS).index):
     flags[KEY][source] = {"clean": none, **{
-        c: occlusion.block_flags(protocols.locate(occ, source, predict), o.min_overlap,
+        c: occlusion.block_flags(sets_lib.locate(occ, source, predict), o.min_overlap,
                                  o.overlap) for c, occ in mine["occluded"].items()}}
   return {}
 
@@ -202,7 +218,8 @@ def _section(results: dict) -> list[str]:
   return lines
 
 
-def _figures(results: dict, workdir: str) -> list[str]:
+def _figures(results: dict, workdir: str, sets, flags: dict) -> list[str]:
+  del sets, flags
   rows = {n: r[KEY] for n, r in results["models"].items() if KEY in r}
   if not rows:
     return []
@@ -216,7 +233,7 @@ def _figures(results: dict, workdir: str) -> list[str]:
 
 
 PROTOCOL = evaluators.Protocol(
-    run=_run, section=_section, title="LFW distractors",
-    config_keys=("lfw_root", "lfw_landmarks"), inputs=_inputs, features=_features,
+    run=_run, section=_section, title="LFW distractors", settings=Settings,
+    inputs=_inputs, features=_features,
     locate=_locate, ablations=False, distractor_store=True, paired_in_section=True,
     figures=_figures)

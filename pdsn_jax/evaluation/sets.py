@@ -1,8 +1,9 @@
-"""The evaluation sets of the paper's protocols, built once from a held-out source (numpy, seeded).
+"""The evaluation sets, built once from a held-out source (numpy, seeded), that the protocols
+share (each protocol may add its own: ``evaluators.Protocol.inputs``).
 
-* Verification: pairs (generated, or from a ``pairs.txt``) of clean faces, and
-  the same pairs with the second image occluded (the FROM protocol), one copy per
-  condition of ``placement.CONDITIONS``.
+* Verification pairs (the verification protocol's inputs, ``with_pairs``): generated, or from
+  a ``pairs.txt``, of clean faces, and the same pairs with the second image occluded (the FROM
+  protocol), one copy per condition of ``placement.CONDITIONS``.
 * AR-style identification: per held-out subject the first images are the clean
   gallery (protocol 1: ``ar_gallery_images`` per subject; protocol 2: one), the
   rest are probes, each occluded with sunglasses and, separately, a mask/scarf.
@@ -39,9 +40,9 @@ class Occluded:
 class EvalSets:
   faces: np.ndarray  # (N, H, W, 3) clean held-out faces
   labels: np.ndarray  # (N,)
-  pairs: np.ndarray  # (P, 2) indices into faces
+  pairs: np.ndarray  # (P, 2) indices into pair_faces (none until ``with_pairs``)
   issame: np.ndarray  # (P,)
-  occluded_second: dict[str, Occluded]  # condition -> copies of faces[pairs[:, 1]]
+  occluded_second: dict[str, Occluded]  # condition -> copies of pair_faces[pairs[:, 1]]
   gallery_p1: np.ndarray  # indices into faces
   gallery_p2: np.ndarray
   probes: np.ndarray  # indices into faces
@@ -52,6 +53,8 @@ class EvalSets:
   pair_faces: np.ndarray  # the faces ``pairs`` index: ``faces`` itself unless from a pairs file
   # what protocols bring themselves (``evaluators.Protocol.inputs``), by name
   extra: dict = dataclasses.field(default_factory=dict)
+  # the test occluders the sets were occluded with, for the protocols' own occluded images
+  library: Any = None
 
 
 def occlude_all(faces: np.ndarray, condition: str, library: occlusion.OccluderLibrary,
@@ -83,25 +86,28 @@ def ar_split(labels: np.ndarray, gallery_images: int) -> tuple[np.ndarray, np.nd
 
 
 def build(faces: np.ndarray, labels: np.ndarray, distractors,
-          library: occlusion.OccluderLibrary, *, num_pairs: int, seed: int,
-          ar_gallery_images: int, conditions=placement.CONDITIONS) -> EvalSets:
-  """All evaluation sets, with generated pairs (``with_pairs`` replaces them by a file's)."""
+          library: occlusion.OccluderLibrary, *, seed: int, ar_gallery_images: int) -> EvalSets:
+  """The shared sets: the faces, the AR-style galleries and occluded probes, the distractors
+  (no pairs: ``with_pairs``)."""
   labels = np.asarray(labels)
-  pair_idx, issame = generate_pairs(labels, num_pairs, seed)
-  second = faces[pair_idx[:, 1]]
-  occluded_second = {c: occlude_all(second, c, library, seed, 100 + k)
-                     for k, c in enumerate(conditions)}
   g1, g2, probes = ar_split(labels, ar_gallery_images)
   occluded_probes = {c: occlude_all(faces[probes], c, library, seed, 200 + k)
                      for k, c in enumerate(AR_CONDITIONS)}
-  return EvalSets(faces, labels, pair_idx, np.asarray(issame, bool), occluded_second, g1, g2,
-                  probes, occluded_probes, distractors, faces)
+  return EvalSets(faces, labels, np.zeros((0, 2), np.int64), np.zeros((0,), bool), {}, g1, g2,
+                  probes, occluded_probes, distractors, faces, library=library)
+
+
+def generated_pairs(sets: EvalSets, num_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(pair indices into ``sets.faces``, issame): ``num_pairs`` pairs of the held-out faces."""
+  pair_idx, issame = generate_pairs(sets.labels, num_pairs, seed)
+  return pair_idx, np.asarray(issame, bool)
 
 
 def with_pairs(sets: EvalSets, pair_faces: np.ndarray, pair_idx: np.ndarray, issame: np.ndarray,
                library: occlusion.OccluderLibrary, seed: int,
                conditions=placement.CONDITIONS) -> EvalSets:
-  """The sets with verification from a pairs file (its own images) instead of generated pairs."""
+  """The sets with verification pairs of ``pair_faces`` (``sets.faces`` itself, or a pairs
+  file's own images) and their second images occluded per condition."""
   second = pair_faces[pair_idx[:, 1]]
   occluded_second = {c: occlude_all(second, c, library, seed, 100 + k)
                      for k, c in enumerate(conditions)}
