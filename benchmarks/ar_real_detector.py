@@ -2,7 +2,7 @@
 against the ground-truth masks of ``pdsn_jax/data/ar_real.py``, beside its held-out CelebA
 scores (where its settings are chosen). Prints a markdown table.
 
-  python benchmarks/ar_real_detector.py RUN[@THRESHOLD] [...] [--ar_real=../shared/data/ar_real]
+  python -m benchmarks.ar_real_detector RUN[@THRESHOLD] [...] [--ar_real=../shared/data/ar_real]
 
 Columns: block-assignment accuracy (the 9 generator blocks flagged from the predicted vs the
 true mask) and mean IU on the sunglasses and the scarf photos; the predicted occluded area and
@@ -20,24 +20,28 @@ alarm); the pixel recall and precision of the predicted masks; and for the misse
 much of each the true and the predicted mask cover (the flag needs ``occlusion.min_overlap``).
 """
 
-import argparse
 import json
 import os
 import sys
 
+from absl import app, flags
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.detector_select import candidate  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks.detector_select import candidate
 
 
-def main():
-  ap = argparse.ArgumentParser()
-  ap.add_argument("runs", nargs="+")
-  ap.add_argument("--ar_real", default="../shared/data/ar_real")
-  ap.add_argument("--alignment", default="landmarks")
-  ap.add_argument("--per_block", action="store_true")
-  a = ap.parse_args()
+def define_flags() -> None:
+  """This script's flags (defined when it runs, so that importing it defines none)."""
+  flags.DEFINE_string("ar_real", '../shared/data/ar_real', "AR's real-occlusion folder (labels.tsv).")
+  flags.DEFINE_string("alignment", 'landmarks', 'How the AR crops are aligned: landmarks or centre.')
+  flags.DEFINE_bool("per_block", False, 'Also print the block accuracy per block.')
+
+
+def main(argv):
+  a = flags.FLAGS
+  runs = argv[1:]
+  if not runs:
+    raise app.UsageError("name at least one run after the flags")
   if not os.path.isfile(os.path.join(a.ar_real, "labels.tsv")):
     sys.exit(f"no AR real-occlusion folder at {a.ar_real} (labels.tsv)")
   from pdsn_jax import inference, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
@@ -49,7 +53,7 @@ def main():
           "held-out select grey low-res block acc", "held-out clean area",
           "held-out clean grey low-res area"]
   print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
-  for spec in a.runs:
+  for spec in runs:
     run, config = candidate(spec)
     name = f"{os.path.basename(os.path.normpath(run))}@{config.detector.threshold:g}"
     variables = workdir_lib.load(run, workdir_lib.DETECTOR)
@@ -60,12 +64,12 @@ def main():
       ar = ar_real.load(a.ar_real, config.data.image_size, config.data.alignment, a.alignment,
                         subjects=ar_real.DEVELOPMENT_SUBJECTS)
     o = config.occlusion
-    flags, s, pred = real_ar.ar_real_flags(ar, o.min_overlap, o.overlap,
-                                           inference.occlusion_predictor(config, variables),
-                                           config.data.alignment)
+    block_flags, s, pred = real_ar.ar_real_flags(
+        ar, o.min_overlap, o.overlap, inference.occlusion_predictor(config, variables),
+        config.data.alignment)
     for kind in ("sunglasses", "scarf"):
       k = ar.kinds == kind
-      d, g, m = flags["detector"][k], flags["ground_truth"][k], ar.masks[k]
+      d, g, m = block_flags["detector"][k], block_flags["ground_truth"][k], ar.masks[k]
       hit = (pred[k] & m).sum()
       details.append((name, kind, g.mean(0), d.mean(0),
                       (g & ~d).mean(0), (d & ~g).mean(0), hit / max(m.sum(), 1),
@@ -100,4 +104,5 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

@@ -1,7 +1,7 @@
 """Choosing BlazeFace's fallback pass on training-side data: the score threshold of a last try
 on photos where neither model found a face at its own threshold.
 
-  python benchmarks/blazeface_fallback.py [--celeba=../shared/data/celeba] \\
+  python -m benchmarks.blazeface_fallback [--celeba=../shared/data/celeba] \\
       [--occluders=../shared/data/occluders] [--thresholds=off,0.4,0.3,0.2,0.1]
 
 Faces: the CelebA held-out identities (the last 30 with at least 2 images, as
@@ -40,15 +40,13 @@ faces, so it stays off by default (``--face_fallback_score`` for users who know 
 holds a face).
 """
 
-import argparse
 import os
-import sys
 import time
 
+from absl import app, flags
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.raw_photos import point_error  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks.raw_photos import point_error
 
 
 def grey_lowres(image: np.ndarray) -> np.ndarray:
@@ -123,13 +121,17 @@ def score(finder, sets, nonfaces, erased) -> dict:
   return out
 
 
-def main():
-  ap = argparse.ArgumentParser()
-  ap.add_argument("--celeba", default="../shared/data/celeba")
-  ap.add_argument("--occluders", default="../shared/data/occluders")
-  ap.add_argument("--thresholds", default="off,0.4,0.3,0.2,0.1")
-  ap.add_argument("--heldout", type=int, default=30)
-  args = ap.parse_args()
+def define_flags() -> None:
+  """This script's flags (defined when it runs, so that importing it defines none)."""
+  flags.DEFINE_string("celeba", '../shared/data/celeba', 'The CelebA crops folder (landmarks.tsv).')
+  flags.DEFINE_string("occluders", '../shared/data/occluders', 'The occluder folder (index.tsv).')
+  flags.DEFINE_string("thresholds", 'off,0.4,0.3,0.2,0.1', "Comma-separated fallback scores to try ('off': none).")
+  flags.DEFINE_integer("heldout", 30, 'CelebA identities held out (the last ones), as the face-finder stage holds out.')
+
+
+def main(argv):
+  del argv
+  args = flags.FLAGS
   from pdsn_jax.data import faces as faces_lib  # pylint: disable=g-import-not-at-top
   sets, nonfaces, erased, paths = build_sets(args)
   header = None
@@ -147,4 +149,5 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

@@ -3,7 +3,7 @@ CelebA training faces with the *training* occluder files (``python -m pdsn_jax.m
 --config=configs/real_mobilefacenet.py --config.stages=face_finder``, ``data.face_tuning``),
 find more occluded faces than the shipped one without finding more faces where there are none?
 
-  python benchmarks/blazeface_tuned.py --weights=RUN/face_finder/short_range.npz[@FALLBACK][,...] \\
+  python -m benchmarks.blazeface_tuned --weights=RUN/face_finder/short_range.npz[@FALLBACK][,...] \\
       [--celeba=../shared/data/celeba] [--occluders=../shared/data/occluders]
 
 Sets: those of ``blazeface_fallback.py`` (CelebA held-out identities, clean and with the *select*
@@ -61,15 +61,13 @@ not a face: half the erased faces get a training occluder file pasted where the 
 scored as they are and with a last try at 0.4 and at 0.3 (``WEIGHTS@0.4``, ``WEIGHTS@0.3``).
 """
 
-import argparse
-import os
-import sys
 import time
 
+from absl import app, flags
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.blazeface_fallback import build_sets, score  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks.blazeface_fallback import build_sets, score
+
 
 CATEGORIES = ("mask", "sunglasses", "scarf")
 OCCLUDED = tuple(f"select {c}{v}" for v in ("", ", grey low-res") for c in CATEGORIES)
@@ -91,14 +89,18 @@ def occluded_mean(row: dict) -> float:
   return float(np.mean([row[f"{k} found %"] for k in OCCLUDED]))
 
 
-def main():
-  ap = argparse.ArgumentParser()
-  ap.add_argument("--weights", required=True,
-                  help="comma-separated .npz files, each optionally @ a fallback score")
-  ap.add_argument("--celeba", default="../shared/data/celeba")
-  ap.add_argument("--occluders", default="../shared/data/occluders")
-  ap.add_argument("--heldout", type=int, default=30)
-  args = ap.parse_args()
+def define_flags() -> None:
+  """This script's flags (defined when it runs, so that importing it defines none)."""
+  flags.DEFINE_string("weights", None, 'comma-separated .npz files, each optionally @ a fallback score')
+  flags.mark_flag_as_required("weights")
+  flags.DEFINE_string("celeba", '../shared/data/celeba', 'The CelebA crops folder (landmarks.tsv).')
+  flags.DEFINE_string("occluders", '../shared/data/occluders', 'The occluder folder (index.tsv).')
+  flags.DEFINE_integer("heldout", 30, 'CelebA identities held out (the last ones), as the face-finder stage holds out.')
+
+
+def main(argv):
+  del argv
+  args = flags.FLAGS
   from pdsn_jax.data import faces as faces_lib  # pylint: disable=g-import-not-at-top
   sets, nonfaces, erased, paths = build_sets(args, CATEGORIES)
   rows = {}
@@ -132,4 +134,5 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

@@ -2,7 +2,7 @@
 giving faces to non-faces? Training-side data only (the sets of ``blazeface_fallback.py``:
 CelebA held-out faces with the *select* occluder files, occluders alone, face-erased crops).
 
-  python benchmarks/blazeface_views.py [--celeba=../shared/data/celeba] \\
+  python -m benchmarks.blazeface_views [--celeba=../shared/data/celeba] \\
       [--occluders=../shared/data/occluders]      # ~4 min on 2 cores
 
 Table 1, found %: views tried in turn on the photos still without a face, each by the short-
@@ -16,14 +16,11 @@ was erased; reaching 98% of grey masked faces gives a face to most erased crops.
 became a default (issue 24's note).
 """
 
-import argparse
-import os
-import sys
 
+from absl import app, flags
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.blazeface_fallback import build_sets  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks.blazeface_fallback import build_sets
 
 
 def mirror_index(name: str) -> np.ndarray:
@@ -53,12 +50,16 @@ def best_logits(model, images):
   return np.concatenate(plain), np.concatenate(averaged)
 
 
-def main():
-  ap = argparse.ArgumentParser()
-  ap.add_argument("--celeba", default="../shared/data/celeba")
-  ap.add_argument("--occluders", default="../shared/data/occluders")
-  ap.add_argument("--heldout", type=int, default=30)
-  args = ap.parse_args()
+def define_flags() -> None:
+  """This script's flags (defined when it runs, so that importing it defines none)."""
+  flags.DEFINE_string("celeba", '../shared/data/celeba', 'The CelebA crops folder (landmarks.tsv).')
+  flags.DEFINE_string("occluders", '../shared/data/occluders', 'The occluder folder (index.tsv).')
+  flags.DEFINE_integer("heldout", 30, 'CelebA identities held out (the last ones), as the face-finder stage holds out.')
+
+
+def main(argv):
+  del argv
+  args = flags.FLAGS
   from pdsn_jax.data import blazeface  # pylint: disable=g-import-not-at-top
   sets, nonfaces, erased, _ = build_sets(args)
   data = {k: v[0] for k, v in sets.items() if k != "clean"}
@@ -98,4 +99,5 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

@@ -1,6 +1,6 @@
 """Stage I's "block j" samples: how often the FDM rule flags exactly the intended blocks.
 
-  python benchmarks/block_samples.py [--occluder_dir=../shared/data/occluders] [--faces=60]
+  python -m benchmarks.block_samples [--occluder_dir=../shared/data/occluders] [--faces=60]
 
 For each generator block j, ``--faces`` synthetic faces are occluded with ``occlude_block``
 (``neighbour_prob`` 0 and 0.5), with and without ``exact``; a sample is exact when the set of
@@ -9,14 +9,11 @@ it is a central block). Prints a table: share exact, mean flagged blocks, and th
 "extra" central blocks flagged.
 """
 
-import argparse
-import os
-import sys
 import time
 
+from absl import app, flags
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pdsn_jax.data import occlusion
 from pdsn_jax.data.synthetic import SyntheticFaces
@@ -40,11 +37,15 @@ def measure(faces, library, neighbour_prob: float, exact: bool, seed: int = 0) -
   return {"exact": n_exact / n, "flagged": flagged / n, "extra": extra / n, "samples": n}
 
 
-def main():
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--occluder_dir", default="")
-  p.add_argument("--faces", type=int, default=60)
-  a = p.parse_args()
+def define_flags() -> None:
+  """This script's flags (defined when it runs, so that importing it defines none)."""
+  flags.DEFINE_string("occluder_dir", '', "Occluder folder ('' = the built-in drawings).")
+  flags.DEFINE_integer("faces", 60, 'How many synthetic faces.')
+
+
+def main(argv):
+  del argv
+  a = flags.FLAGS
   faces = [SyntheticFaces(a.faces, 1, 0, 0, (112, 96))[i]["image"] for i in range(a.faces)]
   library = occlusion.OccluderLibrary(a.occluder_dir, True)
   print(f"occluders: {a.occluder_dir or 'built-in'}; {a.faces} SYNTHETIC faces x 9 blocks")
@@ -60,4 +61,5 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

@@ -3,7 +3,7 @@ on the *current* held-out sets (``stages/detector.heldout_sets``: CelebA held-ou
 clean, with the training files and with the *select* files, the select masks also stretched
 like scarves, each plain and as grey low-resolution photos), and the selection rule applied.
 
-  python benchmarks/detector_select.py RUN[@THRESHOLD] [RUN[@THRESHOLD] ...]
+  python -m benchmarks.detector_select RUN[@THRESHOLD] [RUN[@THRESHOLD] ...]
 
 A candidate is ``python -m pdsn_jax.main --config=configs/real_mobilefacenet.py
 --config.stages=detector --workdir=RUN [--config.detector.augment=...]
@@ -40,15 +40,14 @@ data only, and AR only reports the chosen one.
   threshold nearest the config's 0.5.
 """
 
-import argparse
 import json
 import os
 import sys
 import time
 
+from absl import app, flags
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SELECT = ("select occluder files", "select occluder files, grey low-res",
           "select occluder files as scarves", "select occluder files as scarves, grey low-res",
@@ -94,14 +93,15 @@ def verdicts(rows: dict) -> tuple[dict, str | None]:
   return out, min(first, key=lambda r: abs(rows[r][1] - DEFAULT_THRESHOLD))
 
 
-def main():
-  ap = argparse.ArgumentParser()
-  ap.add_argument("runs", nargs="+")
-  a = ap.parse_args()
+def main(argv):
+  a = flags.FLAGS
+  runs = argv[1:]
+  if not runs:
+    raise app.UsageError("name at least one run after the flags")
   from pdsn_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from pdsn_jax.stages import detector  # pylint: disable=g-import-not-at-top
   rows, cache, augment = {}, {}, {}
-  for spec in a.runs:
+  for spec in runs:
     run, config = candidate(spec)
     variables = workdir_lib.load(run, workdir_lib.DETECTOR)
     if variables is None:
@@ -132,4 +132,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

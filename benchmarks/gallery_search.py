@@ -1,6 +1,6 @@
 """MegaFace-scale identification: gallery store build and streaming masked top-k search.
 
-  python benchmarks/gallery_search.py [--model=mobilefacenet|iresnet] \\
+  python -m benchmarks.gallery_search [--model=mobilefacenet|iresnet] \\
       [--sizes=10000,30000,100000] [--dtype=int8] [--probes=64] [--out=/tmp/gallery_bench]
 
 Builds one store of max(sizes) built-in SYNTHETIC faces (rendered, aligned 112x96) through an
@@ -22,18 +22,7 @@ import time
 
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-_MODEL = flags.DEFINE_enum("model", "mobilefacenet", ["mobilefacenet", "iresnet"], "Trunk shape.")
-_SIZES = flags.DEFINE_string("sizes", "10000,30000,100000", "Distractor counts.")
-_DTYPE = flags.DEFINE_enum("dtype", "int8", ["float32", "float16", "int8"], "Stored U.")
-_PROBES = flags.DEFINE_integer("probes", 64, "Probes per search.")
-_SHARD = flags.DEFINE_integer("shard_size", 4096, "Faces per store shard.")
-_OUT = flags.DEFINE_string("out", "/tmp/gallery_bench", "Where the store goes.")
-_CHILD = flags.DEFINE_integer("child_size", 0, "(internal) search this many faces and report.")
-_COSTS = flags.DEFINE_bool("child_costs", False, "(internal) every path and pattern count.")
-_PATH = flags.DEFINE_string("child_path", "", "(internal) the path to time (the first child's "
-                            "auto choice), so every size reports the same path.")
 
 # Peak dense bf16 throughput assumed for the projections, and the share of it a GEMM-bound
 # search is assumed to reach.
@@ -47,7 +36,7 @@ FACESCRUB_PROBES, MEGAFACE = 3530, 1_000_000
 def _config():
   from configs import pdsn  # pylint: disable=g-import-not-at-top
   c = pdsn.get_config()
-  if _MODEL.value == "mobilefacenet":
+  if flags.FLAGS.model == "mobilefacenet":
     c.model.update(kind="mobilefacenet", width=1.0, embedding_dim=128)
   return c
 
@@ -61,11 +50,11 @@ def _network(config):
 
 
 def _store_path() -> str:
-  return os.path.join(_OUT.value, f"{_MODEL.value}_{_DTYPE.value}_{max(_sizes())}")
+  return os.path.join(flags.FLAGS.out, f"{flags.FLAGS.model}_{flags.FLAGS.dtype}_{max(_sizes())}")
 
 
 def _sizes() -> list[int]:
-  return [int(s) for s in _SIZES.value.split(",")]
+  return [int(s) for s in flags.FLAGS.sizes.split(",")]
 
 
 def build() -> dict:
@@ -82,8 +71,8 @@ def build() -> dict:
   t = time.time()
   out, stats = store.build_from_source(
       _store_path(), src, lambda images: embedder.features(rep, images),
-      u_shape=builders.u_shape(config), dtype=_DTYPE.value, shard_size=_SHARD.value,
-      trunk_checkpoint=f"untrained {_MODEL.value}",
+      u_shape=builders.u_shape(config), dtype=flags.FLAGS.dtype, shard_size=flags.FLAGS.shard_size,
+      trunk_checkpoint=f"untrained {flags.FLAGS.model}",
       trunk_fingerprint=store.fingerprint(builders.feature_variables(net, v)),
       description=f"synthetic:{max(_sizes())}")
   stats["seconds"] = time.time() - t
@@ -125,7 +114,7 @@ def child(n: int) -> dict:
   searcher_for = {p: search.Searcher(net, u_shape, 256, k=1, path=p)
                   for p in ("affine", "general")}
   auto = search.Searcher(net, u_shape, 256, k=1)  # "auto": a timed trial, 9 patterns
-  auto.search(v, table, *_probes(9, _PROBES.value, config.model.embedding_dim), first,
+  auto.search(v, table, *_probes(9, flags.FLAGS.probes, config.model.embedding_dim), first,
               shards=[0])
   ((key, picked),) = auto.choices.items() if auto.choices else ((None, "general"),)
   out["auto_path"] = picked
@@ -139,19 +128,19 @@ def child(n: int) -> dict:
     searcher.search(v, table, emb, fl, gal)
     return time.time() - t
 
-  pats = (1, 9, 50) if _COSTS.value else (9,)
+  pats = (1, 9, 50) if flags.FLAGS.child_costs else (9,)
   for k in pats:
-    emb, fl = _probes(k, _PROBES.value, config.model.embedding_dim)
+    emb, fl = _probes(k, flags.FLAGS.probes, config.model.embedding_dim)
     for path, s in searcher_for.items():
-      if not _COSTS.value and path != (_PATH.value or out["auto_path"]):
+      if not flags.FLAGS.child_costs and path != (flags.FLAGS.child_path or out["auto_path"]):
         continue
       secs = timed(s, emb, fl, gallery)
       out[f"{path}_{k}"] = {"seconds": secs, "pattern_cmp_per_s": n * k / secs,
-                            "probe_cmp_per_s": n * _PROBES.value / secs}
-  if _COSTS.value:  # every distractor embedded separately per probe: own pattern each
-    emb, fl = _probes(_PROBES.value, _PROBES.value, config.model.embedding_dim, seed=2)
+                            "probe_cmp_per_s": n * flags.FLAGS.probes / secs}
+  if flags.FLAGS.child_costs:  # every distractor embedded separately per probe: own pattern each
+    emb, fl = _probes(flags.FLAGS.probes, flags.FLAGS.probes, config.model.embedding_dim, seed=2)
     secs = timed(searcher_for[out["auto_path"]], emb, fl, first)
-    out["per_probe"] = {"seconds": secs, "probe_cmp_per_s": first.num_faces * _PROBES.value / secs}
+    out["per_probe"] = {"seconds": secs, "probe_cmp_per_s": first.num_faces * flags.FLAGS.probes / secs}
   out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   return out
 
@@ -162,29 +151,44 @@ def _fmt_time(s: float) -> str:
   return f"{s / 60:.1f} min" if s >= 60 else f"{s:.1f} s" if s >= 1 else f"{1e3 * s:.1f} ms"
 
 
+def define_flags() -> None:
+  """This script's flags (defined when it runs, so that importing it defines none)."""
+  flags.DEFINE_enum("model", "mobilefacenet", ["mobilefacenet", "iresnet"], "Trunk shape.")
+  flags.DEFINE_string("sizes", "10000,30000,100000", "Distractor counts.")
+  flags.DEFINE_enum("dtype", "int8", ["float32", "float16", "int8"], "Stored U.")
+  flags.DEFINE_integer("probes", 64, "Probes per search.")
+  flags.DEFINE_integer("shard_size", 4096, "Faces per store shard.")
+  flags.DEFINE_string("out", "/tmp/gallery_bench", "Where the store goes.")
+  flags.DEFINE_integer("child_size", 0, "(internal) search this many faces and report.")
+  flags.DEFINE_bool("child_costs", False, "(internal) every path and pattern count.")
+  flags.DEFINE_string("child_path", "", "(internal) the path to time (the first child's "
+                              "auto choice), so every size reports the same path.")
+
+
 def main(argv):
   del argv
-  if _CHILD.value:
-    print("RESULT " + json.dumps(child(_CHILD.value)), flush=True)
+  if flags.FLAGS.child_size:
+    print("RESULT " + json.dumps(child(flags.FLAGS.child_size)), flush=True)
     return
   stats = build()
   rows = []
   # the costs of every path once (smallest size), then each size alone for its peak RSS
   for n, costs in [(min(_sizes()), True)] + [(n, False) for n in _sizes()]:
     picked = rows[0]["auto_path"] if rows else ""
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), f"--child_size={n}",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gallery_search", f"--child_size={n}",
                            f"--child_costs={costs}", f"--child_path={picked}",
-                           f"--model={_MODEL.value}", f"--sizes={_SIZES.value}",
-                           f"--dtype={_DTYPE.value}", f"--probes={_PROBES.value}",
-                           f"--shard_size={_SHARD.value}", f"--out={_OUT.value}"],
-                          capture_output=True, text=True, check=False)
+                           f"--model={flags.FLAGS.model}", f"--sizes={flags.FLAGS.sizes}",
+                           f"--dtype={flags.FLAGS.dtype}", f"--probes={flags.FLAGS.probes}",
+                           f"--shard_size={flags.FLAGS.shard_size}", f"--out={flags.FLAGS.out}"],
+                          capture_output=True, text=True, check=False,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not line:
       raise RuntimeError(proc.stderr[-3000:])
     rows.append(json.loads(line[0][7:]))
   small, rows = rows[0], rows[1:]
   path = small["auto_path"]
-  print(f"\nmodel {_MODEL.value}, store {_DTYPE.value}, {_PROBES.value} probes, k=1; "
+  print(f"\nmodel {flags.FLAGS.model}, store {flags.FLAGS.dtype}, {flags.FLAGS.probes} probes, k=1; "
         f"store build: {stats['faces_built']} faces at {stats['faces_per_sec'] or 0:.1f} "
         "faces/s (render + align + trunk)" if stats["faces_built"] else "store reused")
   print(f"F: {small['head_flops'] / 1e6:.2f} MFLOP per face and pattern; affine matrix "
@@ -198,7 +202,7 @@ def main(argv):
     m = r[f"{path}_9"]
     print(f"| {r['size']:,} | {r['store_bytes'] / 2**20:.1f} | {r['peak_rss_mb']:.0f} | "
           f"{m['pattern_cmp_per_s']:,.0f} | {m['probe_cmp_per_s']:,.0f} |")
-  print(f"\nat {small['size']:,} distractors, {_PROBES.value} probes:\n")
+  print(f"\nat {small['size']:,} distractors, {flags.FLAGS.probes} probes:\n")
   print("| path | patterns | distractor x pattern / s | distractor x probe / s |")
   print("|---|---:|---:|---:|")
   for k in (1, 9, 50):
@@ -209,22 +213,22 @@ def main(argv):
   ratios = ", ".join(f"{p} {small[f'{p}_9']['probe_cmp_per_s']:,.0f} "
                      f"({small[f'{p}_9']['probe_cmp_per_s'] / pp['probe_cmp_per_s']:.1f}x)"
                      for p in ("general", "affine"))
-  print(f"\nevery distractor embedded separately per probe ({path} F, {_PROBES.value} patterns): "
+  print(f"\nevery distractor embedded separately per probe ({path} F, {flags.FLAGS.probes} patterns): "
         f"{pp['probe_cmp_per_s']:,.0f} distractor x probe / s; grouped by 9 patterns: {ratios}")
   rss = [r["peak_rss_mb"] for r in rows]
   print(f"peak RSS {rss[0]:.0f} MB at {rows[0]['size']:,} vs {rss[-1]:.0f} MB at "
         f"{rows[-1]['size']:,} ({100 * (rss[-1] / rss[0] - 1):+.1f}%)")
-  emb_dim = 128 if _MODEL.value == "mobilefacenet" else 256
+  emb_dim = 128 if flags.FLAGS.model == "mobilefacenet" else 256
   per_face = rows[-1]["store_bytes"] / rows[-1]["size"]
   print(f"\nprojection: {MEGAFACE:,} distractors x {FACESCRUB_PROBES:,} probes; accelerators "
-        f"at an assumed {int(UTILISATION * 100)}% of peak; reading the {_DTYPE.value} store "
+        f"at an assumed {int(UTILISATION * 100)}% of peak; reading the {flags.FLAGS.dtype} store "
         f"({per_face * MEGAFACE / 1e9:.1f} GB) at an assumed {DISK_GBPS:g} GB/s takes "
         f"{_fmt_time(per_face * MEGAFACE / (DISK_GBPS * 1e9))} (a floor for every device)")
   embed = small["affine_flops"] if path == "affine" else small["head_flops"]
   for k in (9, 50):
     m = small[f"{path}_{k}"]
     # this CPU's measured FLOP rate on the same work (embedding per pattern + scoring)
-    cpu_rate = small["size"] * (k * embed + _PROBES.value * 2 * emb_dim) / m["seconds"]
+    cpu_rate = small["size"] * (k * embed + flags.FLAGS.probes * 2 * emb_dim) / m["seconds"]
     flops = MEGAFACE * (k * embed + FACESCRUB_PROBES * 2 * emb_dim)
     cells = [f"this CPU ({cpu_rate / 1e9:.1f} GFLOP/s measured) {_fmt_time(flops / cpu_rate)}"]
     cells += [f"{name}: {_fmt_time(flops / (peak * UTILISATION))}" for name, peak in PEAKS.items()]
@@ -232,4 +236,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -1,12 +1,12 @@
 """Memory and speed of finding faces in very large photos (issue 38's probe: 8 PNGs of
 12000x12000 took 4.9 GB in ``embed``, a whole chunk decoded at full size).
 
-  python benchmarks/large_photos.py [--photos=8] [--side=12000] [--repo=PATH]
+  python -m benchmarks.large_photos [--photos=8] [--side=12000]
 
 Writes ``--photos`` PNGs of ``--side`` x ``--side`` pixels (a synthetic face, a third of the
 photo's width, at the centre; the rest flat: small files, full-size decodes) and runs the photo commands' finder
 (``data.faces.find`` with BlazeFace) on them in this process, then prints peak RSS and photos/s.
-``--repo``: the checkout whose ``pdsn_jax`` is measured (another commit's, for a before/after).
+For a before/after, run it in a worktree of the other commit (``git worktree add``).
 """
 
 import os
@@ -19,12 +19,9 @@ import time
 
 from absl import app, flags
 
-_PHOTOS = flags.DEFINE_integer("photos", 8, "How many photos.")
-_SIDE = flags.DEFINE_integer("side", 12000, "Their side in pixels.")
-_REPO = flags.DEFINE_string("repo", os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                            "The checkout to measure.")
-_WRITE = flags.DEFINE_string("write_to", "", "(internal) only write the photos there: their "
-                             "full-size canvas must not count in the measured process's peak")
+from pdsn_jax.data import faces
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _write(folder: str, n: int, side: int) -> None:
@@ -40,20 +37,25 @@ def _write(folder: str, n: int, side: int) -> None:
     Image.fromarray(canvas).save(os.path.join(folder, f"{i}.png"), compress_level=1)
 
 
+def define_flags() -> None:
+  """This script's flags (defined when it runs, so that importing it defines none)."""
+  flags.DEFINE_integer("photos", 8, "How many photos.")
+  flags.DEFINE_integer("side", 12000, "Their side in pixels.")
+  flags.DEFINE_string("write_to", "", "(internal) only write the photos there: their "
+                               "full-size canvas must not count in the measured process's peak")
+
+
 def main(argv):
   del argv
-  sys.path.insert(0, _REPO.value)
-  from pdsn_jax.data import faces  # pylint: disable=g-import-not-at-top
-
-  if _WRITE.value:
-    _write(_WRITE.value, _PHOTOS.value, _SIDE.value)
+  if flags.FLAGS.write_to:
+    _write(flags.FLAGS.write_to, flags.FLAGS.photos, flags.FLAGS.side)
     return
   folder = tempfile.mkdtemp(prefix="large_photos_")
-  subprocess.run([sys.executable, os.path.abspath(__file__), f"--write_to={folder}",
-                  f"--photos={_PHOTOS.value}", f"--side={_SIDE.value}",
-                  f"--repo={_REPO.value}"], check=True)
+  subprocess.run([sys.executable, "-m", "benchmarks.large_photos", f"--write_to={folder}",
+                  f"--photos={flags.FLAGS.photos}", f"--side={flags.FLAGS.side}"], check=True,
+                 cwd=REPO)
   paths = sorted(os.path.join(folder, f) for f in os.listdir(folder))
-  side = _SIDE.value
+  side = flags.FLAGS.side
   before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
   finder = faces.FaceFinder("blazeface")
   t0 = time.time()
@@ -62,11 +64,12 @@ def main(argv):
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
   mib = sum(os.path.getsize(p) for p in paths) / 2**20
   shutil.rmtree(folder)
-  print(f"repo {_REPO.value}: {len(paths)} photos of {side}x{side} px "
+  print(f"{len(paths)} photos of {side}x{side} px "
         f"({mib:.1f} MiB on disk): "
         f"{sum(f.face is not None for f in found)} faces found; peak RSS {peak:.2f} GiB "
         f"(before finding {before:.2f} GiB); {len(paths) / seconds:.2f} photos/s")
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -1,6 +1,6 @@
 """MobileFaceNet forward throughput: depthwise convs as a sum of taps vs XLA's grouped conv.
 
-  python benchmarks/mobilefacenet_speed.py [--batch=64] [--reps=5]
+  python -m benchmarks.mobilefacenet_speed [--batch=64] [--reps=5]
 
 Prints a table of U = features(x) throughput (img/s) for the net as built here
 (``DepthwiseConv``: the sum of kh*kw shifted, per-channel-scaled taps) and for the same
@@ -10,18 +10,16 @@ to see whether it matters there. A last row: ``top`` alone, from the bottom's V,
 the evaluation runs for a checkpoint that shares the trunk's bottom (``eval.bottom_cache_gib``).
 """
 
-import argparse
-import os
-import sys
 import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pdsn_jax.models import mobilefacenet  # noqa: E402
+from absl import app, flags
+
+from pdsn_jax.models import mobilefacenet
 
 
 class _Grouped(nn.Module):
@@ -53,11 +51,15 @@ def throughput(batch: int, reps: int, method: str = "features") -> float:
   return reps * batch / (time.perf_counter() - t)
 
 
-def main():
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--batch", type=int, default=64)
-  p.add_argument("--reps", type=int, default=5)
-  a = p.parse_args()
+def define_flags() -> None:
+  """This script's flags (defined when it runs, so that importing it defines none)."""
+  flags.DEFINE_integer("batch", 64, 'Faces per batch.')
+  flags.DEFINE_integer("reps", 5, 'Timed repetitions.')
+
+
+def main(argv):
+  del argv
+  a = flags.FLAGS
   rows = [("sum of taps (as built)", throughput(a.batch, a.reps))]
   taps = mobilefacenet.DepthwiseConv
   mobilefacenet.DepthwiseConv = _Grouped
@@ -73,4 +75,5 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

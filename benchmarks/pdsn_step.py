@@ -1,8 +1,8 @@
 """Stage I/II speed: one 9-generator step vs 9 single-generator steps; dictionary vs trunk forward.
 
 Run:
-  python benchmarks/pdsn_step.py --config=configs/pdsn.py [--steps=5] [--batch=16] [--reuse=R]
-  python benchmarks/pdsn_step.py --config=configs/real_mobilefacenet.py --steps=3
+  python -m benchmarks.pdsn_step --config=configs/pdsn.py [--steps=5] [--batch=16] [--reuse=R]
+  python -m benchmarks.pdsn_step --config=configs/real_mobilefacenet.py --steps=3
 
 First the split of one stage I step (the frozen trunk's forward of the clean face and its 9
 occluded copies; the generators' forward and backward given U; the host's occlusion
@@ -19,19 +19,11 @@ occluders). Prints one table.
 """
 
 import functools
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/pdsn.py", "config file")
-_STEPS = flags.DEFINE_integer("steps", 5, "timed repetitions")
-_BATCH = flags.DEFINE_integer("batch", 0, "faces per step (0: config.pdsn.batch_size)")
-_REUSE = flags.DEFINE_integer("reuse", 0, "updates per batch's U (0: config.pdsn.reuse)")
+from absl import app, flags
+from ml_collections import config_flags
 
 
 def _time(fn, *args, steps):
@@ -45,6 +37,14 @@ def _time(fn, *args, steps):
   return (time.perf_counter() - t) / steps
 
 
+def define_flags() -> None:
+  """This script's flags (defined when it runs, so that importing it defines none)."""
+  config_flags.DEFINE_config_file("config", "configs/pdsn.py", "config file")
+  flags.DEFINE_integer("steps", 5, "timed repetitions")
+  flags.DEFINE_integer("batch", 0, "faces per step (0: config.pdsn.batch_size)")
+  flags.DEFINE_integer("reuse", 0, "updates per batch's U (0: config.pdsn.reuse)")
+
+
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
@@ -54,11 +54,11 @@ def main(argv):
   from pdsn_jax.models.generator import StackedMaskGenerators  # pylint: disable=g-import-not-at-top
   from pdsn_jax.stages import dictionary, pdsn  # pylint: disable=g-import-not-at-top
 
-  config = _CONFIG.value
-  if _REUSE.value:
-    config.pdsn.reuse = _REUSE.value
+  config = flags.FLAGS.config
+  if flags.FLAGS.reuse:
+    config.pdsn.reuse = flags.FLAGS.reuse
   reuse = config.pdsn.reuse
-  b = _BATCH.value or config.pdsn.batch_size
+  b = flags.FLAGS.batch or config.pdsn.batch_size
   classes = 200
   mesh = parallel.make_mesh()
   backbone = builders.backbone(config, False)
@@ -87,10 +87,10 @@ def main(argv):
     return fn, jax.device_put(state, parallel.replicated(mesh))
 
   fn9, s9 = step_fn(9)
-  t9 = _time(fn9, s9, parallel.put_batch(batch, mesh), key, steps=_STEPS.value)
+  t9 = _time(fn9, s9, parallel.put_batch(batch, mesh), key, steps=flags.FLAGS.steps)
   fn1, s1 = step_fn(1)
   b1 = parallel.put_batch({**batch, "occluded": batch["occluded"][:, :1]}, mesh)
-  t1 = _time(fn1, s1, b1, key, steps=_STEPS.value)
+  t1 = _time(fn1, s1, b1, key, steps=flags.FLAGS.steps)
 
   gens = StackedMaskGenerators(9)
   gvars = {"params": s9.params, "batch_stats": s9.batch_stats, "frozen": tv}
@@ -100,16 +100,16 @@ def main(argv):
       dictionary.mask_step, backbone=backbone, gens=gens, differential=True), mesh,
                                  donate_state=False)
   td = _time(dstep, jax.device_put(carry, parallel.replicated(mesh)),
-             parallel.put_batch(batch, mesh), key, steps=_STEPS.value)
+             parallel.put_batch(batch, mesh), key, steps=flags.FLAGS.steps)
   fwd = jax.jit(lambda v, x: backbone.apply(v, builders.normalize(x)))
   imgs = jnp.asarray(batch["occluded"].reshape(-1, *size, 3))
-  tf = _time(fwd, v, imgs, steps=_STEPS.value)
+  tf = _time(fwd, v, imgs, steps=flags.FLAGS.steps)
 
   # the split of one stage I step: the frozen trunk's forward (clean + 9 occluded copies), the
   # generators' forward and backward on given U, and the host's occlusion synthesis
   feats = jax.jit(functools.partial(builders.frozen_features, net=backbone))
   tu = _time(feats, tv, {"image": jnp.asarray(batch["image"]),
-                         "occluded": jnp.asarray(batch["occluded"])}, steps=_STEPS.value)
+                         "occluded": jnp.asarray(batch["occluded"])}, steps=flags.FLAGS.steps)
   u_clean, u_occ = feats(tv, batch)
   gens_train = StackedMaskGenerators(9)
 
@@ -123,7 +123,7 @@ def main(argv):
 
   host = lambda x: jax.tree.map(lambda a: np.asarray(a), jax.device_get(x))  # noqa: E731
   tg = _time(jax.jit(gen_grads), host(s9.params), host(s9.batch_stats), u_clean, u_occ,
-             steps=_STEPS.value)
+             steps=flags.FLAGS.steps)
   ts = _synthesis_seconds(config, b)
 
   m = config.model
@@ -163,11 +163,12 @@ def _synthesis_seconds(config, b: int) -> float:
   for r in recs[:2]:  # warm caches (occluder files)
     transform(dict(r), rng)
   t = time.perf_counter()
-  for _ in range(_STEPS.value):
+  for _ in range(flags.FLAGS.steps):
     for r in recs:
       transform(dict(r), rng)
-  return (time.perf_counter() - t) / _STEPS.value
+  return (time.perf_counter() - t) / flags.FLAGS.steps
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -1,36 +1,43 @@
-"""The spread over training seeds: runs a config once per seed and prints the mean ± std of
-every headline number over the seeds (a markdown table, also written to ROOT/seeds.md).
+"""The spread over training seeds, and what holds over them: runs a config once per seed,
+prints the mean ± std of every headline number over the seeds, and each paired comparison
+pooled over the seeds (a markdown file, ROOT/seeds.md).
 
-  python benchmarks/seeds.py --config=configs/real_mobilefacenet.py --seeds=0,1,2 \\
-      --root=runs/seeds [--match=REGEX] [-- --config.field=value ...]
+  python -m benchmarks.seeds --config=configs/real_mobilefacenet.py --seeds=0,1,2 \\
+      --root=runs/seeds [--match=REGEX] [--report_only] [-- --config.field=value ...]
 
 ``--config.seed=<seed>`` changes every training stream (initialisation, data order, the
 occluders pasted in training, the dictionary's pairs); the evaluation sets keep
 ``eval.seed``, so every seed is scored on the same probes and pairs. Each seed's run goes to
-ROOT/seed_<seed> and resumes like any run (finished stages are skipped). Cost: one run per seed
-(``configs/real_mobilefacenet.py``: about 25 min each on 2 cores).
+ROOT/seed_<seed> and resumes like any run (finished stages are skipped). Cost: one run per
+seed (``configs/real_mobilefacenet.py``: 76 min each on 2 cores, docs/results.md).
 
-``--paired="A:B"`` (default "PDSN + fine-tune:Baseline") also prints, for every paired
-comparison of model A against B that the runs' results.json holds (``paired``) and ``--match``
-selects, each seed's difference and 95% interval and how many seeds beat (interval above 0).
+``--paired="A:B"`` (default "PDSN + fine-tune:Baseline"): for every column ``--match``
+selects, A minus B pooled over the seeds from each seed's ``evaluate/hits.npz`` (every
+probe's right / wrong): the mean over seeds of each seed's difference, each seed's own, and
+a 95% interval from a bootstrap over the probes stratified by seed
+(``stats.pooled_paired_bootstrap``). "beats" is written only where that interval is above 0.
 
 Headline numbers (``--match``, a regex on "model | protocol/column"): verification clean and
-occluded mean, AR-style P2, the real AR photos with the detector's location, and LFW rank-1 at
-every distractor, detector-located.
+occluded mean, AR-style P2, the real AR photos with the detector's location (among the
+distractors too), and LFW rank-1 at every distractor, detector-located.
 """
 
-import argparse
 import json
 import os
 import re
 import subprocess
 import sys
 
+from absl import app, flags
 import numpy as np
+
+from pdsn_jax import workdir as workdir_lib
+from pdsn_jax.evaluation import stats
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MATCH = (r"verification/(clean|occluded mean)$|ar_p2/|ar_real/detector/p[12]/(sunglasses|scarf)"
          r"|lfw_distractors/detector/")
+
 _SKIP = {"std", "negatives", "num_distractors", "sizes", "probes", "lfw_distractors",
          "tar_at_far_1e-3", "centre_crop"}
 
@@ -80,56 +87,82 @@ def table(results: dict, match: str) -> str:
   return "\n".join([head, "|" + "---|" * (3 + len(seeds))] + rows)
 
 
-def paired_table(results: dict, pair: str, match: str) -> str:
-  """Markdown: per comparison, each seed's A - B [interval] (points) and the verdict."""
+def pooled_table(hits: dict, pair: str, match: str) -> str:
+  """Markdown: per column, A and B (mean over seeds), each seed's A - B, and A - B pooled over
+  the seeds with its stratified 95% interval (points); ``hits``: seed -> {"row|column": bool
+  per probe} (each seed's ``evaluate/hits.npz``)."""
   a, b = pair.split(":")
-  seeds = sorted(results)
-  per = [results[s].get("paired", {}).get(a, {}).get(b, {}) for s in seeds]
+  seeds = sorted(hits)
+  keys = [k[len(a) + 1:] for k in hits[seeds[0]] if k.startswith(f"{a}|")]
   rows = []
-  for key in per[0]:
-    if not re.search(match, key) or not all(key in p for p in per):
+  for key in keys:
+    if not re.search(match, key) or not all(f"{m}|{key}" in hits[s] for s in seeds
+                                            for m in (a, b)):
       continue
-    cells = [f"{100 * p[key]['diff']:+.1f} [{100 * p[key]['lo']:+.1f}, {100 * p[key]['hi']:+.1f}]"
-             for p in per]
-    wins = sum(p[key]["lo"] > 0 for p in per)
-    losses = sum(p[key]["hi"] < 0 for p in per)
-    rows.append(f"| {key} | " + " | ".join(cells) + f" | beats in {wins} of {len(seeds)}"
-                + (f", below in {losses}" if losses else "") + " |")
-  head = f"| {a} minus {b} | " + " | ".join(f"seed {s}" for s in seeds) + " | verdict |"
-  return "\n".join([head, "|" + "---|" * (2 + len(seeds))] + rows)
+    pairs = [(hits[s][f"{a}|{key}"], hits[s][f"{b}|{key}"]) for s in seeds]
+    r = stats.pooled_paired_bootstrap(pairs)
+    mean = lambda m: 100 * np.mean([np.mean(hits[s][f"{m}|{key}"]) for s in seeds])  # noqa: E731
+    word = {"ahead": "**beats**", "behind": "below", "within noise": "within noise"}[
+        stats.verdict(r)]
+    rows.append(f"| {key} | {mean(a):.2f} | {mean(b):.2f} | "
+                + " | ".join(f"{100 * d:+.1f}" for d in r["per_seed"])
+                + f" | {100 * r['diff']:+.1f} [{100 * r['lo']:+.1f}, {100 * r['hi']:+.1f}] | "
+                f"{word} |")
+  head = (f"| column | {a} | {b} | " + " | ".join(f"seed {s}" for s in seeds)
+          + f" | {a} minus {b}, pooled | verdict |")
+  return "\n".join([f"{a} against {b} over seeds {', '.join(map(str, seeds))} (mean over seeds; "
+                    "each seed's difference; the pooled difference with its 95% interval, a "
+                    "bootstrap over the probes stratified by seed; points):", "", head,
+                    "|" + "---|" * (5 + len(seeds))] + rows)
 
 
-def main():
-  ap = argparse.ArgumentParser()
-  ap.add_argument("--config", default="configs/real_mobilefacenet.py")
-  ap.add_argument("--seeds", default="0,1,2")
-  ap.add_argument("--root", default="runs/seeds")
-  ap.add_argument("--match", default=MATCH)
-  ap.add_argument("--report_only", action="store_true", help="only read finished runs")
-  ap.add_argument("--paired", default="PDSN + fine-tune:Baseline",
-                  help="A:B, two models of the runs' paired comparisons ('' for none)")
-  args, extra = ap.parse_known_args()
-  extra = [a for a in extra if a != "--"]
-  results = {}
-  for seed in [int(s) for s in args.seeds.split(",")]:
-    wd = os.path.join(args.root, f"seed_{seed}")
-    if not args.report_only:
-      cmd = [sys.executable, "-m", "pdsn_jax.main", f"--config={args.config}",
+def read_hits(run: str) -> dict:
+  """A run's ``evaluate/hits.npz`` as {"row|column": bool array}."""
+  path = workdir_lib.hits_file(run)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} not found: evaluate that run again (its evaluate stage "
+                            "writes every probe's hits since 2026-12-06)")
+  with np.load(path) as f:
+    return {k: f[k] for k in f.files}
+
+
+def define_flags() -> None:
+  """This script's flags (defined when it runs, so that importing it defines none)."""
+  flags.DEFINE_string("config", "configs/real_mobilefacenet.py", "The config to run.")
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds (config.seed).")
+  flags.DEFINE_string("root", "runs/seeds", "Each seed's run goes to ROOT/seed_<seed>.")
+  flags.DEFINE_string("match", MATCH, "Regex on 'model | protocol/column'.")
+  flags.DEFINE_bool("report_only", False, "Only read finished runs.")
+  flags.DEFINE_string("paired", "PDSN + fine-tune:Baseline",
+                                "A:B, two model rows pooled over the seeds ('' for none).")
+
+
+def main(argv):
+  extra = [a for a in argv[1:] if a != "--"]
+  results, hits = {}, {}
+  root = flags.FLAGS.root
+  for seed in [int(s) for s in flags.FLAGS.seeds]:
+    wd = os.path.join(root, f"seed_{seed}")
+    if not flags.FLAGS.report_only:
+      cmd = [sys.executable, "-m", "pdsn_jax.main", f"--config={flags.FLAGS.config}",
              f"--workdir={wd}", f"--config.seed={seed}", *extra]
       print("+", " ".join(cmd), flush=True)
       subprocess.run(cmd, cwd=REPO, check=True)
-    path = os.path.join(wd if os.path.isabs(wd) else os.path.join(REPO, wd), "results.json")
-    with open(path, encoding="utf-8") as f:
+    run = wd if os.path.isabs(wd) else os.path.join(REPO, wd)
+    with open(workdir_lib.results_files(run)[1], encoding="utf-8") as f:
       results[seed] = json.load(f)
-  text = table(results, args.match)
-  if args.paired:
-    text += "\n\n" + paired_table(results, args.paired, args.match)
+    if flags.FLAGS.paired:
+      hits[seed] = read_hits(run)
+  text = table(results, flags.FLAGS.match)
+  if flags.FLAGS.paired:
+    text += "\n\n" + pooled_table(hits, flags.FLAGS.paired, flags.FLAGS.match)
   print(text)
-  out = os.path.join(args.root, "seeds.md")
+  out = os.path.join(root, "seeds.md")
   with open(out, "w", encoding="utf-8") as f:
-    f.write(f"# {args.config}, seeds {args.seeds}\n\n{text}\n")
+    f.write(f"# {flags.FLAGS.config}, seeds {', '.join(flags.FLAGS.seeds)}\n\n{text}\n")
   print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

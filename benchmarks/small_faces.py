@@ -1,7 +1,7 @@
 """Small faces in large photos: BlazeFace's found rate by face size, and photos/s, for the whole
 photo alone (before) and with tiles (``--min_face``, after).
 
-  python benchmarks/small_faces.py [--faces=40] [--sizes=24,32,48,64,96] [--scene=640x480]
+  python -m benchmarks.small_faces [--faces=40] [--sizes=24,32,48,64,96] [--scene=640x480]
       [--celeba=../shared/data/celeba] [--min_face=20]
 
 Scenes: training-side faces (CelebA crops, their landmarks file's face box) pasted at each
@@ -20,14 +20,6 @@ import numpy as np
 from PIL import Image
 
 from pdsn_jax.data import faces as faces_lib
-
-_N = flags.DEFINE_integer("faces", 40, "CelebA faces per size.")
-_SIZES = flags.DEFINE_list("sizes", ["24", "32", "48", "64", "96"], "Face widths in pixels.")
-_SCENE = flags.DEFINE_string("scene", "640x480", "Scene width x height.")
-_CELEBA = flags.DEFINE_string(
-    "celeba", os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__)))), "shared", "data", "celeba"), "CelebA folder (landmarks.tsv).")
-_MIN_FACE = flags.DEFINE_integer("min_face", 20, "The tiled search's smallest face width.")
 
 
 def _faces(root: str, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -73,19 +65,30 @@ def _iou(a, b) -> float:
   return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
+def define_flags() -> None:
+  """This script's flags (defined when it runs, so that importing it defines none)."""
+  flags.DEFINE_integer("faces", 40, "CelebA faces per size.")
+  flags.DEFINE_list("sizes", ["24", "32", "48", "64", "96"], "Face widths in pixels.")
+  flags.DEFINE_string("scene", "640x480", "Scene width x height.")
+  flags.DEFINE_string(
+      "celeba", os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+          os.path.abspath(__file__)))), "shared", "data", "celeba"), "CelebA folder (landmarks.tsv).")
+  flags.DEFINE_integer("min_face", 20, "The tiled search's smallest face width.")
+
+
 def main(argv):
   del argv
   rng = np.random.default_rng(0)
-  wh = tuple(int(v) for v in _SCENE.value.split("x"))
-  people = _faces(_CELEBA.value, _N.value)
+  wh = tuple(int(v) for v in flags.FLAGS.scene.split("x"))
+  people = _faces(flags.FLAGS.celeba, flags.FLAGS.faces)
   finder = faces_lib.FaceFinder("blazeface")
-  sizes = [int(v) for v in _SIZES.value]
+  sizes = [int(v) for v in flags.FLAGS.sizes]
   scenes = {f: [_scene(rng, wh, p, b, f) for p, b in people] for f in sizes}
   warm = [scenes[sizes[0]][0][0]]
   faces_lib.find(warm, (112, 96), finder=finder, faces="all")  # compile both paths first
-  faces_lib.find(warm, (112, 96), finder=finder, faces="all", min_face=_MIN_FACE.value)
+  faces_lib.find(warm, (112, 96), finder=finder, faces="all", min_face=flags.FLAGS.min_face)
   print(f"{len(people)} CelebA faces per size in {wh[0]}x{wh[1]} scenes; tiles for faces >= "
-        f"{_MIN_FACE.value} px: {len(faces_lib.tiles(wh[::-1], _MIN_FACE.value))} per scene")
+        f"{flags.FLAGS.min_face} px: {len(faces_lib.tiles(wh[::-1], flags.FLAGS.min_face))} per scene")
   print("| face width px | found, whole photo | found, + tiles | other detections / scene, "
         "whole | ..., + tiles |")
   print("|---:|---:|---:|---:|---:|")
@@ -93,7 +96,7 @@ def main(argv):
   for f in sizes:
     row = []
     other = []
-    for name, kw in (("whole", {}), ("tiles", {"min_face": _MIN_FACE.value})):
+    for name, kw in (("whole", {}), ("tiles", {"min_face": flags.FLAGS.min_face})):
       images = [s for s, _ in scenes[f]]
       t = time.perf_counter()
       found = faces_lib.find(images, (112, 96), finder=finder, faces="all", **kw)
@@ -113,4 +116,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -1,8 +1,8 @@
 """Trunk train-step throughput: img/s, peak memory, FLOPs/image, achieved GFLOP/s; PyTorch side by side.
 
 Run:
-  python benchmarks/train_step.py --config=configs/pdsn.py [--steps=10] [--torch]
-  python benchmarks/train_step.py --config=configs/paper.py --batch=8 --steps=3
+  python -m benchmarks.train_step --config=configs/pdsn.py [--steps=10] [--torch]
+  python -m benchmarks.train_step --config=configs/paper.py --batch=8 --steps=3
 
 Synthetic random uint8 batches (no input pipeline: that is benchmarks/input_pipeline.py);
 prints one table. FLOPs come from XLA's cost analysis of the compiled step.
@@ -10,19 +10,11 @@ prints one table. FLOPs come from XLA's cost analysis of the compiled step.
 
 import functools
 import resource
-import sys
 import time
-import os
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/pdsn.py", "config file")
-_STEPS = flags.DEFINE_integer("steps", 10, "timed steps")
-_BATCH = flags.DEFINE_integer("batch", 0, "global batch (0: the config's)")
-_TORCH = flags.DEFINE_bool("torch", True, "also time the same step in PyTorch if installed")
+from absl import app, flags
+from ml_collections import config_flags
 
 
 def _jax_step(config, batch_size, steps):
@@ -102,11 +94,19 @@ def _torch_step(config, batch_size, steps):
   return {"img_s": batch_size / dt, "step_s": dt, "threads": torch.get_num_threads()}
 
 
+def define_flags() -> None:
+  """This script's flags (defined when it runs, so that importing it defines none)."""
+  config_flags.DEFINE_config_file("config", "configs/pdsn.py", "config file")
+  flags.DEFINE_integer("steps", 10, "timed steps")
+  flags.DEFINE_integer("batch", 0, "global batch (0: the config's)")
+  flags.DEFINE_bool("torch", True, "also time the same step in PyTorch if installed")
+
+
 def main(argv):
   del argv
-  config = _CONFIG.value
-  batch = _BATCH.value or config.trunk.batch_size
-  r = _jax_step(config, batch, _STEPS.value)
+  config = flags.FLAGS.config
+  batch = flags.FLAGS.batch or config.trunk.batch_size
+  r = _jax_step(config, batch, flags.FLAGS.steps)
   m = config.model
   print(f"\nTrunk train step: IResNet-{m.depth} width {m.width} {tuple(config.data.image_size)} "
         f"batch {batch}, {m.dtype}, {r['device']}")
@@ -114,8 +114,8 @@ def main(argv):
   print("|---|---:|---:|---:|---:|---:|---:|")
   print(f"| jax | {r['img_s']:.1f} | {r['step_s']:.3f} | {r['flops_img'] / 1e9:.3f} | "
         f"{r['gflops_s']:.1f} | {r['peak_mem_gb']:.2f} | {r['compile_s']:.1f} |")
-  if _TORCH.value:
-    t = _torch_step(config, batch, _STEPS.value)
+  if flags.FLAGS.torch:
+    t = _torch_step(config, batch, flags.FLAGS.steps)
     if t is None:
       print("| torch | not installed (pip install torch==2.13.0) | | | | | |")
     else:
@@ -125,4 +125,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

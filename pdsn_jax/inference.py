@@ -3,8 +3,6 @@ the detector and evaluation stages), occlusions a user names, the fingerprint a 
 belongs to, and the check that a checkpoint fits its network. The whole pipeline of a finished
 run is ``recognizer.Recognizer``."""
 
-import math
-import os
 import re
 
 import jax

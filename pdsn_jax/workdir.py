@@ -103,6 +103,13 @@ def dictionary_file(workdir: str, stage: str = DICTIONARY) -> str:
   return os.path.join(workdir, stage, DICTIONARY_FILE)
 
 
+def hits_file(workdir: str) -> str:
+  """Per model row and protocol column, each pair's or probe's right / wrong (``.npz``, keys
+  "<row>|<column>"): what the paired intervals are computed from, kept so that runs of other
+  training seeds can be pooled (``benchmarks/seeds.py``)."""
+  return stage_file(workdir, EVALUATE, "hits.npz")
+
+
 def thresholds_file(workdir: str) -> str:
   """Per model, the mean of the 10 fold thresholds of clean and occluded verification and the
   fingerprint of the network they were measured on: what ``verify`` decides with."""

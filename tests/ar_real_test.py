@@ -2,9 +2,7 @@
 protocol end to end on a tiny run with an AR-shaped folder of drawn faces."""
 
 import csv
-import json
 import os
-import shutil
 
 import numpy as np
 import pytest

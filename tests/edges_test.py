@@ -3,7 +3,6 @@ each failing on the code before the fix. Probes that need a finished run use the
 tiny run (a copy when they change it); the rest run on arrays and files made here."""
 
 import errno
-import io
 import json
 import os
 import shutil
@@ -16,7 +15,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import tiny
 from pdsn_jax import checkpointing, files, provenance, recognizer, workdir as workdir_lib
 from pdsn_jax.data import faces as faces_lib
 from pdsn_jax.data import folders, pairs

@@ -1,8 +1,11 @@
 """benchmarks/seeds.py: the headline numbers of a results.json row and their spread over seeds."""
 
+import chex
+import numpy as np
 import pytest
 
 from benchmarks import seeds
+from pdsn_jax.evaluation import stats
 
 
 def _row(clean, sunglasses, curve):
@@ -30,13 +33,47 @@ def test_table_gives_mean_and_sample_std_over_seeds():
   assert "ar_p2" not in text
 
 
-def test_paired_table_counts_the_seeds_whose_interval_excludes_zero():
-  def run(diff, lo, hi):
-    return {"paired": {"A": {"B": {"ar_real/detector/p1/sunglasses":
-                                   {"diff": diff, "lo": lo, "hi": hi, "n": 300},
-                                   "verification/clean": {"diff": 0, "lo": 0, "hi": 0}}}}}
-  results = {0: run(0.05, 0.02, 0.08), 1: run(0.01, -0.01, 0.04), 2: run(-0.04, -0.07, -0.01)}
-  text = seeds.paired_table(results, "A:B", r"ar_real/")
-  assert ("| ar_real/detector/p1/sunglasses | +5.0 [+2.0, +8.0] | +1.0 [-1.0, +4.0] | "
-          "-4.0 [-7.0, -1.0] | beats in 1 of 3, below in 1 |") in text
-  assert "verification" not in text
+def test_pooled_bootstrap_averages_the_seeds_and_resamples_within_each():
+  rng = np.random.default_rng(0)
+  # three seeds on the same 300 probes: A right on 10 more probes than B in each
+  pairs = []
+  for _ in range(3):
+    b = rng.random(300) < 0.6
+    a = b.copy()
+    a[np.flatnonzero(~b)[:30]] = True
+    pairs.append((a, b))
+  r = stats.pooled_paired_bootstrap(pairs, seed=1)
+  chex.assert_trees_all_close(r["per_seed"], [0.1, 0.1, 0.1])
+  assert r["diff"] == pytest.approx(0.1) and r["n"] == [300] * 3
+  assert 0.05 < r["lo"] < 0.1 < r["hi"] < 0.15 and stats.verdict(r) == "ahead"
+  # pooled, the interval is narrower than one seed's alone
+  one = stats.paired_bootstrap(*pairs[0], seed=1)
+  assert r["hi"] - r["lo"] < one["hi"] - one["lo"]
+  # one seed ahead and one behind by as much: level, within noise
+  flipped = [pairs[0], (pairs[1][1], pairs[1][0])]
+  r = stats.pooled_paired_bootstrap(flipped, seed=1)
+  assert r["diff"] == pytest.approx(0.0) and stats.verdict(r) == "within noise"
+  with pytest.raises(ValueError, match="two equal 1-D non-empty arrays"):
+    stats.pooled_paired_bootstrap([(np.ones(3), np.ones(4))])
+
+
+def test_pooled_table_says_beats_only_where_the_pooled_interval_is_above_zero():
+  rng = np.random.default_rng(0)
+  hits = {}
+  for seed in (0, 1, 2):
+    base = rng.random(200) < 0.5
+    better = base | (rng.random(200) < 0.3)  # ahead in every seed
+    hits[seed] = {"A|ar_real/detector/p1/sunglasses": better,
+                  "B|ar_real/detector/p1/sunglasses": base,
+                  "A|ar_real/detector/p1/scarf": base, "B|ar_real/detector/p1/scarf": base,
+                  "A|verification/clean": base, "B|verification/clean": base}
+  text = seeds.pooled_table(hits, "A:B", r"ar_real/")
+  lines = {ln.split(" | ")[0].lstrip("| "): ln for ln in text.splitlines() if ln.startswith("| ar")}
+  assert lines["ar_real/detector/p1/sunglasses"].endswith("| **beats** |")
+  assert lines["ar_real/detector/p1/scarf"].endswith("| +0.0 [+0.0, +0.0] | within noise |")
+  assert "verification" not in text and "seed 0 | seed 1 | seed 2" in text
+
+
+def test_a_run_without_hits_is_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match=r"hits.npz not found: evaluate that run again"):
+    seeds.read_hits(str(tmp_path))

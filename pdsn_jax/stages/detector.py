@@ -13,7 +13,6 @@ for held-out occluder files never seen in training.
 
 import functools
 import logging
-import os
 import time
 
 import jax

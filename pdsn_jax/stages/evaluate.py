@@ -286,7 +286,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if flags_det is not None:
     results["detector_on_probes"] = flags_det["detector_scores"]
   results.update(located)
-  _paired(results, ("Baseline", "Trunk"), cfg.seed)
+  _paired(results, ("Baseline", "Trunk"), cfg.seed, workdir)
   if dictionary is not None and cfg.ablations:
     results["ablations"] = _ablations(config, plan, workdir, nets, sets, flags, dictionary)
   results["seconds"] = round(time.time() - t0, 1)
@@ -368,14 +368,18 @@ def _locate(config, plan: evaluators.Plan, sets, flags: dict, predict, workdir: 
   return out
 
 
-def _paired(results: dict, references, seed: int) -> None:
-  """Takes the per-probe hits out of every row and puts into ``results["paired"]`` each row
-  against each reference row that exists (not itself): the paired bootstrap of the hits, per
-  column (``stats.paired_bootstrap``)."""
+def _paired(results: dict, references, seed: int, workdir: str) -> None:
+  """Takes the per-probe hits out of every row (into ``evaluate/hits.npz``) and puts into
+  ``results["paired"]`` each row against each reference row that exists (not itself): the
+  paired bootstrap of the hits, per column (``stats.paired_bootstrap``)."""
   hits = {row: r.pop(evaluators.HITS) for row, r in results["models"].items()
           if evaluators.HITS in r}
   if not hits:
     return
+  if jax.process_index() == 0:
+    with files.atomic_path(workdir_lib.hits_file(workdir)) as tmp:
+      np.savez_compressed(tmp, **{f"{row}|{k}": np.asarray(v, bool) for row, h in hits.items()
+                                  for k, v in h.items()})
   out = results["paired"] = {}
   for ref in references:
     if ref not in hits:
