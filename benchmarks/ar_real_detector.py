@@ -44,7 +44,8 @@ def main(argv):
     raise app.UsageError("name at least one run after the flags")
   if not os.path.isfile(os.path.join(a.ar_real, "labels.tsv")):
     sys.exit(f"no AR real-occlusion folder at {a.ar_real} (labels.tsv)")
-  from pdsn_jax import inference, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.method import inference  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.run import workdir as workdir_lib
   from pdsn_jax.data import ar_real, occlusion  # pylint: disable=g-import-not-at-top
   from pdsn_jax.evaluation.protocols import ar_real as real_ar  # pylint: disable=g-import-not-at-top
   ar, details, margins = None, [], []

@@ -64,7 +64,8 @@ def build_sets(args, categories=("mask", "sunglasses")):
   (``placement.occlude_photo``'s conditions) drawn from the select files, the occluders alone
   and the face-erased crops."""
   from configs import real_mobilefacenet  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.data import face_tuning, occlusion, placement  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.faces import tuning as face_tuning  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data import occlusion, placement
   from pdsn_jax.data.folders import FolderFaces, load_rgb  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
@@ -132,7 +133,7 @@ def define_flags() -> None:
 def main(argv):
   del argv
   args = flags.FLAGS
-  from pdsn_jax.data import faces as faces_lib  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.faces import finding as faces_lib  # pylint: disable=g-import-not-at-top
   sets, nonfaces, erased, paths = build_sets(args)
   header = None
   for t in args.thresholds.split(","):

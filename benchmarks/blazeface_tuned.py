@@ -101,7 +101,7 @@ def define_flags() -> None:
 def main(argv):
   del argv
   args = flags.FLAGS
-  from pdsn_jax.data import faces as faces_lib  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.faces import finding as faces_lib  # pylint: disable=g-import-not-at-top
   sets, nonfaces, erased, paths = build_sets(args, CATEGORIES)
   rows = {}
   for w in ["shipped"] + args.weights.split(","):

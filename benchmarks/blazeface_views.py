@@ -25,7 +25,7 @@ from benchmarks.blazeface_fallback import build_sets
 
 def mirror_index(name: str) -> np.ndarray:
   """For each anchor of model ``name``, the anchor at the mirrored position (same slot)."""
-  from pdsn_jax.data import blazeface  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.faces import blazeface  # pylint: disable=g-import-not-at-top
   out, base = [], 0
   for stride, per_cell in blazeface.MODELS[name][2]:
     n = blazeface.MODELS[name][1] // stride
@@ -60,7 +60,7 @@ def define_flags() -> None:
 def main(argv):
   del argv
   args = flags.FLAGS
-  from pdsn_jax.data import blazeface  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.faces import blazeface  # pylint: disable=g-import-not-at-top
   sets, nonfaces, erased, _ = build_sets(args)
   data = {k: v[0] for k, v in sets.items() if k != "clean"}
   data.update({"occluders alone": nonfaces, "face-erased crops": erased})

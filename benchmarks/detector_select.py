@@ -59,7 +59,7 @@ DEFAULT_THRESHOLD = 0.5
 
 def candidate(spec: str):
   """``RUN`` or ``RUN@T`` -> (run folder, its config with ``detector.threshold`` = T)."""
-  from pdsn_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.run import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   run, _, t = spec.partition("@")
   from pdsn_jax import run_config  # pylint: disable=g-import-not-at-top
   config = run_config.load_config(run)
@@ -98,7 +98,7 @@ def main(argv):
   runs = argv[1:]
   if not runs:
     raise app.UsageError("name at least one run after the flags")
-  from pdsn_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.run import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from pdsn_jax.stages import detector  # pylint: disable=g-import-not-at-top
   rows, cache, augment = {}, {}, {}
   for spec in runs:

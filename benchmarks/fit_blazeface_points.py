@@ -14,7 +14,8 @@ import os
 from absl import app, flags
 import numpy as np
 
-from pdsn_jax.data import alignment, blazeface
+from pdsn_jax.data import alignment
+from pdsn_jax.faces import blazeface
 from pdsn_jax.data.folders import load_rgb, read_landmarks
 
 

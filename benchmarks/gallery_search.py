@@ -44,7 +44,7 @@ def _config():
 def _network(config):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from pdsn_jax import builders  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.method import builders  # pylint: disable=g-import-not-at-top
   net = builders.backbone(config, False)
   return net, net.init(jax.random.key(0), jnp.zeros((1, *config.data.image_size, 3)))
 
@@ -59,9 +59,11 @@ def _sizes() -> list[int]:
 
 def build() -> dict:
   """Builds (or resumes) the store; returns faces/s of what was built now."""
-  from pdsn_jax import builders, parallel  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.method import builders  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.train import parallel
   from pdsn_jax.data.synthetic import SyntheticFaces  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.evaluation import masked, store  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.evaluation import masked  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.gallery import store
   config = _config()
   net, v = _network(config)
   mesh = parallel.make_mesh()
@@ -96,8 +98,8 @@ def _probes(num_patterns: int, num_probes: int, emb_dim: int, seed: int = 0):
 def child(n: int) -> dict:
   """Searches the first ``n`` faces; prints costs and this process's peak RSS."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from pdsn_jax import builders  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.evaluation import search, store  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.method import builders  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.gallery import search, store  # pylint: disable=g-import-not-at-top
   config = _config()
   net, v = _network(config)
   u_shape = builders.u_shape(config)

@@ -19,7 +19,7 @@ import time
 
 from absl import app, flags
 
-from pdsn_jax.data import faces
+from pdsn_jax.faces import finding as faces
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -50,7 +50,8 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from pdsn_jax import builders, parallel, training  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.method import builders  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.train import parallel, training
   from pdsn_jax.models.generator import StackedMaskGenerators  # pylint: disable=g-import-not-at-top
   from pdsn_jax.stages import dictionary, pdsn  # pylint: disable=g-import-not-at-top
 
@@ -153,7 +154,7 @@ def main(argv):
 def _synthesis_seconds(config, b: int) -> float:
   """Host seconds to make ``b`` faces' 9 occluded copies (stage I's transform) on real
   training faces (synthetic ones when the config has no folders)."""
-  from pdsn_jax import builders  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.method import builders  # pylint: disable=g-import-not-at-top
   from pdsn_jax.data import sources  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   src, _ = sources.build(config.data)

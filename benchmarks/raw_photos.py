@@ -96,8 +96,10 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from configs import real_mobilefacenet  # pylint: disable=g-import-not-at-top
-  from pdsn_jax import builders  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.data import alignment, faces as faces_lib, occlusion, pairs as pairs_lib  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.method import builders  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data import alignment, occlusion  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data import pairs as pairs_lib
+  from pdsn_jax.faces import finding as faces_lib
   from pdsn_jax.data.folders import load_rgb, read_landmarks  # pylint: disable=g-import-not-at-top
   from pdsn_jax.evaluation import verification  # pylint: disable=g-import-not-at-top
   from pdsn_jax.models import mobilefacenet  # pylint: disable=g-import-not-at-top

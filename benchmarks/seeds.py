@@ -31,7 +31,7 @@ import sys
 from absl import app, flags
 import numpy as np
 
-from pdsn_jax import workdir as workdir_lib
+from pdsn_jax.run import workdir as workdir_lib
 from pdsn_jax.evaluation import stats
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -19,7 +19,7 @@ from absl import app, flags
 import numpy as np
 from PIL import Image
 
-from pdsn_jax.data import faces as faces_lib
+from pdsn_jax.faces import finding as faces_lib
 
 
 def _faces(root: str, n: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -20,7 +20,8 @@ from ml_collections import config_flags
 def _jax_step(config, batch_size, steps):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from pdsn_jax import builders, parallel, recognition, training  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.method import builders, recognition  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.train import parallel, training
 
   classes = 1000
   mesh = parallel.make_mesh()

@@ -20,7 +20,7 @@ from configs import common
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.prng_impl = "rbg"  # or "threefry2x32"; see pdsn_jax.training.root_key
+  c.prng_impl = "rbg"  # or "threefry2x32"; see pdsn_jax.train.training.root_key
   # a training stage stops, before saving, when its parameter norm exceeds this many times
   # the starting one (divergence; <= 0: only non-finite values stop it)
   c.max_param_norm_growth = 10.0
@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   # ablation into results.md
   c.stages = "trunk,pdsn,dictionary,baseline,finetune,lambda0,detector,evaluate"
   # stages whose outputs, made under other config fields, may be moved aside and made again
-  # (pdsn_jax.provenance); without it such a rerun stops and names the fields
+  # (pdsn_jax.run.provenance); without it such a rerun stops and names the fields
   c.overwrite = ""
 
   c.data = ml_collections.ConfigDict()
@@ -137,7 +137,7 @@ def get_config() -> ml_collections.ConfigDict:
       lambda_rule="same_scale", scale_batches=4,
       # > 0: at every checkpoint, the dictionary of this many fixed training pairs per block;
       # the stage stops once each item's discarded set overlaps the last check's (Jaccard) by
-      # converge_overlap, else at its step budget (pdsn_jax/pdsn_probe.py)
+      # converge_overlap, else at its step budget (pdsn_jax/method/pdsn_probe.py)
       converge_pairs=0, converge_overlap=0.95,
       # updates per batch: its U (the frozen trunk's forward, ~60% of a step on a CPU) serves
       # this many generator updates in a row (the learning-rate schedule counts updates)

@@ -9,11 +9,11 @@ import pdsn_jax
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("run"), parser.add_argument("gallery"), parser.add_argument("probes", nargs="+")
-parser.add_argument("--face_detector", default="blazeface", help="'none': aligned crops")
+parser.add_argument("--face_finder", default="blazeface", help="'none': aligned crops")
 parser.add_argument("--k", type=int, default=3)
 args = parser.parse_args()
 
-run = pdsn_jax.load(args.run, face_detector=args.face_detector)
+run = pdsn_jax.load(args.run, face_finder=args.face_finder)
 gallery = run.gallery(args.gallery)  # U of every gallery face, searched under each probe's FDM
 print(f"{len(gallery.identities)} gallery faces of {len(set(gallery.identities))} people")
 for matches in run.identify(args.probes, gallery, k=args.k):

@@ -7,7 +7,7 @@
 The Python API is ``pdsn_jax.api`` (docs/api.md); its names are reachable from here.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 _API = ("load", "Run", "Faces", "Embeddings", "Verification", "Match", "Gallery",
         "load_embeddings", "save_embeddings", "load_ranks", "save_ranks", "load_results",

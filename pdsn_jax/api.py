@@ -27,13 +27,15 @@ import time
 
 import numpy as np
 
-from pdsn_jax import builders, files, recognizer
-from pdsn_jax import workdir as workdir_lib
-from pdsn_jax.data import faces as faces_lib
+from pdsn_jax.method import builders
+from pdsn_jax.run import files
+from pdsn_jax import recognizer
+from pdsn_jax.run import workdir as workdir_lib
+from pdsn_jax.faces import finding as faces_lib
 from pdsn_jax.data import occlusion as occlusion_lib
 from pdsn_jax.data.folders import read_landmarks
-from pdsn_jax.evaluation import search
-from pdsn_jax.evaluation import store as store_lib
+from pdsn_jax.gallery import search
+from pdsn_jax.gallery import store as store_lib
 
 __all__ = ["load", "Run", "Faces", "Embeddings", "Verification", "Match", "Gallery",
            "load_embeddings", "save_embeddings", "load_ranks", "save_ranks", "load_results",
@@ -41,7 +43,7 @@ __all__ = ["load", "Run", "Faces", "Embeddings", "Verification", "Match", "Galle
 
 _CHUNK = 64  # faces per progress line
 
-open_store = store_lib.Store  # a gallery store (python -m pdsn_jax.gallery) to identify against
+open_store = store_lib.Store  # a gallery store (python -m pdsn_jax.cli.gallery) to identify against
 
 
 @dataclasses.dataclass
@@ -102,7 +104,7 @@ class Match:
 @dataclasses.dataclass
 class Gallery:
   """Gallery faces kept as U (the trunk's top conv feature), searched under each probe's FDM.
-  Larger galleries: a store (``python -m pdsn_jax.gallery``, ``open_store``)."""
+  Larger galleries: a store (``python -m pdsn_jax.cli.gallery``, ``open_store``)."""
 
   u: np.ndarray  # (N, h, w, c) float32
   identities: list  # (N,)
@@ -116,27 +118,27 @@ def block_names(flags_row) -> str:
   return ", ".join(names) or "none"
 
 
-def load(run_dir: str, model: str | None = None, face_detector: str = "blazeface",
+def load(run_dir: str, model: str | None = None, face_finder: str = "blazeface",
          face_finder_weights: str = "run", face_fallback_score: float | None = None,
          landmarks: str = "") -> "Run":
   """A finished run of ``python -m pdsn_jax.main`` ready to use (``Run``).
 
   ``model``: one of the run's ``eval.models`` (default: the last whose stage ran).
-  ``face_detector``: how faces are found in photos (``data.faces.FINDERS``; "none": photos
+  ``face_finder``: how faces are found in photos (``data.faces.FINDERS``; "none": photos
   are aligned crops already). ``face_finder_weights``: "run" (the run's tuned BlazeFace when
   it has one) or "shipped". ``face_fallback_score``: BlazeFace's last try at a lower score
   (default: the run's). ``landmarks``: a 5-point TSV naming photos by path (used before the
   detector)."""
-  return Run(run_dir, model, face_detector, face_finder_weights, face_fallback_score, landmarks)
+  return Run(run_dir, model, face_finder, face_finder_weights, face_fallback_score, landmarks)
 
 
 class Run:
   """A finished run's networks on photos (``load``)."""
 
-  def __init__(self, run_dir, model=None, face_detector="blazeface", face_finder_weights="run",
+  def __init__(self, run_dir, model=None, face_finder="blazeface", face_finder_weights="run",
                face_fallback_score=None, landmarks=""):
-    if face_detector not in faces_lib.FINDERS:
-      raise ValueError(f"face_detector={face_detector!r}: allowed values {faces_lib.FINDERS}")
+    if face_finder not in faces_lib.FINDERS:
+      raise ValueError(f"face_finder={face_finder!r}: allowed values {faces_lib.FINDERS}")
     if face_finder_weights not in faces_lib.WEIGHTS:
       raise ValueError(f"face_finder_weights={face_finder_weights!r}: allowed values "
                        f"{faces_lib.WEIGHTS}")
@@ -151,7 +153,7 @@ class Run:
     self.config = self.recognizer.config
     self.model = self.recognizer.spec.name
     self.face_size = tuple(self.config.data.image_size)
-    self._finder_args = (face_detector, face_finder_weights, face_fallback_score)
+    self._finder_args = (face_finder, face_finder_weights, face_fallback_score)
     self._finder = None  # made on first use: photos with landmarks or aligned crops need none
     self._marks = read_landmarks(landmarks) if landmarks else None
 
@@ -355,12 +357,12 @@ class Run:
     rec = self.recognizer
     if st.missing():
       raise ValueError(f"the gallery store {st.path} is incomplete (shards {st.missing()[:5]} "
-                       "missing): run python -m pdsn_jax.gallery again to finish it")
+                       "missing): run python -m pdsn_jax.cli.gallery again to finish it")
     try:
       st.check_trunk(f"the {rec.spec.stage} checkpoint of the run", store_lib.fingerprint(
           builders.feature_variables(rec.net, rec.host)))
     except store_lib.TrunkMismatch as e:
-      raise store_lib.TrunkMismatch(f"{e} (python -m pdsn_jax.gallery --workdir=... "
+      raise store_lib.TrunkMismatch(f"{e} (python -m pdsn_jax.cli.gallery --workdir=... "
                                     f"--stage={rec.spec.stage}, for model={rec.spec.name!r})"
                                     ) from None
 
@@ -390,7 +392,7 @@ def load_embeddings(path: str) -> Embeddings:
     with np.load(path, allow_pickle=False) as z:
       missing = [k for k in _EMBEDDING_FIELDS if k not in z.files]
       if missing:
-        raise ValueError(f"{path}: not an embeddings file of pdsn_jax.embed (no {missing})")
+        raise ValueError(f"{path}: not an embeddings file of pdsn_jax.cli.embed (no {missing})")
       d = {k: z[k] for k in _EMBEDDING_FIELDS}
   except (OSError, EOFError) as e:
     raise files.DamagedFile(f"{path}: cannot be read ({e}); embed the photos again") from None
@@ -419,7 +421,7 @@ def load_ranks(path: str) -> list[list[Match]]:
   with open(path, encoding="utf-8", newline="") as f:
     rows = list(csv.DictReader(f))
   if rows and set(RANK_FIELDS) - set(rows[0]):
-    raise ValueError(f"{path}: not a ranks file of pdsn_jax.identify (columns {list(rows[0])}, "
+    raise ValueError(f"{path}: not a ranks file of pdsn_jax.cli.identify (columns {list(rows[0])}, "
                      f"expected {list(RANK_FIELDS)})")
   out: dict[str, list] = {}
   for line, r in enumerate(rows, 2):
@@ -439,7 +441,7 @@ def load_results(path: str) -> dict:
     path = workdir_lib.results_files(path)[1]
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} not found: run the 'evaluate' stage (or "
-                            "python -m pdsn_jax.evaluate) first")
+                            "python -m pdsn_jax.cli.evaluate) first")
   with open(path, encoding="utf-8") as f:
     try:
       return json.load(f)

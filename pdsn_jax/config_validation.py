@@ -2,10 +2,13 @@
 
 import ml_collections
 
-from pdsn_jax import builders, pdsn_probe, recognition, stages, training
-from pdsn_jax import stage as stage_lib
+from pdsn_jax.method import builders, pdsn_probe, recognition
+from pdsn_jax import stages
+from pdsn_jax.train import training
+from pdsn_jax.run import stage as stage_lib
 from pdsn_jax.data import alignment, occlusion, placement, sources
-from pdsn_jax.evaluation import evaluators, search, store
+from pdsn_jax.evaluation import evaluators
+from pdsn_jax.gallery import search, store
 from pdsn_jax.evaluation import sets as sets_lib
 from pdsn_jax.models import trunks
 

@@ -31,9 +31,10 @@ def run(config, workdir: str) -> dict:
   """Runs the stages of ``config.stages`` in order into ``workdir``; returns their summaries.
   Raises ``provenance.StaleStage`` when a stage's outputs were made under another config."""
   import jax  # pylint: disable=g-import-not-at-top
-  from pdsn_jax import builders, packages, stages  # pylint: disable=g-import-not-at-top
-  from pdsn_jax import stage as stage_lib  # pylint: disable=g-import-not-at-top
-  from pdsn_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.method import builders  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import packages, stages
+  from pdsn_jax.run import stage as stage_lib  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.run import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from pdsn_jax.config_validation import validate  # pylint: disable=g-import-not-at-top
 
   validate(config)
@@ -60,7 +61,8 @@ def main(argv):
   del argv
   # Imported here so --help is fast and jax starts after flags (device count flags, etc.).
   import jax  # pylint: disable=g-import-not-at-top
-  from pdsn_jax import distributed, files, provenance  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.train import distributed  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.run import files, provenance
 
   # orbax and grain log every save at INFO through absl; keep the console to our progress lines.
   logging.getLogger("absl").setLevel(logging.WARNING)
@@ -85,7 +87,7 @@ def main(argv):
 
 def cli():
   """``pdsn-train``: the console script of ``pip install -e .``."""
-  from pdsn_jax import cli as cli_lib  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.cli import runner as cli_lib  # pylint: disable=g-import-not-at-top
   cli_lib.run(main, sys.modules[__name__])
 
 

@@ -9,9 +9,12 @@ import os
 
 import numpy as np
 
-from pdsn_jax import builders, fdm, files, inference, parallel, provenance, run_config
-from pdsn_jax import workdir as workdir_lib
-from pdsn_jax.data import faces as faces_lib
+from pdsn_jax.method import builders, fdm, inference
+from pdsn_jax.run import files, provenance
+from pdsn_jax.train import parallel
+from pdsn_jax import run_config
+from pdsn_jax.run import workdir as workdir_lib
+from pdsn_jax.faces import finding as faces_lib
 from pdsn_jax.data import occlusion
 from pdsn_jax.evaluation import evaluators, masked
 

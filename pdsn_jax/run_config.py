@@ -6,8 +6,9 @@ import os
 
 import ml_collections
 
-from pdsn_jax import config_validation, files
-from pdsn_jax import workdir as workdir_lib
+from pdsn_jax import config_validation
+from pdsn_jax.run import files
+from pdsn_jax.run import workdir as workdir_lib
 
 # Before each protocol carried its own settings (eval.protocols was a list of names), these
 # eval fields held them: old field -> (protocol, its setting).

@@ -7,7 +7,7 @@ Command-line use (a contact sheet of every block's occlusions on a few faces):
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pdsn_jax import files
+from pdsn_jax.run import files
 from pdsn_jax.data import occlusion
 
 _GRID_COLOUR = (255, 255, 0)

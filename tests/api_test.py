@@ -42,12 +42,12 @@ def photos(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run(tiny_run):
-  return pdsn_jax.load(tiny_run, face_detector="none")
+  return pdsn_jax.load(tiny_run, face_finder="none")
 
 
 def _cli(module, *args):
   proc = subprocess.run([sys.executable, "-m", f"pdsn_jax.{module}", *args,
-                         "--face_detector=none"], cwd=helpers.REPO,
+                         "--face_finder=none"], cwd=helpers.REPO,
                         env=helpers.env_with_devices(1), capture_output=True, text=True,
                         timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -135,8 +135,8 @@ def test_bad_inputs_are_named(run, photos):
     run.embed([np.zeros((40, 50, 3), np.uint8)], aligned=True)
   with pytest.raises(ValueError, match="faces='some': allowed values"):
     run.find_faces(images[:1], faces="some")
-  with pytest.raises(ValueError, match="face_detector='yolo': allowed values"):
-    api.load("unused", face_detector="yolo")
+  with pytest.raises(ValueError, match="face_finder='yolo': allowed values"):
+    api.load("unused", face_finder="yolo")
   with pytest.raises(ValueError, match="k=0: must be >= 1"):
     run.identify(images[:1], images[:1], k=0)
   with pytest.raises(ValueError, match=r"--occlusion='eyes'"):
@@ -150,7 +150,7 @@ def test_the_examples_run(tiny_run, photos, script, extra):
   root = photos[2]
   env = {**helpers.env_with_devices(1), "PYTHONPATH": helpers.REPO}  # as after pip install -e .
   proc = subprocess.run([sys.executable, os.path.join("examples", script), tiny_run,
-                         *[str(root / e) for e in extra], "--face_detector=none"],
+                         *[str(root / e) for e in extra], "--face_finder=none"],
                         cwd=helpers.REPO, env=env, capture_output=True,
                         text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]

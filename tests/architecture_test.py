@@ -43,7 +43,7 @@ def test_no_stage_module_imports_another_stage(module):
   others = {f"pdsn_jax.stages.{m}" for m in STAGE_MODULES if m != module}
   assert not imported & (others | {"pdsn_jax.stages"}), (
       f"pdsn_jax/stages/{module}.py imports {sorted(imported & (others | {'pdsn_jax.stages'}))}: "
-      "move what it needs into pdsn_jax/builders.py or another shared module")
+      "move what it needs into pdsn_jax/method/builders.py or another shared module")
 
 
 def test_only_workdir_builds_checkpoint_paths():
@@ -55,7 +55,7 @@ def test_only_workdir_builds_checkpoint_paths():
         for i, line in enumerate(open(path, encoding="utf-8"), 1):
           if re.search(r"[\"']checkpoints[\"']", line):
             hits.append(f"{os.path.relpath(path, ROOT)}:{i}")
-  assert hits and all(h.startswith("workdir.py:") for h in hits), hits
+  assert hits and all(h.startswith(os.path.join("run", "workdir.py:")) for h in hits), hits
 
 
 # the first argument of an os.path.join that starts from a workdir (or a stage folder in it)
@@ -85,9 +85,9 @@ def test_only_workdir_builds_paths_under_a_workdir():
   for d, _, files in os.walk(ROOT):
     for f in files:
       path = os.path.join(d, f)
-      if f.endswith(".py") and os.path.relpath(path, ROOT) != "workdir.py":
+      if f.endswith(".py") and os.path.relpath(path, ROOT) != os.path.join("run", "workdir.py"):
         hits += _workdir_joins(open(path, encoding="utf-8").read(), os.path.relpath(path, ROOT))
-  assert not hits, (f"paths under a workdir built outside pdsn_jax/workdir.py: {hits}; add a "
+  assert not hits, (f"paths under a workdir built outside pdsn_jax/run/workdir.py: {hits}; add a "
                     "function there (stage_file, results_files, ...) and call it")
 
 
@@ -104,14 +104,15 @@ def test_stage_entry_points_are_at_most_60_lines(module):
 # The package's layers, lowest first: a module imports only from its own layer or below
 # (docs/architecture.md). A module is in the first layer one of whose prefixes names it.
 LAYERS = (
-    ("base", ("files", "distributed", "parallel", "packages", "stage", "training", "metrics")),
-    ("data and models", ("data", "models")),
-    ("run", ("workdir", "checkpointing", "provenance", "fdm", "visualize", "builders")),
-    ("method", ("loop", "recognition", "pdsn_probe", "inference", "evaluation")),
+    ("base", ("run.files", "run.stage", "train.distributed", "train.parallel",
+              "train.training", "train.metrics", "packages", "run", "train")),
+    ("data and models", ("data", "models", "faces")),
+    ("run", ("run.workdir", "run.checkpointing", "run.provenance", "method.fdm",
+             "method.builders", "visualize", "method")),
+    ("method", ("train.loop", "method.recognition", "method.pdsn_probe", "method.inference",
+                "evaluation", "gallery")),
     ("stages", ("stages",)),
-    ("entry", ("config_validation", "run_config", "recognizer", "api", "commands", "cli",
-               "main", "embed", "verify", "identify", "gallery", "export", "detect",
-               "evaluate", "")),
+    ("entry", ("config_validation", "run_config", "recognizer", "api", "cli", "main", "")),
 )
 
 
@@ -166,11 +167,14 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str]:
 
 
 def layer(module: str, package: str = "pdsn_jax") -> int:
+  """The layer of the longest prefix in ``LAYERS`` that names ``module`` (a folder's modules
+  can sit in different layers: ``run.files`` is base, ``run.workdir`` run bookkeeping)."""
   rel = module[len(package) + 1:] if module != package else ""
-  for i, (_, prefixes) in enumerate(LAYERS):
-    if any(rel == p or (p and rel.startswith(p + ".")) for p in prefixes):
-      return i
-  raise AssertionError(f"{module} is in no layer of tests/architecture_test.py LAYERS: add it")
+  found = [(len(p), i) for i, (_, prefixes) in enumerate(LAYERS) for p in prefixes
+           if rel == p or (p and rel.startswith(p + ".")) or (not p and not rel)]
+  if not found:
+    raise AssertionError(f"{module} is in no layer of tests/architecture_test.py LAYERS: add it")
+  return max(found)[1]
 
 
 def upward_imports(graph: dict[str, set[str]], package: str = "pdsn_jax") -> list[str]:
@@ -199,16 +203,16 @@ def _plant(root, files: dict) -> str:
 
 def test_the_checks_see_a_planted_cycle_and_an_upward_import(tmp_path):
   pkg = _plant(tmp_path, {
-      "__init__.py": "",
-      "files.py": "def f():\n  from pkg import workdir  # a function-level import counts\n",
-      "workdir.py": "from pkg import files\n",
+      "__init__.py": "", "run/__init__.py": "",
+      "run/files.py": "def f():\n  from pkg.run import workdir  # a function-level import counts\n",
+      "run/workdir.py": "from pkg.run import files\n",
       "data/__init__.py": "", "data/x.py": "from pkg.stages import trunk\n",
-      "stages/__init__.py": "", "stages/trunk.py": "import pkg.files\n"})
+      "stages/__init__.py": "", "stages/trunk.py": "import pkg.run.files\n"})
   graph = import_graph(pkg, "pkg")
-  assert find_cycle(graph) == ["pkg.files", "pkg.workdir", "pkg.files"]
+  assert find_cycle(graph) == ["pkg.run.files", "pkg.run.workdir", "pkg.run.files"]
   assert upward_imports(graph, "pkg") == [
       "pkg.data.x (data and models) imports pkg.stages.trunk (stages)",
-      "pkg.files (base) imports pkg.workdir (run)"]
+      "pkg.run.files (base) imports pkg.run.workdir (run)"]
 
 
 # Where AR's real-occlusion photos are read, and which subjects: the evaluation's ar_real

@@ -8,7 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from pdsn_jax.data import alignment, blazeface, faces, occlusion, placement
+from pdsn_jax.data import alignment, occlusion, placement
+from pdsn_jax.faces import blazeface
+from pdsn_jax.faces import finding as faces
 from pdsn_jax.data.folders import load_rgb, read_landmarks
 from pdsn_jax.models import tflite_graph
 from tests import helpers

@@ -9,10 +9,10 @@ import pytest
 from tests import helpers
 
 CASES = {
-    "embed": ("Embeddings, occlusion masks", ["--images", "--out", "--sheet", "--face_detector"]),
-    "verify": ("Same person?", ["--workdir", "--occlusion", "--face_detector"]),
+    "embed": ("Embeddings, occlusion masks", ["--images", "--out", "--sheet", "--face_finder"]),
+    "verify": ("Same person?", ["--workdir", "--occlusion", "--face_finder"]),
     "identify": ("Rank-k gallery faces", ["--gallery", "--store", "--probes", "--k"]),
-    "gallery": ("Builds a gallery feature store", ["--out", "--shard_size", "--face_detector"]),
+    "gallery": ("Builds a gallery feature store", ["--out", "--shard_size", "--face_finder"]),
     "export": ("Exports a run's inference", ["--workdir", "--model"]),
     "main": ("Entry point", ["--config", "--workdir", "--num_processes"]),
     "evaluate": ("Scores a finished run on other data", ["--workdir", "--name", "--pairs",

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pdsn_jax.data import faces as faces_lib
+from pdsn_jax.faces import finding as faces_lib
 from pdsn_jax.data import occlusion, placement
 from pdsn_jax.data.synthetic import SyntheticFaces
 from tests import helpers
@@ -46,7 +46,7 @@ def run(tmp_path_factory, tiny_run):
 
 
 def _cmd(module, *args):
-  extra = ["--face_detector=none"] if module != "export" else []  # the photos are crops
+  extra = ["--face_finder=none"] if module != "export" else []  # the photos are crops
   proc = subprocess.run([sys.executable, "-m", f"pdsn_jax.{module}", *args, *extra],
                         cwd=helpers.REPO,
                         env=helpers.env_with_devices(1), capture_output=True, text=True,
@@ -178,8 +178,8 @@ def test_a_user_who_knows_the_occlusion_names_it(run):
   assert re.findall(r"occluded blocks (.*) \(", out) == ["(3,1), (3,3)"] * 2
   out = _cmd("verify", f"--workdir={wd}", str(a), str(b), "--occlusion=none").stdout
   assert re.findall(r"occluded blocks (.*) \(", out) == ["none"] * 2
-  proc = subprocess.run([sys.executable, "-m", "pdsn_jax.verify", f"--workdir={wd}", str(a),
-                         str(b), "--face_detector=none", "--occlusion=4,4"], cwd=helpers.REPO,
+  proc = subprocess.run([sys.executable, "-m", "pdsn_jax.cli.verify", f"--workdir={wd}", str(a),
+                         str(b), "--face_finder=none", "--occlusion=4,4"], cwd=helpers.REPO,
                         env=helpers.env_with_devices(1), capture_output=True, text=True,
                         timeout=600, check=False)
   assert proc.returncode != 0 and "--occlusion='4,4': allowed values" in proc.stderr
@@ -238,9 +238,9 @@ def test_identify_searches_a_prebuilt_store_and_refuses_another_trunks(run, tmp_
 
   def build(stage=""):
     out = str(tmp_path / f"store_{stage or 'default'}")
-    subprocess.run([sys.executable, "-m", "pdsn_jax.gallery", f"--workdir={wd}", f"--out={out}",
+    subprocess.run([sys.executable, "-m", "pdsn_jax.cli.gallery", f"--workdir={wd}", f"--out={out}",
                     f"--images={root / 'gallery'}", "--dtype=float32", "--shard_size=2",
-                    *([f"--stage={stage}"] if stage else []), "--face_detector=none"],
+                    *([f"--stage={stage}"] if stage else []), "--face_finder=none"],
                    cwd=helpers.REPO, env=helpers.env_with_devices(1), check=True,
                    capture_output=True, timeout=600)
     return out
@@ -261,14 +261,14 @@ def test_identify_searches_a_prebuilt_store_and_refuses_another_trunks(run, tmp_
     assert os.path.join(str(root / "gallery"), a["gallery_image"]) == b["gallery_image"]
     assert float(a["score"]) == pytest.approx(float(b["score"]), abs=2e-4)
   # a store of the trunk's U (another network than the fine-tuned one) is refused
-  proc = subprocess.run([sys.executable, "-m", "pdsn_jax.identify", f"--workdir={wd}",
+  proc = subprocess.run([sys.executable, "-m", "pdsn_jax.cli.identify", f"--workdir={wd}",
                          f"--store={build('trunk')}", f"--probes={root / 'probes'}",
-                         f"--out={tmp_path / 'x.csv'}", "--face_detector=none"],
+                         f"--out={tmp_path / 'x.csv'}", "--face_finder=none"],
                         cwd=helpers.REPO, env=helpers.env_with_devices(1), capture_output=True,
                         text=True, timeout=600, check=False)
   assert proc.returncode != 0 and "holds U of the trunk" in proc.stderr
   assert not os.path.exists(tmp_path / "x.csv")
-  proc = subprocess.run([sys.executable, "-m", "pdsn_jax.identify", f"--workdir={wd}",
+  proc = subprocess.run([sys.executable, "-m", "pdsn_jax.cli.identify", f"--workdir={wd}",
                          f"--store={out}", f"--probes={root / 'probes'}", "--k=0",
                          f"--out={tmp_path / 'x.csv'}"], cwd=helpers.REPO,
                         env=helpers.env_with_devices(1), capture_output=True, text=True,
@@ -279,7 +279,7 @@ def test_identify_searches_a_prebuilt_store_and_refuses_another_trunks(run, tmp_
 @pytest.mark.slow
 @pytest.mark.parametrize("size", ["0", "-3"])
 def test_gallery_refuses_a_shard_size_below_one(tmp_path, size):
-  proc = subprocess.run([sys.executable, "-m", "pdsn_jax.gallery", f"--workdir={tmp_path}",
+  proc = subprocess.run([sys.executable, "-m", "pdsn_jax.cli.gallery", f"--workdir={tmp_path}",
                          f"--out={tmp_path / 'store'}", f"--images={tmp_path}",
                          f"--shard_size={size}"], cwd=helpers.REPO,
                         env=helpers.env_with_devices(1), capture_output=True, text=True,
@@ -289,7 +289,8 @@ def test_gallery_refuses_a_shard_size_below_one(tmp_path, size):
 
 
 def test_exports_carry_checksums_and_a_damaged_one_is_named(run, tmp_path):
-  from pdsn_jax import export, files  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.cli import export  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.run import files
   wd, root = run
   faces = np.stack([np.asarray(Image.open(p).convert("RGB"))
                     for p in sorted((root / "gallery").rglob("*.png"))])
@@ -328,8 +329,8 @@ def test_thresholds_belong_to_the_network_they_were_measured_on(run, tmp_path):
   out = _cmd("verify", f"--workdir={copy}", str(a), str(b)).stdout
   assert "threshold n/a: none for the loaded network" in out
   open(path, "w").write('{"PDSN + fine-tune": {"clean": 0.')
-  proc = subprocess.run([sys.executable, "-m", "pdsn_jax.verify", f"--workdir={copy}", str(a),
-                         str(b), "--face_detector=none"], cwd=helpers.REPO,
+  proc = subprocess.run([sys.executable, "-m", "pdsn_jax.cli.verify", f"--workdir={copy}", str(a),
+                         str(b), "--face_finder=none"], cwd=helpers.REPO,
                         env=helpers.env_with_devices(1), capture_output=True, text=True,
                         timeout=600, check=False)
   assert proc.returncode != 0 and "thresholds.json (the evaluation's decision thresholds) is " \
@@ -338,15 +339,15 @@ def test_thresholds_belong_to_the_network_they_were_measured_on(run, tmp_path):
 
 @pytest.mark.slow
 def test_a_gallery_build_keeps_going_past_an_unreadable_image(run, tmp_path):
-  from pdsn_jax.evaluation import store  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.gallery import store  # pylint: disable=g-import-not-at-top
   wd, root = run
   images = tmp_path / "gallery"
   shutil.copytree(root / "gallery", images)
   (images / "person1" / "zz_broken.png").write_bytes(b"\x89PNG not really")
   out = str(tmp_path / "store")
-  proc = subprocess.run([sys.executable, "-m", "pdsn_jax.gallery", f"--workdir={wd}",
+  proc = subprocess.run([sys.executable, "-m", "pdsn_jax.cli.gallery", f"--workdir={wd}",
                          f"--out={out}", f"--images={images}", "--dtype=float32",
-                         "--shard_size=2", "--face_detector=none"], cwd=helpers.REPO, env=helpers.env_with_devices(1),
+                         "--shard_size=2", "--face_finder=none"], cwd=helpers.REPO, env=helpers.env_with_devices(1),
                         capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "1 images could not be read" in proc.stderr and "zz_broken.png" in proc.stderr
@@ -366,7 +367,7 @@ def test_evaluate_rebuilds_a_distractor_store_made_with_other_settings(run, tmp_
   shutil.copytree(wd, copy, ignore=shutil.ignore_patterns("export"))
   proc = helpers.run_main(copy, "--config.stages=evaluate", "--config.eval.num_distractors=6")
   assert "made with another num_faces; rebuilding" in proc.stderr
-  from pdsn_jax.evaluation import store  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.gallery import store  # pylint: disable=g-import-not-at-top
   assert store.Store(os.path.join(copy, "evaluate", "distractors_trunk")).num_faces == 6
   res = json.load(open(os.path.join(copy, "results.json")))
   assert res["models"]["Trunk"]["distractors"]["num_distractors"] == 6
@@ -396,7 +397,7 @@ def test_embed_finds_bare_and_masked_faces_in_raw_photos_with_blazeface(run, tmp
                                     occlusion.OccluderLibrary("", True), "mask")
     Image.fromarray(img).save(photos / f"{i}.png")
   out = str(tmp_path / "e.npz")
-  proc = subprocess.run([sys.executable, "-m", "pdsn_jax.embed", f"--workdir={wd}",
+  proc = subprocess.run([sys.executable, "-m", "pdsn_jax.cli.embed", f"--workdir={wd}",
                          f"--images={photos}", f"--out={out}"], cwd=helpers.REPO,
                         env=helpers.env_with_devices(1), capture_output=True, text=True,
                         timeout=600, check=False)

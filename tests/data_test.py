@@ -269,7 +269,7 @@ def test_images_of_every_mode_are_converted_by_value(tmp_path, mode):
 
 def test_a_photo_too_small_for_a_face_is_skipped_with_the_reason(tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.data import faces  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.faces import finding as faces  # pylint: disable=g-import-not-at-top
   Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "dot.png")
   found = faces.find([str(tmp_path / "dot.png")], (112, 96))
   assert found[0].face is None and found[0].note.startswith("too small: 1x1 px")

@@ -12,7 +12,9 @@ import optax
 import pytest
 
 from configs import tiny
-from pdsn_jax import builders, checkpointing, inference, parallel, training
+from pdsn_jax.method import builders, inference
+from pdsn_jax.run import checkpointing
+from pdsn_jax.train import parallel, training
 from pdsn_jax.data import occlusion, placement
 from pdsn_jax.evaluation.segmentation import segmentation_metrics
 from pdsn_jax.data.synthetic import SyntheticFaces

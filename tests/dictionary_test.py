@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pdsn_jax import fdm
+from pdsn_jax.method import fdm
 from pdsn_jax.stages import dictionary
 
 

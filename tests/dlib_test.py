@@ -137,11 +137,11 @@ def test_dlib_trunk_runs_the_pdsn_stages(tmp_path):
       "--config.dictionary.pairs_per_block=4", "--config.dictionary.batch_size=4",
       config="configs/dlib_trunk.py")
   assert "loaded model.kind=dlib weights from" in proc.stderr and "init_from:dlib" in proc.stderr
-  from pdsn_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.run import checkpointing  # pylint: disable=g-import-not-at-top
   t = checkpointing.load_variables(os.path.join(wd, "trunk", "checkpoints"))
   ref = dlib_resnet.to_variables(dlib_resnet.read_network(_model_file()))
   # the backbone stayed frozen while the CosFace head was fitted
   jax.tree.map(np.testing.assert_array_equal, t["params"]["backbone"], ref["params"])
-  from pdsn_jax import fdm  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.method import fdm  # pylint: disable=g-import-not-at-top
   fdms, _, meta = fdm.load(os.path.join(wd, "dictionary", "dictionary.npz"))
   assert fdms.shape == (9, 4, 4, 256) and meta["u_shape"] == [4, 4, 256]

@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pdsn_jax import checkpointing, files, provenance, recognizer, workdir as workdir_lib
-from pdsn_jax.data import faces as faces_lib
+from pdsn_jax.run import checkpointing, files, provenance
+from pdsn_jax.run import workdir as workdir_lib
+from pdsn_jax import recognizer
+from pdsn_jax.faces import finding as faces_lib
 from pdsn_jax.data import folders, pairs
-from pdsn_jax.evaluation import store
+from pdsn_jax.gallery import store
 from tests import helpers
 
 U_SHAPE = (7, 6, 8)
@@ -275,10 +277,10 @@ def test_a_full_disk_in_a_command_is_one_line_and_leaves_no_partial_file(run_cop
           "  raise OSError(errno.ENOSPC, 'No space left on device', f.name)\n"
           "np.savez_compressed = full\n"
           "sys.argv = ['embed'] + sys.argv[1:]\n"
-          "runpy.run_module('pdsn_jax.embed', run_name='__main__')\n")
+          "runpy.run_module('pdsn_jax.cli.embed', run_name='__main__')\n")
   proc = subprocess.run([sys.executable, "-c", code, f"--workdir={run_copy}",
                          f"--images={os.path.join(run_copy, 'p')}", f"--out={out}",
-                         "--face_detector=none"], cwd=helpers.REPO,
+                         "--face_finder=none"], cwd=helpers.REPO,
                         env=helpers.env_with_devices(1), capture_output=True, text=True,
                         timeout=600, check=False)
   assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
@@ -300,9 +302,9 @@ def test_orbax_wrapped_disk_full_is_recognised():
 
 def test_gallery_stage_must_be_one_of_the_runs_networks(run_copy, tmp_path):
   """The probe: --stage=../other_run/trunk read another run's checkpoints."""
-  proc = subprocess.run([sys.executable, "-m", "pdsn_jax.gallery", f"--workdir={run_copy}",
+  proc = subprocess.run([sys.executable, "-m", "pdsn_jax.cli.gallery", f"--workdir={run_copy}",
                          f"--out={tmp_path / 'st'}", f"--images={os.path.join(run_copy, 'p')}",
-                         "--stage=../other/trunk", "--face_detector=none"], cwd=helpers.REPO,
+                         "--stage=../other/trunk", "--face_finder=none"], cwd=helpers.REPO,
                         env=helpers.env_with_devices(1), capture_output=True, text=True,
                         timeout=600, check=False)
   assert proc.returncode != 0 and "--stage='../other/trunk': must be one of this run's " \
@@ -357,7 +359,7 @@ def test_detect_reports_an_unreadable_image_and_goes_on(run_copy, tmp_path):
   shutil.copytree(os.path.join(run_copy, "p"), images)
   (images / "0_broken.png").write_bytes(b"\x89PNG broken")
   out = tmp_path / "sheet.png"
-  proc = subprocess.run([sys.executable, "-m", "pdsn_jax.detect", f"--workdir={run_copy}",
+  proc = subprocess.run([sys.executable, "-m", "pdsn_jax.cli.occlusions", f"--workdir={run_copy}",
                          f"--images={images}", f"--out={out}"], cwd=helpers.REPO,
                         env=helpers.env_with_devices(1), capture_output=True, text=True,
                         timeout=600, check=False)

@@ -1,4 +1,4 @@
-"""A finished run scored on other data without retraining (``python -m pdsn_jax.evaluate``,
+"""A finished run scored on other data without retraining (``python -m pdsn_jax.cli.evaluate``,
 issue 39 item 2): other test occluders and another pairs file, in ``RUN/evaluations/NAME``,
 with no stage folder changed and results that name the data they used."""
 
@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pdsn_jax import evaluate, provenance, run_config, workdir as workdir_lib
+from pdsn_jax.cli import evaluate
+from pdsn_jax.run import provenance
+from pdsn_jax.run import workdir as workdir_lib
+from pdsn_jax import run_config
 from pdsn_jax.data.synthetic import SyntheticFaces
 from tests import helpers
 
@@ -30,7 +33,7 @@ def _tree_digest(root: str) -> dict:
 
 
 def _cmd(*args, ok=True):
-  proc = subprocess.run([sys.executable, "-m", "pdsn_jax.evaluate", *args], cwd=helpers.REPO,
+  proc = subprocess.run([sys.executable, "-m", "pdsn_jax.cli.evaluate", *args], cwd=helpers.REPO,
                         env=helpers.env_with_devices(1), capture_output=True, text=True,
                         timeout=600, check=False)
   assert (proc.returncode == 0) == ok, proc.stderr[-4000:]

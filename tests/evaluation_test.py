@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from pdsn_jax import builders, fdm, parallel
+from pdsn_jax.method import builders, fdm
+from pdsn_jax.train import parallel
 from pdsn_jax.data import occlusion, pairs, placement
 from pdsn_jax.data.synthetic import SyntheticFaces
 from pdsn_jax.evaluation import masked

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from pdsn_jax import recognizer
-from pdsn_jax.data import alignment, face_tuning, faces, occlusion
+from pdsn_jax.data import alignment, occlusion
+from pdsn_jax.faces import tuning as face_tuning
+from pdsn_jax.faces import finding as faces
 from pdsn_jax.data.synthetic import SyntheticFaces
 from tests import helpers
 
@@ -109,7 +111,7 @@ def test_distillation_loss():
 @pytest.mark.slow
 @needs_models
 def test_a_tiny_run_tunes_the_finder_and_the_commands_use_it(tmp_path):
-  from pdsn_jax.data import blazeface  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.faces import blazeface  # pylint: disable=g-import-not-at-top
   wd = str(tmp_path / "run")
   helpers.run_main(wd, "--config.stages=face_finder", "--config.face_finder.fallback_score=0.4")
   with open(os.path.join(wd, "face_finder", "summary.json")) as f:

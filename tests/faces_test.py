@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pdsn_jax.data import faces as faces_lib
+from pdsn_jax.faces import finding as faces_lib
 from tests import helpers
 
 _PTS = np.array([[30.0, 40], [60, 40], [45, 60], [45, 75]])

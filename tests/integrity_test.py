@@ -13,8 +13,11 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from pdsn_jax import builders, config_validation, files, run_config, workdir as workdir_lib
-from pdsn_jax.evaluation import search, store
+from pdsn_jax.method import builders
+from pdsn_jax import config_validation, run_config
+from pdsn_jax.run import files
+from pdsn_jax.run import workdir as workdir_lib
+from pdsn_jax.gallery import search, store
 
 U_SHAPE = (7, 6, 32)
 

@@ -207,7 +207,7 @@ def test_parity_with_the_original_network():
 
 @pytest.mark.slow
 def test_trains_from_scratch_as_the_trunk_then_stages_i_ii(tmp_path):
-  from pdsn_jax.fdm import load as load_dictionary  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.method.fdm import load as load_dictionary  # pylint: disable=g-import-not-at-top
   wd = str(tmp_path / "mfn")
   # a 6-step trunk's U is far from normalised: Adam's step size does not depend on it
   helpers.run_main(wd, "--config.model.kind=mobilefacenet", "--config.model.width=0.125",
@@ -223,7 +223,8 @@ def test_trains_from_scratch_as_the_trunk_then_stages_i_ii(tmp_path):
 def test_trainable_top_moves_only_the_layers_at_u_resolution_and_f():
   import functools  # pylint: disable=g-import-not-at-top
   from configs import tiny  # pylint: disable=g-import-not-at-top
-  from pdsn_jax import builders, parallel, recognition, training  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.method import builders, recognition  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.train import parallel, training
   config = tiny.get_config()
   config.model.update(kind="mobilefacenet", width=0.25, embedding_dim=32)
   net = builders.backbone(config, False)

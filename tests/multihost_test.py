@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from pdsn_jax import checkpointing, provenance
+from pdsn_jax.run import checkpointing, provenance
 from tests import helpers
 
 # A small learning rate keeps training out of the chaotic regime in which float

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from pdsn_jax import fdm
+from pdsn_jax.method import fdm
 from pdsn_jax.data import occlusion
 from pdsn_jax.data.synthetic import SyntheticFaces
 
@@ -166,7 +166,7 @@ def test_select_never_opens_a_test_file(tmp_path, monkeypatch):
 def test_real_config_splits_are_disjoint_by_source_and_cover_the_evaluated_categories():
   import os  # pylint: disable=g-import-not-at-top
   from configs import real_mobilefacenet  # pylint: disable=g-import-not-at-top
-  from pdsn_jax import builders  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.method import builders  # pylint: disable=g-import-not-at-top
   c = real_mobilefacenet.get_config()
   if not os.path.isdir(c.occlusion.occluder_dir):
     pytest.skip(f"the shared occluder files are not at {c.occlusion.occluder_dir}")

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from pdsn_jax import builders, parallel, recognition, training
+from pdsn_jax.method import builders, recognition
+from pdsn_jax.train import parallel, training
 
 
 def _setup(config, num_classes=12):

@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from pdsn_jax import builders, checkpointing, fdm, parallel, training
-from pdsn_jax import workdir as workdir_lib
+from pdsn_jax.method import builders, fdm
+from pdsn_jax.run import checkpointing
+from pdsn_jax.train import parallel, training
+from pdsn_jax.run import workdir as workdir_lib
 from pdsn_jax.models.generator import StackedMaskGenerators
 from pdsn_jax.data import sources
-from pdsn_jax import pdsn_probe
+from pdsn_jax.method import pdsn_probe
 from pdsn_jax.stages import pdsn
 from tests import helpers
 

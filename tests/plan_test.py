@@ -6,7 +6,9 @@ import dataclasses
 import pytest
 
 from configs import tiny
-from pdsn_jax import loop, recognition, stages
+from pdsn_jax.train import loop
+from pdsn_jax.method import recognition
+from pdsn_jax import stages
 
 
 def _run(tmp_path, change, stage=None):

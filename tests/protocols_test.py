@@ -13,7 +13,8 @@ import pytest
 
 from configs import tiny
 from pdsn_jax import config_validation, recognizer, stages
-from pdsn_jax.evaluation import evaluators, search, tables
+from pdsn_jax.evaluation import evaluators, tables
+from pdsn_jax.gallery import search
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +131,7 @@ def _lfw_like(root) -> tuple[str, str]:
 @pytest.mark.slow
 def test_lfw_distractors_split_and_curve(tmp_path, tiny_run):
   from pdsn_jax.evaluation.protocols import lfw_distractors  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.evaluation import store  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.gallery import store  # pylint: disable=g-import-not-at-top
   root, tsv = _lfw_like(tmp_path)
   paths = sorted(os.path.join(root, f) for f in os.listdir(root))
   gallery, probes, others, label = lfw_distractors.split(paths, every=2)

@@ -1,5 +1,5 @@
 """Provenance: a changed config never reuses stale outputs (issue 22's first probe), the
-rule of ``pdsn_jax.provenance`` on a workdir of placeholder outputs, then end to end."""
+rule of ``pdsn_jax.run.provenance`` on a workdir of placeholder outputs, then end to end."""
 
 import json
 import os
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from pdsn_jax import fdm, files, provenance
+from pdsn_jax.method import fdm
+from pdsn_jax.run import files, provenance
 from tests import helpers
 
 

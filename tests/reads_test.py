@@ -11,8 +11,9 @@ import os
 
 import pytest
 
-from pdsn_jax import provenance, stages  # noqa: F401  (registers them)
-from pdsn_jax import stage as stage_lib
+from pdsn_jax.run import provenance  # noqa: F401  (registers them)
+from pdsn_jax import stages
+from pdsn_jax.run import stage as stage_lib
 
 STAGES = ("trunk", "pdsn", "dictionary", "finetune", "detector", "evaluate")
 

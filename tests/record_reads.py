@@ -14,8 +14,9 @@ import ml_collections
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pdsn_jax import provenance, stages  # noqa: E402,F401  (after the path; registers them)
-from pdsn_jax import stage as stage_lib  # noqa: E402
+from pdsn_jax.run import provenance  # noqa: E402,F401  (after the path; registers them)
+from pdsn_jax import stages
+from pdsn_jax.run import stage as stage_lib  # noqa: E402
 
 
 class Recorder:

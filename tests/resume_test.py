@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from pdsn_jax import checkpointing
+from pdsn_jax.run import checkpointing
 from tests import helpers
 
 

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from pdsn_jax import builders, fdm
-from pdsn_jax.evaluation import masked, search, store
+from pdsn_jax.method import builders, fdm
+from pdsn_jax.evaluation import masked
+from pdsn_jax.gallery import search, store
 from tests import helpers
 
 U_SHAPE = (7, 6, 32)

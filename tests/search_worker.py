@@ -15,8 +15,8 @@ def main(argv):
   if len(argv) > 2:
     jax.distributed.initialize(argv[2], int(argv[3]), int(argv[4]))
   from configs import tiny  # pylint: disable=g-import-not-at-top
-  from pdsn_jax import builders  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.evaluation import search  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.method import builders  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.gallery import search  # pylint: disable=g-import-not-at-top
   config = tiny.get_config()
   backbone = builders.backbone(config, False)
   v = backbone.init(jax.random.key(0), np.zeros((1, 112, 96, 3), np.float32))

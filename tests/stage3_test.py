@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from pdsn_jax import checkpointing
+from pdsn_jax.run import checkpointing
 from configs import tiny
 from tests import helpers
 
@@ -118,7 +118,9 @@ def test_distill_head_only_moves_f_keeps_the_teacher_and_trunk_f_when_clean(refe
   assert m["PDSN + fine-tune"]["occluded"] != m["PDSN"]["occluded"]
   # "One network" embeds a face with no occluded block by the fine-tuned F (at this size its
   # clean accuracy can equal the Trunk's by chance, so the embeddings are compared)
-  from pdsn_jax import builders, parallel, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.method import builders  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.train import parallel
+  from pdsn_jax.run import workdir as workdir_lib
   from pdsn_jax.evaluation import evaluators, masked  # pylint: disable=g-import-not-at-top
   spec = {s.name: s for s in evaluators.parse_models(
       ["One network=finetune+fdm", "PDSN + fine-tune=finetune+fdm+trunk_when_clean"])}

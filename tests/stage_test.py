@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from pdsn_jax import main, pdsn_probe, provenance, stages
-from pdsn_jax import stage as stage_lib
-from pdsn_jax import workdir as workdir_lib
+from pdsn_jax import main, stages
+from pdsn_jax.method import pdsn_probe
+from pdsn_jax.run import provenance
+from pdsn_jax.run import stage as stage_lib
+from pdsn_jax.run import workdir as workdir_lib
 from pdsn_jax.config_validation import validate
 from tests import toy_stage
 

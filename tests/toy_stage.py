@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import optax
 
 from configs import common
-from pdsn_jax import loop, parallel, training
-from pdsn_jax import stage as stage_lib
+from pdsn_jax.train import loop, parallel, training
+from pdsn_jax.run import stage as stage_lib
 
 NAME = "toy"
 

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from pdsn_jax import builders, config_validation, stages, workdir as workdir_lib  # noqa: F401
-from pdsn_jax import stage as stage_lib
+from pdsn_jax.method import builders  # noqa: F401
+from pdsn_jax import config_validation, stages
+from pdsn_jax.run import workdir as workdir_lib
+from pdsn_jax.run import stage as stage_lib
 from pdsn_jax.models import trunks
 
 
@@ -50,7 +52,7 @@ def test_a_registered_toy_trunk_runs_stages_i_and_ii(tmp_path):
     for name in ("trunk", "pdsn", "dictionary"):
       stage_lib.get(name).run(config, wd)
     assert workdir_lib.latest_step(wd, "pdsn") == config.pdsn.num_steps
-    from pdsn_jax import fdm  # pylint: disable=g-import-not-at-top
+    from pdsn_jax.method import fdm  # pylint: disable=g-import-not-at-top
     items = fdm.load(workdir_lib.dictionary_file(wd))[0]
     assert items.shape == (9, 7, 6, 8) and np.all(items.reshape(9, -1).mean(1) < 1)
   finally:

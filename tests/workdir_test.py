@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pdsn_jax import workdir
+from pdsn_jax.run import workdir
 from tests import helpers
 
 

@@ -32,7 +32,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from pdsn_jax import files
+from pdsn_jax.run import files
 from pdsn_jax.data import alignment
 from pdsn_jax.data.placement import category_mask
 
@@ -188,7 +188,7 @@ def _dlib():
 
 def crop_points(grey: np.ndarray) -> np.ndarray | None:
   """Five template points of a tight grey crop (its own pixel frame), or None."""
-  from pdsn_jax.data.faces import five_points  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.faces.finding import five_points  # pylint: disable=g-import-not-at-top
   detect, shape = _dlib()
   h, w = grey.shape
   up = np.asarray(Image.fromarray(grey).resize((w * UPSCALE, h * UPSCALE), Image.BICUBIC))

@@ -18,9 +18,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pdsn_jax import workdir as workdir_lib
+from pdsn_jax.run import workdir as workdir_lib
 from pdsn_jax.data import occlusion
-from pdsn_jax.evaluation import masked, search, tables
+from pdsn_jax.evaluation import masked, tables
+from pdsn_jax.gallery import search
 from pdsn_jax.evaluation import sets as sets_lib
 
 HITS = "_hits"  # per pair / probe right or wrong, taken out by evaluate for paired statistics

@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pdsn_jax import fdm, parallel
+from pdsn_jax.method import fdm
+from pdsn_jax.train import parallel
 from pdsn_jax.data import pipeline
 from pdsn_jax.models.layers import l2_normalize
 

@@ -5,10 +5,10 @@ import os
 
 import numpy as np
 
-from pdsn_jax import files
+from pdsn_jax.run import files
 from pdsn_jax.evaluation import tables
-from pdsn_jax import workdir as workdir_lib
-from pdsn_jax.workdir import RESULTS
+from pdsn_jax.run import workdir as workdir_lib
+from pdsn_jax.run.workdir import RESULTS
 
 RESULTS_MD, RESULTS_JSON = RESULTS
 

@@ -1,14 +1,14 @@
 """The method's stages, run in order by ``pdsn_jax.main``; each resumes from its own checkpoints.
 
-Each module declares its ``Stage`` (``pdsn_jax/stage.py``); the registry line below is the one
+Each module declares its ``Stage`` (``pdsn_jax/run/stage.py``); the registry line below is the one
 place a stage is added. The order is the order ``config.stages`` lists them in the docs, and a
 stage's upstream comes before it.
 """
 
 import ml_collections
 
-from pdsn_jax import stage as stage_lib
-from pdsn_jax import workdir as workdir_lib
+from pdsn_jax.run import stage as stage_lib
+from pdsn_jax.run import workdir as workdir_lib
 from pdsn_jax.stages import detector, dictionary, evaluate, face_finder, finetune, pdsn, trunk
 
 

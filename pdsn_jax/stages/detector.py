@@ -22,9 +22,11 @@ import numpy as np
 import optax
 from PIL import Image
 
-from pdsn_jax import builders, inference, loop, parallel, training, visualize
-from pdsn_jax import stage as stage_lib
-from pdsn_jax import workdir as workdir_lib
+from pdsn_jax.method import builders, inference
+from pdsn_jax.train import loop, parallel, training
+from pdsn_jax import visualize
+from pdsn_jax.run import stage as stage_lib
+from pdsn_jax.run import workdir as workdir_lib
 from pdsn_jax.data import occlusion, pipeline, placement, sources
 from pdsn_jax.evaluation.segmentation import segmentation_metrics
 

@@ -22,12 +22,14 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from pdsn_jax import builders, distributed, fdm, files, parallel, provenance, training
+from pdsn_jax.method import builders, fdm
+from pdsn_jax.train import distributed, parallel, training
+from pdsn_jax.run import files, provenance
 from pdsn_jax import visualize
-from pdsn_jax import stage as stage_lib
-from pdsn_jax import workdir as workdir_lib
+from pdsn_jax.run import stage as stage_lib
+from pdsn_jax.run import workdir as workdir_lib
 from pdsn_jax.data import occlusion, pipeline, sources
-from pdsn_jax import pdsn_probe
+from pdsn_jax.method import pdsn_probe
 
 
 

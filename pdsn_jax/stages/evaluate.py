@@ -23,14 +23,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from pdsn_jax import builders, distributed, fdm, files, inference, parallel, provenance
-from pdsn_jax import stage as stage_lib
-from pdsn_jax import workdir as workdir_lib
+from pdsn_jax.method import builders, fdm, inference
+from pdsn_jax.train import distributed, parallel
+from pdsn_jax.run import files, provenance
+from pdsn_jax.run import stage as stage_lib
+from pdsn_jax.run import workdir as workdir_lib
 from pdsn_jax.data import occlusion, sources
 from pdsn_jax.data.folders import FolderFaces
-from pdsn_jax.evaluation import evaluators, masked, report, search, stats
+from pdsn_jax.evaluation import evaluators, masked, report, stats
+from pdsn_jax.gallery import search
 from pdsn_jax.evaluation import sets as sets_lib
-from pdsn_jax.evaluation import store as store_lib
+from pdsn_jax.gallery import store as store_lib
 from pdsn_jax.evaluation.segmentation import segmentation_metrics
 
 

@@ -21,10 +21,14 @@ import ml_collections
 import numpy as np
 import optax
 
-from pdsn_jax import builders, files, loop, parallel, training, visualize
-from pdsn_jax import stage as stage_lib
-from pdsn_jax import workdir as workdir_lib
-from pdsn_jax.data import blazeface, face_tuning
+from pdsn_jax.method import builders
+from pdsn_jax.run import files
+from pdsn_jax.train import loop, parallel, training
+from pdsn_jax import visualize
+from pdsn_jax.run import stage as stage_lib
+from pdsn_jax.run import workdir as workdir_lib
+from pdsn_jax.faces import blazeface
+from pdsn_jax.faces import tuning as face_tuning
 
 
 
@@ -82,7 +86,7 @@ def heldout_frames(config, heldout, n: int) -> dict:
 def found_points(frames: dict, params: dict | None) -> dict:
   """kind -> the points (None: no face) the default finder (these short-range weights, then
   the full range) gives each frame."""
-  from pdsn_jax.data import faces  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.faces import finding as faces  # pylint: disable=g-import-not-at-top
   finder = faces.FaceFinder("blazeface", short_params=params)
   return {k: [p for p, _ in finder.points_batch(list(v))] for k, v in frames.items()}
 

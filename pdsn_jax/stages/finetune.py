@@ -23,9 +23,10 @@ the same faces and ignores the flags.
 
 import ml_collections
 
-from pdsn_jax import builders, fdm, loop, recognition
-from pdsn_jax import stage as stage_lib
-from pdsn_jax import workdir as workdir_lib
+from pdsn_jax.method import builders, fdm, recognition
+from pdsn_jax.train import loop
+from pdsn_jax.run import stage as stage_lib
+from pdsn_jax.run import workdir as workdir_lib
 from pdsn_jax.data import placement
 
 

@@ -13,7 +13,7 @@ the state's ``frozen`` slot (and its checkpoints) so that this can be checked.
 measured on fixed training pairs with the starting generators; ``pdsn.converge_pairs`` > 0
 builds, at every checkpoint, the dictionary those pairs would give and stops the stage once
 every item's discarded set overlaps the last check's by ``pdsn.converge_overlap``
-(``pdsn_jax/pdsn_probe.py``).
+(``pdsn_jax/method/pdsn_probe.py``).
 """
 
 import functools
@@ -26,11 +26,14 @@ import ml_collections
 import numpy as np
 import optax
 
-from pdsn_jax import builders, checkpointing, loop, parallel, training, visualize
-from pdsn_jax import stage as stage_lib
-from pdsn_jax import workdir as workdir_lib
+from pdsn_jax.method import builders
+from pdsn_jax.run import checkpointing
+from pdsn_jax.train import loop, parallel, training
+from pdsn_jax import visualize
+from pdsn_jax.run import stage as stage_lib
+from pdsn_jax.run import workdir as workdir_lib
 from pdsn_jax.data import occlusion
-from pdsn_jax import pdsn_probe
+from pdsn_jax.method import pdsn_probe
 
 LOSSES = ("paper", "released")
 

@@ -3,9 +3,10 @@ trunk (``trunk.init_from``) whose CosFace classifier alone is fitted (``freeze_b
 
 import ml_collections
 
-from pdsn_jax import loop, recognition
-from pdsn_jax import stage as stage_lib
-from pdsn_jax import workdir as workdir_lib
+from pdsn_jax.train import loop
+from pdsn_jax.method import recognition
+from pdsn_jax.run import stage as stage_lib
+from pdsn_jax.run import workdir as workdir_lib
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:

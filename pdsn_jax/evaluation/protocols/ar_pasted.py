@@ -8,7 +8,8 @@ from typing import Callable
 
 import numpy as np
 
-from pdsn_jax.evaluation import evaluators, search
+from pdsn_jax.evaluation import evaluators
+from pdsn_jax.gallery import search
 
 
 def _ar(gallery_name: str) -> Callable[[evaluators.Context, evaluators.Model], dict]:

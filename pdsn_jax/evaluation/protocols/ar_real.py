@@ -21,9 +21,10 @@ import jax
 import numpy as np
 
 from pdsn_jax import visualize
-from pdsn_jax import workdir as workdir_lib
+from pdsn_jax.run import workdir as workdir_lib
 from pdsn_jax.data import ar_real as ar_lib, occlusion, placement
-from pdsn_jax.evaluation import evaluators, search, tables
+from pdsn_jax.evaluation import evaluators, tables
+from pdsn_jax.gallery import search
 from pdsn_jax.evaluation.segmentation import segmentation_metrics
 
 KEY = "ar_real"

@@ -4,7 +4,8 @@ gallery store; probes clean, with sunglasses and with masks."""
 
 import numpy as np
 
-from pdsn_jax.evaluation import evaluators, search
+from pdsn_jax.evaluation import evaluators
+from pdsn_jax.gallery import search
 
 
 def _run(ctx: evaluators.Context, model: evaluators.Model) -> dict:

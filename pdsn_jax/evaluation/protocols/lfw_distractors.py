@@ -23,13 +23,14 @@ import re
 import numpy as np
 
 from pdsn_jax import visualize
-from pdsn_jax import workdir as workdir_lib
+from pdsn_jax.run import workdir as workdir_lib
 from pdsn_jax.data import occlusion
 from pdsn_jax.data.alignment import align_face
-from pdsn_jax.data.faces import list_images
+from pdsn_jax.faces.finding import list_images
 from pdsn_jax.data.folders import load_rgb, read_landmarks
 from pdsn_jax.data.sources import Subset
-from pdsn_jax.evaluation import evaluators, search, tables
+from pdsn_jax.evaluation import evaluators, tables
+from pdsn_jax.gallery import search
 from pdsn_jax.evaluation import sets as sets_lib
 
 KEY = "lfw_distractors"

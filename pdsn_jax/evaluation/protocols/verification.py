@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 
 from pdsn_jax import visualize
-from pdsn_jax import workdir as workdir_lib
+from pdsn_jax.run import workdir as workdir_lib
 from pdsn_jax.data import insightface, pairs as pairs_lib, placement, sources
 from pdsn_jax.evaluation import evaluators, tables, verification
 from pdsn_jax.evaluation import sets as sets_lib

@@ -30,7 +30,8 @@ from typing import Callable
 import jax
 import numpy as np
 
-from pdsn_jax import distributed, files
+from pdsn_jax.train import distributed
+from pdsn_jax.run import files
 
 VERSION = 2
 DTYPES = ("float32", "float16", "int8")
@@ -110,7 +111,7 @@ class Store:
     meta_path = os.path.join(path, "meta.json")
     if not os.path.isfile(meta_path):
       raise FileNotFoundError(f"no gallery store at {path} (missing {meta_path}); build one with "
-                              "python -m pdsn_jax.gallery build")
+                              "python -m pdsn_jax.cli.gallery build")
     fix = "delete the store and build it again"
     self.meta = files.read_json(meta_path, "a gallery store's metadata", fix)
     if self.meta.get("version") != VERSION:

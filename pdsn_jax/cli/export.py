@@ -1,6 +1,6 @@
 """Exports a run's inference as serialized ``jax.export`` functions, usable without this code.
 
-  python -m pdsn_jax.export --workdir=RUN [--model=NAME]
+  python -m pdsn_jax.cli.export --workdir=RUN [--model=NAME]
 
 writes ``RUN/export/``:
   embed.jaxexport      (faces uint8 (b, H, W, 3), fdm float32 (b, h, w, c)) -> L2-normalised
@@ -18,7 +18,7 @@ The batch dimension b is symbolic. Load with only jax and numpy, checking the ch
   assert hashlib.sha256(blob).hexdigest() == meta["files"]["embed"]["sha256"], "damaged"
   emb = jax.export.deserialize(bytearray(blob)).call(faces, fdm)
 
-or ``pdsn_jax.export.load("export", "embed")``, which checks it and names a damaged file.
+or ``pdsn_jax.cli.export.load("export", "embed")``, which checks it and names a damaged file.
 """
 
 import io
@@ -28,8 +28,8 @@ import sys
 
 from absl import flags
 
-from pdsn_jax import files
-from pdsn_jax import workdir as workdir_lib
+from pdsn_jax.run import files
+from pdsn_jax.run import workdir as workdir_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run folder of python -m pdsn_jax.main.")
 _MODEL = flags.DEFINE_string("model", "", "One of the run's eval.models (default: the last).")
@@ -40,7 +40,8 @@ def export(workdir: str, model: str = "") -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from pdsn_jax import builders, inference, recognizer  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.method import builders, inference  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import recognizer
   from pdsn_jax.data import occlusion  # pylint: disable=g-import-not-at-top
   from pdsn_jax.models.layers import l2_normalize  # pylint: disable=g-import-not-at-top
 
@@ -97,7 +98,7 @@ def load(export_dir: str, name: str = "embed"):
   ``files.DamagedFile`` naming the file otherwise."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  fix = f"export the run again (python -m pdsn_jax.export) into {export_dir}"
+  fix = f"export the run again (python -m pdsn_jax.cli.export) into {export_dir}"
   meta = files.read_json(os.path.join(export_dir, "meta.json"), "the export's metadata", fix)
   entry = meta.get("files", {}).get(name)
   if not isinstance(entry, dict):
@@ -119,7 +120,7 @@ def main(argv):
 
 def cli():
   """``pdsn-export``: the console script of ``pip install -e .``."""
-  from pdsn_jax import cli as cli_lib  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.cli import runner as cli_lib  # pylint: disable=g-import-not-at-top
   flags.mark_flags_as_required(["workdir"])
   cli_lib.run(main, sys.modules[__name__])
 

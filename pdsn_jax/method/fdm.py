@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pdsn_jax import files
+from pdsn_jax.run import files
 
 
 def minmax(masks: jax.Array, eps: float = 1e-12) -> jax.Array:

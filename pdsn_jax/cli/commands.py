@@ -1,12 +1,12 @@
 """Use a trained run on photos: the embed, verify and identify commands.
 
-  python -m pdsn_jax.embed --workdir=RUN --images=DIR --out=embeddings.npz [--landmarks=TSV]
+  python -m pdsn_jax.cli.embed --workdir=RUN --images=DIR --out=embeddings.npz [--landmarks=TSV]
       [--sheet=PNG]
-  python -m pdsn_jax.verify --workdir=RUN A.jpg B.jpg
-  python -m pdsn_jax.identify --workdir=RUN --gallery=DIR --probes=DIR --out=ranks.csv [--k=5]
-  python -m pdsn_jax.identify --workdir=RUN --store=STORE --probes=DIR --out=ranks.csv
+  python -m pdsn_jax.cli.verify --workdir=RUN A.jpg B.jpg
+  python -m pdsn_jax.cli.identify --workdir=RUN --gallery=DIR --probes=DIR --out=ranks.csv [--k=5]
+  python -m pdsn_jax.cli.identify --workdir=RUN --store=STORE --probes=DIR --out=ranks.csv
 
-Faces are found and aligned with BlazeFace (``--face_detector``; dlib's ``hog`` / ``cnn``
+Faces are found and aligned with BlazeFace (``--face_finder``; dlib's ``hog`` / ``cnn``
 too) unless a landmarks TSV names the photo; a photo with no face, or that cannot be read, is reported and skipped. Each face's
 occlusion is located by the run's detector, its blocks pick the FDM from the run's
 dictionary, and the embedding is F(FDM * U) of ``--model`` (default: the run's last model).
@@ -17,16 +17,17 @@ import os
 
 from absl import flags
 
-from pdsn_jax.data.faces import FINDERS, WEIGHTS
+from pdsn_jax.faces.finding import FINDERS, WEIGHTS
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run folder of python -m pdsn_jax.main.")
 _MODEL = flags.DEFINE_string("model", "", "One of the run's eval.models (default: the last).")
 _LANDMARKS = flags.DEFINE_string("landmarks", "", "5-point landmarks TSV (else the face "
                                  "detector finds the points).")
-_FACE_DETECTOR = flags.DEFINE_enum(
-    "face_detector", "blazeface", list(FINDERS),
+_FACE_FINDER = flags.DEFINE_enum(
+    "face_finder", "blazeface", list(FINDERS),
     "'blazeface': MediaPipe's BlazeFace in JAX (finds masked faces; '_full' for small, far "
     "faces), 'hog' / 'cnn': dlib's; 'none': the photos are already aligned crops")
+flags.DEFINE_alias("face_detector", "face_finder")  # its name before 0.4
 _FALLBACK = flags.DEFINE_float(
     "face_fallback_score", None,
     "BlazeFace: a last try at this lower score on photos where no face was found (e.g. 0.4: "
@@ -44,7 +45,7 @@ _GALLERY = flags.DEFINE_string("gallery", "", "identify: gallery photos, one fol
 _PROBES = flags.DEFINE_string("probes", "", "identify: probe photos.")
 _K = flags.DEFINE_integer("k", 5, "identify: ranks written per probe.")
 _STORE = flags.DEFINE_string(
-    "store", "", "identify: a prebuilt gallery store (python -m pdsn_jax.gallery --images=DIR, "
+    "store", "", "identify: a prebuilt gallery store (python -m pdsn_jax.cli.gallery --images=DIR, "
     "one folder per person) to search instead of --gallery; never re-embedded.")
 _OCCLUSION = flags.DEFINE_string(
     "occlusion", "auto",
@@ -58,7 +59,7 @@ _MIN_FACE = flags.DEFINE_integer(
     "min_face", 0, "embed: leave out faces narrower than this (pixels of the photo), and look "
     "for faces down to this width in overlapping tiles of each photo (BlazeFace; slower: "
     "benchmarks/small_faces.py).")
-_COMMON = ("workdir", "model", "landmarks", "face_detector", "face_fallback_score",
+_COMMON = ("workdir", "model", "landmarks", "face_finder", "face_fallback_score",
            "face_finder_weights", "occlusion")
 EMBED_FLAGS = _COMMON + ("images", "out", "sheet", "faces", "min_face")
 VERIFY_FLAGS = _COMMON
@@ -69,7 +70,7 @@ def _run():
   """The API's ``Run`` of the flags (the commands are thin wrappers of ``pdsn_jax.api``)."""
   from pdsn_jax import api  # pylint: disable=g-import-not-at-top  (jax after the flags)
   logging.getLogger("absl").setLevel(logging.WARNING)
-  run = api.load(_WORKDIR.value, _MODEL.value or None, _FACE_DETECTOR.value,
+  run = api.load(_WORKDIR.value, _MODEL.value or None, _FACE_FINDER.value,
                  _FINDER_WEIGHTS.value, _FALLBACK.value, _LANDMARKS.value)
   logging.info("model %s of %s%s", run.model, _WORKDIR.value, f"; {run.note}" if run.note else "")
   return run
@@ -84,7 +85,7 @@ def embed_main(argv):
   """Embeddings, masks and blocks of every face under --images into --out."""
   del argv
   from pdsn_jax import api  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.data import faces as faces_lib  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.faces import finding as faces_lib  # pylint: disable=g-import-not-at-top
   if not _IMAGES.value or not _OUT.value:
     raise ValueError("embed needs --images=DIR and --out=embeddings.npz")
   run = _run()
@@ -107,7 +108,7 @@ def embed_main(argv):
 
 def verify_main(argv):
   if len(argv) != 3:
-    raise ValueError("usage: python -m pdsn_jax.verify --workdir=RUN A.jpg B.jpg")
+    raise ValueError("usage: python -m pdsn_jax.cli.verify --workdir=RUN A.jpg B.jpg")
   r = _run().verify(argv[1], argv[2], _OCCLUSION.value)
   for path, blocks, area in zip(argv[1:], r.blocks, r.occluded_area):
     print(f"{path}: occluded blocks {blocks} ({100 * area:.1f}% of the face)")
@@ -120,7 +121,7 @@ def verify_main(argv):
 def identify_main(argv):
   del argv
   from pdsn_jax import api  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.data import faces as faces_lib  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.faces import finding as faces_lib  # pylint: disable=g-import-not-at-top
   if _K.value < 1:
     raise ValueError(f"--k={_K.value}: must be >= 1")
   if not (_PROBES.value and _OUT.value) or bool(_GALLERY.value) == bool(_STORE.value):
@@ -141,6 +142,6 @@ def identify_main(argv):
 
 def run(main, module, key_flags):
   """Runs a command whose entry module is ``module``; ``--help`` lists ``key_flags``."""
-  from pdsn_jax import cli  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.cli import runner as cli  # pylint: disable=g-import-not-at-top
   flags.mark_flags_as_required(["workdir"])
   cli.run(main, module, key_flags)

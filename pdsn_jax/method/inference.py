@@ -8,9 +8,10 @@ import re
 import jax
 import numpy as np
 
-from pdsn_jax import builders, parallel
+from pdsn_jax.method import builders
+from pdsn_jax.train import parallel
 from pdsn_jax.data import occlusion, pipeline, placement
-from pdsn_jax.evaluation import store
+from pdsn_jax.gallery import store
 
 
 def detector_logits(model, variables, images: jax.Array, scale: float, train: bool = False,

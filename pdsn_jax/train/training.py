@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from pdsn_jax import stage as stage_lib
+from pdsn_jax.run import stage as stage_lib
 
 SCHEDULES = ("cosine", "step", "constant")
 

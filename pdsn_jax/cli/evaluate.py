@@ -1,12 +1,12 @@
 """Scores a finished run on other data without retraining: its own results beside the run.
 
-  python -m pdsn_jax.evaluate --workdir=RUN --name=NAME [--pairs=pairs.txt --pairs_root=DIR
+  python -m pdsn_jax.cli.evaluate --workdir=RUN --name=NAME [--pairs=pairs.txt --pairs_root=DIR
       [--pairs_landmarks=TSV] [--pairs_pattern=...]] [--occluders=DIR] [--test_globs=G1,G2]
       [--identification=DIR [--identification_landmarks=TSV]] [--ar_real=DIR]
       [--protocols=verification,ar_p1,...] [--set=eval.num_pairs=300 ...]
 
 Example (the run's networks on your own pairs, occluded by your own occluder files):
-  python -m pdsn_jax.evaluate --workdir=runs/real_mobilefacenet --name=my_pairs \\
+  python -m pdsn_jax.cli.evaluate --workdir=runs/real_mobilefacenet --name=my_pairs \\
       --pairs=my/pairs.txt --pairs_root=my/images --occluders=my/occluders
 
 The run's evaluate stage runs under the run's config with these changes, in
@@ -30,8 +30,9 @@ import dataclasses
 from absl import flags
 import ml_collections
 
-from pdsn_jax import provenance, run_config, stages
-from pdsn_jax import workdir as workdir_lib
+from pdsn_jax.run import provenance
+from pdsn_jax import run_config, stages
+from pdsn_jax.run import workdir as workdir_lib
 from pdsn_jax.config_validation import validate
 from pdsn_jax.evaluation import evaluators
 
@@ -249,7 +250,7 @@ def main(argv):
 
 def cli():
   """``pdsn-evaluate``: the console script of ``pip install -e .``."""
-  from pdsn_jax import cli as cli_lib  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.cli import runner as cli_lib  # pylint: disable=g-import-not-at-top
   _define_flags()
   flags.mark_flags_as_required(["workdir", "name"])
   cli_lib.run(main, sys.modules[__name__], [f.name for f in _FLAGS.values()])

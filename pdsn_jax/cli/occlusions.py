@@ -1,6 +1,6 @@
 """Runs a trained occlusion detector on a folder of photos and writes a contact sheet.
 
-  python -m pdsn_jax.detect --workdir=runs/pdsn \\
+  python -m pdsn_jax.cli.occlusions --workdir=runs/pdsn \\
       --images=DIR [--landmarks=TSV] [--out=detections.png] [--limit=24]
 
 The run's own config (``config.json``, validated) describes the detector; ``--config`` is
@@ -14,8 +14,9 @@ assigns (what the FDM would discard), so a person can judge real occlusions.
 
 import logging
 import os
+import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (default: the run's "
@@ -31,9 +32,11 @@ def main(argv):
   del argv
   import numpy as np  # pylint: disable=g-import-not-at-top
   from pdsn_jax import visualize  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.data import faces as faces_lib  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.faces import finding as faces_lib  # pylint: disable=g-import-not-at-top
   from pdsn_jax.data.folders import read_landmarks  # pylint: disable=g-import-not-at-top
-  from pdsn_jax import inference, run_config, workdir  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.method import inference  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import run_config
+  from pdsn_jax.run import workdir
 
   if _LIMIT.value < 1:
     raise ValueError(f"--limit={_LIMIT.value}: must be >= 1 (images on the sheet)")
@@ -67,6 +70,11 @@ def main(argv):
                len(paths), 100 * float(pred.mean()))
 
 
+def cli():
+  """``pdsn-occlusions``: the console script of ``pip install -e .``."""
+  from pdsn_jax.cli import runner  # pylint: disable=g-import-not-at-top
+  runner.run(main, sys.modules[__name__])
+
+
 if __name__ == "__main__":
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-  app.run(main)
+  cli()

@@ -49,7 +49,7 @@ class MetricWriter:
 
 def _truncate(path: str, last_step: int) -> None:
   """Keeps the records of ``path`` up to ``last_step`` (and any unreadable tail is dropped)."""
-  from pdsn_jax import files  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.run import files  # pylint: disable=g-import-not-at-top
   keep = []
   with open(path, encoding="utf-8") as f:
     for line in f:

@@ -14,8 +14,8 @@
                                          the config that made them, distractor stores:
                                          evaluate/)
   <workdir>/<stage>.replaced-<time>/     a stage moved aside by ``--config.overwrite``
-  <workdir>/export/                      ``python -m pdsn_jax.export``'s functions
-  <workdir>/evaluations/<name>/          the run evaluated on other data (``pdsn_jax.evaluate``)
+  <workdir>/export/                      ``python -m pdsn_jax.cli.export``'s functions
+  <workdir>/evaluations/<name>/          the run evaluated on other data (``pdsn_jax.cli.evaluate``)
 
 A stage reads what earlier stages left only through the functions here, and every path under a
 workdir is built here (``tests/architecture_test.py`` checks it).
@@ -23,7 +23,7 @@ workdir is built here (``tests/architecture_test.py`` checks it).
 
 import os
 
-from pdsn_jax import checkpointing, files
+from pdsn_jax.run import checkpointing, files
 
 # The folders of the built-in stages, for the code that reads a particular one's outputs. A
 # stage's descriptor (``stage.Stage``, in its module) is what makes it a stage; a new stage
@@ -77,7 +77,7 @@ def distractor_store(workdir: str, stage: str) -> str:
 
 
 def evaluation_dir(workdir: str, name: str) -> str:
-  """A finished run evaluated on other data (``python -m pdsn_jax.evaluate --name=NAME``): a
+  """A finished run evaluated on other data (``python -m pdsn_jax.cli.evaluate --name=NAME``): a
   workdir of its own, its config and results, reading the run's stages through links."""
   return os.path.join(workdir, EVALUATIONS, name)
 

@@ -1,6 +1,6 @@
-"""Builds a gallery feature store (``pdsn_jax.evaluation.store``) from a trained run.
+"""Builds a gallery feature store (``pdsn_jax.gallery.store``) from a trained run.
 
-  python -m pdsn_jax.gallery --workdir=RUN --out=STORE \\
+  python -m pdsn_jax.cli.gallery --workdir=RUN --out=STORE \\
       (--images=DIR [--landmarks=TSV] | --source=distractors | --source=synthetic:N) \\
       [--dtype=float16|int8|float32] [--shard_size=4096] [--stage=STAGE]
 
@@ -8,7 +8,7 @@ U of every face is computed once with the run's ``--stage`` network (default: th
 run's default model, the one ``identify --store`` searches with; data-parallel over every
 device) and written in shards; a killed build resumes at the first missing shard. Faces from
 ``--images`` are aligned with the landmarks TSV when it names the photo, else found by
-``--face_detector`` (BlazeFace by default, a shard at a time; ``none``: centre crop); a photo
+``--face_finder`` (BlazeFace by default, a shard at a time; ``none``: centre crop); a photo
 that cannot be read or holds no face keeps its place, listed, and is never found. Their label
 is the index of their first-level subfolder (sorted), -1 for files directly in DIR.
 ``--source=distractors``: the run's evaluation distractors; ``synthetic:N``: N built-in faces
@@ -22,7 +22,7 @@ import sys
 import numpy as np
 from absl import flags
 
-from pdsn_jax.data.faces import FINDERS, IMAGE_EXTENSIONS, WEIGHTS
+from pdsn_jax.faces.finding import FINDERS, IMAGE_EXTENSIONS, WEIGHTS
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (python -m pdsn_jax.main).")
 _OUT = flags.DEFINE_string("out", None, "Store folder to create or resume.")
@@ -32,10 +32,11 @@ _SOURCE = flags.DEFINE_string("source", "", "'distractors' or 'synthetic:N' inst
 _DTYPE = flags.DEFINE_enum("dtype", "float16", ["float32", "float16", "int8"], "Stored U.")
 _SHARD = flags.DEFINE_integer("shard_size", 4096, "Faces per shard.")
 _STAGE = flags.DEFINE_string("stage", "", "The run's network computing U (default: identify's).")
-_FACE_DETECTOR = flags.DEFINE_enum(
-    "face_detector", "blazeface", list(FINDERS),
+_FACE_FINDER = flags.DEFINE_enum(
+    "face_finder", "blazeface", list(FINDERS),
     "--images: finds each face not in --landmarks ('none': the photos are aligned crops, "
     "centre-cropped)")
+flags.DEFINE_alias("face_detector", "face_finder")  # its name before 0.4
 _FINDER_WEIGHTS = flags.DEFINE_enum(
     "face_finder_weights", "run", list(WEIGHTS),
     "BlazeFace: 'run': the run's tuned short-range weights when it has them; 'shipped'.")
@@ -85,7 +86,7 @@ class _Folder:
   def batch(self, indices) -> list[dict]:
     """The aligned faces of ``indices``; a photo that cannot be read or holds no face is kept
     in place (so the shards stay valid) with the reason, and never found."""
-    from pdsn_jax.data import faces  # pylint: disable=g-import-not-at-top
+    from pdsn_jax.faces import finding as faces  # pylint: disable=g-import-not-at-top
     paths = [self.paths[i] for i in indices]
     found = faces.find(paths, self.size, self.template, self.marks, self.finder)
     return [{"image": f.face, "label": self.label(i)} if f.face is not None else
@@ -99,7 +100,7 @@ def source_from_flags(config):
     raise ValueError("give exactly one of --images=DIR and --source=distractors|synthetic:N")
   if _IMAGES.value:
     src = _Folder(_IMAGES.value, _LANDMARKS.value, config.data.image_size, config.data.alignment,
-                  _FACE_DETECTOR.value, _WORKDIR.value, _FINDER_WEIGHTS.value)
+                  _FACE_FINDER.value, _WORKDIR.value, _FINDER_WEIGHTS.value)
     return (src, f"images:{os.path.abspath(_IMAGES.value)}", src.label,
             lambda i: os.path.relpath(src.paths[i], _IMAGES.value))
   from pdsn_jax.data import sources  # pylint: disable=g-import-not-at-top
@@ -118,9 +119,13 @@ def source_from_flags(config):
 def main(argv):
   del argv
   # jax and the networks load after the flags (a fast --help)
-  from pdsn_jax import builders, inference, parallel, provenance  # pylint: disable=g-import-not-at-top
-  from pdsn_jax import recognizer, run_config, workdir  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.evaluation import evaluators, masked, store  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.method import builders, inference  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.train import parallel
+  from pdsn_jax.run import provenance
+  from pdsn_jax import recognizer, run_config  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.run import workdir
+  from pdsn_jax.evaluation import evaluators, masked  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.gallery import store
 
   logging.getLogger("absl").setLevel(logging.WARNING)
   if _SHARD.value < 1:
@@ -155,7 +160,7 @@ def main(argv):
 
 def cli():
   """``pdsn-gallery``: the console script of ``pip install -e .``."""
-  from pdsn_jax import cli as cli_lib  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.cli import runner as cli_lib  # pylint: disable=g-import-not-at-top
   cli_lib.run(main, sys.modules[__name__])
 
 

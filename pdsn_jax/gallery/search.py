@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
-from pdsn_jax import fdm, parallel
-from pdsn_jax.evaluation import store as store_lib
+from pdsn_jax.method import fdm
+from pdsn_jax.train import parallel
+from pdsn_jax.gallery import store as store_lib
 from pdsn_jax.models.layers import l2_normalize
 
 PATHS = ("auto", "affine", "general")

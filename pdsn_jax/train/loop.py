@@ -16,10 +16,13 @@ import ml_collections
 import numpy as np
 import optax
 
-from pdsn_jax import builders, checkpointing, metrics as metrics_lib, parallel, provenance
-from pdsn_jax import stage as stage_lib
-from pdsn_jax import training
-from pdsn_jax import workdir as workdir_lib
+from pdsn_jax.method import builders
+from pdsn_jax.run import checkpointing, provenance
+from pdsn_jax.train import parallel
+from pdsn_jax.train import metrics as metrics_lib
+from pdsn_jax.run import stage as stage_lib
+from pdsn_jax.train import training
+from pdsn_jax.run import workdir as workdir_lib
 from pdsn_jax.data import pipeline, sources
 
 

@@ -27,7 +27,7 @@ from pdsn_jax.data.folders import load_photo
 
 DETECTORS = ("blazeface", "blazeface_full", "hog", "cnn")
 WEIGHTS = ("run", "shipped")  # --face_finder_weights
-FINDERS = DETECTORS + ("none",)  # --face_detector: "none" takes the photos as aligned crops
+FINDERS = DETECTORS + ("none",)  # --face_finder: "none" takes the photos as aligned crops
 _BLAZEFACE = {"blazeface": ("short", "full"), "blazeface_full": ("full",)}  # tried in order
 MIN_FACE_PX = 16  # a photo smaller than this on either side holds no usable face
 # every format Pillow reads that photos come in (animated / multi-page: the first frame)
@@ -95,13 +95,13 @@ class FaceFinder:
       raise ValueError(f"face detector {detector!r} is not one of {DETECTORS}")
     if fallback is not None and (detector not in _BLAZEFACE or not 0 < fallback < 1):
       raise ValueError(f"a fallback score ({fallback}) needs a BlazeFace detector and a value "
-                       f"in (0, 1); got --face_detector={detector}")
+                       f"in (0, 1); got --face_finder={detector}")
     if short_params is not None and "short" not in _BLAZEFACE.get(detector, ()):
-      raise ValueError(f"short-range BlazeFace weights need --face_detector=blazeface, not "
+      raise ValueError(f"short-range BlazeFace weights need --face_finder=blazeface, not "
                        f"{detector!r}")
     self.name, self._blaze, self.fallback = detector, None, fallback
     if detector in _BLAZEFACE:
-      from pdsn_jax.data import blazeface  # pylint: disable=g-import-not-at-top
+      from pdsn_jax.faces import blazeface  # pylint: disable=g-import-not-at-top
       self._blaze = [blazeface.BlazeFace(m, params=short_params if m == "short" else None)
                      for m in _BLAZEFACE[detector]]
       return

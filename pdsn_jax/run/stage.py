@@ -74,7 +74,7 @@ def register(*stages: Stage) -> dict[str, Stage]:
   a stream that collides with another stage's."""
   for s in stages:
     if not isinstance(s, Stage):
-      raise TypeError(f"register() takes pdsn_jax.stage.Stage objects, got {s!r}")
+      raise TypeError(f"register() takes pdsn_jax.run.stage.Stage objects, got {s!r}")
     if s.name in _REGISTRY and _REGISTRY[s.name] is not s:
       raise ValueError(f"stage name {s.name!r} is already registered (by "
                        f"{_REGISTRY[s.name].run.__module__}); pick another name")

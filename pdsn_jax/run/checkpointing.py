@@ -31,7 +31,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from pdsn_jax import distributed, files, parallel
+from pdsn_jax.train import distributed, parallel
+from pdsn_jax.run import files
 
 SEAL = "sha256.json"
 

@@ -35,9 +35,10 @@ import uuid
 import jax
 import ml_collections
 
-from pdsn_jax import distributed, files
-from pdsn_jax import stage as stage_lib
-from pdsn_jax import workdir as workdir_lib
+from pdsn_jax.train import distributed
+from pdsn_jax.run import files
+from pdsn_jax.run import stage as stage_lib
+from pdsn_jax.run import workdir as workdir_lib
 from pdsn_jax.data import occlusion
 
 RECORD = "provenance.json"

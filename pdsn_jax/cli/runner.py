@@ -1,4 +1,4 @@
-"""Running a command, the same for ``python -m pdsn_jax.<cmd>`` and the console scripts of
+"""Running a command, the same for ``python -m pdsn_jax.cli.<cmd>`` and the console scripts of
 ``pip install -e .`` (``pdsn-train``, ``pdsn-embed``, ...): ``--help`` shows the command's
 docstring and its own flags (the rest under ``--helpfull``)."""
 
@@ -24,7 +24,7 @@ def _one_line_errors(main: Callable, argv) -> None:
   """``main(argv)``; a full disk anywhere under it (orbax's wrapped errors too) ends the command
   with one line naming the file and the free space, and stale stages with the fields that
   changed, not a traceback."""
-  from pdsn_jax import files, provenance  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.run import files, provenance  # pylint: disable=g-import-not-at-top
   try:
     main(argv)
   except provenance.StaleStage as e:  # the stages, the fields and the ways out: no traceback

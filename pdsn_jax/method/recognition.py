@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pdsn_jax import builders, fdm, loop, parallel, training
-from pdsn_jax import stage as stage_lib
+from pdsn_jax.method import builders, fdm
+from pdsn_jax.train import loop, parallel, training
+from pdsn_jax.run import stage as stage_lib
 from pdsn_jax.data import pipeline
 from pdsn_jax.data.pairs import generate_pairs
 from pdsn_jax.evaluation import verification

@@ -15,8 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pdsn_jax import builders, fdm, training, visualize
-from pdsn_jax import stage as stage_lib
+from pdsn_jax.method import builders, fdm
+from pdsn_jax.train import training
+from pdsn_jax import visualize
+from pdsn_jax.run import stage as stage_lib
 from pdsn_jax.data import occlusion, pipeline
 
 LAMBDA_RULES = ("fixed", "same_scale")

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from pdsn_jax import checkpointing, parallel
+from pdsn_jax.run import checkpointing
+from pdsn_jax.train import parallel
 from pdsn_jax.data import occlusion
 from pdsn_jax.models import CosFaceHead, trunks
 from pdsn_jax.models.detector import OcclusionDetector

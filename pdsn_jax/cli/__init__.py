@@ -1,0 +1,1 @@
+"""Every command: one runner (absl), each command a console script (pyproject.toml)."""

@@ -1,0 +1,1 @@
+"""The training skeleton: the step loop, train state and optimizers, data parallelism, multi-host, metrics."""
