@@ -6,8 +6,8 @@ by 5-point landmarks):
       --config.data.folders.root=/data/casia/images \
       --config.data.folders.landmarks=/data/casia/landmarks.tsv --workdir=runs/paper
 
-Cost: 28 epochs of ~490k images at batch 512 (~27k steps); about a day on 8
-V100-class GPUs. Not meant for a CPU.
+Cost: not measured here; estimated at about a day on 8 V100-class GPUs (28 epochs of ~490k
+images at batch 512, ~27k steps). Not meant for a CPU.
 """
 
 from configs import pdsn

@@ -3,12 +3,12 @@
 Command:
   python -m pdsn_jax.main --config=configs/pdsn.py --workdir=runs/pdsn
 
-Cost on a 2-core CPU (measured 2026-11-29: 8.7 min in all, part of it beside the test suite):
-trunk 2.1 min (IResNet-18 at width 0.25, 112x96, 300 steps of 32), stage I + II 1.0
-(90 steps of 16 faces x 10 images; 512 pairs per block), Baseline 0.6 and fine-tune 1.1
-(50 steps of 32 each), Table 3's generators + dictionary 1.3, detector and evaluation
-2.5 together (every protocol, 3 checkpoints, the distractor stores, ablations).
-Every field can be overridden, e.g.
+Cost: 11.9 min on 2 CPU cores, measured alone at an earlier commit (per stage: README).
+
+IResNet-18 at width 0.25, 112x96: the trunk 300 steps of 32, stage I 90 steps of 16 faces x
+10 images, stage II 512 pairs per block, the Baseline and fine-tune 50 steps of 32 each, Table
+3's generators and dictionary, the detector, the evaluation (every protocol, 3 checkpoints,
+the distractor stores, ablations). Every field can be overridden, e.g.
 --config.trunk.num_epochs=2 --config.model.width=0.5.
 """
 

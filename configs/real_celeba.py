@@ -3,8 +3,8 @@ LFW pairs and AR identification with the real occluders of ../shared/data.
 
   python -m pdsn_jax.main --config=configs/real_celeba.py --workdir=runs/real_celeba
 
-Not run in full on the development machine (2 CPU cores): a trunk trained from
-scratch on ~5,800 faces is weak, which is why configs/real_dlib.py exists. The
+Cost: not measured: never run in full on the development machine (2 CPU cores). A trunk
+trained from scratch on ~5,800 faces is weak, which is why configs/real_dlib.py exists. The
 evaluation settings are those of configs/real_dlib.py at the 112x96 ArcFace alignment.
 """
 

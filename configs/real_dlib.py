@@ -5,7 +5,10 @@ pairs for verification, AR for identification, the real occluders of ../shared/d
   python -m pdsn_jax.main --config=configs/real_dlib.py --workdir=runs/real_dlib
 
 Data root: ``--config.data.folders.root`` etc. default to ../shared/data; a missing
-folder fails naming it. Cost measured on a 2-core CPU: see docs/results.md.
+folder fails naming it.
+
+Cost: 53.6 min on 2 CPU cores, measured alone at an earlier commit (per stage: docs/history.md).
+
 AR images are 60x43 grayscale crops without landmarks: read as RGB (channels
 replicated) and upsampled to the 150x150 chip by a centre crop to the aspect.
 """
@@ -25,7 +28,7 @@ def get_config():
   c.data.folders.update(root=f"{ROOT}/celeba/images", landmarks=f"{ROOT}/celeba/landmarks.tsv",
                         min_images=2, heldout_identities=30, skip_bad_images=False,
                         # distractors come from identities no stage trains on (before this
-                        # was added they were training images: docs/results.md's dlib run)
+                        # was added they were training images: docs/history.md's dlib run)
                         distractor_identities=40)
   # test occluders are files no training stage sees (the same split as
   # configs/real_mobilefacenet.py); training draws only sunglasses and masks

@@ -11,9 +11,10 @@
 
 Weights: ``$PDSN_MODELS/mobilefacenet_casia/068.ckpt`` (default ../shared/models; research
 use only, never committed), read without PyTorch. Data: ``$PDSN_DATA`` (default
-../shared/data). Cost on a 2-core CPU (docs/results.md, per stage), measured alone on
-2026-12-03: 54.8 min for every stage but the face finder (stage I 15.5 min, stage II 5.1,
-detector 8.6, evaluation 20.9), and 21 min more for the face finder (about 76 min in all).
+../shared/data).
+
+Cost: 76 min on 2 CPU cores, measured alone 2026-12-03 (54.8 min for every stage but the face
+finder, 21 min for the face finder; per stage in docs/results.md).
 
 Hygiene:
 * the occluder files are split three ways by source (``OCCLUDER_SPLITS``), so one source's
@@ -29,18 +30,10 @@ Hygiene:
   them are the distractors; neither is trained on;
 * the occlusion detector trains on CelebA training faces with the training occluder files
   and drawings only; its "(detector)" rows locate the test occlusions;
-* the detector's settings (``detector.augment``, its budget) are chosen by this rule, fixed
-  before the runs it judges: on the CelebA held-out faces, the candidate with the highest mean
-  block-assignment accuracy over "select occluder files" and "select occluder files, grey
-  low-res" wins, among those whose predicted occluded area is at most 2% on both clean sets
-  ("clean faces", "clean faces, grey low-res"); a tie within 0.5 points goes to the cheaper.
-  AR's real photos only report the chosen one (docs/results.md lists every candidate).
-  Candidates (2 epochs unless said): no augmentation; the first seven parts (before cloth and
-  highlights existed); all nine parts; all nine at 5 epochs; appearance only (grey, lowres,
-  blur, light, border); geometry only (scarf, eyeglasses, cloth, highlights); added after the
-  5-epoch run, before its own run: all nine at 10 epochs. Version 2 of the rule (2026-12-03,
-  ``benchmarks/detector_select.py``, written before its candidates ran) adds the select masks
-  stretched like scarves, plain and grey low-res, to the mean;
+* every setting chosen rather than taken from the paper (the learning rates and tau, the
+  detector's augmentation and budget, the face finder), its rule, the data it saw and every
+  candidate: docs/selection.md, which also says which of them were chosen while AR's subjects
+  were in view;
 * stage I: lambda by the paper's same-scale rule (CE / L1 of the starting generators on
   training faces), trained until its dictionary stops moving on fixed training pairs or the
   budget ends; stage II: item j's pairs occluded on block j only (the paper's), 4,096 per
@@ -53,7 +46,7 @@ Hygiene:
   CelebA training photos with the training occluder files (half its erased faces with an
   occluder pasted, as negatives), and was adopted with its last try at 0.4 by the rule of
   ``benchmarks/blazeface_tuned.py`` (fixed before any tuned candidate was scored) on the
-  held-out identities with the select files; LFW and AR only report it (docs/data.md).
+  held-out identities with the select files (docs/selection.md).
 """
 
 import os
@@ -89,7 +82,7 @@ def get_config(arg: str | None = None):
   c.occlusion.update(occluder_dir=f"{DATA}/occluders",
                      procedural_categories=("sunglasses", "mask"))
   # learning rates, lambda and tau chosen on the CelebA held-out identities (``:select``),
-  # never on LFW: docs/results.md lists every candidate and its numbers
+  # never on LFW: docs/selection.md lists every candidate and its numbers
   # lambda by the paper's same-scale rule (measured at the start, in pdsn/summary.json); each
   # batch's U serves 4 updates; trained until the dictionary of 256 fixed training pairs per
   # block stops moving (every item's discarded set overlapping the last check's by 0.95) or
@@ -110,7 +103,7 @@ def get_config(arg: str | None = None):
   # the detector learns real skin: CelebA training faces with the training occluder files and
   # the training drawings (sunglasses, masks); scored on held-out CelebA faces with the
   # select files; the "(detector)" rows and tables locate test occlusions with it
-  # 10 epochs with every augmentation: chosen by the rule in the docstring (docs/results.md)
+  # 10 epochs with every augmentation: chosen by a rule (docs/selection.md, item 3)
   c.detector.update(num_epochs=10.0, batch_size=32, eval_images=400)
   # the face finder chosen by benchmarks/blazeface_tuned.py's rule (2026-12-03, docs/data.md):
   # erased faces with an occluder pasted as negatives, and a last try at 0.4

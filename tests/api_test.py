@@ -46,7 +46,7 @@ def run(tiny_run):
 
 
 def _cli(module, *args):
-  proc = subprocess.run([sys.executable, "-m", f"pdsn_jax.{module}", *args,
+  proc = subprocess.run([sys.executable, "-m", f"pdsn_jax.cli.{module}", *args,
                          "--face_finder=none"], cwd=helpers.REPO,
                         env=helpers.env_with_devices(1), capture_output=True, text=True,
                         timeout=600, check=False)
@@ -56,7 +56,8 @@ def _cli(module, *args):
 
 def test_the_package_names_the_api():
   assert pdsn_jax.load is api.load and set(pdsn_jax._API) == set(api.__all__)
-  assert pdsn_jax.__version__ == "0.3.0"
+  with open(os.path.join(helpers.REPO, "pyproject.toml"), encoding="utf-8") as f:
+    assert f'version = "{pdsn_jax.__version__}"' in f.read()
   with pytest.raises(AttributeError):
     pdsn_jax.no_such_name  # pylint: disable=pointless-statement
 

@@ -15,6 +15,7 @@ CASES = {
     "gallery": ("Builds a gallery feature store", ["--out", "--shard_size", "--face_finder"]),
     "export": ("Exports a run's inference", ["--workdir", "--model"]),
     "main": ("Entry point", ["--config", "--workdir", "--num_processes"]),
+    "occlusions": ("Runs a trained occlusion detector", ["--workdir", "--images", "--out"]),
     "evaluate": ("Scores a finished run on other data", ["--workdir", "--name", "--pairs",
                                                           "--occluders", "--set"]),
 }
@@ -24,7 +25,8 @@ CASES = {
 @pytest.mark.parametrize("command", sorted(CASES))
 def test_help_lists_the_commands_own_flags(command):
   first, wanted = CASES[command]
-  out = subprocess.run([sys.executable, "-m", f"pdsn_jax.{command}", "--help"], cwd=helpers.REPO,
+  module = "pdsn_jax.main" if command == "main" else f"pdsn_jax.cli.{command}"
+  out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=helpers.REPO,
                        capture_output=True, text=True, timeout=120, check=False).stdout
   assert out.startswith(first), out[:300]
   listed = {line.split(":")[0].strip() for line in out.splitlines() if line.startswith("  --")}

@@ -47,7 +47,7 @@ def run(tmp_path_factory, tiny_run):
 
 def _cmd(module, *args):
   extra = ["--face_finder=none"] if module != "export" else []  # the photos are crops
-  proc = subprocess.run([sys.executable, "-m", f"pdsn_jax.{module}", *args, *extra],
+  proc = subprocess.run([sys.executable, "-m", f"pdsn_jax.cli.{module}", *args, *extra],
                         cwd=helpers.REPO,
                         env=helpers.env_with_devices(1), capture_output=True, text=True,
                         timeout=600, check=False)

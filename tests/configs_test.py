@@ -4,6 +4,7 @@ import glob
 import importlib
 import json
 import os
+import re
 
 import ml_collections
 import pytest
@@ -149,3 +150,19 @@ def test_main_names_a_missing_optional_package_before_any_stage(monkeypatch):
   c.eval.protocols.ar_real.alignment = "centre"  # without landmarks: nothing more to install
   packages.check(c)
   assert packages.needed(importlib.import_module("configs.tiny").get_config()) == {}
+
+
+def _docstring_cost(name: str) -> str:
+  doc = importlib.import_module(f"configs.{name}").__doc__ or ""
+  found = [" ".join(m.split()) for m in re.findall(r"^Cost: (.*?)(?:\n\n|\Z)", doc, re.S | re.M)]
+  assert len(found) == 1, f"configs/{name}.py: its docstring needs one 'Cost: ...' paragraph"
+  return found[0]
+
+
+def test_the_readme_gives_each_configs_cost_as_its_docstring_does():
+  """One cost per config: the docstring's ``Cost:`` paragraph, repeated in the README's table."""
+  readme = open(os.path.join(helpers.REPO, "README.md"), encoding="utf-8").read()
+  rows = dict(re.findall(r"^\| `configs/(\w+)\.py` \| .*? \| ([^|]*) \|$", readme, re.M))
+  assert set(rows) == set(CONFIGS), sorted(set(rows) ^ set(CONFIGS))
+  for name in CONFIGS:
+    assert rows[name].strip() == _docstring_cost(name), name
