@@ -32,8 +32,10 @@ from benchmarks.detector_select import candidate
 
 def define_flags() -> None:
   """This script's flags (defined when it runs, so that importing it defines none)."""
-  flags.DEFINE_string("ar_real", '../shared/data/ar_real', "AR's real-occlusion folder (labels.tsv).")
-  flags.DEFINE_string("alignment", 'landmarks', 'How the AR crops are aligned: landmarks or centre.')
+  flags.DEFINE_string("ar_real", '../shared/data/ar_real',
+                      "AR's real-occlusion folder (labels.tsv).")
+  flags.DEFINE_string("alignment", 'landmarks',
+                      'How the AR crops are aligned: landmarks or centre.')
   flags.DEFINE_bool("per_block", False, 'Also print the block accuracy per block.')
 
 
@@ -47,7 +49,7 @@ def main(argv):
   from pdsn_jax.method import inference  # pylint: disable=g-import-not-at-top
   from pdsn_jax.run import workdir as workdir_lib
   from pdsn_jax.data import ar_real, occlusion  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.evaluation.protocols import ar_real as real_ar  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.evaluation.protocols import ar_real as real_ar  # pylint: disable=g-import-not-at-top  # noqa: E501
   ar, details, margins = None, [], []
   head = ["run", "sunglasses block acc", "sunglasses mean IU", "scarf block acc",
           "scarf mean IU", "clean area", "clean any block", "held-out select block acc",

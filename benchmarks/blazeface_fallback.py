@@ -122,12 +122,19 @@ def score(finder, sets, nonfaces, erased) -> dict:
   return out
 
 
+def define_set_flags() -> None:
+  """The flags of ``build_sets`` (this script's, ``blazeface_tuned``'s, ``blazeface_views``')."""
+  flags.DEFINE_string("celeba", "../shared/data/celeba", "The CelebA crops folder (landmarks.tsv).")
+  flags.DEFINE_string("occluders", "../shared/data/occluders", "The occluder folder (index.tsv).")
+  flags.DEFINE_integer("heldout", 30, "CelebA identities held out (the last ones), as the "
+                       "face-finder stage holds out.")
+
+
 def define_flags() -> None:
   """This script's flags (defined when it runs, so that importing it defines none)."""
-  flags.DEFINE_string("celeba", '../shared/data/celeba', 'The CelebA crops folder (landmarks.tsv).')
-  flags.DEFINE_string("occluders", '../shared/data/occluders', 'The occluder folder (index.tsv).')
-  flags.DEFINE_string("thresholds", 'off,0.4,0.3,0.2,0.1', "Comma-separated fallback scores to try ('off': none).")
-  flags.DEFINE_integer("heldout", 30, 'CelebA identities held out (the last ones), as the face-finder stage holds out.')
+  define_set_flags()
+  flags.DEFINE_string("thresholds", "off,0.4,0.3,0.2,0.1",
+                      "Comma-separated fallback scores to try ('off': none).")
 
 
 def main(argv):

@@ -1,6 +1,6 @@
 """Choosing a fine-tuned BlazeFace on training-side data: does the short-range model, tuned on
 CelebA training faces with the *training* occluder files (``python -m pdsn_jax.main
---config=configs/real_mobilefacenet.py --config.stages=face_finder``, ``data.face_tuning``),
+--config=configs/real_mobilefacenet.py --config.stages=face_finder``, ``faces.tuning``),
 find more occluded faces than the shipped one without finding more faces where there are none?
 
   python -m benchmarks.blazeface_tuned --weights=RUN/face_finder/short_range.npz[@FALLBACK][,...] \\
@@ -66,7 +66,7 @@ import time
 from absl import app, flags
 import numpy as np
 
-from benchmarks.blazeface_fallback import build_sets, score
+from benchmarks.blazeface_fallback import build_sets, score, define_set_flags
 
 
 CATEGORIES = ("mask", "sunglasses", "scarf")
@@ -91,11 +91,10 @@ def occluded_mean(row: dict) -> float:
 
 def define_flags() -> None:
   """This script's flags (defined when it runs, so that importing it defines none)."""
-  flags.DEFINE_string("weights", None, 'comma-separated .npz files, each optionally @ a fallback score')
+  flags.DEFINE_string("weights", None,
+                      'comma-separated .npz files, each optionally @ a fallback score')
   flags.mark_flag_as_required("weights")
-  flags.DEFINE_string("celeba", '../shared/data/celeba', 'The CelebA crops folder (landmarks.tsv).')
-  flags.DEFINE_string("occluders", '../shared/data/occluders', 'The occluder folder (index.tsv).')
-  flags.DEFINE_integer("heldout", 30, 'CelebA identities held out (the last ones), as the face-finder stage holds out.')
+  define_set_flags()
 
 
 def main(argv):

@@ -20,7 +20,7 @@ became a default (issue 24's note).
 from absl import app, flags
 import numpy as np
 
-from benchmarks.blazeface_fallback import build_sets
+from benchmarks.blazeface_fallback import build_sets, define_set_flags
 
 
 def mirror_index(name: str) -> np.ndarray:
@@ -52,9 +52,7 @@ def best_logits(model, images):
 
 def define_flags() -> None:
   """This script's flags (defined when it runs, so that importing it defines none)."""
-  flags.DEFINE_string("celeba", '../shared/data/celeba', 'The CelebA crops folder (landmarks.tsv).')
-  flags.DEFINE_string("occluders", '../shared/data/occluders', 'The occluder folder (index.tsv).')
-  flags.DEFINE_integer("heldout", 30, 'CelebA identities held out (the last ones), as the face-finder stage holds out.')
+  define_set_flags()
 
 
 def main(argv):

@@ -4,8 +4,9 @@
   python -m benchmarks.large_photos [--photos=8] [--side=12000]
 
 Writes ``--photos`` PNGs of ``--side`` x ``--side`` pixels (a synthetic face, a third of the
-photo's width, at the centre; the rest flat: small files, full-size decodes) and runs the photo commands' finder
-(``data.faces.find`` with BlazeFace) on them in this process, then prints peak RSS and photos/s.
+photo's width, at the centre; the rest flat: small files, full-size decodes) and runs the photo
+commands' finder (``faces.finding.find`` with BlazeFace) on them in this process, then prints
+peak RSS and photos/s.
 For a before/after, run it in a worktree of the other commit (``git worktree add``).
 """
 

@@ -81,13 +81,17 @@ def define_flags() -> None:
   flags.DEFINE_string("lfw", '../shared/data/lfw', 'The LFW folder (pairs.txt, landmarks.tsv).')
   flags.DEFINE_string("ar", '../shared/data/ar_real', "AR's real-occlusion folder (labels.tsv).")
   flags.DEFINE_string("occluders", '../shared/data/occluders', 'The occluder folder (index.tsv).')
-  flags.DEFINE_string("weights", '../shared/models/mobilefacenet_casia/068.ckpt', 'The MobileFaceNet checkpoint (for the LFW accuracy).')
+  flags.DEFINE_string("weights", '../shared/models/mobilefacenet_casia/068.ckpt',
+                      'The MobileFaceNet checkpoint (for the LFW accuracy).')
   flags.DEFINE_string("detectors", 'blazeface,hog', 'Comma-separated face finders to compare.')
   flags.DEFINE_integer("pairs_every", 1, "Every this-th pair of pairs.txt (1: all 6,000; a "
                        "quick look: 100, 60 pairs in 10 folds).")
   flags.DEFINE_integer("occluded", 500, 'Occluded LFW photos per column.')
   flags.DEFINE_integer("verification", 1, '0: skip the LFW accuracy')
-  flags.DEFINE_string("tuned", '', "a run's tuned short-range BlazeFace weights: one more row, 'blazeface (tuned)' (the face_finder stage); WEIGHTS@SCORE: with a last try at that score (--face_fallback_score)")
+  flags.DEFINE_string("tuned", '',
+                      "a run's tuned short-range BlazeFace weights: one more row, 'blazeface "
+                      "(tuned)' (the face_finder stage); WEIGHTS@SCORE: with a last try at that "
+                      "score (--face_fallback_score)")
 
 
 def main(argv):

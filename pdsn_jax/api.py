@@ -124,7 +124,7 @@ def load(run_dir: str, model: str | None = None, face_finder: str = "blazeface",
   """A finished run of ``python -m pdsn_jax.main`` ready to use (``Run``).
 
   ``model``: one of the run's ``eval.models`` (default: the last whose stage ran).
-  ``face_finder``: how faces are found in photos (``data.faces.FINDERS``; "none": photos
+  ``face_finder``: how faces are found in photos (``faces.finding.FINDERS``; "none": photos
   are aligned crops already). ``face_finder_weights``: "run" (the run's tuned BlazeFace when
   it has one) or "shipped". ``face_fallback_score``: BlazeFace's last try at a lower score
   (default: the run's). ``landmarks``: a 5-point TSV naming photos by path (used before the

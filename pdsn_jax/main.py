@@ -1,7 +1,8 @@
 """Entry point: ``python -m pdsn_jax.main --config=configs/pdsn.py [--workdir=DIR]``.
 
 Runs the stages listed in ``config.stages`` in order; each resumes from its own
-checkpoints under the workdir and is skipped quickly when already complete.
+checkpoints under the workdir and is skipped quickly when already complete. ``run(config,
+workdir)`` does the same from Python (importing this module defines no flag).
 """
 
 import json
@@ -12,14 +13,21 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None,
-                               "Output folder (default: ./runs/<config file name>).")
-_COORD = flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-process).")
-_NPROC = flags.DEFINE_integer("num_processes", 0, "Number of processes (multi-process).")
-_PID = flags.DEFINE_integer("process_id", -1, "This process's index (multi-process).")
-flags.mark_flags_as_required(["config"])
+_FLAGS = {}  # defined by ``cli`` only
+
+
+def _define_flags() -> None:
+  _FLAGS.update(
+      config=config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
+                                             lock_config=True),
+      workdir=flags.DEFINE_string("workdir", None,
+                                  "Output folder (default: ./runs/<config file name>)."),
+      coordinator_address=flags.DEFINE_string("coordinator_address", "",
+                                              "host:port of process 0 (multi-process)."),
+      num_processes=flags.DEFINE_integer("num_processes", 0,
+                                         "Number of processes (multi-process)."),
+      process_id=flags.DEFINE_integer("process_id", -1, "This process's index (multi-process)."))
+  flags.mark_flags_as_required(["config"])
 
 
 def default_workdir(config_path: str) -> str:
@@ -31,8 +39,8 @@ def run(config, workdir: str) -> dict:
   """Runs the stages of ``config.stages`` in order into ``workdir``; returns their summaries.
   Raises ``provenance.StaleStage`` when a stage's outputs were made under another config."""
   import jax  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import packages, stages  # pylint: disable=g-import-not-at-top
   from pdsn_jax.method import builders  # pylint: disable=g-import-not-at-top
-  from pdsn_jax import packages, stages
   from pdsn_jax.run import stage as stage_lib  # pylint: disable=g-import-not-at-top
   from pdsn_jax.run import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from pdsn_jax.config_validation import validate  # pylint: disable=g-import-not-at-top
@@ -61,14 +69,15 @@ def main(argv):
   del argv
   # Imported here so --help is fast and jax starts after flags (device count flags, etc.).
   import jax  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.run import files, provenance  # pylint: disable=g-import-not-at-top
   from pdsn_jax.train import distributed  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.run import files, provenance
 
   # orbax and grain log every save at INFO through absl; keep the console to our progress lines.
   logging.getLogger("absl").setLevel(logging.WARNING)
-  config = _CONFIG.value
-  distributed.maybe_initialize(_COORD.value, _NPROC.value, _PID.value)
-  workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
+  f = {k: v.value for k, v in _FLAGS.items()}
+  config = f["config"]
+  distributed.maybe_initialize(f["coordinator_address"], f["num_processes"], f["process_id"])
+  workdir = f["workdir"] or default_workdir(flags.FLAGS["config"].config_filename)
   try:
     summaries = run(config, workdir)
   except provenance.StaleStage as e:  # the fields and the ways out, without a traceback
@@ -88,6 +97,7 @@ def main(argv):
 def cli():
   """``pdsn-train``: the console script of ``pip install -e .``."""
   from pdsn_jax.cli import runner as cli_lib  # pylint: disable=g-import-not-at-top
+  _define_flags()
   cli_lib.run(main, sys.modules[__name__])
 
 

@@ -13,7 +13,7 @@ from pdsn_jax.method import builders, fdm
 from pdsn_jax.train import parallel
 from pdsn_jax.data import occlusion, pairs, placement
 from pdsn_jax.data.synthetic import SyntheticFaces
-from pdsn_jax.evaluation import masked
+from pdsn_jax.evaluation import evaluators, masked
 from pdsn_jax.evaluation import sets as sets_lib
 from pdsn_jax.evaluation.verification import cosine_scores
 
@@ -146,7 +146,7 @@ def test_checkpoints_sharing_the_trunks_bottom_run_only_their_top(tmp_path):
   calls = []
   features = emb.features
   emb.features = lambda v, x, method="features": calls.append(method) or features(v, x, method)
-  nets = evaluate._Networks(config, str(tmp_path), emb, None, mesh)
+  nets = evaluate._Networks(config, evaluators.plan(config), str(tmp_path), emb, None, mesh)
   nets.host = host
   nets.reps = {k: parallel.put_replicated(v, mesh) for k, v in host.items()}
   for stage, expect in (("trunk", ["bottom", "top"]), ("baseline", ["top"]),
@@ -158,7 +158,7 @@ def test_checkpoints_sharing_the_trunks_bottom_run_only_their_top(tmp_path):
     chex.assert_trees_all_close(u, np.asarray(ref), atol=1e-4)
   assert nets.bottoms.hits == 5
   config.eval.bottom_cache_gib = 0.0  # off: every checkpoint runs its whole network
-  nets = evaluate._Networks(config, str(tmp_path), emb, None, mesh)
+  nets = evaluate._Networks(config, evaluators.plan(config), str(tmp_path), emb, None, mesh)
   nets.host, nets.reps = host, {k: parallel.put_replicated(v, mesh) for k, v in host.items()}
   calls.clear()
   nets._feature_fn("baseline")(FACES[:5])

@@ -1,5 +1,5 @@
 """Finding faces: every face of a photo, the smallest face wanted, and the tiles that find
-small faces in large photos (``data.faces``), with a stub finder (no network needed for the
+small faces in large photos (``faces.finding``), with a stub finder (no network needed for the
 bookkeeping)."""
 
 import importlib.util

@@ -14,7 +14,7 @@ from tests import helpers
 @pytest.mark.slow
 def test_second_run_on_a_locked_workdir_fails_at_once(tmp_path):
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time; from pdsn_jax import workdir\n"
+      [sys.executable, "-c", "import sys, time; from pdsn_jax.run import workdir\n"
        f"with workdir.locked({str(tmp_path)!r}):\n  print('held', flush=True); time.sleep(60)"],
       cwd=helpers.REPO, stdout=subprocess.PIPE, text=True)
   try:

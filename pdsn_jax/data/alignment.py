@@ -17,7 +17,7 @@ TEMPLATE_SIZE = (112, 96)  # (height, width)
 DLIB_CHIP_TEMPLATE_150 = np.array(
     [[47.5476, 46.3294], [100.3063, 45.9795], [74.0379, 81.3230],
      [51.9898, 103.9618], [96.7743, 103.7377]], dtype=np.float64)
-# Where BlazeFace's 4 keypoints (eyes, nose tip, mouth centre: data.blazeface) land in the
+# Where BlazeFace's 4 keypoints (eyes, nose tip, mouth centre: faces.blazeface) land in the
 # 112x96 template: the mean over 1,971 CelebA photos aligned by their landmarks TSV, fitted by
 # benchmarks/fit_blazeface_points.py (per-point std 3.3, 3.4, 7.1, 3.5 px). Its mouth centre
 # needs no visible mouth corners, so a masked face aligns as a bare one does.

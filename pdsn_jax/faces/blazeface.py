@@ -89,7 +89,7 @@ class BlazeFace:
 
   def __init__(self, model: str = "short", batch: int = 16, params: dict | None = None):
     """``params``: weights to run instead of the file's (same names and shapes; e.g. a
-    fine-tuned short-range model, ``data.face_tuning``)."""
+    fine-tuned short-range model, ``faces.tuning``)."""
     import jax  # pylint: disable=g-import-not-at-top
     from pdsn_jax.models import tflite_graph  # pylint: disable=g-import-not-at-top
     if model not in MODELS:

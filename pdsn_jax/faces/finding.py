@@ -1,6 +1,6 @@
 """Faces in raw photos, found and given the points that align them like the landmarks TSV.
 
-* ``blazeface`` (default): MediaPipe's BlazeFace in JAX (``data.blazeface``), batched, the
+* ``blazeface`` (default): MediaPipe's BlazeFace in JAX (``faces.blazeface``), batched, the
   short-range model and then the full-range one on the photos where it found none
   (``blazeface_full``: the full-range model alone, for small, far faces); its 4 keypoints (eyes, nose tip, mouth centre) align
   with ``alignment.BLAZEFACE_112x96``, so a mask over the mouth does not move the face.
@@ -90,7 +90,7 @@ class FaceFinder:
   def __init__(self, detector: str = "blazeface", upsample: int = 1,
                fallback: float | None = None, short_params: dict | None = None):
     """``short_params``: weights for the short-range BlazeFace model instead of the shipped
-    ones (a run's fine-tuned finder, ``data.face_tuning``)."""
+    ones (a run's fine-tuned finder, ``faces.tuning``)."""
     if detector not in DETECTORS:
       raise ValueError(f"face detector {detector!r} is not one of {DETECTORS}")
     if fallback is not None and (detector not in _BLAZEFACE or not 0 < fallback < 1):

@@ -1,6 +1,6 @@
 """The face finder stage: BlazeFace's short-range model fine-tuned to find occluded, grey,
 low-resolution faces, by distillation from the shipped model on the clean photo
-(``data.face_tuning``).
+(``faces.tuning``).
 
 Trains on the run's training photos as read (the head around the face, their landmarks) with
 the *training* occluder files; every weight of the model trains, from the shipped ones. At
