@@ -13,16 +13,10 @@ from pdsn_jax.run import workdir as workdir_lib
 # Before each protocol carried its own settings (eval.protocols was a list of names), these
 # eval fields held them: old field -> (protocol, its setting).
 _MOVED = {
-    "conditions": ("verification", "conditions"),
-    "pairs_file": ("verification", "pairs_file"),
-    "pairs_root": ("verification", "pairs_root"),
-    "pairs_pattern": ("verification", "pairs_pattern"),
-    "pairs_landmarks": ("verification", "pairs_landmarks"),
-    "pairs_bin": ("verification", "pairs_bin"),
-    "ar_real_root": ("ar_real", "root"),
-    "ar_real_alignment": ("ar_real", "alignment"),
-    "lfw_root": ("lfw_distractors", "root"),
-    "lfw_landmarks": ("lfw_distractors", "landmarks"),
+    **{k: ("verification", k) for k in ("conditions", "pairs_file", "pairs_root", "pairs_pattern",
+                                        "pairs_landmarks", "pairs_bin")},
+    "ar_real_root": ("ar_real", "root"), "ar_real_alignment": ("ar_real", "alignment"),
+    "lfw_root": ("lfw_distractors", "root"), "lfw_landmarks": ("lfw_distractors", "landmarks"),
     "lfw_probe_every": ("lfw_distractors", "probe_every"),
     "distractor_sizes": ("lfw_distractors", "sizes"),
 }

@@ -17,27 +17,19 @@ import os
 
 from absl import flags
 
-from pdsn_jax.faces.finding import FINDERS, WEIGHTS
+from pdsn_jax.cli import face_flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run folder of python -m pdsn_jax.main.")
 _MODEL = flags.DEFINE_string("model", "", "One of the run's eval.models (default: the last).")
 _LANDMARKS = flags.DEFINE_string("landmarks", "", "5-point landmarks TSV (else the face "
                                  "detector finds the points).")
-_FACE_FINDER = flags.DEFINE_enum(
-    "face_finder", "blazeface", list(FINDERS),
-    "'blazeface': MediaPipe's BlazeFace in JAX (finds masked faces; '_full' for small, far "
-    "faces), 'hog' / 'cnn': dlib's; 'none': the photos are already aligned crops")
-flags.DEFINE_alias("face_detector", "face_finder")  # its name before 0.4
 _FALLBACK = flags.DEFINE_float(
     "face_fallback_score", None,
     "BlazeFace: a last try at this lower score on photos where no face was found (e.g. 0.4: "
     "more masked, grey, low-resolution faces found, but also more wrong faces on photos "
     "without one; benchmarks/blazeface_fallback.py). Default: the run's own with its tuned "
     "weights (face_finder.fallback_score), else no last try.")
-_FINDER_WEIGHTS = flags.DEFINE_enum(
-    "face_finder_weights", "run", list(WEIGHTS),
-    "BlazeFace: 'run': the run's tuned short-range weights (its face_finder stage) when it has "
-    "them, else the shipped ones; 'shipped': always the shipped ones.")
+flags.adopt_module_key_flags(face_flags)
 _IMAGES = flags.DEFINE_string("images", "", "embed: folder of photos (searched recursively).")
 _OUT = flags.DEFINE_string("out", "", "embed: .npz to write; identify: .csv to write.")
 _SHEET = flags.DEFINE_string("sheet", "", "embed: also a contact sheet PNG (face, mask, blocks).")
@@ -70,8 +62,8 @@ def _run():
   """The API's ``Run`` of the flags (the commands are thin wrappers of ``pdsn_jax.api``)."""
   from pdsn_jax import api  # pylint: disable=g-import-not-at-top  (jax after the flags)
   logging.getLogger("absl").setLevel(logging.WARNING)
-  run = api.load(_WORKDIR.value, _MODEL.value or None, _FACE_FINDER.value,
-                 _FINDER_WEIGHTS.value, _FALLBACK.value, _LANDMARKS.value)
+  run = api.load(_WORKDIR.value, _MODEL.value or None, face_flags.FINDER.value,
+                 face_flags.FINDER_WEIGHTS.value, _FALLBACK.value, _LANDMARKS.value)
   logging.info("model %s of %s%s", run.model, _WORKDIR.value, f"; {run.note}" if run.note else "")
   return run
 

@@ -22,7 +22,8 @@ import sys
 import numpy as np
 from absl import flags
 
-from pdsn_jax.faces.finding import FINDERS, IMAGE_EXTENSIONS, WEIGHTS
+from pdsn_jax.cli import face_flags
+from pdsn_jax.faces.finding import IMAGE_EXTENSIONS
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (python -m pdsn_jax.main).")
 _OUT = flags.DEFINE_string("out", None, "Store folder to create or resume.")
@@ -32,14 +33,7 @@ _SOURCE = flags.DEFINE_string("source", "", "'distractors' or 'synthetic:N' inst
 _DTYPE = flags.DEFINE_enum("dtype", "float16", ["float32", "float16", "int8"], "Stored U.")
 _SHARD = flags.DEFINE_integer("shard_size", 4096, "Faces per shard.")
 _STAGE = flags.DEFINE_string("stage", "", "The run's network computing U (default: identify's).")
-_FACE_FINDER = flags.DEFINE_enum(
-    "face_finder", "blazeface", list(FINDERS),
-    "--images: finds each face not in --landmarks ('none': the photos are aligned crops, "
-    "centre-cropped)")
-flags.DEFINE_alias("face_detector", "face_finder")  # its name before 0.4
-_FINDER_WEIGHTS = flags.DEFINE_enum(
-    "face_finder_weights", "run", list(WEIGHTS),
-    "BlazeFace: 'run': the run's tuned short-range weights when it has them; 'shipped'.")
+flags.adopt_module_key_flags(face_flags)  # --face_finder: each face not in --landmarks
 flags.mark_flags_as_required(["workdir", "out"])
 
 
@@ -100,7 +94,7 @@ def source_from_flags(config):
     raise ValueError("give exactly one of --images=DIR and --source=distractors|synthetic:N")
   if _IMAGES.value:
     src = _Folder(_IMAGES.value, _LANDMARKS.value, config.data.image_size, config.data.alignment,
-                  _FACE_FINDER.value, _WORKDIR.value, _FINDER_WEIGHTS.value)
+                  face_flags.FINDER.value, _WORKDIR.value, face_flags.FINDER_WEIGHTS.value)
     return (src, f"images:{os.path.abspath(_IMAGES.value)}", src.label,
             lambda i: os.path.relpath(src.paths[i], _IMAGES.value))
   from pdsn_jax.data import sources  # pylint: disable=g-import-not-at-top
