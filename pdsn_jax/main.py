@@ -30,6 +30,28 @@ def _define_flags() -> None:
   flags.mark_flags_as_required(["config"])
 
 
+def config_root(argv) -> str | None:
+  """The folder above the ``--config`` file's folder: config files import their siblings as
+  ``configs.X`` (``from configs import common``), and ``configs`` is not an installed package,
+  so the loader finds it beside the file wherever the command starts. None without --config."""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      path = arg[len("--config="):]
+    elif arg == "--config" and i + 1 < len(argv):
+      path = argv[i + 1]
+    else:
+      continue
+    return os.path.dirname(os.path.dirname(os.path.abspath(path.split(":")[0])))
+  return None
+
+
+def find_configs(argv) -> None:
+  """Puts ``config_root(argv)`` on the import path (after everything else on it)."""
+  root = config_root(argv)
+  if root is not None and root not in sys.path:
+    sys.path.append(root)
+
+
 def default_workdir(config_path: str) -> str:
   name = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
   return os.path.join("runs", name)
@@ -97,6 +119,7 @@ def main(argv):
 def cli():
   """``pdsn-train``: the console script of ``pip install -e .``."""
   from pdsn_jax.cli import runner as cli_lib  # pylint: disable=g-import-not-at-top
+  find_configs(sys.argv)
   _define_flags()
   cli_lib.run(main, sys.modules[__name__])
 

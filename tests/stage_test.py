@@ -127,3 +127,14 @@ def test_a_changed_face_finder_is_moved_aside_by_its_own_overwrite_name(tmp_path
   config.overwrite = "face_finder"
   provenance.begin(config, wd, "face_finder", "face_finder")
   assert [d for d in os.listdir(wd) if d.startswith("face_finder.replaced-")]
+
+
+@pytest.mark.parametrize("argv, root", [
+    (["main", "--config=/srv/repo/configs/real_mobilefacenet.py:select", "--workdir=w"],
+     "/srv/repo"),
+    (["main", "--config", "configs/tiny.py"], os.path.abspath(".")),
+    (["main", "--workdir=w"], None),
+])
+def test_a_config_file_finds_its_sibling_configs_wherever_the_command_starts(argv, root):
+  # configs/ is not an installed package: the folder above the config's is put on the path
+  assert main.config_root(argv) == root

@@ -72,7 +72,9 @@ def main(argv):
 
 def cli():
   """``pdsn-occlusions``: the console script of ``pip install -e .``."""
+  from pdsn_jax import main as main_lib  # pylint: disable=g-import-not-at-top
   from pdsn_jax.cli import runner  # pylint: disable=g-import-not-at-top
+  main_lib.find_configs(sys.argv)  # --config's siblings (configs/ is not installed)
   runner.run(main, sys.modules[__name__])
 
 
