@@ -1,5 +1,5 @@
 """The occlusion detector of one or more runs on AR's photos of real sunglasses and scarves,
-against the ground-truth masks of ``pdsn_jax/data/ar_real.py``, beside its held-out CelebA
+against the ground-truth masks of ``pdsn_jax/data/ar_photos.py``, beside its held-out CelebA
 scores (where its settings are chosen). Prints a markdown table.
 
   python -m benchmarks.ar_real_detector RUN[@THRESHOLD] [...] [--ar_real=../shared/data/ar_real]
@@ -10,7 +10,7 @@ the share with any block flagged on the clean photos; then the run's own held-ou
 (``detector/summary.json``): block accuracy with the select occluder files (plain and grey
 low-res) and the predicted area on clean held-out faces (those at the threshold the detector
 was trained under). ``RUN@T``: the detector at pixel threshold T. Only AR's development
-subjects (1-26, ``data.ar_real.DEVELOPMENT_SUBJECTS``) are read: the test subjects (27-50) are
+subjects (1-26, ``data.ar_photos.DEVELOPMENT_SUBJECTS``) are read: the test subjects (27-50) are
 read by the evaluation's ``ar_real`` protocol alone, for an adopted configuration.
 
 ``--per_block``: then, per run and occluded kind, where the block assignments go wrong: for
@@ -48,7 +48,7 @@ def main(argv):
     sys.exit(f"no AR real-occlusion folder at {a.ar_real} (labels.tsv)")
   from pdsn_jax.method import inference  # pylint: disable=g-import-not-at-top
   from pdsn_jax.run import workdir as workdir_lib
-  from pdsn_jax.data import ar_real, occlusion  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data import ar_photos, occlusion  # pylint: disable=g-import-not-at-top
   from pdsn_jax.evaluation.protocols import ar_real as real_ar  # pylint: disable=g-import-not-at-top  # noqa: E501
   ar, details, margins = None, [], []
   head = ["run", "sunglasses block acc", "sunglasses mean IU", "scarf block acc",
@@ -64,8 +64,8 @@ def main(argv):
       print(f"| {spec} | no detector stage |")
       continue
     if ar is None:
-      ar = ar_real.load(a.ar_real, config.data.image_size, config.data.alignment, a.alignment,
-                        subjects=ar_real.DEVELOPMENT_SUBJECTS)
+      ar = ar_photos.load(a.ar_real, config.data.image_size, config.data.alignment, a.alignment,
+                        subjects=ar_photos.DEVELOPMENT_SUBJECTS)
     o = config.occlusion
     block_flags, s, pred = real_ar.ar_real_flags(
         ar, o.min_overlap, o.overlap, inference.occlusion_predictor(config, variables),

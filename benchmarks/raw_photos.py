@@ -62,10 +62,10 @@ def point_error(points, truths) -> list[float]:
 
 
 def ar_photos(root: str, kind: str):
-  from pdsn_jax.data import ar_real  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data import ar_photos  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   out = []
-  for r in ar_real.read_labels(root, ar_real.DEVELOPMENT_SUBJECTS):
+  for r in ar_photos.read_labels(root, ar_photos.DEVELOPMENT_SUBJECTS):
     if r["kind"] != kind:
       continue
     g = np.asarray(Image.open(os.path.join(root, r["relative_path"])).convert("L"))

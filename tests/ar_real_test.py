@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pdsn_jax.data import ar_real, occlusion, placement
+from pdsn_jax.data import ar_photos, occlusion, placement
 from pdsn_jax.data.synthetic import SyntheticFaces
 from pdsn_jax.evaluation import stats
 from tests import helpers
@@ -53,7 +53,7 @@ def make_ar_folder(root, subjects: int = 4) -> dict:
     clean = [_grey_face(src[s * 7 + k]["image"]) for k in range(7)]
     for idx, kind in enumerate(KINDS, 1):
       session = 1 if idx <= 13 else 2
-      base = clean[(idx - 1) % 13 % 7] if kind not in ar_real.OCCLUDED_KINDS else clean[0]
+      base = clean[(idx - 1) % 13 % 7] if kind not in ar_photos.OCCLUDED_KINDS else clean[0]
       img, m = _occlude(base, kind)
       rel = f"s{s + 1:03d}/s{s + 1:03d}_{idx:02d}_{kind}.png"
       os.makedirs(os.path.join(root, os.path.dirname(rel)), exist_ok=True)
@@ -69,8 +69,8 @@ def make_ar_folder(root, subjects: int = 4) -> dict:
 
 def test_truth_masks_find_drawn_sunglasses_and_scarves(tmp_path):
   drawn = make_ar_folder(str(tmp_path), subjects=2)
-  ar = ar_real.load(str(tmp_path), CROP, how="centre")  # same frame as the crops
-  for kind in ar_real.OCCLUDED_KINDS:
+  ar = ar_photos.load(str(tmp_path), CROP, how="centre")  # same frame as the crops
+  for kind in ar_photos.OCCLUDED_KINDS:
     for i in np.flatnonzero(ar.kinds == kind):
       true = drawn[ar.paths[i]] & placement.category_mask(kind, CROP)
       inter, union = (ar.masks[i] & true).sum(), (ar.masks[i] | true).sum()
@@ -79,7 +79,7 @@ def test_truth_masks_find_drawn_sunglasses_and_scarves(tmp_path):
   w = CROP[1]
   # the nose between the lenses stays face below the lens centres
   assert not sun[:, int(0.45 * CROP[0]), w // 2 - 1: w // 2 + 1].any()
-  clean = ~np.isin(ar.kinds, ar_real.OCCLUDED_KINDS)
+  clean = ~np.isin(ar.kinds, ar_photos.OCCLUDED_KINDS)
   assert not ar.masks[clean].any() and clean.sum() == 2 * 14
 
 
@@ -95,11 +95,11 @@ def test_category_blocks_are_the_eye_row_and_the_nose_row():
 
 def test_labels_are_checked(tmp_path):
   with pytest.raises(FileNotFoundError, match="no labels.tsv"):
-    ar_real.read_labels(str(tmp_path))
+    ar_photos.read_labels(str(tmp_path))
   (tmp_path / "labels.tsv").write_text("relative_path\tsubject\tsession\tindex\tkind\n"
                                        "a.png\t1\t1\t1\tbeard\n")
   with pytest.raises(ValueError, match=r"line 2: kind 'beard'"):
-    ar_real.read_labels(str(tmp_path))
+    ar_photos.read_labels(str(tmp_path))
 
 
 def test_paired_bootstrap_known_answers():
@@ -129,11 +129,11 @@ def test_paired_bootstrap_known_answers():
 @pytest.mark.slow
 def test_real_ar_photos_align_by_landmarks_and_their_truth_marks_the_category_rows():
   pytest.importorskip("dlib", reason="dlib-bin is not installed")
-  ar = ar_real.load(os.path.join(helpers.SHARED_DATA, "ar_real"), (112, 96))
+  ar = ar_photos.load(os.path.join(helpers.SHARED_DATA, "ar_real"), (112, 96))
   assert len(ar.kinds) == 1300
   assert sum(v == "dlib" for v in ar.points_source.values()) >= 95  # of 100 subject-sessions
   flags = occlusion.block_flags(ar.masks)
-  for kind in ar_real.OCCLUDED_KINDS:
+  for kind in ar_photos.OCCLUDED_KINDS:
     cat = placement.category_flags(kind, (112, 96))
     assert np.mean(np.all(flags[ar.kinds == kind] == cat, axis=1)) > 0.8
 
@@ -141,13 +141,13 @@ def test_real_ar_photos_align_by_landmarks_and_their_truth_marks_the_category_ro
 def test_a_subject_filter_never_opens_the_other_subjects_files(tmp_path):
   """The paper's split: a benchmark asking for the development subjects gets no test subject's
   row, so their files are never read."""
-  assert set(ar_real.DEVELOPMENT_SUBJECTS) == set(range(1, 27))
-  assert set(ar_real.TEST_SUBJECTS) == set(range(27, 51))
+  assert set(ar_photos.DEVELOPMENT_SUBJECTS) == set(range(1, 27))
+  assert set(ar_photos.TEST_SUBJECTS) == set(range(27, 51))
   (tmp_path / "labels.tsv").write_text(
       "relative_path\tsubject\tsession\tindex\tkind\n"
       "s001/a.png\t1\t1\t1\tneutral\ns026/b.png\t26\t1\t1\tscarf\ns027/c.png\t27\t1\t1\tneutral\n")
-  rows = ar_real.read_labels(str(tmp_path), ar_real.DEVELOPMENT_SUBJECTS)
+  rows = ar_photos.read_labels(str(tmp_path), ar_photos.DEVELOPMENT_SUBJECTS)
   assert [r["subject"] for r in rows] == ["1", "26"]
-  assert len(ar_real.read_labels(str(tmp_path))) == 3  # the evaluation's protocol: every row
+  assert len(ar_photos.read_labels(str(tmp_path))) == 3  # the evaluation's protocol: every row
   with pytest.raises(ValueError, match="no image of subjects"):
-    ar_real.load(str(tmp_path), (112, 96), how="centre", subjects=(40,))
+    ar_photos.load(str(tmp_path), (112, 96), how="centre", subjects=(40,))

@@ -219,7 +219,7 @@ def test_the_checks_see_a_planted_cycle_and_an_upward_import(tmp_path):
 # protocol reads every subject; any other reader (a benchmark, a stage) asks for the
 # development subjects only (../shared/data/ar_real/README.md: test subjects 27-50 are scored
 # only for an adopted configuration).
-_AR_READERS = re.compile(r"\b(?:ar_real|ar_lib)\.(?:load|read_labels)\(")
+_AR_READERS = re.compile(r"\b(?:ar_photos|ar_real|ar_lib)\.(?:load|read_labels)\(")
 _AR_PROTOCOL = os.path.join("pdsn_jax", "evaluation", "protocols", "ar_real.py")
 
 
@@ -245,6 +245,6 @@ def test_only_the_evaluation_reads_ar_test_subjects(tmp_path):
   assert not ar_readers_without_the_development_split(os.path.dirname(ROOT))
   bench = tmp_path / "benchmarks"
   bench.mkdir()
-  (bench / "x.py").write_text("ar = ar_real.load(root, (112, 96))\n"
-                              "ok = ar_real.read_labels(root, ar_real.DEVELOPMENT_SUBJECTS)\n")
+  (bench / "x.py").write_text("ar = ar_photos.load(root, (112, 96))\n"
+                              "ok = ar_photos.read_labels(root, ar_photos.DEVELOPMENT_SUBJECTS)\n")
   assert ar_readers_without_the_development_split(str(tmp_path)) == ["benchmarks/x.py:1"]

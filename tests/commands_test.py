@@ -188,7 +188,7 @@ def test_a_user_who_knows_the_occlusion_names_it(run):
 @pytest.mark.slow
 def test_real_ar_protocol_ranks_by_hand(run, tmp_path):
   import shutil  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.data import ar_real  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data import ar_photos  # pylint: disable=g-import-not-at-top
   from pdsn_jax.evaluation import evaluators  # pylint: disable=g-import-not-at-top
   from pdsn_jax.evaluation.protocols import ar_real as real_ar  # pylint: disable=g-import-not-at-top
   from tests import ar_real_test  # pylint: disable=g-import-not-at-top
@@ -220,7 +220,7 @@ def test_real_ar_protocol_ranks_by_hand(run, tmp_path):
   assert "Real occlusions: AR sunglasses and scarves" in open(os.path.join(wd2, "results.md")).read()
   # by hand: protocol 2, sunglasses located by their category (the eye row): probes and the
   # session-1 neutral gallery both embedded under the AND of the eye row's items
-  ar = ar_real.load(folder, (112, 96), how="centre")
+  ar = ar_photos.load(folder, (112, 96), how="centre")
   galleries, probes = real_ar.ar_real_sets(ar)
   g, p = galleries["p2"], probes["sunglasses"]
   flags = np.repeat(placement.category_flags("sunglasses", (112, 96))[None], len(ar.kinds), 0)

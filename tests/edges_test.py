@@ -187,14 +187,14 @@ def test_gifs_are_listed_and_read_as_their_first_frame(tmp_path):
 
 
 def test_list_files_never_open_paths_outside_their_root(tmp_path):
-  from pdsn_jax.data import ar_real  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data import ar_photos  # pylint: disable=g-import-not-at-top
   root = tmp_path / "ar"
   root.mkdir()
   for rel in ("../secret.png", "/etc/passwd"):
     (root / "labels.tsv").write_text("relative_path\tsubject\tsession\tindex\tkind\n"
                                      f"{rel}\t1\t1\t1\tneutral\n")
     with pytest.raises(ValueError, match=r"labels.tsv line 2: path .* is outside"):
-      ar_real.read_labels(str(root))
+      ar_photos.read_labels(str(root))
   (tmp_path / "pairs.txt").write_text("1 300\nAnn 1 ../../etc 2\n")
   with pytest.raises(ValueError, match=r"pairs.txt:2: .*a name is a path"):
     pairs.read_lfw_pairs(str(tmp_path / "pairs.txt"))

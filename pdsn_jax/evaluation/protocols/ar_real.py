@@ -22,20 +22,20 @@ import numpy as np
 
 from pdsn_jax import visualize
 from pdsn_jax.run import workdir as workdir_lib
-from pdsn_jax.data import ar_real as ar_lib, occlusion, placement
+from pdsn_jax.data import ar_photos as ar_lib, occlusion, placement
 from pdsn_jax.evaluation import evaluators, tables
 from pdsn_jax.gallery import search
 from pdsn_jax.evaluation.segmentation import segmentation_metrics
 
 KEY = "ar_real"
-# how the occlusions are located: the detector, the category's fixed blocks (data/ar_real.py),
+# how the occlusions are located: the detector, the category's fixed blocks (data/ar_photos.py),
 # the ground-truth masks (oracle location)
 LOCATIONS = ("detector", "category", "ground_truth")
 _LOCATION_NAMES = {"detector": "detector", "category": "category blocks",
                    "ground_truth": "ground truth (oracle location)"}
 # galleries from session 1, probes of both sessions
 CLEAN_KINDS = ("neutral", "expression", "light")
-# the paper's split (data/ar_real.py): "development" subjects may be scored by selection rules;
+# the paper's split (data/ar_photos.py): "development" subjects may be scored by selection rules;
 # "test" subjects only for an adopted configuration
 SUBJECTS = {"test": ar_lib.TEST_SUBJECTS, "development": ar_lib.DEVELOPMENT_SUBJECTS,
             "all": None}
@@ -265,7 +265,7 @@ def _section(results: dict) -> list[str]:
   det = results.get("detector_on_ar_real")
   if det:
     lines += ["The detector on the real AR photos, against the ground-truth masks "
-              "(data/ar_real.py):", ""]
+              "(data/ar_photos.py):", ""]
     lines += tables.table(
         ["photos", "mean IU", "block accuracy", "whole pattern right",
          "category blocks' block accuracy"],

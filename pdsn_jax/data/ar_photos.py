@@ -81,8 +81,8 @@ def read_labels(root: str, subjects=None) -> list[dict]:
   are never opened)."""
   path = os.path.join(root, "labels.tsv")
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"eval.ar_real_root={root!r}: no labels.tsv there (expected the "
-                            "AR real-occlusion folder, see docs/data.md)")
+    raise FileNotFoundError(f"eval.protocols.ar_real.root={root!r}: no labels.tsv there "
+                            "(expected the AR real-occlusion folder, see docs/data.md)")
   with open(path, encoding="utf-8") as f:
     rows = list(csv.DictReader(f, delimiter="\t"))
   for i, r in enumerate(rows, 2):
@@ -181,7 +181,7 @@ def _dlib():
   except ImportError as e:
     raise ImportError("aligning the AR crops by landmarks needs dlib and its model files: pip "
                       "install dlib-bin face_recognition_models (or "
-                      "eval.ar_real_alignment='centre')") from e
+                      "eval.protocols.ar_real.alignment='centre')") from e
   return dlib.get_frontal_face_detector(), dlib.shape_predictor(
       frm.pose_predictor_model_location())
 
@@ -208,7 +208,7 @@ def load(root: str, image_size: tuple[int, int], template: str = "arcface",
   """Every image of the folder (of ``subjects`` only, when given), aligned (``how``:
   "landmarks" or "centre"), with ground truth."""
   if how not in ALIGNMENTS:
-    raise ValueError(f"eval.ar_real_alignment={how!r} is not one of {ALIGNMENTS}")
+    raise ValueError(f"eval.protocols.ar_real.alignment={how!r} is not one of {ALIGNMENTS}")
   rows = read_labels(root, subjects)
   if not rows:
     raise ValueError(f"{root}: no image of subjects {subjects}")
