@@ -48,8 +48,10 @@ def main(argv):
     sys.exit(f"no AR real-occlusion folder at {a.ar_real} (labels.tsv)")
   from pdsn_jax.method import inference  # pylint: disable=g-import-not-at-top
   from pdsn_jax.run import workdir as workdir_lib
-  from pdsn_jax.data import ar_photos, occlusion  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.evaluation.protocols import ar_real as real_ar  # pylint: disable=g-import-not-at-top  # noqa: E501
+  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data import ar_photos, occlusion
+  from pdsn_jax.evaluation.protocols import ar_real as real_ar
+  # pylint: enable=g-import-not-at-top
   ar, details, margins = None, [], []
   head = ["run", "sunglasses block acc", "sunglasses mean IU", "scarf block acc",
           "scarf mean IU", "clean area", "clean any block", "held-out select block acc",

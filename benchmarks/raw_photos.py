@@ -61,7 +61,9 @@ def point_error(points, truths) -> list[float]:
   return errs
 
 
-def ar_photos(root: str, kind: str):
+def ar_development_photos(root: str, kind: str):
+  """AR's photos of ``kind``, development subjects (1-26) only, upscaled as the finder sees
+  them; the test subjects are the evaluation's alone."""
   from pdsn_jax.data import ar_photos  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   out = []
@@ -119,8 +121,8 @@ def main(argv):
                                       splits=real_mobilefacenet.OCCLUDER_SPLITS)
   sets = {"LFW + mask": occluded_lfw(paths[:args.occluded], marks, library, "mask"),
           "LFW + sunglasses": occluded_lfw(paths[:args.occluded], marks, library, "sunglasses"),
-          "AR sunglasses": ar_photos(args.ar, "sunglasses"),
-          "AR scarf": ar_photos(args.ar, "scarf")}
+          "AR sunglasses": ar_development_photos(args.ar, "sunglasses"),
+          "AR scarf": ar_development_photos(args.ar, "scarf")}
 
   if args.verification:
     v = mobilefacenet.load(args.weights)
