@@ -144,6 +144,9 @@ def get_config() -> ml_collections.ConfigDict:
       # updates per batch: its U (the frozen trunk's forward, ~60% of a step on a CPU) serves
       # this many generator updates in a row (the learning-rate schedule counts updates)
       reuse=1,
+      # "online": each batch's pairs drawn and put through the frozen trunk as it comes;
+      # "bank": shuffled epochs over the bank stage's stored U (config.bank), no trunk pass
+      source="online",
       loss="paper",  # "paper": CE(occluded) + lambda*L1; "released": 0.5 CE(clean) + 0.5 CE(occ)
       differential=True,  # False: Table 3's ablation, input U(x_j) and lambda taken as 0
       mask_bias_init=0.0)  # generators' last BN shift at start: first masks ~sigmoid(this)
@@ -190,5 +193,16 @@ def get_config() -> ml_collections.ConfigDict:
   # Stage II: the dictionary of binary Feature Discarding Masks.
   c.dictionary = ml_collections.ConfigDict(dict(
       pairs_per_block=512, batch_size=32, tau=0.25, log_every=8,
-      neighbour_prob=0.0))  # paper: item j's pairs occluded on block j only
+      neighbour_prob=0.0,  # paper: item j's pairs occluded on block j only
+      # "online": pairs_per_block pairs drawn and put through the trunk; "bank": every face's
+      # block-alone entries of the bank stage (faces x bank.variants pairs per block)
+      source="online"))
+
+  # The feature bank (stages/bank.py): U of every training face, clean and occluded on each
+  # block alone and with a 4-neighbour, for stages I and II with source="bank".
+  c.bank = ml_collections.ConfigDict(dict(
+      variants=1,  # occluded copies of each kind per face and block
+      dtype="float16",  # or "float32" (twice the size)
+      batch_size=64,  # images per trunk call
+      shard_faces=256))  # faces per shard: a crash loses at most one shard's work
   return c

@@ -68,7 +68,7 @@ OCCLUDER_SPLITS = dict(
 
 def get_config(arg: str | None = None):
   c = pdsn.get_config()
-  c.stages = "trunk,pdsn,dictionary,baseline,finetune,detector,face_finder,evaluate"
+  c.stages = "trunk,bank,pdsn,dictionary,baseline,finetune,detector,face_finder,evaluate"
   c.data.update(source="folders", image_size=(112, 96), alignment="arcface", num_workers=0)
   c.data.folders.update(root=f"{DATA}/celeba/images", landmarks=f"{DATA}/celeba/landmarks.tsv",
                         min_images=2, heldout_identities=30, distractor_identities=40,
@@ -83,15 +83,20 @@ def get_config(arg: str | None = None):
                      procedural_categories=("sunglasses", "mask"))
   # learning rates, lambda and tau chosen on the CelebA held-out identities (``:select``),
   # never on LFW: docs/selection.md lists every candidate and its numbers
-  # lambda by the paper's same-scale rule (measured at the start, in pdsn/summary.json); each
-  # batch's U serves 4 updates; trained until the dictionary of 256 fixed training pairs per
-  # block stops moving (every item's discarded set overlapping the last check's by 0.95) or
-  # the 1.5-epoch budget ends, whichever comes first (pdsn/summary.json says which)
-  c.pdsn.update(batch_size=16, num_epochs=1.5, optimizer="sgd", learning_rate=0.1,
-                lambda_rule="same_scale", reuse=4, converge_pairs=256, converge_overlap=0.95,
-                log_every=10, checkpoint_every=50)
-  # the paper's stage II: item j's pairs occluded on block j only, 4,096 per block
-  c.dictionary.update(pairs_per_block=4096, batch_size=32, tau=0.1, neighbour_prob=0.0)
+  # the trunk's U of every training face, clean and occluded on each block alone and with a
+  # 4-neighbour, computed once (stages/bank.py; 4.1 GB in float16): stages I and II read it
+  c.bank.update(variants=1, dtype="float16", batch_size=32, shard_faces=256)
+  # lambda by the paper's same-scale rule (measured at the start, in pdsn/summary.json);
+  # shuffled epochs over the bank, trained until the dictionary of 256 fixed training pairs
+  # per block stops moving (every item's discarded set overlapping the last check's by 0.95,
+  # checked every 200 steps) or the 8-epoch budget ends, whichever comes first
+  # (pdsn/summary.json says which)
+  c.pdsn.update(batch_size=16, num_epochs=8.0, optimizer="sgd", learning_rate=0.1,
+                lambda_rule="same_scale", source="bank", reuse=1, converge_pairs=256,
+                converge_overlap=0.95, log_every=50, checkpoint_every=200)
+  # the paper's stage II: item j's pairs occluded on block j only, every training face's
+  # block-alone entry in the bank (5,020 per block)
+  c.dictionary.update(source="bank", batch_size=32, tau=0.1, neighbour_prob=0.0)
   # the paper's stage III trains the trunk CNN: here its layers at U's resolution and F
   # ("top"; the layers below run once per face, no backward pass); half the clean faces are
   # under a random occlusion's FDM, as a gallery face is at test time. Both set a priori

@@ -28,5 +28,7 @@ def get_config():
                    checkpoint_every=2, eval_images=16)
   c.face_finder.update(batch_size=8, num_steps=4, log_every=1, checkpoint_every=2, eval_images=8)
   c.eval.update(num_distractors=10, ar_gallery_images=2, tau_sweep=(0.0, 0.25))
+  # a 6-step trunk's U reaches 7e5, past float16's range (the bank refuses it)
+  c.bank.update(dtype="float32", shard_faces=20, batch_size=32)
   c.stages = "trunk,pdsn,dictionary"  # tests ask for the later stages explicitly
   return c

@@ -6,7 +6,7 @@ from pdsn_jax.method import builders, pdsn_probe, recognition
 from pdsn_jax import stages
 from pdsn_jax.train import training
 from pdsn_jax.run import stage as stage_lib
-from pdsn_jax.data import alignment, occlusion, placement, sources
+from pdsn_jax.data import alignment, feature_bank, occlusion, placement, sources
 from pdsn_jax.evaluation import evaluators
 from pdsn_jax.gallery import search, store
 from pdsn_jax.evaluation import sets as sets_lib
@@ -23,6 +23,9 @@ def _choices() -> dict:
       "model.dtype": tuple(builders.DTYPES),
       "pdsn.loss": stages.pdsn.LOSSES,
       "pdsn.lambda_rule": pdsn_probe.LAMBDA_RULES,
+      "pdsn.source": feature_bank.SOURCES,
+      "dictionary.source": feature_bank.SOURCES,
+      "bank.dtype": tuple(feature_bank.DTYPES),
       "occlusion.overlap": occlusion.OVERLAPS,
       "finetune.loss": recognition.LOSSES,
       # "classifier" is the trunk stage's freeze_backbone, not a fine-tuning choice
@@ -40,7 +43,8 @@ def _choices() -> dict:
 _POSITIVE = ("model.width", "model.embedding_dim", "eval.num_pairs", "cosface.scale",
              "dictionary.pairs_per_block", "eval.ar_gallery_images", "detector.input_scale",
              "detector.heldout_every", "detector.eval_images", "eval.gallery_shard_size",
-             "pdsn.scale_batches", "pdsn.reuse", "face_finder.eval_images")
+             "pdsn.scale_batches", "pdsn.reuse", "face_finder.eval_images", "bank.variants",
+             "bank.batch_size", "bank.shard_faces")
 _NON_NEGATIVE = ("trunk.momentum", "trunk.warmup_steps", "model.dropout", "cosface.margin",
                  "data.num_workers", "eval.num_distractors", "pdsn.converge_pairs",
                  "eval.bottom_cache_gib")
@@ -48,7 +52,7 @@ _NON_NEGATIVE = ("trunk.momentum", "trunk.warmup_steps", "model.dropout", "cosfa
 
 # sections a run made before they existed lacks (its config.json still loads): not checked
 # when absent
-OPTIONAL_SECTIONS = ("face_finder",)
+OPTIONAL_SECTIONS = ("face_finder", "bank")
 
 
 def _skip(config, dotted: str) -> bool:

@@ -160,6 +160,7 @@ class OccluderLibrary:
       raise ValueError(f"procedural occluder categories {bad} are not among {CATEGORIES}")
     self.images: dict[str, list[np.ndarray]] = {}
     self.files: list[str] = []  # the loaded files, relative to root
+    self.names: dict[str, list[str]] = {}  # per category, the file of each of its images
     self.face_template = face_template  # the alignment of the faces it occludes (placement.py)
     self.procedural = procedural
     self.categories = tuple(categories)
@@ -186,6 +187,7 @@ class OccluderLibrary:
                          "channel")
       self.images.setdefault(cat, []).append(_crop_to_alpha(rgba))
       self.files.append(os.path.relpath(full, root))
+      self.names.setdefault(cat, []).append(self.files[-1])
 
   def available(self) -> tuple[str, ...]:
     cats = set(self.images)
@@ -194,6 +196,13 @@ class OccluderLibrary:
     return tuple(sorted(cats))
 
   def sample(self, rng: np.random.Generator, category: str | None = None) -> tuple[str, np.ndarray]:
+    cat, _, image = self.sample_named(rng, category)
+    return cat, image
+
+  def sample_named(self, rng: np.random.Generator,
+                   category: str | None = None) -> tuple[str, str, np.ndarray]:
+    """(category, source, RGBA image): the source is the file under the root, or
+    "drawn:<category>" for a procedural drawing. Draws what ``sample`` draws."""
     cats = self.available()
     cat = category if category is not None else cats[rng.integers(len(cats))]
     files = self.images.get(cat, [])
@@ -202,8 +211,9 @@ class OccluderLibrary:
                        f"procedural drawing is off (procedural categories {self.categories})")
     use_file = files and (not self.procedural or cat not in self.categories or rng.uniform() < 0.5)
     if use_file:
-      return cat, files[rng.integers(len(files))]
-    return cat, procedural_occluder(cat, rng)
+      k = rng.integers(len(files))
+      return cat, self.names[cat][k], files[k]
+    return cat, f"drawn:{cat}", procedural_occluder(cat, rng)
 
 
 def splits_by_globs(splits: dict | None) -> bool:
@@ -307,7 +317,8 @@ def occlude_block(image: np.ndarray, block: int, rng: np.random.Generator,
                   library: OccluderLibrary, neighbour_prob: float = 0.0,
                   min_overlap: float = 0.5, overlap: str = "coverage",
                   grid: int = GRID, category: str | None = None, max_tries: int = 8,
-                  exact: bool = True, return_targets: bool = False):
+                  exact: bool = True, return_targets: bool = False,
+                  placements: list | None = None):
   """Covers ``block`` (overlap >= ``min_overlap``) and, with ``neighbour_prob``, one 4-neighbour.
 
   ``exact``: a placement is kept only if no other generator block reaches ``min_overlap``,
@@ -315,7 +326,9 @@ def occlude_block(image: np.ndarray, block: int, rng: np.random.Generator,
   up to 1.6x a block's height and 2.5x its width otherwise covers a second central block
   in about 30% of samples, and item j would learn its neighbours' corruption too).
   Returns (image, bool mask) [, the intended blocks]. If no random placement qualifies
-  in ``max_tries``, a textured rectangle is pasted on the block itself.
+  in ``max_tries``, a textured rectangle is pasted on the block itself. ``placements``: a
+  list to which each pasted occluder's ``{block, source, box (y0, x0, y1, x1 px), angle}`` is
+  appended (the random draws are the same with or without it).
   """
   size = image.shape[:2]
   boxes = block_boxes(size, grid)
@@ -329,15 +342,15 @@ def occlude_block(image: np.ndarray, block: int, rng: np.random.Generator,
     bh, bw = y1 - y0, x1 - x0
     placed = False
     for _ in range(max_tries):
-      _, occ = library.sample(rng, category)
+      _, source, occ = library.sample_named(rng, category)
       scale = rng.uniform(1.0, 1.6)
       aspect = occ.shape[1] / occ.shape[0]
       hh = bh * scale
       ww = float(np.clip(hh * aspect, bw * 1.0, bw * 2.5))
       cy = (y0 + y1) / 2 + rng.uniform(-0.25, 0.25) * bh
       cx = (x0 + x1) / 2 + rng.uniform(-0.25, 0.25) * bw
-      cand, m = paste(out, occ, (cy - hh / 2, cx - ww / 2, cy + hh / 2, cx + ww / 2),
-                      rng.uniform(-15, 15))
+      box, angle = (cy - hh / 2, cx - ww / 2, cy + hh / 2, cx + ww / 2), rng.uniform(-15, 15)
+      cand, m = paste(out, occ, box, angle)
       if not blocks_occluded(m, blocks[b:b + 1], min_overlap, overlap)[0]:
         continue
       if exact and blocks_occluded(mask | m, blocks[others], min_overlap, overlap).any():
@@ -345,8 +358,12 @@ def occlude_block(image: np.ndarray, block: int, rng: np.random.Generator,
       out, mask, placed = cand, mask | m, True
       break
     if not placed:
-      out, m = paste(out, procedural_occluder("object", rng), (y0, x0, y1, x1))
+      source, box, angle = "fallback:object", (y0, x0, y1, x1), 0.0
+      out, m = paste(out, procedural_occluder("object", rng), box)
       mask = mask | m
+    if placements is not None:
+      placements.append({"block": int(b), "source": source,
+                         "box": [round(float(v), 2) for v in box], "angle": round(float(angle), 2)})
   return (out, mask, targets) if return_targets else (out, mask)
 
 

@@ -59,7 +59,12 @@ def u_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
 
 
 def frozen_features(trunk: dict, batch: dict, net) -> tuple[jax.Array, jax.Array]:
-  """U of the clean batch (B, ...) and of its occluded copies (J, B, ...), no gradient."""
+  """U of the clean batch (B, ...) and of its occluded copies (J, B, ...), no gradient: the
+  feature bank's stored U when the batch carries it (``u_clean``, ``u_occ`` (B, J, ...)), else
+  the trunk's forward pass of ``image`` and ``occluded``."""
+  if "u_occ" in batch:
+    return (batch["u_clean"].astype(jnp.float32),
+            jnp.swapaxes(batch["u_occ"].astype(jnp.float32), 0, 1))
   bvars = checkpointing.backbone_of(trunk)
   occ = normalize(batch["occluded"])  # (B, J, H, W, 3)
   b, j = occ.shape[:2]

@@ -65,6 +65,10 @@ UNRECORDED = {
                           "recorded) decide",
 }
 
+# Fields added after runs were made, with the value that reproduces those runs: a record without
+# one reads as holding it, so a finished run stays fresh until the field is set otherwise.
+ADDED = {"pdsn.source": "online", "dictionary.source": "online"}
+
 
 class StaleStage(RuntimeError):
   """A stage's outputs, or an upstream stage's, were made under another config."""
@@ -96,6 +100,7 @@ def _selected(flat: dict, kind: str) -> dict:
     flat = {**flat, SPLIT_BY_GLOBS: occlusion.splits_by_globs(
         {k[len("occlusion.splits."):]: v for k, v in flat.items()
          if k.startswith("occlusion.splits.")})}
+  flat = {**ADDED, **flat}
   stage = stage_lib.get(kind)
   return {k: v for k, v in sorted(flat.items())
           if any(k == s or k.startswith(s + ".") for s in stage.depends_on)

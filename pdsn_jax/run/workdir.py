@@ -8,6 +8,8 @@
   <workdir>/<stage>/logs/                tensorboard events + metrics.jsonl
   <workdir>/<stage>/summary.json         what the stage measured
   <workdir>/<stage>/stopped.json         the step a stopping rule ended the stage (complete)
+  <workdir>/bank/bank.json               the feature bank's manifest, beside its shards (marks it
+                                         complete; ``data/feature_bank.py``)
   <workdir>/dictionary/dictionary.npz    the FDMs (stage II's output; marks it complete)
   <workdir>/face_finder/short_range.npz  the tuned BlazeFace weights the photo commands use
   <workdir>/results.{md,json}            every protocol and ablation (figures, thresholds.json,
@@ -31,6 +33,7 @@ from pdsn_jax.run import checkpointing, files
 TRUNK, PDSN, DICTIONARY = "trunk", "pdsn", "dictionary"
 BASELINE, FINETUNE, DETECTOR, EVALUATE = "baseline", "finetune", "detector", "evaluate"
 FACE_FINDER = "face_finder"
+BANK = "bank"  # the frozen trunk's features of the training faces (stages I and II read it)
 LAMBDA0 = "lambda0"  # Table 3's ablation: its generators and its dictionary
 LAMBDA0_PDSN, LAMBDA0_DICTIONARY = f"{LAMBDA0}_{PDSN}", f"{LAMBDA0}_{DICTIONARY}"
 DICTIONARY_FILE = "dictionary.npz"

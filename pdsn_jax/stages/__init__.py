@@ -9,7 +9,7 @@ import ml_collections
 
 from pdsn_jax.run import stage as stage_lib
 from pdsn_jax.run import workdir as workdir_lib
-from pdsn_jax.stages import detector, dictionary, evaluate, face_finder, finetune, pdsn, trunk
+from pdsn_jax.stages import bank, detector, dictionary, evaluate, face_finder, finetune, pdsn, trunk
 
 
 def run_lambda0(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -29,7 +29,7 @@ LAMBDA0 = stage_lib.Stage(
     folders=(workdir_lib.LAMBDA0_PDSN, workdir_lib.LAMBDA0_DICTIONARY))
 
 stage_lib.register(
-    trunk.STAGE, pdsn.STAGE, dictionary.STAGE, finetune.BASELINE, finetune.FINETUNE, LAMBDA0,
+    trunk.STAGE, bank.STAGE, pdsn.STAGE, dictionary.STAGE, finetune.BASELINE, finetune.FINETUNE, LAMBDA0,
     detector.STAGE, face_finder.STAGE, evaluate.STAGE)
 
 

@@ -28,7 +28,7 @@ from pdsn_jax.run import files, provenance
 from pdsn_jax import visualize
 from pdsn_jax.run import stage as stage_lib
 from pdsn_jax.run import workdir as workdir_lib
-from pdsn_jax.data import occlusion, pipeline, sources
+from pdsn_jax.data import feature_bank, occlusion, pipeline, sources
 from pdsn_jax.method import pdsn_probe
 
 
@@ -68,8 +68,13 @@ def mask_step(carry: dict, batch: dict, rng: jax.Array, *, backbone, gens, diffe
   gen_in = diff if differential else u_occ
   masks = gens.apply({"params": state["params"], "batch_stats": state["batch_stats"]}, gen_in,
                      False)  # (J, B, h, w, c)
-  n = jax.lax.psum(jnp.float32(masks.shape[1]), parallel.AXIS)
-  batch_mean = lambda x: jax.lax.psum(x.sum(axis=-4), parallel.AXIS) / n  # noqa: E731
+  if "valid" in batch:  # the bank's last batch is padded: its padding rows weigh 0
+    w = batch["valid"].astype(jnp.float32)[:, None, None, None]
+    n = jax.lax.psum(w.sum(), parallel.AXIS)
+    batch_mean = lambda x: jax.lax.psum((x * w).sum(axis=-4), parallel.AXIS) / n  # noqa: E731
+  else:
+    n = jax.lax.psum(jnp.float32(masks.shape[1]), parallel.AXIS)
+    batch_mean = lambda x: jax.lax.psum(x.sum(axis=-4), parallel.AXIS) / n  # noqa: E731
   mean, count = merge_mean(carry["mean"], carry["count"], batch_mean(fdm.minmax(masks)), n)
   change, _ = merge_mean(carry["change"], carry["count"], batch_mean(diff), n)
   level, _ = merge_mean(carry["level"], carry["count"], batch_mean(jnp.abs(u_clean)), n)
@@ -86,26 +91,61 @@ def relative_change_scores(change: np.ndarray, level: np.ndarray) -> np.ndarray:
 def median_relative_change(backbone, trunk: dict, local_batch: dict) -> np.ndarray:
   """MED (paper Eq. 1) per block and channel: median over faces of the relative change
   mean|U(x_j) - U(x)| / mean|U(x)| of each channel of U. (num_blocks, C)."""
+  keys = ("u_clean", "u_occ") if "u_occ" in local_batch else ("image", "occluded")
   u_clean, u_occ = jax.jit(functools.partial(builders.frozen_features, net=backbone))(
-      trunk, {"image": local_batch["image"], "occluded": local_batch["occluded"]})
+      trunk, {k: local_batch[k] for k in keys})
   u_clean, u_occ = np.asarray(u_clean), np.asarray(u_occ)
   num = np.abs(u_occ - u_clean[None]).mean(axis=(2, 3))  # (J, B, C)
   den = np.abs(u_clean).mean(axis=(1, 2))[None] + 1e-6
   return np.median(num / den, axis=1)
 
 
-def _accumulate(config, generators_vars: dict, name: str, mesh) -> tuple[dict, np.ndarray]:
-  """Streams ``pairs_per_block`` pairs per block through the generators: the running means
-  (on the devices) and MED from the first batch."""
+def _online_batches(config):
+  """``pairs_per_block // batch_size`` batches of this process's faces and their copies, each
+  occluded on its block alone (``dictionary.neighbour_prob``), drawn as they come."""
   cfg = config.dictionary
-  pcount, pindex = jax.process_count(), jax.process_index()
   train_src, _ = sources.build(config.data)
-  backbone, gens = builders.backbone(config, False), builders.generators(config, False)
-  num_batches = max(1, cfg.pairs_per_block // cfg.batch_size)
   ds = pipeline.train_dataset(train_src, cfg.batch_size, training.data_seed(config, STAGE.stream),
-                              pindex, pcount,
+                              jax.process_index(), jax.process_count(),
                               (builders.every_block_occlusion(config, cfg.neighbour_prob),))
   data_iter = pipeline.to_iterator(ds, config.data.num_workers)
+  num_batches = max(1, cfg.pairs_per_block // cfg.batch_size)
+  return (next(data_iter) for _ in range(num_batches)), num_batches
+
+
+def _bank_batches(config, workdir: str):
+  """Every bank face once per variant, with its block-alone entries (the paper's pairs), in
+  the bank's order; the last batch padded (``valid`` 0)."""
+  cfg = config.dictionary
+  bank = feature_bank.open_bank(workdir_lib.stage_dir(workdir, workdir_lib.BANK))
+  n, gb, v = len(bank), cfg.batch_size, bank.variants
+  alone = [[feature_bank.alone_index(x, k) for k in range(feature_bank.NUM_BLOCKS)]
+           for x in range(v)]
+
+  def batches():
+    for start in range(0, n, gb):
+      rows = bank.rows(start, min(start + gb, n))
+      for x in range(v):
+        arrays = {"u_clean": rows[:, 0], "u_occ": rows[:, alone[x]],
+                  "valid": np.ones(len(rows), np.float32)}
+        for chunk, _ in pipeline.eval_batches(arrays, gb, jax.process_index(),
+                                              jax.process_count()):
+          yield chunk
+
+  return batches(), -(-n // gb) * v
+
+
+def _accumulate(config, workdir: str, generators_vars: dict, name: str,
+                mesh) -> tuple[dict, np.ndarray]:
+  """Streams the pairs of ``dictionary.source`` through the generators: the running means (on
+  the devices) and MED from the first batch."""
+  cfg = config.dictionary
+  pindex = jax.process_index()
+  backbone, gens = builders.backbone(config, False), builders.generators(config, False)
+  if cfg.source == "bank":
+    data_iter, num_batches = _bank_batches(config, workdir)
+  else:
+    data_iter, num_batches = _online_batches(config)
   shape = builders.u_shape(config)
   carry = parallel.put_replicated({
       "state": generators_vars, "mean": np.zeros((gens.num, *shape), np.float32),
@@ -114,8 +154,7 @@ def _accumulate(config, generators_vars: dict, name: str, mesh) -> tuple[dict, n
   step = parallel.data_parallel(functools.partial(
       mask_step, backbone=backbone, gens=gens, differential=bool(config.pdsn.differential)), mesh)
   key, t0, med = jax.random.key(0), time.time(), None
-  for b in range(num_batches):
-    local = next(data_iter)
+  for b, local in enumerate(data_iter):
     if b == 0 and pindex == 0:
       med = median_relative_change(backbone, generators_vars["frozen"], local)
     carry, count = step(carry, parallel.put_batch(local, mesh), key)
@@ -123,13 +162,17 @@ def _accumulate(config, generators_vars: dict, name: str, mesh) -> tuple[dict, n
       c = float(jax.device_get(count))
       logging.info("[%s] %d/%d pairs per block | %.1f pairs/s (x9 blocks)", name, int(c),
                    num_batches * cfg.batch_size, c / max(time.time() - t0, 1e-9))
+  if cfg.source == "bank" and pindex == 0:
+    logging.info("[%s] every bank face's block-alone entries: %d pairs per block", name,
+                 int(jax.device_get(carry["count"])))
   return carry, med
 
 
 def _metadata(config, workdir: str, fdms: np.ndarray, count, shape) -> dict:
   cfg = config.dictionary
-  return {"tau": cfg.tau, "pairs_per_block": int(count),
-          "pairs_per_block_requested": cfg.pairs_per_block,
+  return {"tau": cfg.tau, "pairs_per_block": int(count), "source": cfg.source,
+          "pairs_per_block_requested": cfg.pairs_per_block if cfg.source == "online" else
+                                       "every bank face and variant",
           "neighbour_prob": cfg.neighbour_prob,
           "blocks": list(occlusion.CENTRAL_BLOCKS), "grid": occlusion.GRID,
           "image_size": list(config.data.image_size), "u_shape": list(shape),
@@ -146,8 +189,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str = workdir_lib
   cfg = config.dictionary
   out_path = workdir_lib.dictionary_file(workdir, name)
   own = lambda f: workdir_lib.stage_file(workdir, name, f)  # noqa: E731
+  if cfg.source not in feature_bank.SOURCES:
+    raise ValueError(f"config.dictionary.source={cfg.source!r} is not one of "
+                     f"{feature_bank.SOURCES}")
   workdir_lib.require(workdir, generators, needed_by=name)
-  record = provenance.begin(config, workdir, name, STAGE.name, (generators,), overrides)
+  upstream = (generators,) + ((workdir_lib.BANK,) if cfg.source == "bank" else ())
+  record = provenance.begin(config, workdir, name, STAGE.name, upstream, overrides)
   if workdir_lib.is_complete(workdir, name):
     try:
       _, _, meta = fdm.load(out_path)
@@ -160,7 +207,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str = workdir_lib
                             "dictionary.batch_size")
   gen_vars = workdir_lib.load(workdir, generators, keys=("params", "batch_stats", "frozen"))
   t0 = time.time()
-  carry, med = _accumulate(config, gen_vars, name, mesh)
+  carry, med = _accumulate(config, workdir, gen_vars, name, mesh)
   fdms = jax.jit(functools.partial(fdm.binarize, tau=cfg.tau))(carry["mean"])
   mean, fdms, count, change, level = map(np.asarray, jax.device_get(
       (carry["mean"], fdms, carry["count"], carry["change"], carry["level"])))

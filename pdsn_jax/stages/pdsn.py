@@ -32,7 +32,7 @@ from pdsn_jax.train import loop, parallel, training
 from pdsn_jax import visualize
 from pdsn_jax.run import stage as stage_lib
 from pdsn_jax.run import workdir as workdir_lib
-from pdsn_jax.data import occlusion
+from pdsn_jax.data import feature_bank, occlusion
 from pdsn_jax.method import pdsn_probe
 
 LOSSES = ("paper", "released")
@@ -205,7 +205,12 @@ def plan(ctx: loop.Context) -> loop.Plan:
   # the schedule counts updates: cfg.reuse per step
   schedule = training.learning_rate_schedule(cfg, ctx.steps * cfg.reuse)
   tx = training.optimizer(cfg, ctx.steps * cfg.reuse)
+  if cfg.source not in feature_bank.SOURCES:
+    raise ValueError(f"config.pdsn.source={cfg.source!r} is not one of {feature_bank.SOURCES}")
   transform = builders.every_block_occlusion(config)
+  bank = None
+  if cfg.source == "bank":  # the stored U; the pairs' occlusions were drawn as the online ones
+    bank = feature_bank.open_bank(workdir_lib.stage_dir(ctx.workdir, workdir_lib.BANK))
   if jax.process_index() == 0:  # what the generators are trained on, to look at
     os.makedirs(workdir_lib.stage_dir(ctx.workdir, ctx.name), exist_ok=True)
     every = max(1, len(ctx.train) // 4)
@@ -253,19 +258,24 @@ def plan(ctx: loop.Context) -> loop.Plan:
                    builders.u_shape(config)),
       step=functools.partial(train_step, backbone=backbone, head=head, gens=gens, tx=tx,
                              schedule=schedule, cfg=cfg, lam=lam["lambda_l1"]),
-      transforms=(transform,), prepare=prepare,
-      images_per_step=cfg.batch_size * (1 + occlusion.NUM_GENERATORS),  # + occluded copies
+      transforms=(transform,) if bank is None else (
+          feature_bank.PickPairs(config.occlusion.neighbour_prob),),
+      source=bank, prepare=prepare,
+      # with the bank, what a step takes is pairs, not images through the trunk
+      images_per_step=cfg.batch_size * (1 if bank else 1 + occlusion.NUM_GENERATORS),
       on_metrics=per_generator, summary=summary, on_checkpoint=on_checkpoint,
       description=f", {gens.num} generators, lambda={lam['lambda_l1']:g} ({lam['lambda_rule']}), "
                   f"loss={cfg.loss}, differential={cfg.differential}, {cfg.reuse} update(s) "
-                  "per batch")
+                  f"per batch, pairs from {bank.description if bank else 'the trunk (online)'}")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, name: str = workdir_lib.PDSN,
         overrides: dict | None = None) -> dict:
   """Trains (or resumes) the 9 generators against the frozen trunk into ``<workdir>/<name>``
   (``overrides``: the fields ``config`` changed from the run's, as Table 3's ablation does)."""
-  return loop.run_stage(config, workdir, STAGE, plan, name=name, overrides=overrides)
+  upstream = STAGE.upstream + ((workdir_lib.BANK,) if config.pdsn.source == "bank" else ())
+  return loop.run_stage(config, workdir, STAGE, plan, name=name, overrides=overrides,
+                        upstream=upstream)
 
 
 STAGE = stage_lib.Stage(

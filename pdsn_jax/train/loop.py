@@ -161,7 +161,9 @@ class Plan:
   network (``checkpointing.restore_or_init``); ``prepare(state, origin)`` runs after the
   restore; ``evaluate(state, step, writer) -> dict`` is the held-out evaluation, run at
   the end, every ``eval_every`` steps and, with ``eval_at_start``, before a fresh start;
-  ``on_metrics`` and ``on_checkpoint`` (a stopping rule) as in ``train_loop``; a stage that
+  ``on_metrics`` and ``on_checkpoint`` (a stopping rule) as in ``train_loop``; ``source``: the
+  records the batches are made of, when not the training faces (the same number of them: the
+  step count is the faces'); a stage that
   stopped is complete at that step (``workdir.stopped_at``); ``summary(results)`` adds to
   ``summary.json``.
   """
@@ -181,6 +183,7 @@ class Plan:
   on_checkpoint: Callable[[int, Any], tuple[dict, bool]] | None = None
   summary: Callable[[dict], dict] | None = None
   description: str = ""
+  source: Any = None
 
 
 REQUIRED_METRICS = ("loss", "param_norm")
@@ -216,8 +219,13 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage: stage_lib.
   steps = builders.total_steps(cfg, len(train_src))
   ctx = Context(config, workdir, name, cfg, stage.stream, mesh, train_src, heldout_src, steps)
   plan = plan_fn(ctx)
-  ds = pipeline.train_dataset(train_src, cfg.batch_size, training.data_seed(config, stage.stream),
-                              pindex, pcount, plan.transforms)
+  if plan.source is not None and len(plan.source) != len(train_src):
+    raise ValueError(f"[{name}] its source has {len(plan.source)} records for the "
+                     f"{len(train_src)} training faces ({getattr(plan.source, 'description', '')})"
+                     "; it was made from other data: build it again")
+  ds = pipeline.train_dataset(train_src if plan.source is None else plan.source, cfg.batch_size,
+                              training.data_seed(config, stage.stream), pindex, pcount,
+                              plan.transforms)
   data_iter = pipeline.to_iterator(ds, config.data.num_workers)
   mgr = checkpointing.manager(workdir_lib.checkpoints(workdir, name), cfg.keep_checkpoints,
                               cfg.checkpoint_every)
