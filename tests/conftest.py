@@ -23,7 +23,7 @@ import pytest  # noqa: E402
 
 from tests import helpers  # noqa: E402
 
-TINY_RUN_STAGES = "--config.stages=trunk,pdsn,dictionary,finetune,detector,evaluate"
+TINY_RUN_STAGES = "--config.stages=trunk,bank,pdsn,dictionary,finetune,detector,evaluate"
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from pdsn_jax.run import provenance  # noqa: F401  (registers them)
 from pdsn_jax import stages
 from pdsn_jax.run import stage as stage_lib
 
-STAGES = ("trunk", "pdsn", "dictionary", "finetune", "detector", "evaluate")
+STAGES = ("trunk", "bank", "pdsn", "dictionary", "finetune", "detector", "evaluate")
 
 
 def _covered(field: str, kind: str) -> bool:

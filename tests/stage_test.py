@@ -72,7 +72,7 @@ def test_config_stages_and_overwrite_accept_a_registered_stage_only(toy, tmp_pat
   validate(_config())
   stage_lib.unregister(toy_stage.NAME)
   with pytest.raises(ValueError, match=r"config.stages='toy': unknown stage\(s\) \['toy'\]; "
-                                       r"allowed: \['trunk', 'pdsn'"):
+                                       r"allowed: \['trunk', 'bank', 'pdsn'"):
     validate(_config())
   config = tiny.get_config()
   config.overwrite = "trunk,toy"

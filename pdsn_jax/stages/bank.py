@@ -83,6 +83,59 @@ def _features(s: int, images: np.ndarray, config, features) -> tuple[np.ndarray,
   return feature_bank.quantize(u, cfg.dtype, f"bank shard {s}")
 
 
+def _build(config, workdir: str, name: str, shards: list, src) -> int:
+  """Writes this process's shards that have no record yet; returns the faces it built."""
+  cfg, folder = config.bank, workdir_lib.stage_dir(workdir, name)
+  trunk = workdir_lib.load(workdir, workdir_lib.TRUNK)
+  features = _features_fn(config, trunk, int(cfg.batch_size))
+  library = builders.training_occluders(config)
+  done = feature_bank.written_shards(folder)
+  mine = [s for s in range(len(shards)) if s % jax.process_count() == jax.process_index()]
+  todo = [s for s in mine if s not in done or done[s]["faces"] != list(shards[s])]
+  entries = feature_bank.entries_per_face(cfg.variants)
+  logging.info("[%s] %d faces x %d entries of U in %d shards (%d already written); this process "
+               "builds %d", name, len(src), entries, len(shards), len(shards) - len(todo),
+               len(todo))
+  t0, built = time.time(), 0
+  # the next shard's occlusions are drawn on the host while the trunk runs on this one
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    ahead = {s: pool.submit(_synthesize, shards[s], src, config, library) for s in todo[:1]}
+    for i, s in enumerate(todo):
+      images, rec = ahead.pop(s).result()
+      if i + 1 < len(todo):
+        ahead[todo[i + 1]] = pool.submit(_synthesize, shards[todo[i + 1]], src, config, library)
+      q, rec["quantization"] = _features(s, images, config, features)
+      feature_bank.write_shard(folder, s, q, rec)
+      built += len(shards[s])
+      rate = built / max(time.time() - t0, 1e-9)
+      left = sum(len(shards[x]) for x in todo[i + 1:])
+      logging.info("[%s] shard %d/%d: %d faces | %.2f faces/s (%.1f trunk img/s) | ETA %.1f min",
+                   name, s + 1, len(shards), len(shards[s]), rate, rate * entries,
+                   left / max(rate, 1e-9) / 60)
+  return built
+
+
+def _summary(config, name: str, shards: list, done: dict, num_classes: int) -> tuple[dict, dict]:
+  """The manifest's layout and the stage's summary (size, quantisation error)."""
+  cfg = config.bank
+  entries, u_shape = feature_bank.entries_per_face(cfg.variants), list(done[0]["shape"][2:])
+  layout = {"variants": int(cfg.variants), "entries_per_face": entries, "dtype": cfg.dtype,
+            "u_shape": u_shape, "num_classes": int(num_classes),
+            "blocks": list(occlusion.CENTRAL_BLOCKS),
+            "order": "0 clean; 1 + v*18 + k block k alone; 1 + v*18 + 9 + k block k and a "
+                     "4-neighbour"}
+  quant = [done[s]["quantization"] for s in range(len(shards))]
+  n, size = sum(len(f) for f in shards), sum(done[s]["bytes"] for s in range(len(shards)))
+  item = np.dtype(feature_bank.DTYPES[cfg.dtype]).itemsize
+  return layout, {
+      "stage": name, "faces": n, **layout, "bytes": size,
+      "size": f"{n} faces x {entries} entries x {'x'.join(map(str, u_shape))} x {item} B = "
+              f"{size / 2**30:.2f} GiB",
+      "quantization": {"max_abs": max(q["max_abs"] for q in quant),
+                       "max_abs_error": max(q["max_abs_error"] for q in quant),
+                       "mean_abs_error": float(np.mean([q["mean_abs_error"] for q in quant]))}}
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, name: str = workdir_lib.BANK) -> dict:
   """Builds (or completes) ``<workdir>/<name>``; skipped when its manifest exists and its
   provenance matches."""
@@ -100,33 +153,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str = workdir_lib
     return {**workdir_lib.read_summary(workdir, name), "skipped": True}
   os.makedirs(folder, exist_ok=True)
   src, _ = sources.build(config.data)
-  trunk = workdir_lib.load(workdir, workdir_lib.TRUNK)
-  features = _features_fn(config, trunk, int(cfg.batch_size))
-  library = builders.training_occluders(config)
   n, per = len(src), int(cfg.shard_faces)
   shards = [range(a, min(a + per, n)) for a in range(0, n, per)]
-  done = feature_bank.written_shards(folder)
-  mine = [s for s in range(len(shards)) if s % jax.process_count() == jax.process_index()]
-  todo = [s for s in mine if s not in done or done[s]["faces"] != list(shards[s])]
-  entries = feature_bank.entries_per_face(cfg.variants)
-  logging.info("[%s] %d faces x %d entries of U in %d shards (%d already written); this process "
-               "builds %d", name, n, entries, len(shards), len(shards) - len(todo), len(todo))
-  t0, built = time.time(), 0
-  # the next shard's occlusions are drawn on the host while the trunk runs on this one
-  with concurrent.futures.ThreadPoolExecutor(1) as pool:
-    ahead = {s: pool.submit(_synthesize, shards[s], src, config, library) for s in todo[:1]}
-    for i, s in enumerate(todo):
-      images, rec = ahead.pop(s).result()
-      if i + 1 < len(todo):
-        ahead[todo[i + 1]] = pool.submit(_synthesize, shards[todo[i + 1]], src, config, library)
-      q, rec["quantization"] = _features(s, images, config, features)
-      done[s] = feature_bank.write_shard(folder, s, q, rec)
-    built += len(shards[s])
-    rate = built / max(time.time() - t0, 1e-9)
-    left = sum(len(shards[x]) for x in todo if x > s)
-    logging.info("[%s] shard %d/%d: %d faces | %.2f faces/s (%.1f trunk img/s) | ETA %.1f min",
-                 name, s + 1, len(shards), len(shards[s]), rate, rate * entries,
-                 left / max(rate, 1e-9) / 60)
+  t0 = time.time()
+  built = _build(config, workdir, name, shards, src)
   seconds = time.time() - t0
   distributed.barrier(f"{folder}: every shard written")
   done = feature_bank.written_shards(folder)
@@ -134,25 +164,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str = workdir_lib
   if missing:
     raise RuntimeError(f"[{name}] shards {missing} of {folder} were not written by their "
                        "processes; run the stage again")
-  u_shape = list(done[0]["shape"][2:])
-  layout = {"variants": int(cfg.variants), "entries_per_face": entries, "dtype": cfg.dtype,
-            "u_shape": u_shape, "num_classes": int(src.num_classes),
-            "blocks": list(occlusion.CENTRAL_BLOCKS),
-            "order": "0 clean; 1 + v*18 + k block k alone; 1 + v*18 + 9 + k block k and a "
-                     "4-neighbour"}
-  quant = [done[s]["quantization"] for s in range(len(shards))]
-  bytes_ = sum(done[s]["bytes"] for s in range(len(shards)))
-  summary = {"stage": name, "faces": n, **layout, "bytes": bytes_,
-             "size": f"{n} faces x {entries} entries x {'x'.join(map(str, u_shape))} x "
-                     f"{np.dtype(feature_bank.DTYPES[cfg.dtype]).itemsize} B = {bytes_ / 2**30:.2f} "
-                     "GiB",
-             "quantization": {"max_abs": max(q["max_abs"] for q in quant),
-                              "max_abs_error": max(q["max_abs_error"] for q in quant),
-                              "mean_abs_error": float(np.mean([q["mean_abs_error"]
-                                                               for q in quant]))},
-             "seconds_this_run": round(seconds, 1),
-             "faces_per_sec_this_run": round(built / seconds, 2) if built else None,
-             "provenance": record["fingerprint"]}
+  layout, summary = _summary(config, name, shards, done, src.num_classes)
+  summary.update(seconds_this_run=round(seconds, 1),
+                 faces_per_sec_this_run=round(built / seconds, 2) if built else None,
+                 provenance=record["fingerprint"])
   if jax.process_index() == 0:
     workdir_lib.write_summary(workdir, name, summary)
     feature_bank.write_manifest(folder, layout, [done[s] for s in range(len(shards))])
