@@ -84,8 +84,10 @@ def get_config(arg: str | None = None):
   # learning rates, lambda and tau chosen on the CelebA held-out identities (``:select``),
   # never on LFW: docs/selection.md lists every candidate and its numbers
   # the trunk's U of every training face, clean and occluded on each block alone and with a
-  # 4-neighbour, computed once (stages/bank.py; 4.1 GB in float16): stages I and II read it
-  c.bank.update(variants=1, dtype="float16", batch_size=32, shard_faces=256)
+  # 4-neighbour, computed once (stages/bank.py; 3.8 GiB in float16): stages I and II read it;
+  # 8 images per trunk call: MobileFaceNet's forward on 2 CPU cores runs 191 img/s at 8, 150 at
+  # 16, 132 at 32 (python -m benchmarks.mobilefacenet_speed --batch=B --reps=20)
+  c.bank.update(variants=1, dtype="float16", batch_size=8, shard_faces=256)
   # lambda by the paper's same-scale rule (measured at the start, in pdsn/summary.json);
   # shuffled epochs over the bank, trained until the dictionary of 256 fixed training pairs
   # per block stops moving (every item's discarded set overlapping the last check's by 0.95,
