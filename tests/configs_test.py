@@ -130,8 +130,15 @@ def test_real_mobilefacenet_variants():
   validate(sel)
   assert list(sel.eval.protocols.keys()) == ["ar_p1", "ar_p2", "verification"]
   assert not sel.eval.protocols.verification.get("pairs_file") and sel.eval.num_distractors == 0
-  with pytest.raises(ValueError, match=":select"):
+  with pytest.raises(ValueError, match=r"variants are \['bank', 'select'\]"):
     real_mobilefacenet.get_config("lfw")
+  default, both = real_mobilefacenet.get_config(), real_mobilefacenet.get_config("bank,select")
+  validate(both)
+  assert (default.pdsn.source, default.dictionary.source) == ("online", "online")
+  assert "bank" not in default.stages.split(",")
+  assert both.stages.split(",")[:3] == ["trunk", "bank", "pdsn"]
+  assert (both.pdsn.source, both.dictionary.source, both.pdsn.reuse) == ("bank", "bank", 1)
+  assert list(both.eval.protocols.keys()) == list(sel.eval.protocols.keys())
 
 
 def test_main_names_a_missing_optional_package_before_any_stage(monkeypatch):
