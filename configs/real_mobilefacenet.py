@@ -71,7 +71,7 @@ OCCLUDER_SPLITS = dict(
 # ``--config=configs/real_mobilefacenet.py:VARIANT[,VARIANT]``
 VARIANTS = {"select": "evaluate on CelebA held-out identities with the select occluder files",
             "bank": "stages I and II over the feature bank (issue 36; not yet the default: "
-                    "its stages take 36.6 min against the online ones' 20.6, docs/results.md)"}
+                    "its stages take 34.2 min against the online ones' 20.6, docs/results.md)"}
 
 
 def get_config(arg: str | None = None):
