@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 
@@ -94,3 +95,20 @@ def _two_processes(workdir, *extra):
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-5000:]
   return outs
+
+
+@pytest.mark.slow
+def test_two_processes_build_the_banks_bytes_one_process_builds(tmp_path):
+  """Each process builds its own shards of the feature bank (shard s by process s mod 2);
+  process 0 writes the manifest after the barrier. The bytes equal one process's."""
+  single = str(tmp_path / "single")
+  helpers.run_main(single, *_STEPS, devices=4)
+  multi = str(tmp_path / "multi")
+  shutil.copytree(single, multi)
+  bank = ("--config.stages=bank", "--config.bank.shard_faces=16")
+  helpers.run_main(single, *_STEPS, *bank, devices=4)
+  outs = _two_processes(multi, *bank)
+  assert "this process builds 2" in outs[0] and "this process builds 2" in outs[1]
+  shards = lambda wd: json.load(open(os.path.join(wd, "bank", "bank.json")))["shards"]  # noqa: E731
+  assert len(shards(single)) == 4
+  assert [s["sha256"] for s in shards(multi)] == [s["sha256"] for s in shards(single)]
