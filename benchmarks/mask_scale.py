@@ -10,7 +10,11 @@ Prints two tables for a run with a trunk and a dictionary (no score of any proto
   down together; the cosine says how much a soft mask's overall scale moves the embedding F's
   shifts (BatchNorm's, folded) leave in it;
 * the dictionary's mean masks on the entries each item keeps: quantiles and their mean (1 would
-  be saturated: soft + binary would then equal binary, as in the paper).
+  be saturated: soft + binary would then equal binary, as in the paper);
+* the trained generators' own masks on ``--faces`` training faces occluded on one block (stage
+  II's pairs): quantiles and the shares above 0.9 and below 0.1. Saturated single masks whose
+  mean is soft would mean the pairs disagree; soft single masks mean the generators never
+  saturate.
 """
 
 import numpy as np
@@ -33,7 +37,7 @@ def main(argv):
   import optax  # pylint: disable=g-import-not-at-top
   from pdsn_jax import run_config  # pylint: disable=g-import-not-at-top
   from pdsn_jax.data import sources  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.method import builders, fdm  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.method import builders, fdm, pdsn_probe  # pylint: disable=g-import-not-at-top
   from pdsn_jax.run import checkpointing  # pylint: disable=g-import-not-at-top
   from pdsn_jax.run import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
@@ -86,6 +90,19 @@ def main(argv):
           f"{np.quantile(k, 0.9):.3f} |")
   print(f"| all | {allk.mean():.3f} | {np.quantile(allk, 0.1):.3f} | {np.median(allk):.3f} | "
         f"{np.quantile(allk, 0.9):.3f} |")
+
+  gens = builders.generators(config, False)
+  gvars = workdir_lib.load(run, workdir_lib.PDSN)
+  masks_fn = jax.jit(lambda v, b: gens.apply(v, jnp.abs(b[1] - b[0][None]), False))
+  feats = jax.jit(lambda t, b: builders.frozen_features(t, b, net))
+  batches = pdsn_probe.probe_batches(config, src, n, min(fl.batch, n), 0.0)
+  masks = np.concatenate([np.asarray(masks_fn(gvars, feats(trunk, {
+      "image": b["image"], "occluded": b["occluded"]}))) for b in batches], axis=1)
+  print(f"\nthe generators' own masks, {masks.shape[1]} training faces x 9 blocks (block alone)")
+  print("| 10% | median | 90% | share > 0.9 | share < 0.1 |")
+  print("|---:|---:|---:|---:|---:|")
+  print(f"| {np.quantile(masks, 0.1):.3f} | {np.median(masks):.3f} | {np.quantile(masks, 0.9):.3f} "
+        f"| {(masks > 0.9).mean():.3f} | {(masks < 0.1).mean():.3f} |")
 
 
 if __name__ == "__main__":
