@@ -194,8 +194,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.dictionary = ml_collections.ConfigDict(dict(
       pairs_per_block=512, batch_size=32, tau=0.25, log_every=8,
       neighbour_prob=0.0,  # paper: item j's pairs occluded on block j only
-      # "online": pairs_per_block pairs drawn and put through the trunk; "bank": every face's
-      # block-alone entries of the bank stage (faces x bank.variants pairs per block)
+      # "online": pairs_per_block pairs drawn and put through the trunk; "bank": the bank
+      # stage's block-alone entries, at most pairs_per_block per block (faces x variants)
       source="online"))
 
   # The feature bank (stages/bank.py): U of every training face, clean and occluded on each

@@ -150,8 +150,9 @@ def get_config(arg: str | None = None):
     # shuffled epochs over the bank, one update per batch of 16 stored pairs, the overlap
     # checked every 200 steps (as many updates as 50 steps x 4 above), an 8-epoch budget
     c.pdsn.update(source="bank", reuse=1, num_epochs=8.0, log_every=50, checkpoint_every=200)
-    # every training face's block-alone entry in the bank: 5,020 pairs per block
-    c.dictionary.update(source="bank")
+    # every training face's block-alone entry in the bank: 5,020 pairs per block (the cap is
+    # above the bank's size)
+    c.dictionary.update(source="bank", pairs_per_block=10_000)
   if "select" in variants:  # CelebA held-out identities and the select occluder files only
     c.eval.update(identification_root="", num_pairs=3000, num_distractors=0,
                   occluder_split="select")

@@ -24,7 +24,7 @@ from pdsn_jax.run import workdir as workdir_lib
 from tests import helpers
 
 BANK = ("--config.stages=trunk,bank,pdsn,dictionary", "--config.pdsn.source=bank",
-        "--config.dictionary.source=bank")
+        "--config.dictionary.source=bank", "--config.dictionary.pairs_per_block=1000")
 
 
 def test_quantize_refuses_what_float16_cannot_hold_naming_the_shard():
@@ -142,6 +142,23 @@ def test_stage_twos_padded_batch_weighs_only_its_real_rows():
   assert float(padded["count"]) == float(exact["count"]) == 12
   for key in ("mean", "change", "level"):
     chex.assert_trees_all_close(padded[key], exact[key], atol=1e-6)
+
+
+def test_stage_two_takes_at_most_pairs_per_block_of_the_banks_faces(tmp_path):
+  os.makedirs(tmp_path / workdir_lib.BANK)
+  _fake_bank(str(tmp_path / workdir_lib.BANK))  # 8 faces, 2 variants
+  config = tiny.get_config()
+  config.dictionary.update(source="bank", batch_size=4)
+  for cap, faces in ((5, 2), (16, 8), (1000, 8)):
+    config.dictionary.pairs_per_block = cap
+    batches, _ = dictionary._bank_batches(config, str(tmp_path))  # pylint: disable=protected-access
+    batches = list(batches)
+    rows = [b["u_clean"][b["valid"] == 1][:, 0, 0, 0] for b in batches]
+    assert len(batches) == 2 * -(-faces // 4)  # each batch once per variant
+    assert sorted(np.concatenate(rows).tolist()) == sorted(
+        [1000.0 * f for f in range(faces)] * 2)
+    occ = batches[1]["u_occ"][0, :, 0, 0, 0]  # variant 1 of the first face: its alone entries
+    np.testing.assert_array_equal(occ, [feature_bank.alone_index(1, k) for k in range(9)])
 
 
 def test_records_from_before_the_source_fields_stay_fresh(tmp_path):

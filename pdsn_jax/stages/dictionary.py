@@ -114,11 +114,13 @@ def _online_batches(config):
 
 
 def _bank_batches(config, workdir: str):
-  """Every bank face once per variant, with its block-alone entries (the paper's pairs), in
-  the bank's order; the last batch padded (``valid`` 0)."""
+  """The bank's first ``pairs_per_block // variants`` faces (all of them when it has fewer)
+  once per variant, with their block-alone entries (the paper's pairs), in the bank's order;
+  the last batch padded (``valid`` 0)."""
   cfg = config.dictionary
   bank = feature_bank.open_bank(workdir_lib.stage_dir(workdir, workdir_lib.BANK))
-  n, gb, v = len(bank), cfg.batch_size, bank.variants
+  gb, v = cfg.batch_size, bank.variants
+  n = min(len(bank), max(1, int(cfg.pairs_per_block) // v))
   alone = [[feature_bank.alone_index(x, k) for k in range(feature_bank.NUM_BLOCKS)]
            for x in range(v)]
 
@@ -163,16 +165,15 @@ def _accumulate(config, workdir: str, generators_vars: dict, name: str,
       logging.info("[%s] %d/%d pairs per block | %.1f pairs/s (x9 blocks)", name, int(c),
                    num_batches * cfg.batch_size, c / max(time.time() - t0, 1e-9))
   if cfg.source == "bank" and pindex == 0:
-    logging.info("[%s] every bank face's block-alone entries: %d pairs per block", name,
-                 int(jax.device_get(carry["count"])))
+    logging.info("[%s] the bank's block-alone entries: %d pairs per block (at most %d)", name,
+                 int(jax.device_get(carry["count"])), cfg.pairs_per_block)
   return carry, med
 
 
 def _metadata(config, workdir: str, fdms: np.ndarray, count, shape) -> dict:
   cfg = config.dictionary
   return {"tau": cfg.tau, "pairs_per_block": int(count), "source": cfg.source,
-          "pairs_per_block_requested": cfg.pairs_per_block if cfg.source == "online" else
-                                       "every bank face and variant",
+          "pairs_per_block_requested": cfg.pairs_per_block,
           "neighbour_prob": cfg.neighbour_prob,
           "blocks": list(occlusion.CENTRAL_BLOCKS), "grid": occlusion.GRID,
           "image_size": list(config.data.image_size), "u_shape": list(shape),
