@@ -25,7 +25,7 @@ from pdsn_jax.method import builders
 from pdsn_jax.run import checkpointing, provenance
 from pdsn_jax.run import stage as stage_lib
 from pdsn_jax.run import workdir as workdir_lib
-from pdsn_jax.train import distributed, training
+from pdsn_jax.train import distributed, parallel, training
 from pdsn_jax.data import feature_bank, occlusion, sources
 
 
@@ -46,16 +46,22 @@ def face_entries(image: np.ndarray, index: int, seed: int, variants: int, librar
 
 
 def _features_fn(config, trunk: dict, batch: int):
-  """A jitted U of ``batch`` uint8 images (float32 on the host); shorter inputs are padded so
-  that one program serves every call."""
+  """A jitted U of up to ``batch`` uint8 images (float32 on the host), split over this
+  process's devices; shorter inputs are padded so that one program serves every call. Not the
+  evaluation's ``Embedder.features``: that one splits each batch over every process, and here
+  each process builds shards of its own."""
   net = builders.backbone(config, False)
-  bvars = checkpointing.backbone_of(trunk)
-  apply = jax.jit(lambda v, x: net.apply(v, builders.normalize(x), method="features"))
+  mesh = parallel.make_mesh(jax.local_devices())
+  bvars = jax.device_put(checkpointing.backbone_of(trunk), parallel.replicated(mesh))
+  rows = parallel.sharded(mesh)
+  apply = jax.jit(lambda v, x: net.apply(v, builders.normalize(x), method="features"),
+                  out_shardings=rows)
+  size = -(-batch // mesh.size) * mesh.size  # a whole number of rows per device
 
   def features(images: np.ndarray) -> np.ndarray:
     n = len(images)
-    pad = np.zeros((batch - n, *images.shape[1:]), images.dtype) if n < batch else images[:0]
-    return np.asarray(apply(bvars, np.concatenate([images, pad])))[:n]
+    pad = np.zeros((size - n, *images.shape[1:]), images.dtype)
+    return np.asarray(apply(bvars, jax.device_put(np.concatenate([images, pad]), rows)))[:n]
 
   return features
 
