@@ -13,6 +13,10 @@ was trained under). ``RUN@T``: the detector at pixel threshold T. Only AR's deve
 subjects (1-26, ``data.ar_photos.DEVELOPMENT_SUBJECTS``) are read: the test subjects (27-50) are
 read by the evaluation's ``ar_real`` protocol alone, for an adopted configuration.
 
+``--heldout``: each run is scored on the development subjects its detector did not train on
+(``detector.ar_subjects`` of its config; all 26 when ``detector.ar_share`` is 0): the
+cross-validation of docs/selection.md item 8.
+
 ``--per_block``: then, per run and occluded kind, where the block assignments go wrong: for
 each of the 9 blocks (row by row) the share of photos whose true mask flags it, whose
 predicted mask flags it, flagged only by the truth (missed) and only by the prediction (false
@@ -37,6 +41,22 @@ def define_flags() -> None:
   flags.DEFINE_string("alignment", 'landmarks',
                       'How the AR crops are aligned: landmarks or centre.')
   flags.DEFINE_bool("per_block", False, 'Also print the block accuracy per block.')
+  flags.DEFINE_bool("heldout", False, "Score each run on the development subjects its detector "
+                    "did not train on.")
+
+
+def scored_subjects(config, heldout: bool, development: tuple) -> tuple:
+  """The development subjects a run is scored on: all of them, or (``heldout``) those its
+  detector did not train on."""
+  d = config.detector
+  if not heldout or not d.get("ar_share", 0.0):
+    return development
+  trained = set(d.ar_subjects) or set(development)  # empty: every development subject
+  left = tuple(s for s in development if s not in trained)
+  if not left:
+    raise app.UsageError("--heldout: the run's detector trained on every development subject "
+                         "(detector.ar_subjects is empty); nothing is held out")
+  return left
 
 
 def main(argv):
@@ -52,8 +72,8 @@ def main(argv):
   from pdsn_jax.data import ar_photos, occlusion
   from pdsn_jax.evaluation.protocols import ar_real as real_ar
   # pylint: enable=g-import-not-at-top
-  ar, details, margins = None, [], []
-  head = ["run", "sunglasses block acc", "sunglasses mean IU", "scarf block acc",
+  loaded, details, margins = {}, [], []
+  head = ["run", "subjects", "sunglasses block acc", "sunglasses mean IU", "scarf block acc",
           "scarf mean IU", "clean area", "clean any block", "held-out select block acc",
           "held-out select grey low-res block acc", "held-out clean area",
           "held-out clean grey low-res area"]
@@ -65,9 +85,13 @@ def main(argv):
     if variables is None:
       print(f"| {spec} | no detector stage |")
       continue
-    if ar is None:
-      ar = ar_photos.load(a.ar_real, config.data.image_size, config.data.alignment, a.alignment,
-                        subjects=ar_photos.DEVELOPMENT_SUBJECTS)
+    subjects = scored_subjects(config, a.heldout, ar_photos.DEVELOPMENT_SUBJECTS)
+    key = (subjects, tuple(config.data.image_size), config.data.alignment)
+    if key not in loaded:
+      loaded[key] = ar_photos.load(a.ar_real, config.data.image_size, config.data.alignment,
+                                   a.alignment, subjects=tuple(
+                                       s for s in subjects if s in ar_photos.DEVELOPMENT_SUBJECTS))
+    ar = loaded[key]
     o = config.occlusion
     block_flags, s, pred = real_ar.ar_real_flags(
         ar, o.min_overlap, o.overlap, inference.occlusion_predictor(config, variables),
@@ -91,7 +115,7 @@ def main(argv):
              s["clean"]["any_block_flagged"], g("select occluder files", "block_accuracy"),
              g("select occluder files, grey low-res", "block_accuracy"),
              g("clean faces", "predicted_area"), g("clean faces, grey low-res", "predicted_area")]
-    print(f"| {name} | " + " | ".join(f"{100 * c:.2f}" for c in cells) + " |", flush=True)
+    print(f"| {name} | {_span(subjects)} | " + " | ".join(f"{100 * c:.2f}" for c in cells) + " |", flush=True)
   if a.per_block:
     print("\n| run | photos | per block (%, 9 blocks row by row) | pixel recall | pixel "
           "precision |\n|---|---|---|---|---|")
@@ -106,6 +130,14 @@ def main(argv):
       q = lambda x, f: f"{np.median(x):.2f} / {100 * f(x).mean():.0f}%" if n else "-"  # noqa: E731
       print(f"| {run} | {kind} | {n} | {q(true, lambda x: x < 0.6)} | "
             f"{q(got, lambda x: x >= 0.3)} |")
+
+
+def _span(subjects: tuple) -> str:
+  """"1-26", or the list when it is not a run of numbers."""
+  s = sorted(subjects)
+  if s == list(range(s[0], s[-1] + 1)):
+    return f"{s[0]}-{s[-1]}"
+  return ",".join(map(str, s))
 
 
 if __name__ == "__main__":

@@ -173,7 +173,11 @@ def get_config() -> ml_collections.ConfigDict:
       # occluders, grey, low resolution, blur, light, tight crops
       augment=("scarf", "eyeglasses", "cloth", "highlights", "grey", "lowres", "blur", "light",
                "border"),
-      eval_images=400)
+      eval_images=400,
+      # AR's real photos of development subjects (1-26) with their ground-truth masks as this
+      # share of the training records (0: none); ar_subjects: which of them (empty: all 26;
+      # a cross-validation fold names half); ar_alignment as eval.protocols.ar_real's
+      ar_share=0.0, ar_root="", ar_subjects=(), ar_alignment="landmarks")
 
   # The face finder (stages/face_finder.py): BlazeFace's short-range model tuned on occluded,
   # grey, low-resolution photos by distillation from the shipped model (data/face_tuning.py).

@@ -6,7 +6,7 @@ from pdsn_jax.method import builders, pdsn_probe, recognition
 from pdsn_jax import stages
 from pdsn_jax.train import training
 from pdsn_jax.run import stage as stage_lib
-from pdsn_jax.data import alignment, feature_bank, occlusion, placement, sources
+from pdsn_jax.data import alignment, ar_photos, feature_bank, occlusion, placement, sources
 from pdsn_jax.evaluation import evaluators
 from pdsn_jax.gallery import search, store
 from pdsn_jax.evaluation import sets as sets_lib
@@ -149,6 +149,27 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.eval.models entry {m.name!r}={m.stage!r}: the stage must be "
                        f"one of this workdir's networks {networks}")
   stage_lib.parse(config.get("overwrite", ""), "config.overwrite")
+  _check_detector_ar(config.detector)
   if not config.detector.input_scale <= 4:
     raise ValueError(f"config.detector.input_scale={config.detector.input_scale!r} must be "
                      "in (0, 4]: the detector sees the face at this scale")
+
+
+def _check_detector_ar(d) -> None:
+  """AR's photos in the detector's training: development subjects only (test subjects are the
+  evaluation's), a share below 1 and a folder when the share is above 0."""
+  share = d.get("ar_share", 0.0)  # a run made before these fields has none
+  if not 0 <= share < 1:
+    raise ValueError(f"config.detector.ar_share={share!r} must be in [0, 1)")
+  bad = sorted(set(d.get("ar_subjects", ())) - set(ar_photos.DEVELOPMENT_SUBJECTS))
+  if bad:
+    raise ValueError(f"config.detector.ar_subjects has {bad}: only AR's development subjects "
+                     f"{ar_photos.DEVELOPMENT_SUBJECTS[0]}-{ar_photos.DEVELOPMENT_SUBJECTS[-1]} "
+                     "may train the detector (the test subjects are scored by the evaluation)")
+  how = d.get("ar_alignment", "landmarks")
+  if how not in ar_photos.ALIGNMENTS:
+    raise ValueError(f"config.detector.ar_alignment={how!r} is not one of "
+                     f"{ar_photos.ALIGNMENTS}")
+  if share and not d.get("ar_root", ""):
+    raise ValueError("config.detector.ar_share > 0 needs config.detector.ar_root: AR's "
+                     "real-occlusion folder (labels.tsv; docs/data.md)")

@@ -1,4 +1,5 @@
-"""Occlusion detector: shapes and range, overfitting a tiny batch, block assignment, resume."""
+"""Occlusion detector: shapes and range, overfitting a tiny batch, block assignment, resume, and
+AR's development photos among its training records."""
 
 import functools
 import importlib.util
@@ -13,13 +14,15 @@ import pytest
 
 from configs import tiny
 from pdsn_jax.method import builders, inference
-from pdsn_jax.run import checkpointing
+from pdsn_jax.run import checkpointing, provenance
 from pdsn_jax.train import parallel, training
 from pdsn_jax.data import occlusion, placement
 from pdsn_jax.evaluation.segmentation import segmentation_metrics
 from pdsn_jax.data.synthetic import SyntheticFaces
 from pdsn_jax.stages import detector
-from tests import helpers
+from benchmarks import ar_real_detector
+from pdsn_jax import config_validation
+from tests import ar_real_test, helpers
 
 FACES = np.stack([SyntheticFaces(4, 1, 0, 700)[i]["image"] for i in range(4)])
 
@@ -167,3 +170,69 @@ def test_detector_stage_resumes_after_sigkill(tmp_path):
   b = checkpointing.load_variables(os.path.join(wd, "detector", "checkpoints"))
   jax.tree.map(np.testing.assert_array_equal, a, b)
   assert os.path.getsize(os.path.join(wd, "detector", "detections.png")) > 1000
+
+
+def _ar_config(root, **detector_fields):
+  config = tiny.get_config()
+  config.detector.update({"ar_root": str(root), "ar_alignment": "centre", **detector_fields})
+  return config
+
+
+def test_ar_photos_join_the_records_with_their_masks_and_mirrors(tmp_path):
+  ar_real_test.make_ar_folder(str(tmp_path), subjects=4)
+  photos = detector.ar_training_photos(_ar_config(tmp_path, ar_share=0.3, ar_subjects=(1, 3)))
+  assert sorted(set(photos.subjects.tolist())) == [1, 3]  # the fold, nothing else
+  assert len(photos.images) == 2 * 26
+  occluded = np.isin(photos.kinds, ("sunglasses", "scarf"))
+  assert photos.masks[occluded].any((1, 2)).all() and not photos.masks[~occluded].any()
+  t = detector.ArPhotos(photos, share=1.0)
+  mirrored = 0
+  for i in range(40):
+    rec = t({"image": FACES[0], "mask": np.zeros(FACES.shape[1:3], np.uint8), "label": 7},
+            np.random.default_rng(i))
+    plain = [k for k in range(len(photos.images))
+             if np.array_equal(rec["image"], photos.images[k])
+             and np.array_equal(rec["mask"], photos.masks[k])]
+    flipped = [k for k in range(len(photos.images))
+               if np.array_equal(rec["image"], photos.images[k][:, ::-1])
+               and np.array_equal(rec["mask"], photos.masks[k][:, ::-1])]
+    assert plain or flipped, f"draw {i} is no AR photo with its own mask"
+    mirrored += bool(flipped) and not plain
+    assert rec["label"] == 7 and rec["mask"].dtype == np.uint8
+  assert 8 < mirrored < 32
+  untouched = detector.ArPhotos(photos, share=0.0)({"image": FACES[1]}, np.random.default_rng(0))
+  chex.assert_trees_all_equal(untouched, {"image": FACES[1]})
+  # the default reads no AR photo (and so adds no transform: its draws are the old ones)
+  assert detector.ar_training_photos(tiny.get_config()) is None
+
+
+def test_only_development_subjects_may_train_the_detector(tmp_path):
+  for fields, message in (({"ar_subjects": (2, 27)}, r"ar_subjects has \[27\]"),
+                          ({"ar_share": 1.0}, r"ar_share=1.0 must be in \[0, 1\)"),
+                          ({"ar_share": 0.2, "ar_root": ""}, "needs config.detector.ar_root"),
+                          ({"ar_alignment": "eyes"}, "ar_alignment='eyes' is not one of")):
+    with pytest.raises(ValueError, match=message):
+      config_validation.validate(_ar_config(tmp_path, **fields))
+
+
+def test_cross_validation_scores_the_subjects_a_detector_did_not_train_on(tmp_path):
+  dev = tuple(range(1, 27))
+  odd = tuple(range(1, 27, 2))
+  fold = _ar_config(tmp_path, ar_share=0.1, ar_subjects=odd)
+  assert ar_real_detector.scored_subjects(fold, True, dev) == tuple(range(2, 27, 2))
+  assert ar_real_detector.scored_subjects(fold, False, dev) == dev
+  assert ar_real_detector.scored_subjects(tiny.get_config(), True, dev) == dev  # no AR: all
+  with pytest.raises(Exception, match="nothing is held out"):
+    ar_real_detector.scored_subjects(_ar_config(tmp_path, ar_share=0.1), True, dev)
+
+
+@pytest.mark.slow
+def test_detector_stage_trains_on_ar_development_photos(tmp_path):
+  ar_real_test.make_ar_folder(str(tmp_path / "ar"), subjects=3)
+  args = ("--config.stages=detector", "--config.detector.ar_share=0.5",
+          f"--config.detector.ar_root={tmp_path / 'ar'}", "--config.detector.ar_alignment=centre",
+          "--config.detector.ar_subjects=(1, 2)")
+  proc = helpers.run_main(str(tmp_path / "run"), *args)
+  assert "52 AR development photos of 2 subjects (24 occluded)" in proc.stderr
+  record = provenance.read(str(tmp_path / "run"), "detector")["fields"]
+  assert record["detector.ar_share"] == 0.5 and record["detector.ar_subjects"] == [1, 2]

@@ -9,6 +9,11 @@ counts of the whole set, as for FCN), pixel accuracy and block-assignment
 accuracy (the 9 generator blocks flagged from the predicted vs the true mask),
 for the occluders seen in training and, when ``occlusion.occluder_dir`` is set,
 for held-out occluder files never seen in training.
+
+With ``detector.ar_share`` > 0, that share of the training records are AR's real photos of the
+development subjects (``detector.ar_subjects``; never a test subject), aligned like the
+evaluation's, labelled by their ground-truth masks (``data/ar_photos.py``), as the paper trains
+its FCN on synthetic occlusions plus 26 AR subjects outside its test subjects.
 """
 
 import functools
@@ -27,7 +32,7 @@ from pdsn_jax.train import loop, parallel, training
 from pdsn_jax import visualize
 from pdsn_jax.run import stage as stage_lib
 from pdsn_jax.run import workdir as workdir_lib
-from pdsn_jax.data import occlusion, pipeline, placement, sources
+from pdsn_jax.data import ar_photos, occlusion, pipeline, placement, sources
 from pdsn_jax.evaluation.segmentation import segmentation_metrics
 
 
@@ -76,6 +81,39 @@ class DetectorOcclusion:
         mask |= m
     rec["image"], rec["mask"] = image, mask.astype(np.uint8)
     return rec
+
+
+class ArPhotos:
+  """grain transform: with probability ``share`` the record's image and mask become one of
+  ``photos`` (an ``ar_photos.ArReal``: every kind, clean ones with an empty mask), drawn
+  uniformly and mirrored with probability 0.5; else the record is left as it is."""
+
+  def __init__(self, photos: ar_photos.ArReal, share: float):
+    self.images, self.masks, self.share = photos.images, photos.masks.astype(np.uint8), share
+
+  def __call__(self, rec: dict, rng: np.random.Generator) -> dict:
+    if rng.uniform() < self.share:
+      k = rng.integers(len(self.images))
+      image, mask = self.images[k], self.masks[k]
+      if rng.uniform() < 0.5:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+      rec["image"], rec["mask"] = np.ascontiguousarray(image), np.ascontiguousarray(mask)
+    return rec
+
+
+def ar_training_photos(config) -> ar_photos.ArReal | None:
+  """AR's development photos the detector trains on (``detector.ar_subjects``, all of them when
+  empty), aligned like the evaluation's; None when ``detector.ar_share`` is 0."""
+  cfg = config.detector
+  if not cfg.ar_share:
+    return None
+  photos = ar_photos.load(cfg.ar_root, tuple(config.data.image_size), config.data.alignment,
+                          cfg.ar_alignment,
+                          subjects=tuple(cfg.ar_subjects) or ar_photos.DEVELOPMENT_SUBJECTS)
+  logging.info("[detector] %d AR development photos of %d subjects (%d occluded) join %.0f%% of "
+               "the training records", len(photos.images), len(np.unique(photos.subjects)),
+               int(np.isin(photos.kinds, ar_photos.OCCLUDED_KINDS).sum()), 100 * cfg.ar_share)
+  return photos
 
 
 def _checked(augment) -> tuple:
@@ -250,6 +288,9 @@ def plan(ctx: loop.Context) -> loop.Plan:
   schedule = training.learning_rate_schedule(cfg, ctx.steps)
   tx = training.optimizer(cfg, ctx.steps)
   flip = (pipeline.RandomFlip(),) if config.data.flip else ()
+  photos = ar_training_photos(config)
+  # added only when used, so that a detector without AR photos draws what it drew before
+  ar = (ArPhotos(photos, cfg.ar_share),) if photos is not None else ()
 
   def evaluate_hook(state, step, writer) -> dict:
     variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
@@ -277,7 +318,7 @@ def plan(ctx: loop.Context) -> loop.Plan:
       step=functools.partial(train_step, model=builders.detector(config, True), tx=tx,
                              schedule=schedule, scale=cfg.input_scale),
       transforms=flip + (DetectorOcclusion(builders.training_occluders(config), cfg.clean_prob,
-                                           cfg.augment), Appearance(cfg.augment)),
+                                           cfg.augment),) + ar + (Appearance(cfg.augment),),
       evaluate=evaluate_hook, summary=lambda results: {"heldout": results["final"]},
       description=f", widths {tuple(cfg.widths)} at {cfg.input_scale:g}x input")
 
