@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pdsn_jax.method import fdm
-from pdsn_jax.stages import dictionary
+from pdsn_jax.stages import dictionary, evaluate
 
 
 def test_minmax_normalises_each_mask_on_its_own():
@@ -66,3 +66,18 @@ def test_export_round_trip(tmp_path):
   np.testing.assert_array_equal(f, fdms)
   np.testing.assert_allclose(m, mean, atol=1e-3)
   assert meta == {"tau": 0.25}
+
+
+def test_kept_mean_one_keeps_the_pattern_and_restores_the_scale():
+  rng = np.random.default_rng(0)
+  mean_masks = rng.uniform(0.05, 0.3, (3, 7, 6, 4)).astype(np.float32)
+  fdms = (rng.uniform(size=mean_masks.shape) > 0.1).astype(np.float32)
+  fdms[2] = 0  # an item with nothing kept stays all 0
+  out = evaluate.kept_mean_one(mean_masks, fdms)
+  kept = fdms > 0
+  for j in (0, 1):
+    np.testing.assert_allclose(out[j][kept[j]].mean(), 1.0, rtol=1e-5)
+    # the same ranking inside the item, and 0 wherever the FDM discards
+    np.testing.assert_allclose(out[j][kept[j]] / mean_masks[j][kept[j]],
+                               1 / mean_masks[j][kept[j]].mean(), rtol=1e-5)
+  chex.assert_trees_all_equal(out[~kept], np.zeros((~kept).sum(), np.float32))

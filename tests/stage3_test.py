@@ -40,6 +40,7 @@ def test_default_stage_list_ends_with_tables_for_all_models(reference):
   ab = results["ablations"]
   assert list(ab["tau"]) == ["0", "0.25"]
   assert set(ab["mask_kind"]) == {"binary", "soft", "soft+binary",
+                                 "soft+binary, kept mean 1 (diagnostic)",
                                  "not learned: mean relative change, binary"}
   assert len(ab["lambda"]) == 2
   # tau = 0 discards nothing: exactly the Trunk; the dictionary's own tau: exactly PDSN

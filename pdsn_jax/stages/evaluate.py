@@ -336,7 +336,11 @@ def _ablations(config, plan: evaluators.Plan, workdir, nets: _Networks, sets, fl
   t = time.time()
   for tau in config.eval.tau_sweep:
     out["tau"][f"{tau:g}"] = score(np.asarray(fdm.binarize(jnp.asarray(mean_masks), float(tau))))
-  kinds = [("binary", fdms), ("soft", mean_masks), ("soft+binary", mean_masks * fdms)]
+  kinds = [("binary", fdms), ("soft", mean_masks), ("soft+binary", mean_masks * fdms),
+           # a diagnostic, not the paper's: the same soft values with each item's kept entries
+           # rescaled to mean 1, so that soft + binary differs from binary by its pattern
+           # alone and not by how much it shrinks U (the frozen F is not scale-invariant)
+           ("soft+binary, kept mean 1 (diagnostic)", kept_mean_one(mean_masks, fdms))]
   scores = fdm.load_change_scores(workdir_lib.dictionary_file(workdir))
   if scores is not None:  # what learning has to beat: the most changed elements, same tau
     kinds.append(("not learned: mean relative change, binary",
@@ -355,6 +359,16 @@ def _ablations(config, plan: evaluators.Plan, workdir, nets: _Networks, sets, fl
   out["dictionary_tau"] = meta.get("tau")
   logging.info("[evaluate] ablations (%.1fs)", time.time() - t)
   return out
+
+
+def kept_mean_one(mean_masks: np.ndarray, fdms: np.ndarray) -> np.ndarray:
+  """soft + binary with each item's kept entries divided by their mean (items with nothing kept
+  stay 0)."""
+  table = np.asarray(mean_masks, np.float32) * np.asarray(fdms, np.float32)
+  axes = tuple(range(1, table.ndim))
+  kept = np.asarray(fdms, np.float32).sum(axes, keepdims=True)
+  mean = table.sum(axes, keepdims=True) / np.maximum(kept, 1)
+  return np.where(mean > 0, table / np.where(mean > 0, mean, 1), 0.0).astype(np.float32)
 
 
 def _without_hits(res: dict) -> dict:
