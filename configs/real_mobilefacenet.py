@@ -10,6 +10,10 @@
   python -m pdsn_jax.main --config=configs/real_mobilefacenet.py:select --workdir=runs/mfn_select
   # stages I and II over the feature bank (stage I to 8 epochs; ``:bank,select`` for both)
   python -m pdsn_jax.main --config=configs/real_mobilefacenet.py:bank --workdir=runs/mfn_bank
+  # the README's headline over 3 training seeds (AR's test subjects among 5,918 real
+  # distractors, no face finder; one run per seed, runs/seeds_headline/seeds.md)
+  python -m benchmarks.seeds --config=configs/real_mobilefacenet.py:headline --seeds=0,1,2 \
+      --root=runs/seeds_headline
 
 Weights: ``$PDSN_MODELS/mobilefacenet_casia/068.ckpt`` (default ../shared/models; research
 use only, never committed), read without PyTorch. Data: ``$PDSN_DATA`` (default
@@ -70,6 +74,9 @@ OCCLUDER_SPLITS = dict(
 
 # ``--config=configs/real_mobilefacenet.py:VARIANT[,VARIANT]``
 VARIANTS = {"select": "evaluate on CelebA held-out identities with the select occluder files",
+            "headline": "the stages and the evaluation of the README's headline only: AR's test "
+                        "subjects among the 5,918 real distractors (run once per seed by "
+                        "benchmarks.seeds)",
             "bank": "stages I and II over the feature bank (issue 36; not yet the default: "
                     "its stages take 34.2 min against the online ones' 20.6, docs/results.md)"}
 
@@ -153,6 +160,19 @@ def get_config(arg: str | None = None):
     # every training face's block-alone entry in the bank: 5,020 pairs per block (the cap is
     # above the bank's size)
     c.dictionary.update(source="bank", pairs_per_block=10_000)
+  if "headline" in variants:
+    if "select" in variants:
+      raise ValueError("configs/real_mobilefacenet.py: 'headline' scores AR's test subjects and "
+                       "'select' keeps the evaluation on training-side data; pick one")
+    # no face finder (AR's crops are aligned by dlib's landmarks); AR's real photos among every
+    # distractor of the store (the CelebA pool and LFW's other identities), the four rows of
+    # the README's table
+    c.stages = c.stages.replace(",face_finder", "")
+    c.eval.protocols = ml_collections.ConfigDict(dict(
+        ar_real=c.eval.protocols.ar_real.to_dict(),
+        lfw_distractors=c.eval.protocols.lfw_distractors.to_dict()))
+    c.eval.update(tau_sweep=(), models=("Trunk=trunk", "Baseline=baseline", "PDSN=trunk+fdm",
+                                        "PDSN + fine-tune=finetune+fdm"))
   if "select" in variants:  # CelebA held-out identities and the select occluder files only
     c.eval.update(identification_root="", num_pairs=3000, num_distractors=0,
                   occluder_split="select")

@@ -130,7 +130,7 @@ def test_real_mobilefacenet_variants():
   validate(sel)
   assert list(sel.eval.protocols.keys()) == ["ar_p1", "ar_p2", "verification"]
   assert not sel.eval.protocols.verification.get("pairs_file") and sel.eval.num_distractors == 0
-  with pytest.raises(ValueError, match=r"variants are \['bank', 'select'\]"):
+  with pytest.raises(ValueError, match=r"variants are \['bank', 'headline', 'select'\]"):
     real_mobilefacenet.get_config("lfw")
   default, both = real_mobilefacenet.get_config(), real_mobilefacenet.get_config("bank,select")
   validate(both)
@@ -139,6 +139,16 @@ def test_real_mobilefacenet_variants():
   assert both.stages.split(",")[:3] == ["trunk", "bank", "pdsn"]
   assert (both.pdsn.source, both.dictionary.source, both.pdsn.reuse) == ("bank", "bank", 1)
   assert list(both.eval.protocols.keys()) == list(sel.eval.protocols.keys())
+  # the seeds' headline: AR's test subjects among the real distractors, no face finder
+  head = real_mobilefacenet.get_config("headline")
+  validate(head)
+  assert sorted(head.eval.protocols.keys()) == ["ar_real", "lfw_distractors"]
+  assert head.eval.protocols.ar_real.subjects == "test"
+  assert "face_finder" not in head.stages and head.stages.endswith("detector,evaluate")
+  assert [m.split("=")[0] for m in head.eval.models] == ["Trunk", "Baseline", "PDSN",
+                                                         "PDSN + fine-tune"]
+  with pytest.raises(ValueError, match="pick one"):
+    real_mobilefacenet.get_config("headline,select")
 
 
 def test_main_names_a_missing_optional_package_before_any_stage(monkeypatch):
