@@ -115,7 +115,8 @@ def main(argv):
              s["clean"]["any_block_flagged"], g("select occluder files", "block_accuracy"),
              g("select occluder files, grey low-res", "block_accuracy"),
              g("clean faces", "predicted_area"), g("clean faces, grey low-res", "predicted_area")]
-    print(f"| {name} | {_span(subjects)} | " + " | ".join(f"{100 * c:.2f}" for c in cells) + " |", flush=True)
+    print(f"| {name} | {_span(subjects)} | " + " | ".join(f"{100 * c:.2f}" for c in cells)
+          + " |", flush=True)
   if a.per_block:
     print("\n| run | photos | per block (%, 9 blocks row by row) | pixel recall | pixel "
           "precision |\n|---|---|---|---|---|")

@@ -171,7 +171,7 @@ def get_config(arg: str | None = None):
     c.eval.protocols = ml_collections.ConfigDict(dict(
         ar_real=c.eval.protocols.ar_real.to_dict(),
         lfw_distractors=c.eval.protocols.lfw_distractors.to_dict()))
-    c.eval.update(tau_sweep=(), models=("Trunk=trunk", "Baseline=baseline", "PDSN=trunk+fdm",
+    c.eval.update(ablations=False, models=("Trunk=trunk", "Baseline=baseline", "PDSN=trunk+fdm",
                                         "PDSN + fine-tune=finetune+fdm"))
   if "select" in variants:  # CelebA held-out identities and the select occluder files only
     c.eval.update(identification_root="", num_pairs=3000, num_distractors=0,
