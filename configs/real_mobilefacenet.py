@@ -31,11 +31,13 @@ Hygiene:
   evaluation only). The test faces are also occluded with hands and objects, drawings of
   categories no training stage draws (training draws only sunglasses and masks);
 * AR's real sunglasses and scarves (``eval.protocols.ar_real``: its test subjects 27-50, paper
-  Table 6) are evaluation only: no stage trains or chooses a setting on them;
+  Table 6) are evaluation only: no stage trains or chooses a setting on them (the detector
+  trains on the development subjects 1-26, as the paper's);
 * CelebA: the last 30 identities are held out (the ``:select`` protocol), the 40 before
   them are the distractors; neither is trained on;
 * the occlusion detector trains on CelebA training faces with the training occluder files
-  and drawings only; its "(detector)" rows locate the test occlusions;
+  and drawings, and on AR's development subjects (1-26; 10% of its records, their
+  ground-truth masks), never a test subject; its "(detector)" rows locate the test occlusions;
 * every setting chosen rather than taken from the paper (the learning rates and tau, the
   detector's augmentation and budget, the face finder), its rule, the data it saw and every
   candidate: docs/selection.md, which also says which of them were chosen while AR's subjects
@@ -116,10 +118,13 @@ def get_config(arg: str | None = None):
                     batch_size=32, num_epochs=1.0, optimizer="adam", learning_rate=0.001,
                     weight_decay=0.0, warmup_steps=10, log_every=20, checkpoint_every=50)
   # the detector learns real skin: CelebA training faces with the training occluder files and
-  # the training drawings (sunglasses, masks); scored on held-out CelebA faces with the
-  # select files; the "(detector)" rows and tables locate test occlusions with it
-  # 10 epochs with every augmentation: chosen by a rule (docs/selection.md, item 3)
-  c.detector.update(num_epochs=10.0, batch_size=32, eval_images=400)
+  # the training drawings (sunglasses, masks), and (10% of its records) AR's real photos of
+  # the development subjects 1-26 with their ground-truth masks, as the paper's FCN; scored on
+  # held-out CelebA faces with the select files; the "(detector)" rows and tables locate test
+  # occlusions with it. 10 epochs with every augmentation, and the AR share: chosen by rules
+  # (docs/selection.md, items 3 and 8)
+  c.detector.update(num_epochs=10.0, batch_size=32, eval_images=400, ar_share=0.1,
+                    ar_root=f"{DATA}/ar_real")
   # the face finder chosen by benchmarks/blazeface_tuned.py's rule (2026-12-03, docs/data.md):
   # erased faces with an occluder pasted as negatives, and a last try at 0.4
   c.face_finder.update(erased_occluder_prob=0.5, fallback_score=0.4)

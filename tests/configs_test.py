@@ -164,7 +164,10 @@ def test_main_names_a_missing_optional_package_before_any_stage(monkeypatch):
   with pytest.raises(ImportError, match=r"dlib: needed because eval.protocols has 'ar_real'.*"
                                         r"pip install dlib-bin"):
     packages.check(c)
-  c.eval.protocols.ar_real.alignment = "centre"  # without landmarks: nothing more to install
+  c.eval.protocols.ar_real.alignment = "centre"
+  with pytest.raises(ImportError, match=r"dlib: needed because detector.ar_share > 0"):
+    packages.check(c)  # the detector's AR development photos are aligned by landmarks too
+  c.detector.ar_alignment = "centre"  # without landmarks: nothing more to install
   packages.check(c)
   assert packages.needed(importlib.import_module("configs.tiny").get_config()) == {}
 
