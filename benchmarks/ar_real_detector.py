@@ -48,10 +48,10 @@ def define_flags() -> None:
 def scored_subjects(config, heldout: bool, development: tuple) -> tuple:
   """The development subjects a run is scored on: all of them, or (``heldout``) those its
   detector did not train on."""
-  d = config.detector
-  if not heldout or not d.get("ar_share", 0.0):
+  from pdsn_jax.stages import detector  # pylint: disable=g-import-not-at-top
+  trained = set(detector.ar_training_subjects(config.detector, development))
+  if not heldout or not trained:
     return development
-  trained = set(d.ar_subjects) or set(development)  # empty: every development subject
   left = tuple(s for s in development if s not in trained)
   if not left:
     raise app.UsageError("--heldout: the run's detector trained on every development subject "

@@ -101,6 +101,14 @@ class ArPhotos:
     return rec
 
 
+def ar_training_subjects(cfg, development: tuple) -> tuple:
+  """The development subjects a detector section ``cfg`` trains on: ``ar_subjects``, or all of
+  ``development`` when it names none (no subject at all when ``ar_share`` is 0)."""
+  if not cfg.get("ar_share", 0.0):
+    return ()
+  return tuple(cfg.ar_subjects) or tuple(development)
+
+
 def ar_training_photos(config) -> ar_photos.ArReal | None:
   """AR's development photos the detector trains on (``detector.ar_subjects``, all of them when
   empty), aligned like the evaluation's; None when ``detector.ar_share`` is 0."""
@@ -109,7 +117,7 @@ def ar_training_photos(config) -> ar_photos.ArReal | None:
     return None
   photos = ar_photos.load(cfg.ar_root, tuple(config.data.image_size), config.data.alignment,
                           cfg.ar_alignment,
-                          subjects=tuple(cfg.ar_subjects) or ar_photos.DEVELOPMENT_SUBJECTS)
+                          subjects=ar_training_subjects(cfg, ar_photos.DEVELOPMENT_SUBJECTS))
   logging.info("[detector] %d AR development photos of %d subjects (%d occluded) join %.0f%% of "
                "the training records", len(photos.images), len(np.unique(photos.subjects)),
                int(np.isin(photos.kinds, ar_photos.OCCLUDED_KINDS).sum()), 100 * cfg.ar_share)
