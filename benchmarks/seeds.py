@@ -9,13 +9,17 @@ pooled over the seeds (a markdown file, ROOT/seeds.md).
 occluders pasted in training, the dictionary's pairs); the evaluation sets keep
 ``eval.seed``, so every seed is scored on the same probes and pairs. Each seed's run goes to
 ROOT/seed_<seed> and resumes like any run (finished stages are skipped). Cost: one run per
-seed (``configs/real_mobilefacenet.py``: 76 min each on 2 cores, docs/results.md).
+seed (``configs/real_mobilefacenet.py:headline``: 55 min each on 2 cores, docs/results.md).
 
 ``--paired="A:B"`` (default "PDSN + fine-tune:Baseline"): for every column ``--match``
 selects, A minus B pooled over the seeds from each seed's ``evaluate/hits.npz`` (every
 probe's right / wrong): the mean over seeds of each seed's difference, each seed's own, and
 a 95% interval from a bootstrap over the probes stratified by seed
-(``stats.pooled_paired_bootstrap``). "beats" is written only where that interval is above 0.
+(``stats.pooled_paired_bootstrap``). "beats" is written only where that interval is above 0
+and at least ``--min_seeds`` (3) seeds were pooled: fewer say "ahead in N seed(s)".
+
+Last, each seed's seconds per stage as its ``summary.json`` recorded them (the run that
+finished the stage; a stage resumed after a stop counts only its last part).
 
 Headline numbers (``--match``, a regex on "model | protocol/column"): verification clean and
 occluded mean, AR-style P2, the real AR photos with the detector's location (among the
@@ -31,6 +35,8 @@ import sys
 from absl import app, flags
 import numpy as np
 
+from pdsn_jax import stages  # noqa: F401  (registers the stages, for their order)
+from pdsn_jax.run import stage as stage_lib
 from pdsn_jax.run import workdir as workdir_lib
 from pdsn_jax.evaluation import stats
 
@@ -87,10 +93,11 @@ def table(results: dict, match: str) -> str:
   return "\n".join([head, "|" + "---|" * (3 + len(seeds))] + rows)
 
 
-def pooled_table(hits: dict, pair: str, match: str) -> str:
+def pooled_table(hits: dict, pair: str, match: str, min_seeds: int = 3) -> str:
   """Markdown: per column, A and B (mean over seeds), each seed's A - B, and A - B pooled over
   the seeds with its stratified 95% interval (points); ``hits``: seed -> {"row|column": bool
-  per probe} (each seed's ``evaluate/hits.npz``)."""
+  per probe} (each seed's ``evaluate/hits.npz``). With fewer than ``min_seeds`` seeds an
+  interval that excludes 0 is not a claim: it reads "ahead in N seed(s)", never "beats"."""
   a, b = pair.split(":")
   seeds = sorted(hits)
   keys = [k[len(a) + 1:] for k in hits[seeds[0]] if k.startswith(f"{a}|")]
@@ -104,6 +111,9 @@ def pooled_table(hits: dict, pair: str, match: str) -> str:
     mean = lambda m: 100 * np.mean([np.mean(hits[s][f"{m}|{key}"]) for s in seeds])  # noqa: E731
     word = {"ahead": "**beats**", "behind": "below", "within noise": "within noise"}[
         stats.verdict(r)]
+    if len(seeds) < min_seeds and word != "within noise":
+      word = (f"{'ahead' if word == '**beats**' else 'below'} in {len(seeds)} seed"
+              f"{'s' if len(seeds) > 1 else ''} (a claim needs {min_seeds})")
     rows.append(f"| {key} | {mean(a):.2f} | {mean(b):.2f} | "
                 + " | ".join(f"{100 * d:+.1f}" for d in r["per_seed"])
                 + f" | {100 * r['diff']:+.1f} [{100 * r['lo']:+.1f}, {100 * r['hi']:+.1f}] | "
@@ -114,6 +124,32 @@ def pooled_table(hits: dict, pair: str, match: str) -> str:
                     "each seed's difference; the pooled difference with its 95% interval, a "
                     "bootstrap over the probes stratified by seed; points):", "", head,
                     "|" + "---|" * (5 + len(seeds))] + rows)
+
+
+def timing_table(runs: dict) -> str:
+  """Markdown: each seed's minutes per stage (``summary.json``'s ``seconds_this_run`` or
+  ``seconds``; "from step N" where that run resumed a stopped one) and their sum; ``runs``:
+  seed -> run folder."""
+  seeds = sorted(runs)
+  rows, totals = [], {s: 0.0 for s in seeds}
+  for stage in stage_lib.registered().values():
+    for folder in stage.folders:
+      secs = {}
+      for s in seeds:
+        summary = workdir_lib.read_summary(runs[s], folder)
+        sec = summary.get("seconds_this_run", summary.get("seconds"))
+        if sec is not None:
+          start = summary.get("started_at_step", 0)
+          secs[s] = f"{sec / 60:.1f}" + (f" (from step {start})" if start else "")
+          totals[s] += float(sec)
+      if secs:
+        rows.append(f"| {folder} | " + " | ".join(secs.get(s, "-") for s in seeds) + " |")
+  head = "| stage | " + " | ".join(f"seed {s}" for s in seeds) + " |"
+  total = "| **sum** | " + " | ".join(f"**{totals[s] / 60:.1f}**" for s in seeds) + " |"
+  return "\n".join(["Minutes per stage (each stage's summary.json; a stage resumed after a "
+                    "stop counts only the run that finished it, from the step it names):", "",
+                    head,
+                    "|" + "---|" * (1 + len(seeds))] + rows + [total])
 
 
 def read_hits(run: str) -> dict:
@@ -135,11 +171,12 @@ def define_flags() -> None:
   flags.DEFINE_bool("report_only", False, "Only read finished runs.")
   flags.DEFINE_string("paired", "PDSN + fine-tune:Baseline",
                                 "A:B, two model rows pooled over the seeds ('' for none).")
+  flags.DEFINE_integer("min_seeds", 3, "Fewest seeds whose pooled interval may say 'beats'.")
 
 
 def main(argv):
   extra = [a for a in argv[1:] if a != "--"]
-  results, hits = {}, {}
+  results, hits, runs = {}, {}, {}
   root = flags.FLAGS.root
   for seed in [int(s) for s in flags.FLAGS.seeds]:
     wd = os.path.join(root, f"seed_{seed}")
@@ -149,13 +186,16 @@ def main(argv):
       print("+", " ".join(cmd), flush=True)
       subprocess.run(cmd, cwd=REPO, check=True)
     run = wd if os.path.isabs(wd) else os.path.join(REPO, wd)
+    runs[seed] = run
     with open(workdir_lib.results_files(run)[1], encoding="utf-8") as f:
       results[seed] = json.load(f)
     if flags.FLAGS.paired:
       hits[seed] = read_hits(run)
   text = table(results, flags.FLAGS.match)
   if flags.FLAGS.paired:
-    text += "\n\n" + pooled_table(hits, flags.FLAGS.paired, flags.FLAGS.match)
+    text += "\n\n" + pooled_table(hits, flags.FLAGS.paired, flags.FLAGS.match,
+                                   flags.FLAGS.min_seeds)
+  text += "\n\n" + timing_table(runs)
   print(text)
   out = os.path.join(root, "seeds.md")
   with open(out, "w", encoding="utf-8") as f:

@@ -377,3 +377,6 @@ def test_a_rerun_keeps_what_the_first_run_measured(tmp_path, tiny_run):
   helpers.run_main(wd, "--config.stages=trunk")
   again = workdir_lib.read_summary(wd, "trunk")
   assert again["heldout_verification_at_start"] == first["heldout_verification_at_start"]
+  # the probe: a complete stage's rerun wrote its few seconds as the stage's training time
+  assert again["seconds_this_run"] == first["seconds_this_run"] > 0
+  assert again["started_at_step"] == first["started_at_step"] == 0

@@ -1,5 +1,7 @@
 """benchmarks/seeds.py: the headline numbers of a results.json row and their spread over seeds."""
 
+import json
+
 import chex
 import numpy as np
 import pytest
@@ -77,3 +79,33 @@ def test_pooled_table_says_beats_only_where_the_pooled_interval_is_above_zero():
 def test_a_run_without_hits_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"hits.npz not found: evaluate that run again"):
     seeds.read_hits(str(tmp_path))
+
+
+def test_fewer_seeds_than_a_claim_needs_never_say_beats():
+  rng = np.random.default_rng(0)
+  base = rng.random(200) < 0.5
+  better = base | (rng.random(200) < 0.3)
+  hits = {0: {"A|ar_real/detector/p1/sunglasses": better,
+              "B|ar_real/detector/p1/sunglasses": base,
+              "A|ar_real/detector/p1/scarf": base, "B|ar_real/detector/p1/scarf": better}}
+  text = seeds.pooled_table(hits, "A:B", r"ar_real/")
+  assert "beats" not in text
+  assert "| ahead in 1 seed (a claim needs 3) |" in text
+  assert "| below in 1 seed (a claim needs 3) |" in text
+  assert "**beats**" in seeds.pooled_table(hits, "A:B", r"ar_real/", min_seeds=1)
+
+
+def test_timing_table_reads_each_stages_summary_and_marks_a_resumed_one(tmp_path):
+  runs = {}
+  for seed, (trunk, start) in enumerate(((120.0, 0), (30.0, 101))):
+    run = tmp_path / f"seed_{seed}"
+    for stage, summary in (("trunk", {"seconds_this_run": trunk, "started_at_step": start}),
+                           ("dictionary", {"seconds": 60.0})):
+      (run / stage).mkdir(parents=True)
+      (run / stage / "summary.json").write_text(json.dumps(summary))
+    runs[seed] = str(run)
+  text = seeds.timing_table(runs)
+  assert "| trunk | 2.0 | 0.5 (from step 101) |" in text
+  assert "| dictionary | 1.0 | 1.0 |" in text
+  assert "| **sum** | **3.0** | **1.5** |" in text
+  assert "pdsn" not in text  # no summary, no row

@@ -269,8 +269,9 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage: stage_lib.
     mgr.close()
     writer.close()
   summary = {"stage": name, "data": getattr(train_src, "description", ""), "steps": steps,
-             "seconds_this_run": round(time.time() - t0, 1),
              "provenance": record["fingerprint"]}
+  if start < end:  # a run that trained: a complete stage's rerun keeps the time that trained it
+    summary.update(seconds_this_run=round(time.time() - t0, 1), started_at_step=start)
   summary.update(plan.summary(results) if plan.summary is not None else {})
   # a resumed or skipped run measures less (no evaluation at step 0): what an earlier run of
   # the same outputs measured stays in the summary
