@@ -14,7 +14,11 @@ Prints two tables for a run with a trunk and a dictionary (no score of any proto
 * the trained generators' own masks on ``--faces`` training faces occluded on one block (stage
   II's pairs): quantiles and the shares above 0.9 and below 0.1. Saturated single masks whose
   mean is soft would mean the pairs disagree; soft single masks mean the generators never
-  saturate.
+  saturate;
+* the generators' BatchNorm just before the sigmoid, over 9 x C channels: its scale gamma and
+  shift beta. BatchNorm standardises each channel's logits, so their spread is about |gamma|:
+  a mask saturates (sigmoid > 0.9 needs a logit above 2.2) only where gamma grew well past
+  its starting 1 or beta moved up.
 """
 
 import numpy as np
@@ -93,6 +97,18 @@ def main(argv):
 
   gens = builders.generators(config, False)
   gvars = workdir_lib.load(run, workdir_lib.PDSN)
+  if gvars is None:
+    raise app.UsageError(f"{run} has no pdsn (stage I) checkpoint")
+  bn = gvars["params"]["generators"]["bn"]
+  print("\nthe generators' BatchNorm before the sigmoid, over "
+        f"{np.asarray(bn['scale']).size} channels (starting values: gamma 1, beta "
+        f"{config.pdsn.get('mask_bias_init', 0.0):g})")
+  print("| parameter | mean | 10% | median | 90% | min | max |")
+  print("|---|---:|---:|---:|---:|---:|---:|")
+  for name, key in (("gamma (scale)", "scale"), ("beta (shift)", "bias")):
+    a = np.asarray(bn[key])
+    print(f"| {name} | {a.mean():.3f} | {np.quantile(a, 0.1):.3f} | {np.median(a):.3f} | "
+          f"{np.quantile(a, 0.9):.3f} | {a.min():.3f} | {a.max():.3f} |")
   masks_fn = jax.jit(lambda v, b: gens.apply(v, jnp.abs(b[1] - b[0][None]), False))
   feats = jax.jit(lambda t, b: builders.frozen_features(t, b, net))
   batches = pdsn_probe.probe_batches(config, src, n, min(fl.batch, n), 0.0)
