@@ -149,7 +149,8 @@ def get_config() -> ml_collections.ConfigDict:
       source="online",
       loss="paper",  # "paper": CE(occluded) + lambda*L1; "released": 0.5 CE(clean) + 0.5 CE(occ)
       differential=True,  # False: Table 3's ablation, input U(x_j) and lambda taken as 0
-      mask_bias_init=0.0)  # generators' last BN shift at start: first masks ~sigmoid(this)
+      mask_bias_init=0.0,  # generators' last BN shift at start: first masks ~sigmoid(this)
+      mask_scale_init=1.0)  # its scale at start: the spread of the masks' logits
 
   # Stage III fine-tuning and the Baseline: same budget, same occluded faces (finetune.py).
   c.finetune = common.training(

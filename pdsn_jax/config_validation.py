@@ -44,7 +44,7 @@ _POSITIVE = ("model.width", "model.embedding_dim", "eval.num_pairs", "cosface.sc
              "dictionary.pairs_per_block", "eval.ar_gallery_images", "detector.input_scale",
              "detector.heldout_every", "detector.eval_images", "eval.gallery_shard_size",
              "pdsn.scale_batches", "pdsn.reuse", "face_finder.eval_images", "bank.variants",
-             "bank.batch_size", "bank.shard_faces")
+             "bank.batch_size", "bank.shard_faces", "pdsn.mask_scale_init")
 _NON_NEGATIVE = ("trunk.momentum", "trunk.warmup_steps", "model.dropout", "cosface.margin",
                  "data.num_workers", "eval.num_distractors", "pdsn.converge_pairs",
                  "eval.bottom_cache_gib")

@@ -8,6 +8,7 @@ import ml_collections
 
 from pdsn_jax import config_validation
 from pdsn_jax.run import files
+from pdsn_jax.run import provenance
 from pdsn_jax.run import workdir as workdir_lib
 
 # Before each protocol carried its own settings (eval.protocols was a list of names), these
@@ -22,10 +23,23 @@ _MOVED = {
 }
 
 
+def _added(raw: dict) -> dict:
+  """``raw`` with every field added since (``provenance.ADDED``) that its section lacks, at the
+  value that reproduces what such a run did."""
+  out = dict(raw)
+  for dotted, value in provenance.ADDED.items():
+    section, key = dotted.split(".")
+    if isinstance(out.get(section), dict) and key not in out[section]:
+      out[section] = {**out[section], key: value}
+  return out
+
+
 def upgrade(raw: dict) -> dict:
   """A run's config as written before protocols carried their settings, in today's layout
-  (the moved ``eval`` fields into ``eval.protocols.<name>``); a current one unchanged. The AR
-  protocol of such a run scored every subject, so its ``subjects`` says "all"."""
+  (the moved ``eval`` fields into ``eval.protocols.<name>``), and with the fields added since
+  at their old behaviour's values; a current one unchanged. The AR protocol of such a run
+  scored every subject, so its ``subjects`` says "all"."""
+  raw = _added(raw)
   ev = raw.get("eval")
   if not isinstance(ev, dict) or not isinstance(ev.get("protocols"), list):
     return raw

@@ -186,3 +186,19 @@ def test_the_readme_gives_each_configs_cost_as_its_docstring_does():
   assert set(rows) == set(CONFIGS), sorted(set(rows) ^ set(CONFIGS))
   for name in CONFIGS:
     assert rows[name].strip() == _docstring_cost(name), name
+
+
+def test_a_run_made_before_a_field_existed_reads_it_at_its_old_behaviour(tmp_path):
+  """The probe: a run's config.json without pdsn.mask_scale_init (or the detector's AR fields)
+  failed validation with a bare KeyError, so no command could read that run."""
+  from configs import real_mobilefacenet  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import run_config  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.run import provenance  # pylint: disable=g-import-not-at-top
+  old = real_mobilefacenet.get_config().to_dict()
+  for dotted in provenance.ADDED:
+    section, key = dotted.split(".")
+    del old[section][key]
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  c = run_config.load_config(str(tmp_path))
+  assert c.pdsn.mask_scale_init == 1.0 and c.pdsn.source == "online"
+  assert c.detector.ar_share == 0.0 and tuple(c.detector.ar_subjects) == ()

@@ -144,6 +144,22 @@ def _ce_by_hand(emb, kernel, labels, scale=30.0, margin=0.35):
   return float(np.mean(lse - logits[np.arange(len(labels)), labels]))
 
 
+def test_the_bn_scale_start_sets_the_spread_of_the_masks():
+  """BN standardises the logits, so their spread is the scale: a larger start reaches near 0
+  and 1 where the default's masks stay soft (docs/results.md, Table 2's soft masks)."""
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 7, 6, 16)), jnp.float32)
+  shares = {}
+  for scale in (1.0, 4.0):
+    gens = StackedMaskGenerators(2, scale_init=scale)
+    v = gens.init(jax.random.key(0), x)
+    chex.assert_trees_all_close(v["params"]["generators"]["bn"]["scale"],
+                                jnp.full((2, 16), scale))
+    m, _ = gens.apply(v, x, True, mutable=["batch_stats"])
+    shares[scale] = float(jnp.mean((m > 0.9) | (m < 0.1)))
+  # standard normal logits: 2 * P(z > 2.2) = 2.8% at scale 1; 2 * P(z > 0.55) = 58% at 4
+  assert shares[1.0] < 0.06 and shares[4.0] > 0.5
+
+
 @pytest.mark.slow
 def test_pdsn_loss_by_hand_both_variants():
   """CE on F(m * U(x_j)) (the occluded branch), the L1 a mean over every element, lambda 10;

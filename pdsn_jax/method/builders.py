@@ -42,7 +42,7 @@ def classifier(config: ml_collections.ConfigDict, num_classes: int) -> CosFaceHe
 def generators(config: ml_collections.ConfigDict, train: bool) -> StackedMaskGenerators:
   """The 9 mask generators as one stacked module (stage I's model; stage II runs it)."""
   return StackedMaskGenerators(len(occlusion.CENTRAL_BLOCKS), parallel.AXIS if train else None,
-                               config.pdsn.mask_bias_init)
+                               config.pdsn.mask_bias_init, config.pdsn.mask_scale_init)
 
 
 def detector(config: ml_collections.ConfigDict, train: bool) -> OcclusionDetector:

@@ -37,10 +37,14 @@ class MaskGenerator(nn.Module):
   ``bias_init``: the BN shift before the sigmoid starts here, so the first masks are about
   sigmoid(bias_init) (0: 0.5 everywhere, which halves U and makes F's classification poor
   until the shift has been learned; 2: about 0.88, "keep almost everything").
+  ``scale_init``: the BN scale's start. BN standardises each channel's logits, so their spread
+  is about this scale: at 1 a mask reaches 0.9 only 2.2 standard deviations above the shift,
+  and stage I leaves the scale near where it starts (docs/results.md, Table 2's soft masks).
   """
 
   bn_axis_name: Any = None
   bias_init: float = 0.0
+  scale_init: float = 1.0
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -48,7 +52,8 @@ class MaskGenerator(nn.Module):
     y = Conv3x3(c, name="conv")(x)
     y = PReLU(name="prelu")(y)
     y = nn.BatchNorm(momentum=0.9, epsilon=1e-5, axis_name=self.bn_axis_name,
-                     bias_init=nn.initializers.constant(self.bias_init), name="bn")(
+                     bias_init=nn.initializers.constant(self.bias_init),
+                     scale_init=nn.initializers.constant(self.scale_init), name="bn")(
         y, use_running_average=not train)
     return nn.sigmoid(y)
 
@@ -62,10 +67,12 @@ class StackedMaskGenerators(nn.Module):
   num: int = 9
   bn_axis_name: Any = None
   bias_init: float = 0.0
+  scale_init: float = 1.0
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     vmapped = nn.vmap(
         MaskGenerator, variable_axes={"params": 0, "batch_stats": 0},
         split_rngs={"params": True}, in_axes=(0, None), out_axes=0, axis_size=self.num)
-    return vmapped(self.bn_axis_name, self.bias_init, name="generators")(x, train)
+    return vmapped(self.bn_axis_name, self.bias_init, self.scale_init, name="generators")(
+        x, train)

@@ -68,7 +68,8 @@ UNRECORDED = {
 # Fields added after runs were made, with the value that reproduces those runs: a record without
 # one reads as holding it, so a finished run stays fresh until the field is set otherwise.
 ADDED = {"pdsn.source": "online", "dictionary.source": "online", "detector.ar_share": 0.0,
-         "detector.ar_root": "", "detector.ar_subjects": [], "detector.ar_alignment": "landmarks"}
+         "detector.ar_root": "", "detector.ar_subjects": [], "detector.ar_alignment": "landmarks",
+         "pdsn.mask_scale_init": 1.0}
 
 
 class StaleStage(RuntimeError):

@@ -240,4 +240,5 @@ STAGE = stage_lib.Stage(
     stream=stage_lib.Stream(data_offset=2, init_fold=None),
     depends_on=stage_lib.BASE + ("model", "dictionary") + stage_lib.OCCLUDERS,
     # it rebuilds the generators the pdsn stage trained
-    through_upstream=("pdsn.differential", "pdsn.mask_bias_init"))
+    through_upstream=("pdsn.differential", "pdsn.mask_bias_init",
+                      "pdsn.mask_scale_init"))
