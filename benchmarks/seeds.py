@@ -1,6 +1,7 @@
 """The spread over training seeds, and what holds over them: runs a config once per seed,
 prints the mean ± std of every headline number over the seeds, and each paired comparison
-pooled over the seeds (a markdown file, ROOT/seeds.md).
+pooled over the seeds (a markdown file, ROOT/seeds.md, and its picture, ROOT/seeds.png: each
+seed's difference and the pooled interval, one line per column).
 
   python -m benchmarks.seeds --config=configs/real_mobilefacenet.py --seeds=0,1,2 \\
       --root=runs/seeds [--match=REGEX] [--report_only] [-- --config.field=value ...]
@@ -36,6 +37,7 @@ from absl import app, flags
 import numpy as np
 
 from pdsn_jax import stages  # noqa: F401  (registers the stages, for their order)
+from pdsn_jax import visualize
 from pdsn_jax.run import stage as stage_lib
 from pdsn_jax.run import workdir as workdir_lib
 from pdsn_jax.evaluation import stats
@@ -93,11 +95,10 @@ def table(results: dict, match: str) -> str:
   return "\n".join([head, "|" + "---|" * (3 + len(seeds))] + rows)
 
 
-def pooled_table(hits: dict, pair: str, match: str, min_seeds: int = 3) -> str:
-  """Markdown: per column, A and B (mean over seeds), each seed's A - B, and A - B pooled over
-  the seeds with its stratified 95% interval (points); ``hits``: seed -> {"row|column": bool
-  per probe} (each seed's ``evaluate/hits.npz``). With fewer than ``min_seeds`` seeds an
-  interval that excludes 0 is not a claim: it reads "ahead in N seed(s)", never "beats"."""
+def pooled_rows(hits: dict, pair: str, match: str) -> list[dict]:
+  """Per column ``match`` selects: A and B (mean over seeds, %), and A - B (points) for each
+  seed and pooled with its stratified 95% interval; ``hits``: seed -> {"row|column": bool per
+  probe} (each seed's ``evaluate/hits.npz``)."""
   a, b = pair.split(":")
   seeds = sorted(hits)
   keys = [k[len(a) + 1:] for k in hits[seeds[0]] if k.startswith(f"{a}|")]
@@ -109,15 +110,28 @@ def pooled_table(hits: dict, pair: str, match: str, min_seeds: int = 3) -> str:
     pairs = [(hits[s][f"{a}|{key}"], hits[s][f"{b}|{key}"]) for s in seeds]
     r = stats.pooled_paired_bootstrap(pairs)
     mean = lambda m: 100 * np.mean([np.mean(hits[s][f"{m}|{key}"]) for s in seeds])  # noqa: E731
+    rows.append({"label": key, "a": mean(a), "b": mean(b), "verdict": stats.verdict(r),
+                 "per_seed": [100 * d for d in r["per_seed"]],
+                 **{k: 100 * r[k] for k in ("diff", "lo", "hi")}})
+  return rows
+
+
+def pooled_table(hits: dict, pair: str, match: str, min_seeds: int = 3) -> str:
+  """Markdown of ``pooled_rows``: per column, A and B, each seed's A - B, the pooled A - B with
+  its interval and the verdict. With fewer than ``min_seeds`` seeds an interval that excludes
+  0 is not a claim: it reads "ahead in N seed(s)", never "beats"."""
+  a, b = pair.split(":")
+  seeds = sorted(hits)
+  rows = []
+  for r in pooled_rows(hits, pair, match):
     word = {"ahead": "**beats**", "behind": "below", "within noise": "within noise"}[
-        stats.verdict(r)]
+        r["verdict"]]
     if len(seeds) < min_seeds and word != "within noise":
       word = (f"{'ahead' if word == '**beats**' else 'below'} in {len(seeds)} seed"
               f"{'s' if len(seeds) > 1 else ''} (a claim needs {min_seeds})")
-    rows.append(f"| {key} | {mean(a):.2f} | {mean(b):.2f} | "
-                + " | ".join(f"{100 * d:+.1f}" for d in r["per_seed"])
-                + f" | {100 * r['diff']:+.1f} [{100 * r['lo']:+.1f}, {100 * r['hi']:+.1f}] | "
-                f"{word} |")
+    rows.append(f"| {r['label']} | {r['a']:.2f} | {r['b']:.2f} | "
+                + " | ".join(f"{d:+.1f}" for d in r["per_seed"])
+                + f" | {r['diff']:+.1f} [{r['lo']:+.1f}, {r['hi']:+.1f}] | {word} |")
   head = (f"| column | {a} | {b} | " + " | ".join(f"seed {s}" for s in seeds)
           + f" | {a} minus {b}, pooled | verdict |")
   return "\n".join([f"{a} against {b} over seeds {', '.join(map(str, seeds))} (mean over seeds; "
@@ -195,6 +209,15 @@ def main(argv):
   if flags.FLAGS.paired:
     text += "\n\n" + pooled_table(hits, flags.FLAGS.paired, flags.FLAGS.match,
                                    flags.FLAGS.min_seeds)
+    rows = pooled_rows(hits, flags.FLAGS.paired, flags.FLAGS.match)
+    if rows:
+      a, b = flags.FLAGS.paired.split(":")
+      figure = visualize.forest_figure(
+          rows, os.path.join(root, "seeds.png"),
+          f"{a} minus {b}, points: each seed (grey), pooled over seeds "
+          f"{', '.join(flags.FLAGS.seeds)} with its 95% interval",
+          claims=len(hits) >= flags.FLAGS.min_seeds)
+      text += f"\n\nFigure: {figure} (research-only data: keep it with the runs)."
   text += "\n\n" + timing_table(runs)
   print(text)
   out = os.path.join(root, "seeds.md")

@@ -251,6 +251,42 @@ def probes_figure(sets, flags: dict, path: str, num: int = 4) -> str:
   return save_with_header(np.concatenate(rows, 0), ["clean"] + list(sets.occluded_second), path)
 
 
+def forest_figure(rows: list[dict], path: str, title: str, claims: bool = True) -> str:
+  """A paired comparison over seeds, one line per row: each seed's difference (small grey
+  dots), the pooled difference (a black dot) and its 95% interval (a bar; green when above 0,
+  red when below, grey for both when ``claims`` is False: too few seeds), 0 marked. ``rows``:
+  {"label", "per_seed", "diff", "lo", "hi"} in points."""
+  left, width, line, top = 330, 360, 16, 34
+  vals = [v for r in rows for v in (r["lo"], r["hi"], *r["per_seed"])] + [0.0]
+  lo, hi = min(vals), max(vals)
+  pad = max(0.5, 0.05 * (hi - lo))
+  lo, hi = lo - pad, hi + pad
+  to_x = lambda v: left + int((v - lo) / (hi - lo) * width)  # noqa: E731
+  img = Image.new("RGB", (left + width + 20, top + line * len(rows) + 30), (255, 255, 255))
+  d = ImageDraw.Draw(img)
+  d.text((5, 5), title, fill=(0, 0, 0))
+  step = max(1, int(np.ceil((hi - lo) / 8)))
+  for t in range(int(np.ceil(lo)), int(np.floor(hi)) + 1):
+    if t % step == 0:
+      x = to_x(t)
+      d.line([x, top - 4, x, top + line * len(rows)],
+             fill=(120, 120, 120) if t == 0 else (230, 230, 230))
+      d.text((x - 6, top + line * len(rows) + 4), f"{t:+d}" if t else "0", fill=(0, 0, 0))
+  for i, r in enumerate(rows):
+    y = top + i * line + line // 2
+    d.text((5, y - 6), r["label"], fill=(0, 0, 0))
+    colour = (90, 90, 90)
+    if claims and (r["lo"] > 0 or r["hi"] < 0):
+      colour = (40, 150, 60) if r["lo"] > 0 else (200, 40, 40)
+    d.line([to_x(r["lo"]), y, to_x(r["hi"]), y], fill=colour, width=3)
+    for v in r["per_seed"]:
+      d.ellipse([to_x(v) - 2, y - 6, to_x(v) + 2, y - 2], fill=(150, 150, 150))
+    d.ellipse([to_x(r["diff"]) - 3, y - 3, to_x(r["diff"]) + 3, y + 3], fill=(0, 0, 0))
+  with files.atomic_path(path) as tmp:  # never half a picture
+    img.save(tmp)
+  return path
+
+
 def bar_figure(models: dict, path: str, lo: float = 0.5) -> str:
   """Grouped bars: verification accuracy per condition (clean + occluded), one bar per model."""
   conds = ["clean"] + list(next(iter(models.values()))["occluded"])

@@ -109,3 +109,15 @@ def test_timing_table_reads_each_stages_summary_and_marks_a_resumed_one(tmp_path
   assert "| dictionary | 1.0 | 1.0 |" in text
   assert "| **sum** | **3.0** | **1.5** |" in text
   assert "pdsn" not in text  # no summary, no row
+
+
+def test_the_forest_figure_colours_an_interval_only_when_it_is_a_claim(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import visualize  # pylint: disable=g-import-not-at-top
+  rows = [{"label": "ahead", "per_seed": [2.0, 3.0, 4.0], "diff": 3.0, "lo": 1.0, "hi": 5.0},
+          {"label": "level", "per_seed": [-1.0, 0.0, 1.0], "diff": 0.0, "lo": -2.0, "hi": 2.0}]
+  green = lambda im: int(np.sum(np.all(np.asarray(im) == (40, 150, 60), -1)))  # noqa: E731
+  claim = Image.open(visualize.forest_figure(rows, str(tmp_path / "a.png"), "t"))
+  none = Image.open(visualize.forest_figure(rows, str(tmp_path / "b.png"), "t", claims=False))
+  assert claim.size == none.size and claim.height > 2 * 16
+  assert green(claim) > 50 and green(none) == 0
