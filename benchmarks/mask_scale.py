@@ -18,7 +18,7 @@ Prints two tables for a run with a trunk and a dictionary (no score of any proto
 * the generators' BatchNorm just before the sigmoid, over 9 x C channels: its scale gamma and
   shift beta. BatchNorm standardises each channel's logits, so their spread is about |gamma|:
   a mask saturates (sigmoid > 0.9 needs a logit above 2.2) only where gamma grew well past
-  its starting 1 or beta moved up.
+  its start (``pdsn.mask_scale_init``) or beta moved up.
 """
 
 import numpy as np
@@ -101,8 +101,8 @@ def main(argv):
     raise app.UsageError(f"{run} has no pdsn (stage I) checkpoint")
   bn = gvars["params"]["generators"]["bn"]
   print("\nthe generators' BatchNorm before the sigmoid, over "
-        f"{np.asarray(bn['scale']).size} channels (starting values: gamma 1, beta "
-        f"{config.pdsn.get('mask_bias_init', 0.0):g})")
+        f"{np.asarray(bn['scale']).size} channels (starting values: gamma "
+        f"{config.pdsn.mask_scale_init:g}, beta {config.pdsn.mask_bias_init:g})")
   print("| parameter | mean | 10% | median | 90% | min | max |")
   print("|---|---:|---:|---:|---:|---:|---:|")
   for name, key in (("gamma (scale)", "scale"), ("beta (shift)", "bias")):

@@ -116,14 +116,16 @@ def pooled_rows(hits: dict, pair: str, match: str) -> list[dict]:
   return rows
 
 
-def pooled_table(hits: dict, pair: str, match: str, min_seeds: int = 3) -> str:
-  """Markdown of ``pooled_rows``: per column, A and B, each seed's A - B, the pooled A - B with
-  its interval and the verdict. With fewer than ``min_seeds`` seeds an interval that excludes
-  0 is not a claim: it reads "ahead in N seed(s)", never "beats"."""
+def pooled_table(hits: dict, pair: str, match: str, min_seeds: int = 3,
+                 pooled: list[dict] | None = None) -> str:
+  """Markdown of ``pooled_rows`` (``pooled``, computed when not given): per column, A and B,
+  each seed's A - B, the pooled A - B with its interval and the verdict. With fewer than
+  ``min_seeds`` seeds an interval that excludes 0 is not a claim: it reads "ahead in N
+  seed(s)", never "beats"."""
   a, b = pair.split(":")
   seeds = sorted(hits)
   rows = []
-  for r in pooled_rows(hits, pair, match):
+  for r in pooled if pooled is not None else pooled_rows(hits, pair, match):
     word = {"ahead": "**beats**", "behind": "below", "within noise": "within noise"}[
         r["verdict"]]
     if len(seeds) < min_seeds and word != "within noise":
@@ -207,9 +209,9 @@ def main(argv):
       hits[seed] = read_hits(run)
   text = table(results, flags.FLAGS.match)
   if flags.FLAGS.paired:
-    text += "\n\n" + pooled_table(hits, flags.FLAGS.paired, flags.FLAGS.match,
-                                   flags.FLAGS.min_seeds)
     rows = pooled_rows(hits, flags.FLAGS.paired, flags.FLAGS.match)
+    text += "\n\n" + pooled_table(hits, flags.FLAGS.paired, flags.FLAGS.match,
+                                   flags.FLAGS.min_seeds, rows)
     if rows:
       a, b = flags.FLAGS.paired.split(":")
       figure = visualize.forest_figure(
