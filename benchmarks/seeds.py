@@ -24,7 +24,10 @@ finished the stage; a stage resumed after a stop counts only its last part).
 
 Headline numbers (``--match``, a regex on "model | protocol/column"): verification clean and
 occluded mean, AR-style P2, the real AR photos with the detector's location (among the
-distractors too), and LFW rank-1 at every distractor, detector-located.
+distractors too), and LFW rank-1 at every distractor, detector-located. The ``ar_real``
+numbers are read from each run's ``results.json`` and ``hits.npz``, never from AR photos: only
+the evaluation's ``ar_real`` protocol reads AR's test subjects (27-50); development subjects
+are 1-26.
 """
 
 import json
