@@ -1,7 +1,7 @@
 """Why soft masks lose to binary ones (issue 36, Table 2): how much stage I's cross-entropy cares
 about the scale of the masked U, and how far the dictionary's kept entries are from 1.
 
-  python -m benchmarks.mask_scale RUN [--faces=256]
+  python -m benchmarks.mask_scale RUN [--faces=256] [--figure=masks.png]
 
 Prints two tables for a run with a trunk and a dictionary (no score of any protocol):
 * for c in --scales: the trunk classifier's cross-entropy of F(c U) on ``--faces`` training
@@ -31,6 +31,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("faces", 256, "training faces")
   flags.DEFINE_list("scales", ["1", "0.75", "0.5", "0.3", "0.2", "0.1"], "mask scales c")
   flags.DEFINE_integer("batch", 32, "faces per forward")
+  flags.DEFINE_string("figure", "", "also write the two mask distributions (the generators' "
+                      "own, the dictionary's kept means) to this PNG")
 
 
 def main(argv):
@@ -39,7 +41,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  from pdsn_jax import run_config  # pylint: disable=g-import-not-at-top
+  from pdsn_jax import run_config, visualize  # pylint: disable=g-import-not-at-top
   from pdsn_jax.data import sources  # pylint: disable=g-import-not-at-top
   from pdsn_jax.method import builders, fdm, pdsn_probe  # pylint: disable=g-import-not-at-top
   from pdsn_jax.run import checkpointing  # pylint: disable=g-import-not-at-top
@@ -119,6 +121,11 @@ def main(argv):
   print("|---:|---:|---:|---:|---:|")
   print(f"| {np.quantile(masks, 0.1):.3f} | {np.median(masks):.3f} | {np.quantile(masks, 0.9):.3f} "
         f"| {(masks > 0.9).mean():.3f} | {(masks < 0.1).mean():.3f} |")
+  if fl.figure:
+    print("\nwrote " + visualize.histogram_figure(
+        {f"generators' own masks ({masks.shape[1]} faces x 9 blocks)": masks,
+         "dictionary's mean masks, kept entries": allk}, fl.figure,
+        f"{run}: mask values (gamma starts at {config.pdsn.mask_scale_init:g})"))
 
 
 if __name__ == "__main__":

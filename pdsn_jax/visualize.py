@@ -315,3 +315,39 @@ def bar_figure(models: dict, path: str, lo: float = 0.5) -> str:
   with files.atomic_path(path) as tmp:  # never half a picture
     img.save(tmp)
   return path
+
+
+def histogram_figure(series: dict, path: str, title: str, bins: int = 20) -> str:
+  """Distributions of values in [0, 1] (masks), one outlined histogram per named series, each
+  bar the share of its values in that bin, so series of different sizes compare."""
+  left, width, height, top = 50, 400, 200, 30
+  edges = np.linspace(0.0, 1.0, bins + 1)
+  shares = {n: np.histogram(np.clip(np.ravel(v), 0, 1), edges)[0] / max(np.size(v), 1)
+            for n, v in series.items()}
+  peak = max(max(float(s.max()) for s in shares.values()), 1e-9)
+  img = Image.new("RGB", (left + width + 20, top + height + 40 + 14 * len(series)),
+                  (255, 255, 255))
+  d = ImageDraw.Draw(img)
+  d.text((5, 5), title, fill=(0, 0, 0))
+  for t in range(5):
+    y = top + height - int(height * t / 4)
+    d.line([left, y, left + width, y], fill=(225, 225, 225))
+    d.text((5, y - 6), f"{100 * peak * t / 4:.0f}%", fill=(0, 0, 0))
+  for t in range(0, bins + 1, bins // 4 or 1):
+    d.text((left + int(width * t / bins) - 8, top + height + 4), f"{edges[t]:.2f}",
+           fill=(0, 0, 0))
+  bw = width / bins
+  for i, (name, s) in enumerate(shares.items()):
+    colour = _CURVE_COLOURS[i % len(_CURVE_COLOURS)]
+    for b, v in enumerate(s):  # outlines, so every series stays visible where they overlap
+      if v == 0:
+        continue
+      y = top + height - int(height * v / peak)
+      d.rectangle([left + int(b * bw) + i, y, left + int((b + 1) * bw) - 1, top + height],
+                  outline=colour)
+    y = top + height + 22 + 14 * i
+    d.rectangle([left, y, left + 10, y + 10], fill=colour)
+    d.text((left + 16, y - 1), name, fill=(0, 0, 0))
+  with files.atomic_path(path) as tmp:  # never half a picture
+    img.save(tmp)
+  return path
