@@ -332,7 +332,7 @@ def histogram_figure(series: dict, path: str, title: str, bins: int = 20) -> str
   for t in range(5):
     y = top + height - int(height * t / 4)
     d.line([left, y, left + width, y], fill=(225, 225, 225))
-    d.text((5, y - 6), f"{100 * peak * t / 4:.0f}%", fill=(0, 0, 0))
+    d.text((5, y - 6), f"{100 * peak * t / 4:.1f}%", fill=(0, 0, 0))
   for t in range(0, bins + 1, bins // 4 or 1):
     d.text((left + int(width * t / bins) - 8, top + height + 4), f"{edges[t]:.2f}",
            fill=(0, 0, 0))
