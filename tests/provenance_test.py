@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from pdsn_jax import stages  # noqa: F401  (registers the built-in stages the records name)
 from pdsn_jax.method import fdm
 from pdsn_jax.run import files, provenance
 from tests import helpers
@@ -203,3 +204,31 @@ def test_a_record_from_before_split_by_globs_stays_fresh_and_still_sees_the_swit
   assert provenance.stale(c, wd, "dictionary") == []
   c.occlusion.splits.test = ("sunglasses/*",)  # the first glob: the train split changes
   assert any(provenance.SPLIT_BY_GLOBS in w for w in provenance.stale(c, wd, "pdsn"))
+
+
+def test_a_record_from_before_a_field_was_added_keeps_its_fingerprint_and_its_downstream(
+    tmp_path):
+  """A reused stage whose record lacks a field added since (``provenance.ADDED``) must keep its
+  record: rewriting it with the field would move its fingerprint, and every stage downstream
+  would then read as made from another upstream and be made again (as the headline run's
+  dictionary was, once ``pdsn.mask_scale_init`` was added)."""
+  wd, c = str(tmp_path), tiny.get_config()
+  _chain(c, wd)
+  old = {}
+  for name, field in (("pdsn", "pdsn.mask_scale_init"), ("dictionary", "pdsn.mask_scale_init")):
+    path = os.path.join(wd, name, provenance.RECORD)
+    rec = json.load(open(path))
+    rec["fields"].pop(field, None)
+    if name == "dictionary":
+      rec["upstream"]["pdsn"] = old["pdsn"]
+    rec["fingerprint"] = provenance._fingerprint(rec)  # pylint: disable=protected-access
+    old[name] = rec["fingerprint"]
+    for f in (provenance.RECORD, provenance.COPY):
+      json.dump(rec, open(os.path.join(wd, name, f), "w"))
+  assert c.pdsn.mask_scale_init == provenance.ADDED["pdsn.mask_scale_init"]
+  again = _chain(c, wd)
+  assert sorted(os.listdir(wd)) == ["dictionary", "pdsn", "trunk"]  # nothing moved aside
+  assert again["pdsn"]["fingerprint"] == old["pdsn"]
+  assert again["dictionary"]["fingerprint"] == old["dictionary"]
+  c.pdsn.mask_scale_init = 2.0  # and the field still counts once it is set otherwise
+  assert any("pdsn.mask_scale_init: 1.0 -> 2.0" in w for w in provenance.stale(c, wd, "pdsn"))

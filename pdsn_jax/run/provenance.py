@@ -246,11 +246,13 @@ def begin(config, workdir: str, name: str, kind: str, upstream=(), overrides: di
     logging.warning("[%s] %s: old outputs moved to %s; starting the stage again", name, why, dst)
     old = None
   if old is not None:
-    new["id"], new["created"] = old["id"], old["created"]
+    # reused as it was made: rewritten with a field added since (ADDED) its fingerprint would
+    # move, and every record downstream, which holds the old one, would read as stale
+    new = old
   else:
     new["id"] = uuid.uuid4().hex
     new["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-  new["fingerprint"] = _fingerprint(new)
+    new["fingerprint"] = _fingerprint(new)
   if jax.process_index() == 0:
     os.makedirs(workdir_lib.stage_dir(workdir, name), exist_ok=True)
     _write(workdir, name, new)
