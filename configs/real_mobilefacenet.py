@@ -19,9 +19,9 @@ Weights: ``$PDSN_MODELS/mobilefacenet_casia/068.ckpt`` (default ../shared/models
 use only, never committed), read without PyTorch. Data: ``$PDSN_DATA`` (default
 ../shared/data).
 
-Cost: 76 min on 2 CPU cores, measured alone 2026-12-03 on a machine on which stage I ran 1.5x
-as fast as today's (54.8 min for every stage but the face finder, 21 min for the face finder);
-`:headline` 54.4-55.1 min a seed, measured 2026-12-06 (per stage in docs/results.md).
+Cost: 85.6 min on 2 CPU cores, the stages' own times measured alone on one machine
+2026-12-05/06 (stage I 23.7, the face finder 21.8, the evaluation 16.6, the detector 10.3;
+per stage in docs/results.md); `:headline` 54.4-55.1 min a seed, measured 2026-12-06.
 
 Hygiene:
 * the occluder files are split three ways by source (``OCCLUDER_SPLITS``), so one source's
