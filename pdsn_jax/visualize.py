@@ -177,6 +177,14 @@ _CURVE_COLOURS = [(90, 90, 90), (230, 150, 40), (40, 110, 200), (40, 170, 90), (
                   (200, 40, 40), (120, 80, 30)]
 
 
+def _legend(d: ImageDraw.ImageDraw, names, x: int, y: int) -> None:
+  """One colour swatch and name per series, a line each from ``y`` down, in curve colours."""
+  for i, n in enumerate(names):
+    d.rectangle([x, y + 14 * i, x + 10, y + 14 * i + 10],
+                fill=_CURVE_COLOURS[i % len(_CURVE_COLOURS)])
+    d.text((x + 16, y + 14 * i - 1), n, fill=(0, 0, 0))
+
+
 def curve_figure(panels: dict, xs: list[int], path: str, title: str) -> str:
   """MegaFace's curve: one panel per key of ``panels`` ({panel: {series: [y per x]}}, y in
   [0, 1]), x = ``xs`` on a log axis (0 drawn at the left edge), one line per series."""
@@ -204,10 +212,7 @@ def curve_figure(panels: dict, xs: list[int], path: str, title: str) -> str:
     for mi, (name, ys) in enumerate(series.items()):
       pts = [(x0 + to_x(x), top + ph - int(y * ph)) for x, y in zip(xs, ys)]
       d.line(pts, fill=_CURVE_COLOURS[mi % len(_CURVE_COLOURS)], width=2)
-  for mi, n in enumerate(names):
-    y = top + ph + 24 + 14 * mi
-    d.rectangle([left, y, left + 10, y + 10], fill=_CURVE_COLOURS[mi % len(_CURVE_COLOURS)])
-    d.text((left + 16, y - 1), n, fill=(0, 0, 0))
+  _legend(d, names, left, top + ph + 24)
   with files.atomic_path(path) as tmp:  # never half a picture
     img.save(tmp)
   return path
@@ -308,10 +313,7 @@ def bar_figure(models: dict, path: str, lo: float = 0.5) -> str:
                   fill=_CURVE_COLOURS[mi % len(_CURVE_COLOURS)])
     d.text((x0, top + h + 4), c, fill=(0, 0, 0))
   d.text((5, 5), "verification accuracy, second image occluded", fill=(0, 0, 0))
-  for mi, n in enumerate(names):
-    y = top + h + 22 + 14 * mi
-    d.rectangle([60, y, 70, y + 10], fill=_CURVE_COLOURS[mi % len(_CURVE_COLOURS)])
-    d.text((76, y - 1), n, fill=(0, 0, 0))
+  _legend(d, names, 60, top + h + 22)
   with files.atomic_path(path) as tmp:  # never half a picture
     img.save(tmp)
   return path
@@ -337,7 +339,7 @@ def histogram_figure(series: dict, path: str, title: str, bins: int = 20) -> str
     d.text((left + int(width * t / bins) - 8, top + height + 4), f"{edges[t]:.2f}",
            fill=(0, 0, 0))
   bw = width / bins
-  for i, (name, s) in enumerate(shares.items()):
+  for i, s in enumerate(shares.values()):
     colour = _CURVE_COLOURS[i % len(_CURVE_COLOURS)]
     for b, v in enumerate(s):  # outlines, so every series stays visible where they overlap
       if v == 0:
@@ -345,9 +347,7 @@ def histogram_figure(series: dict, path: str, title: str, bins: int = 20) -> str
       y = top + height - int(height * v / peak)
       d.rectangle([left + int(b * bw) + i, y, left + int((b + 1) * bw) - 1, top + height],
                   outline=colour)
-    y = top + height + 22 + 14 * i
-    d.rectangle([left, y, left + 10, y + 10], fill=colour)
-    d.text((left + 16, y - 1), name, fill=(0, 0, 0))
+  _legend(d, shares, left, top + height + 22)
   with files.atomic_path(path) as tmp:  # never half a picture
     img.save(tmp)
   return path
