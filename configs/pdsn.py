@@ -150,7 +150,10 @@ def get_config() -> ml_collections.ConfigDict:
       loss="paper",  # "paper": CE(occluded) + lambda*L1; "released": 0.5 CE(clean) + 0.5 CE(occ)
       differential=True,  # False: Table 3's ablation, input U(x_j) and lambda taken as 0
       mask_bias_init=0.0,  # generators' last BN shift at start: first masks ~sigmoid(this)
-      mask_scale_init=1.0)  # its scale at start: the spread of the masks' logits
+      mask_scale_init=1.0,  # its scale at start: the spread of the masks' logits
+      # > 0: the generators stage II uses, and the overlap rule checks, are a running average
+      # of the trained ones over updates (this decay per update); 0: the trained ones
+      ema_decay=0.0)
 
   # Stage III fine-tuning and the Baseline: same budget, same occluded faces (finetune.py).
   c.finetune = common.training(

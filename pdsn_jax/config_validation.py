@@ -118,6 +118,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.dictionary.tau={config.dictionary.tau!r} must be in [0, 1)")
   if not 0 <= config.model.dropout < 1:
     raise ValueError(f"config.model.dropout={config.model.dropout!r} must be in [0, 1)")
+  if not 0 <= config.pdsn.ema_decay < 1:
+    raise ValueError(f"config.pdsn.ema_decay={config.pdsn.ema_decay!r} must be in [0, 1) "
+                     "(0: no running average)")
   if not 0 < config.pdsn.converge_overlap <= 1:
     raise ValueError(f"config.pdsn.converge_overlap={config.pdsn.converge_overlap!r} must be in "
                      "(0, 1]")

@@ -121,6 +121,23 @@ def test_stages_end_to_end_trunk_frozen_and_pdsn_resumes_after_sigkill(tmp_path)
   kept = json.load(open(os.path.join(conv, "pdsn", "summary.json")))
   assert kept["stopped"] == summary["stopped"] and kept["lambda_l1"] == summary["lambda_l1"]
 
+  # pdsn.ema_decay: the same trained generators, and stage II built from their running average
+  avg = str(tmp_path / "averaged")
+  shutil.copytree(os.path.join(ref, "trunk"), os.path.join(avg, "trunk"))
+  proc = helpers.run_main(avg, "--config.stages=pdsn,dictionary", "--config.pdsn.ema_decay=0.5")
+  assert "running average 0.5" in proc.stderr
+  keys = ("params", "opt_state")
+  r = checkpointing.load_variables(os.path.join(ref, "pdsn", "checkpoints"), keys=keys)
+  a = checkpointing.load_variables(os.path.join(avg, "pdsn", "checkpoints"), keys=keys)
+  chex.assert_trees_all_close(a["params"], r["params"], rtol=1e-6)
+  assert training.params_in_use(r["params"], r["opt_state"]) is r["params"]
+  used = training.params_in_use(a["params"], a["opt_state"])
+  trained = a["params"]["generators"]["bn"]["scale"]
+  assert not np.allclose(used["generators"]["bn"]["scale"], trained)
+  _, mean_ref, _ = fdm.load(os.path.join(ref, "dictionary", "dictionary.npz"))
+  _, mean_avg, _ = fdm.load(os.path.join(avg, "dictionary", "dictionary.npz"))
+  assert not np.allclose(mean_avg, mean_ref)
+
   # kill during stage I, then resume: same generators as the uninterrupted run
   wd = str(tmp_path / "killed")
   helpers.run_until(wd, "[pdsn] step 3/4")

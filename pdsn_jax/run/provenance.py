@@ -69,7 +69,7 @@ UNRECORDED = {
 # one reads as holding it, so a finished run stays fresh until the field is set otherwise.
 ADDED = {"pdsn.source": "online", "dictionary.source": "online", "detector.ar_share": 0.0,
          "detector.ar_root": "", "detector.ar_subjects": [], "detector.ar_alignment": "landmarks",
-         "pdsn.mask_scale_init": 1.0}
+         "pdsn.mask_scale_init": 1.0, "pdsn.ema_decay": 0.0}
 
 
 class StaleStage(RuntimeError):

@@ -9,6 +9,10 @@ The trunk (U, F and its classifier) is frozen: restored from the trunk stage's
 checkpoint, run in inference mode, never differentiated, carried unchanged in
 the state's ``frozen`` slot (and its checkpoints) so that this can be checked.
 
+With ``pdsn.ema_decay`` > 0 the stage's output (what stage II and the overlap rule read,
+``training.params_in_use``) is a running average of the generators over updates, which the
+optimizer state carries; the trained generators stay in ``params``.
+
 ``pdsn.lambda_rule="same_scale"`` sets lambda by the paper's rule (the terms at the same scale),
 measured on fixed training pairs with the starting generators; ``pdsn.converge_pairs`` > 0
 builds, at every checkpoint, the dictionary those pairs would give and stops the stage once
@@ -169,9 +173,10 @@ def _convergence(ctx: loop.Context, trunk: dict):
                                      config.dictionary.neighbour_prob)
   probe = pdsn_probe.DictionaryProbe(config, trunk, batches, config.dictionary.tau)
   record.update(converge_pairs=probe.pairs, converge_overlap=cfg.converge_overlap, checks=[])
-  # replicated: the host copy is the whole tree
-  host = lambda state: jax.device_get({"params": state.params,  # noqa: E731
-                                       "batch_stats": state.batch_stats})
+
+  def host(state):  # replicated: the host copy is the whole tree; what stage II would use
+    return jax.device_get({"params": training.params_in_use(state.params, state.opt_state),
+                           "batch_stats": state.batch_stats})
 
   def reference(state, origin):
     del origin
@@ -208,6 +213,8 @@ def plan(ctx: loop.Context) -> loop.Plan:
   # the schedule counts updates: cfg.reuse per step
   schedule = training.learning_rate_schedule(cfg, ctx.steps * cfg.reuse)
   tx = training.optimizer(cfg, ctx.steps * cfg.reuse)
+  if cfg.ema_decay > 0:  # stage II and the overlap rule read the average (params_in_use)
+    tx = training.with_params_average(tx, cfg.ema_decay)
   if cfg.source not in feature_bank.SOURCES:
     raise ValueError(f"config.pdsn.source={cfg.source!r} is not one of {feature_bank.SOURCES}")
   transform = builders.every_block_occlusion(config)
@@ -268,7 +275,9 @@ def plan(ctx: loop.Context) -> loop.Plan:
       images_per_step=cfg.batch_size * (1 if bank else 1 + occlusion.NUM_GENERATORS),
       on_metrics=per_generator, summary=summary, on_checkpoint=on_checkpoint,
       description=f", {gens.num} generators, lambda={lam['lambda_l1']:g} ({lam['lambda_rule']}), "
-                  f"loss={cfg.loss}, differential={cfg.differential}, {cfg.reuse} update(s) "
+                  f"loss={cfg.loss}, differential={cfg.differential}, "
+                  f"{f'running average {cfg.ema_decay:g}, ' if cfg.ema_decay > 0 else ''}"
+                  f"{cfg.reuse} update(s) "
                   f"per batch, pairs from {bank.description if bank else 'the trunk (online)'}")
 
 

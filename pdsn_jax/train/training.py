@@ -1,6 +1,6 @@
 """Train state, optimizer and learning-rate schedules shared by every training stage."""
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -96,6 +96,42 @@ def freeze(tx: optax.GradientTransformation, trainable: Any) -> optax.GradientTr
             if callable(trainable) else
             jax.tree.map(lambda t: "train" if t else "frozen", trainable))
   return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+class ParamsAverage(NamedTuple):
+  """The state ``with_params_average`` adds: the running average of the parameters."""
+  average: Any
+
+
+def with_params_average(tx: optax.GradientTransformation,
+                        decay: float) -> optax.GradientTransformation:
+  """``tx``, then an exponential moving average of the parameters it produces (Polyak
+  averaging) kept in the optimizer state: ``average = decay * average + (1 - decay) * new``
+  after every update, starting at the initial parameters. ``tx``'s updates are unchanged, so
+  the trained parameters are those of ``tx`` alone."""
+
+  def init(params):
+    return ParamsAverage(jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params))
+
+  def update(updates, state, params):
+    new = optax.apply_updates(params, updates)
+    average = jax.tree.map(lambda a, p: decay * a + (1.0 - decay) * p.astype(a.dtype),
+                           state.average, new)
+    return updates, ParamsAverage(average)
+
+  return optax.chain(tx, optax.GradientTransformation(init, update))
+
+
+def params_in_use(params: Any, opt_state: Any) -> Any:
+  """The parameters a stage's output stands for: the running average where the optimizer
+  keeps one (``with_params_average``), else ``params``. ``opt_state`` is the live state or a
+  checkpoint's (restored without a target: the chain's tuple as a list, the average as a dict)."""
+  last = opt_state[-1] if isinstance(opt_state, (tuple, list)) and opt_state else None
+  if isinstance(last, ParamsAverage):
+    return last.average
+  if isinstance(last, dict) and set(last) == {"average"}:
+    return last["average"]
+  return params
 
 
 OPTIMIZERS = ("sgd", "adam")

@@ -1,0 +1,44 @@
+"""The optimizer's running average of the parameters (stage I's ``pdsn.ema_decay``)."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from pdsn_jax.train import training
+
+
+def _loss(p):
+  return jnp.sum((p["w"] - 3.0) ** 2) + jnp.sum(p["b"] ** 2)
+
+
+def test_the_average_leaves_the_updates_alone_and_follows_the_ema_by_hand():
+  params = {"w": jnp.array([1.0, -2.0]), "b": jnp.array(0.5)}
+  plain, averaged = optax.sgd(0.1, momentum=0.9), training.with_params_average(
+      optax.sgd(0.1, momentum=0.9), 0.8)
+  p_plain, s_plain = params, plain.init(params)
+  p_avg, s_avg = params, averaged.init(params)
+  by_hand = jax.tree.map(np.asarray, params)
+  for _ in range(4):
+    u, s_plain = plain.update(jax.grad(_loss)(p_plain), s_plain, p_plain)
+    p_plain = optax.apply_updates(p_plain, u)
+    u, s_avg = averaged.update(jax.grad(_loss)(p_avg), s_avg, p_avg)
+    p_avg = optax.apply_updates(p_avg, u)
+    by_hand = jax.tree.map(lambda a, p: 0.8 * a + 0.2 * np.asarray(p), by_hand, p_avg)
+  chex.assert_trees_all_equal(p_avg, p_plain)  # the trained parameters are tx's own
+  average = training.params_in_use(p_avg, s_avg)
+  chex.assert_trees_all_close(average, by_hand, rtol=1e-6)
+  assert not np.allclose(average["w"], p_avg["w"])  # it lags the trained ones
+
+
+def test_params_in_use_reads_a_restored_state_and_falls_back_to_the_params():
+  params = {"w": np.ones(3, np.float32)}
+  average = {"w": np.full(3, 0.5, np.float32)}
+  # a checkpoint restored without a target: the chain's tuple is a list, the average a dict
+  restored = [[{"trace": {"w": np.zeros(3)}}], {"average": average}]
+  chex.assert_trees_all_equal(training.params_in_use(params, restored), average)
+  live = training.with_params_average(optax.sgd(0.1), 0.9).init(average)
+  chex.assert_trees_all_equal(training.params_in_use(params, live), average)
+  for plain in (optax.sgd(0.1, momentum=0.9).init(params), [[{"trace": params}], {}], (), None):
+    assert training.params_in_use(params, plain) is params
