@@ -185,18 +185,22 @@ def _legend(d: ImageDraw.ImageDraw, names, x: int, y: int) -> None:
     d.text((x + 16, y + 14 * i - 1), n, fill=(0, 0, 0))
 
 
-def curve_figure(panels: dict, xs: list[int], path: str, title: str) -> str:
-  """MegaFace's curve: one panel per key of ``panels`` ({panel: {series: [y per x]}}, y in
-  [0, 1]), x = ``xs`` on a log axis (0 drawn at the left edge), one line per series."""
+def curve_figure(panels: dict, xs: list[int], path: str, title: str,
+                 log_x: bool = True) -> str:
+  """One panel per key of ``panels`` ({panel: {series: [y per x]}}, y in [0, 1]), one line per
+  series; x = ``xs`` on a log axis (MegaFace's curve; 0 drawn at the left edge), or a linear
+  one (``log_x=False``: training steps)."""
   pw, ph, left, top = 260, 200, 45, 40
   names = list(next(iter(panels.values())))
   img = Image.new("RGB", (left + len(panels) * (pw + 20), top + ph + 40 + 14 * len(names)),
                   (255, 255, 255))
   d = ImageDraw.Draw(img)
   d.text((5, 5), title, fill=(0, 0, 0))
-  logs = [np.log10(max(x, 1)) for x in xs]
-  lo, hi = min(logs), max(max(logs), min(logs) + 1)
-  to_x = lambda v: int((np.log10(max(v, 1)) - lo) / (hi - lo) * (pw - 10)) + 5  # noqa: E731
+  axis = (lambda v: np.log10(max(v, 1))) if log_x else float  # noqa: E731
+  lo, hi = min(map(axis, xs)), max(map(axis, xs))
+  hi = max(hi, lo + 1)
+  to_x = lambda v: int((axis(v) - lo) / (hi - lo) * (pw - 10)) + 5  # noqa: E731
+  ticks = xs if log_x else sorted(set(xs[::max(1, len(xs) // 5)]) | {xs[-1]})
   for k, (panel, series) in enumerate(panels.items()):
     x0 = left + k * (pw + 20)
     d.rectangle([x0, top, x0 + pw, top + ph], outline=(160, 160, 160))
@@ -206,9 +210,9 @@ def curve_figure(panels: dict, xs: list[int], path: str, title: str) -> str:
       d.line([x0, y, x0 + pw, y], fill=(230, 230, 230))
       if k == 0:
         d.text((5, y - 6), f"{25 * t}%", fill=(0, 0, 0))
-    for x in xs:
-      d.text((x0 + to_x(x) - 6, top + ph + 4), f"{x:,}" if x < 1000 else f"{x // 1000}k",
-             fill=(0, 0, 0))
+    for x in ticks:
+      d.text((x0 + to_x(x) - 6, top + ph + 4), f"{x:,}" if x < 1000 or not log_x
+             else f"{x // 1000}k", fill=(0, 0, 0))
     for mi, (name, ys) in enumerate(series.items()):
       pts = [(x0 + to_x(x), top + ph - int(y * ph)) for x, y in zip(xs, ys)]
       d.line(pts, fill=_CURVE_COLOURS[mi % len(_CURVE_COLOURS)], width=2)
@@ -216,24 +220,6 @@ def curve_figure(panels: dict, xs: list[int], path: str, title: str) -> str:
   with files.atomic_path(path) as tmp:  # never half a picture
     img.save(tmp)
   return path
-
-
-def main(argv=None) -> None:
-  import argparse  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.data.synthetic import SyntheticFaces  # pylint: disable=g-import-not-at-top
-  p = argparse.ArgumentParser(description=__doc__)
-  p.add_argument("--out", default="occlusions.png")
-  p.add_argument("--occluder_dir", default="")
-  p.add_argument("--faces", type=int, default=4)
-  p.add_argument("--seed", type=int, default=0)
-  a = p.parse_args(argv)
-  src = SyntheticFaces(a.faces, 1, seed=a.seed)
-  faces = [src[i]["image"] for i in range(a.faces)]
-  print(occlusion_sheet(faces, occlusion.OccluderLibrary(a.occluder_dir), a.out, seed=a.seed))
-
-
-if __name__ == "__main__":
-  main()
 
 
 def probes_figure(sets, flags: dict, path: str, num: int = 4) -> str:
@@ -351,3 +337,21 @@ def histogram_figure(series: dict, path: str, title: str, bins: int = 20) -> str
   with files.atomic_path(path) as tmp:  # never half a picture
     img.save(tmp)
   return path
+
+
+def main(argv=None) -> None:
+  import argparse  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.data.synthetic import SyntheticFaces  # pylint: disable=g-import-not-at-top
+  p = argparse.ArgumentParser(description=__doc__)
+  p.add_argument("--out", default="occlusions.png")
+  p.add_argument("--occluder_dir", default="")
+  p.add_argument("--faces", type=int, default=4)
+  p.add_argument("--seed", type=int, default=0)
+  a = p.parse_args(argv)
+  src = SyntheticFaces(a.faces, 1, seed=a.seed)
+  faces = [src[i]["image"] for i in range(a.faces)]
+  print(occlusion_sheet(faces, occlusion.OccluderLibrary(a.occluder_dir), a.out, seed=a.seed))
+
+
+if __name__ == "__main__":
+  main()

@@ -115,6 +115,7 @@ def test_stages_end_to_end_trunk_frozen_and_pdsn_resumes_after_sigkill(tmp_path)
   assert summary["stopped"] == {"step": at, "reason": "converged"}
   assert [c["step"] for c in summary["checks"]] == [at]
   assert summary["checks"][0]["overlap_min"] >= 0.01
+  assert os.path.isfile(os.path.join(conv, "pdsn", "convergence.png"))
   again = helpers.run_main(conv, "--config.stages=pdsn", *rule)
   assert f"complete at step {at}" in again.stderr and "same-scale rule" not in again.stderr
   assert workdir_lib.latest_step(conv, "pdsn") == at

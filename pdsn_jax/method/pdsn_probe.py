@@ -121,3 +121,16 @@ def log_check(stage: str, step: int, check: dict, target: float) -> dict:
     out[f"dictionary_overlap_block{b}"] = float(o)
     out[f"discard_centroid_distance_block{b}"] = float(d)
   return out
+
+
+def convergence_figure(checks: list[dict], rate_share: list[float], target: float,
+                       path: str) -> str:
+  """The dictionary's minimum overlap at each check, the target, and the learning rate as a
+  share of its peak: whether the overlap follows the generators or the rate."""
+  xs = [c["step"] for c in checks]
+  return visualize.curve_figure(
+      {"overlap with the last check": {
+          "min over the 9 items": [c["overlap_min"] for c in checks],
+          f"target {target:g}": [target] * len(xs),
+          "learning rate / its peak": rate_share}},
+      xs, path, "stage I: the dictionary of the fixed training pairs", log_x=False)

@@ -251,6 +251,11 @@ def plan(ctx: loop.Context) -> loop.Plan:
       last = converge["checks"][-1]
       out["stopped"] = {"step": last["step"], "reason": f"step budget (overlap "
                         f"{last['overlap_min']:.3f} < {cfg.converge_overlap:g})"}
+    if converge.get("checks") and jax.process_index() == 0:
+      checks = converge["checks"]
+      pdsn_probe.convergence_figure(
+          checks, [float(schedule(c["step"] * cfg.reuse)) / cfg.learning_rate for c in checks],
+          cfg.converge_overlap, workdir_lib.stage_file(ctx.workdir, ctx.name, "convergence.png"))
     if logged:
       out.update(per_generator_loss_first_logged=[round(float(v), 4) for v in logged[0]],
                  per_generator_loss_last=[round(float(v), 4) for v in logged[-1]])
