@@ -46,7 +46,6 @@ def main(argv):
   from pdsn_jax.method import builders, fdm, pdsn_probe  # pylint: disable=g-import-not-at-top
   from pdsn_jax.run import checkpointing  # pylint: disable=g-import-not-at-top
   from pdsn_jax.run import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  from pdsn_jax.train import training  # pylint: disable=g-import-not-at-top
 
   run, fl = argv[1], flags.FLAGS
   config = run_config.load_config(run)
@@ -99,11 +98,9 @@ def main(argv):
         f"{np.quantile(allk, 0.9):.3f} |")
 
   gens = builders.generators(config, False)
-  gvars = workdir_lib.load(run, workdir_lib.PDSN, keys=("params", "batch_stats", "opt_state"))
+  gvars = builders.trained_generators(run)  # those stage II used
   if gvars is None:
     raise app.UsageError(f"{run} has no pdsn (stage I) checkpoint")
-  # the generators stage II used (their running average where stage I kept one)
-  gvars["params"] = training.params_in_use(gvars["params"], gvars.pop("opt_state"))
   bn = gvars["params"]["generators"]["bn"]
   print("\nthe generators' BatchNorm before the sigmoid, over "
         f"{np.asarray(bn['scale']).size} channels (starting values: gamma "

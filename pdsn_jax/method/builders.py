@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from pdsn_jax.run import checkpointing
-from pdsn_jax.train import parallel
+from pdsn_jax.run import workdir as workdir_lib
+from pdsn_jax.train import parallel, training
 from pdsn_jax.data import occlusion
 from pdsn_jax.models import CosFaceHead, trunks
 from pdsn_jax.models.detector import OcclusionDetector
@@ -43,6 +44,16 @@ def generators(config: ml_collections.ConfigDict, train: bool) -> StackedMaskGen
   """The 9 mask generators as one stacked module (stage I's model; stage II runs it)."""
   return StackedMaskGenerators(len(occlusion.CENTRAL_BLOCKS), parallel.AXIS if train else None,
                                config.pdsn.mask_bias_init, config.pdsn.mask_scale_init)
+
+
+def trained_generators(workdir: str, stage: str = workdir_lib.PDSN,
+                       keys=("params", "batch_stats")) -> dict | None:
+  """``keys`` of a stage I run's latest checkpoint, ``params`` being the generators its output
+  stands for (their running average where it kept one, ``pdsn.ema_decay``); None without one."""
+  v = workdir_lib.load(workdir, stage, keys=(*keys, "opt_state"))
+  if v is not None:
+    v["params"] = training.params_in_use(v["params"], v.pop("opt_state"))
+  return v
 
 
 def detector(config: ml_collections.ConfigDict, train: bool) -> OcclusionDetector:

@@ -206,9 +206,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str = workdir_lib
   mesh = parallel.make_mesh()
   pipeline.check_batch_size(cfg.batch_size, mesh.size, jax.process_count(),
                             "dictionary.batch_size")
-  gen_vars = workdir_lib.load(workdir, generators,
-                              keys=("params", "batch_stats", "frozen", "opt_state"))
-  gen_vars["params"] = training.params_in_use(gen_vars["params"], gen_vars.pop("opt_state"))
+  gen_vars = builders.trained_generators(workdir, generators,
+                                         keys=("params", "batch_stats", "frozen"))
   t0 = time.time()
   carry, med = _accumulate(config, workdir, gen_vars, name, mesh)
   fdms = jax.jit(functools.partial(fdm.binarize, tau=cfg.tau))(carry["mean"])

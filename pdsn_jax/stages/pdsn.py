@@ -238,6 +238,7 @@ def plan(ctx: loop.Context) -> loop.Plan:
     lam = _lambda(ctx, trunk, backbone, head)
     reference, on_checkpoint, converge = _convergence(ctx, trunk)
   logged = []
+  average = f"running average {cfg.ema_decay:g}, " if cfg.ema_decay > 0 else ""
 
   def per_generator(done, out):
     per_gen = out.pop("per_generator_loss")
@@ -280,8 +281,7 @@ def plan(ctx: loop.Context) -> loop.Plan:
       images_per_step=cfg.batch_size * (1 if bank else 1 + occlusion.NUM_GENERATORS),
       on_metrics=per_generator, summary=summary, on_checkpoint=on_checkpoint,
       description=f", {gens.num} generators, lambda={lam['lambda_l1']:g} ({lam['lambda_rule']}), "
-                  f"loss={cfg.loss}, differential={cfg.differential}, "
-                  f"{f'running average {cfg.ema_decay:g}, ' if cfg.ema_decay > 0 else ''}"
+                  f"loss={cfg.loss}, differential={cfg.differential}, {average}"
                   f"{cfg.reuse} update(s) "
                   f"per batch, pairs from {bank.description if bank else 'the trunk (online)'}")
 
