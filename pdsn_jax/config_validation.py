@@ -47,7 +47,7 @@ _POSITIVE = ("model.width", "model.embedding_dim", "eval.num_pairs", "cosface.sc
              "bank.batch_size", "bank.shard_faces", "pdsn.mask_scale_init")
 _NON_NEGATIVE = ("trunk.momentum", "trunk.warmup_steps", "model.dropout", "cosface.margin",
                  "data.num_workers", "eval.num_distractors", "pdsn.converge_pairs",
-                 "eval.bottom_cache_gib")
+                 "eval.bottom_cache_gib", "model.forward_chunk")
 
 
 # sections a run made before they existed lacks (its config.json still loads): not checked

@@ -71,7 +71,7 @@ class Recognizer:
     self.clean = None if clean is None else parallel.put_replicated(clean, self.mesh)
     self.table = parallel.put_replicated(table, self.mesh)
     self.embedder = masked.Embedder(self.net, self.mesh, config.eval.batch_size,
-                                    builders.normalize)
+                                    builders.normalize, builders.forward_chunk(config))
     det = workdir_lib.load(workdir, workdir_lib.DETECTOR)
     self.detector_variables = det
     self.predict = inference.occlusion_predictor(config, det, self.mesh) if det is not None else None

@@ -6,7 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import tiny
+from pdsn_jax.method import builders
 from pdsn_jax.models import CosFaceHead, IResNet, PReLU, cosface_logits
+from pdsn_jax.models.layers import in_chunks
 
 
 def _shapes(depth, width, size):
@@ -76,3 +79,32 @@ def test_cosface_logits_match_hand_computation():
   chex.assert_trees_all_close(logits, expected, atol=1e-5)
   chex.assert_trees_all_close(cosface_logits(jnp.asarray(expected_cos), labels, 30.0, 0.35),
                               expected, atol=1e-5)
+
+
+def test_in_chunks_gives_the_whole_batchs_outputs_a_chunk_at_a_time():
+  m = IResNet(depth=18, width=0.0625, embedding_dim=16)
+  x = jax.random.uniform(jax.random.key(1), (11, 112, 96, 3), minval=-1, maxval=1)
+  v = m.init(jax.random.key(0), x[:1])
+  seen = []
+
+  def features(c):
+    seen.append(c.shape[0])
+    return m.apply(v, c, method="features")
+
+  whole = jax.jit(features)(x)
+  for chunk in (4, 11, 0):  # 11 rows in 3 chunks of 4 (one padding row dropped); one call
+    seen.clear()
+    out = jax.jit(lambda x, chunk=chunk: in_chunks(features, x, chunk))(x)
+    assert seen == [4 if chunk == 4 else 11]
+    chex.assert_trees_all_close(out, whole, atol=1e-5, rtol=1e-5)
+    chex.assert_shape(out, whole.shape)
+
+
+def test_forward_chunk_is_8_on_cpu_unless_set_and_absent_from_old_configs():
+  c = tiny.get_config()
+  assert c.model.forward_chunk == 0
+  assert builders.forward_chunk(c) == (8 if jax.default_backend() == "cpu" else 0)
+  c.model.forward_chunk = 3
+  assert builders.forward_chunk(c) == 3
+  del c.model["forward_chunk"]  # a run's config.json from before the field
+  assert builders.forward_chunk(c) in (0, 8)

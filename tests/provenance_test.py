@@ -38,7 +38,9 @@ def test_same_config_reuses_and_ignores_logging_fields(tmp_path):
   first = _chain(c, wd)
   c.trunk.log_every = 7  # logging only: not part of what the outputs depend on
   c.data.num_workers = 3
+  c.model.forward_chunk = 5  # speed only (same outputs), and in provenance.ADDED too
   again = _chain(c, wd)
+  assert all("model.forward_chunk" not in r["fields"] for r in again.values())
   assert {k: r["fingerprint"] for k, r in again.items()} == {
       k: r["fingerprint"] for k, r in first.items()}
   assert sorted(os.listdir(wd)) == ["dictionary", "pdsn", "trunk"]  # nothing moved aside

@@ -139,7 +139,8 @@ def main(argv):
                          f"the '{stage}' checkpoint of {_WORKDIR.value}")
   logging.info("U by the '%s' stage's network", stage)
   mesh = parallel.make_mesh()
-  embedder = masked.Embedder(backbone, mesh, config.eval.batch_size, builders.normalize)
+  embedder = masked.Embedder(backbone, mesh, config.eval.batch_size, builders.normalize,
+                             builders.forward_chunk(config))
   rep = parallel.put_replicated(variables, mesh)
   src, desc, label_fn, path_fn = source_from_flags(config)
   out, stats = store.build_from_source(

@@ -17,7 +17,7 @@ import numpy as np
 from pdsn_jax.method import fdm
 from pdsn_jax.train import parallel
 from pdsn_jax.data import pipeline
-from pdsn_jax.models.layers import l2_normalize
+from pdsn_jax.models.layers import in_chunks, l2_normalize
 
 
 def masked_embeddings(head_fn: Callable[[jax.Array], jax.Array], u: jax.Array,
@@ -37,16 +37,19 @@ class Embedder:
   select, binary or soft) are passed already replicated (``parallel.put_replicated``).
   A row with no flagged block gets the all-ones mask, i.e. the plain embedding; with
   ``clean_variables`` such a row is embedded by that network instead (a fine-tuned F used
-  only under an FDM, the trunk's own F elsewhere).
+  only under an FDM, the trunk's own F elsewhere). ``chunk``: faces per call of the layers
+  below U (``builders.forward_chunk``; ``top`` alone is fastest on the whole batch).
   """
 
-  def __init__(self, backbone, mesh, batch_size: int, normalize_fn: Callable):
+  def __init__(self, backbone, mesh, batch_size: int, normalize_fn: Callable, chunk: int = 0):
     self.mesh, self.batch = mesh, batch_size
 
     def apply_step(method, variables, batch, rng):
       del rng
-      x = batch["x"] if method == "top" else normalize_fn(batch["x"])
-      return variables, backbone.apply(variables, x, method=method)
+      if method == "top":
+        return variables, backbone.apply(variables, batch["x"], method=method)
+      return variables, in_chunks(lambda x: backbone.apply(variables, x, method=method),
+                                  normalize_fn(batch["x"]), chunk)
 
     def embed_step(state, batch, rng):
       del rng

@@ -71,7 +71,8 @@ class DictionaryProbe:
 
   def __init__(self, config, trunk: dict, batches: list, tau: float):
     net = builders.backbone(config, False)
-    feats = jax.jit(functools.partial(builders.frozen_features, net=net))
+    feats = jax.jit(functools.partial(builders.frozen_features, net=net,
+                                      chunk=builders.forward_chunk(config)))
     us = [feats(trunk, {"image": b["image"], "occluded": b["occluded"]}) for b in batches]
     self.u_clean = np.concatenate([np.asarray(c) for c, _ in us])
     self.u_occ = np.concatenate([np.asarray(o) for _, o in us], axis=1)

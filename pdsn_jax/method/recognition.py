@@ -83,7 +83,7 @@ def _unit(e: jax.Array) -> jax.Array:
 def train_step(state: training.TrainState, batch: dict, rng: jax.Array, *, backbone, head,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
                dictionary: jax.Array | None = None, trainable: str = "all",
-               loss: str = "cosface") -> tuple[training.TrainState, dict]:
+               loss: str = "cosface", chunk: int = 0) -> tuple[training.TrainState, dict]:
   """Per-device step; gradients and BatchNorm statistics averaged over the mesh.
 
   With a ``dictionary`` (stage III fine-tuning) the embedding is F(M * U(x)), M the
@@ -93,7 +93,8 @@ def train_step(state: training.TrainState, batch: dict, rng: jax.Array, *, backb
   ``trainable`` (see ``trainable_mask``): when the backbone below F is fixed ("head",
   "classifier") U is computed once in inference mode with no backward pass through it; with
   "top", the same for the layers below the trunk's ``top``.
-  Distillation keeps BatchNorm in inference mode (the pretrained statistics).
+  Distillation keeps BatchNorm in inference mode (the pretrained statistics). ``chunk``: faces
+  per call of those passes without a backward (``builders.forward_chunk``).
   """
   rng = parallel.per_device_rng(rng)
   images, labels = builders.normalize(batch["image"]), batch["label"]
@@ -105,15 +106,15 @@ def train_step(state: training.TrainState, batch: dict, rng: jax.Array, *, backb
     return module.head(masked(module.features(x, train)), train)
 
   if trainable != "all":  # U (with "top": the input of the trunk's top) needs no gradient
-    u_fixed = jax.lax.stop_gradient(backbone.apply(
-        {"params": state.params["backbone"], "batch_stats": state.batch_stats}, images,
-        False, method="bottom" if trainable == "top" else "features"))
+    u_fixed = jax.lax.stop_gradient(builders.frozen_apply(
+        backbone, {"params": state.params["backbone"], "batch_stats": state.batch_stats}, images,
+        "bottom" if trainable == "top" else "features", chunk))
 
   def from_fixed(module, v):
     return module.head(masked(module.top(v, False) if trainable == "top" else v), False)
   if loss == "distill":
-    target = jax.lax.stop_gradient(
-        _unit(backbone.apply(state.frozen, builders.normalize(batch["clean"]))))
+    target = jax.lax.stop_gradient(_unit(builders.frozen_apply(
+        backbone, state.frozen, builders.normalize(batch["clean"]), None, chunk)))
 
   def loss_fn(params):
     variables = {"params": params["backbone"], "batch_stats": state.batch_stats}
@@ -253,7 +254,8 @@ def plan(ctx: loop.Context, *, transforms: tuple = (), dictionary: np.ndarray | 
       init=init_fn(config, builders.backbone(config, False), head, tx,
                    with_teacher=loss == "distill", stream=ctx.stream),
       step=functools.partial(train_step, backbone=backbone, head=head, tx=tx,
-                             schedule=schedule, dictionary=table, trainable=trainable, loss=loss),
+                             schedule=schedule, dictionary=table, trainable=trainable, loss=loss,
+                             chunk=builders.forward_chunk(config)),
       transforms=flip + tuple(transforms), init_from=init_from,
       merge=merge_init_from, loader=builders.init_from_loader(config), evaluate=evaluate,
       eval_at_start=True, eval_every=cfg.eval_every, summary=summary,

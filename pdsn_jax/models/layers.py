@@ -1,12 +1,30 @@
 """Small layers shared by the trunk and the mask generators."""
 
+from typing import Callable
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 
 def l2_normalize(x: jnp.ndarray, axis: int = -1) -> jnp.ndarray:
   """``x`` scaled to unit L2 norm along ``axis`` (zero vectors stay zero)."""
   return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
+
+
+def in_chunks(fn: Callable[[jax.Array], jax.Array], x: jax.Array, chunk: int) -> jax.Array:
+  """``fn(x)`` computed ``chunk`` rows at a time (``lax.map``; ``x`` padded to a multiple of
+  ``chunk``, the padding dropped). For row-independent ``fn`` (a network in inference mode)
+  only the speed changes: XLA:CPU runs MobileFaceNet's forward pass about 1.9x as fast over 8
+  faces as over 128 (``benchmarks.mobilefacenet_speed --chunk``). ``chunk <= 0`` or a batch no
+  larger than it: one call."""
+  n = x.shape[0]
+  if chunk <= 0 or n <= chunk:
+    return fn(x)
+  pad = -n % chunk
+  xs = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)) if pad else x
+  out = jax.lax.map(fn, xs.reshape(-1, chunk, *x.shape[1:]))
+  return out.reshape(-1, *out.shape[2:])[:n]
 
 
 class PReLU(nn.Module):

@@ -44,7 +44,8 @@ from pdsn_jax.data import occlusion
 RECORD = "provenance.json"
 COPY = ".provenance.json"  # the record again, so deleting one file never relabels outputs
 IGNORED = frozenset({"log_every", "checkpoint_every", "keep_checkpoints", "eval_every",
-                     "num_workers", "cache", "eval_images", "bottom_cache_gib"})
+                     "num_workers", "cache", "eval_images", "bottom_cache_gib",
+                     "forward_chunk"})
 # Derived from the globs: whether any split has globs at all (``occlusion.splits_by_globs``;
 # else every heldout_every-th file is a test file), which moves files into or out of the train
 # split whichever split's globs make the switch; recorded instead of the test globs.
@@ -69,7 +70,7 @@ UNRECORDED = {
 # one reads as holding it, so a finished run stays fresh until the field is set otherwise.
 ADDED = {"pdsn.source": "online", "dictionary.source": "online", "detector.ar_share": 0.0,
          "detector.ar_root": "", "detector.ar_subjects": [], "detector.ar_alignment": "landmarks",
-         "pdsn.mask_scale_init": 1.0, "pdsn.ema_decay": 0.0}
+         "pdsn.mask_scale_init": 1.0, "pdsn.ema_decay": 0.0, "model.forward_chunk": 0}
 
 
 class StaleStage(RuntimeError):
@@ -102,7 +103,7 @@ def _selected(flat: dict, kind: str) -> dict:
     flat = {**flat, SPLIT_BY_GLOBS: occlusion.splits_by_globs(
         {k[len("occlusion.splits."):]: v for k, v in flat.items()
          if k.startswith("occlusion.splits.")})}
-  flat = {**ADDED, **flat}
+  flat = {k: v for k, v in {**ADDED, **flat}.items() if k.rsplit(".", 1)[-1] not in IGNORED}
   stage = stage_lib.get(kind)
   return {k: v for k, v in sorted(flat.items())
           if any(k == s or k.startswith(s + ".") for s in stage.depends_on)

@@ -58,12 +58,14 @@ def and_discard_shares(fdms: np.ndarray, blocks=occlusion.CENTRAL_BLOCKS,
   return out
 
 
-def mask_step(carry: dict, batch: dict, rng: jax.Array, *, backbone, gens, differential: bool):
+def mask_step(carry: dict, batch: dict, rng: jax.Array, *, backbone, gens, differential: bool,
+              chunk: int = 0):
   """Per-device: generator masks for the batch, min-max, psum-ed sum into the running mean;
-  also the running means of |U(x_j) - U(x)| and |U(x)| (the not-learned reference)."""
+  also the running means of |U(x_j) - U(x)| and |U(x)| (the not-learned reference).
+  ``chunk``: faces per trunk call (``builders.forward_chunk``)."""
   del rng
   state = carry["state"]
-  u_clean, u_occ = builders.frozen_features(state["frozen"], batch, backbone)
+  u_clean, u_occ = builders.frozen_features(state["frozen"], batch, backbone, chunk)
   diff = jnp.abs(u_occ - u_clean[None])
   gen_in = diff if differential else u_occ
   masks = gens.apply({"params": state["params"], "batch_stats": state["batch_stats"]}, gen_in,
@@ -88,11 +90,13 @@ def relative_change_scores(change: np.ndarray, level: np.ndarray) -> np.ndarray:
   return -(change / (level[None] + 1e-6))
 
 
-def median_relative_change(backbone, trunk: dict, local_batch: dict) -> np.ndarray:
+def median_relative_change(backbone, trunk: dict, local_batch: dict, chunk: int = 0
+                           ) -> np.ndarray:
   """MED (paper Eq. 1) per block and channel: median over faces of the relative change
   mean|U(x_j) - U(x)| / mean|U(x)| of each channel of U. (num_blocks, C)."""
   keys = ("u_clean", "u_occ") if "u_occ" in local_batch else ("image", "occluded")
-  u_clean, u_occ = jax.jit(functools.partial(builders.frozen_features, net=backbone))(
+  u_clean, u_occ = jax.jit(functools.partial(builders.frozen_features, net=backbone,
+                                             chunk=chunk))(
       trunk, {k: local_batch[k] for k in keys})
   u_clean, u_occ = np.asarray(u_clean), np.asarray(u_occ)
   num = np.abs(u_occ - u_clean[None]).mean(axis=(2, 3))  # (J, B, C)
@@ -154,11 +158,13 @@ def _accumulate(config, workdir: str, generators_vars: dict, name: str,
       "count": np.zeros((), np.float32), "change": np.zeros((gens.num, *shape), np.float32),
       "level": np.zeros(shape, np.float32)}, mesh)
   step = parallel.data_parallel(functools.partial(
-      mask_step, backbone=backbone, gens=gens, differential=bool(config.pdsn.differential)), mesh)
+      mask_step, backbone=backbone, gens=gens, differential=bool(config.pdsn.differential),
+      chunk=builders.forward_chunk(config)), mesh)
   key, t0, med = jax.random.key(0), time.time(), None
   for b, local in enumerate(data_iter):
     if b == 0 and pindex == 0:
-      med = median_relative_change(backbone, generators_vars["frozen"], local)
+      med = median_relative_change(backbone, generators_vars["frozen"], local,
+                                   builders.forward_chunk(config))
     carry, count = step(carry, parallel.put_batch(local, mesh), key)
     if (b + 1) % cfg.log_every == 0 or b + 1 == num_batches:
       c = float(jax.device_get(count))

@@ -268,7 +268,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                len(sets.occluded_second), len(sets.probes), len(sets.occluded_probes),
                len(sets.distractors), time.time() - t0)
   embedder = masked.Embedder(builders.backbone(config, False), mesh, cfg.batch_size,
-                             builders.normalize)
+                             builders.normalize, builders.forward_chunk(config))
   nets = _Networks(config, plan, workdir, embedder, sets, mesh)
   if not nets.available(workdir_lib.TRUNK):
     workdir_lib.require(workdir, workdir_lib.TRUNK, needed_by=STAGE.name)

@@ -71,13 +71,13 @@ def pdsn_losses(gen_params, gen_stats, trunk, clean_u, occ_u, labels, *, backbon
 
 def train_step(state: training.TrainState, batch: dict, rng: jax.Array, *, backbone, head,
                gens, tx: optax.GradientTransformation, schedule,
-               cfg, lam: float) -> tuple[training.TrainState, dict]:
+               cfg, lam: float, chunk: int = 0) -> tuple[training.TrainState, dict]:
   """Per-device step of all generators; gradients and generator BN statistics pmean-ed.
   ``state.frozen`` holds the trunk's variables. The batch's U (the frozen trunk's forward,
   most of a step's time) serves ``cfg.reuse`` updates in a row; the metrics are the first's
-  (before any update on this batch)."""
+  (before any update on this batch). ``chunk``: faces per trunk call (``builders.forward_chunk``)."""
   del rng  # generators have no dropout; kept for the common step signature
-  u_clean, u_occ = builders.frozen_features(state.frozen, batch, backbone)
+  u_clean, u_occ = builders.frozen_features(state.frozen, batch, backbone, chunk)
 
   def update(carry, _):
     params, stats, opt_state = carry
@@ -145,7 +145,8 @@ def _lambda(ctx: loop.Context, trunk: dict, backbone, head) -> dict:
 
   @jax.jit
   def losses(gen_vars, batch):
-    u_clean, u_occ = builders.frozen_features(trunk, batch, backbone)
+    u_clean, u_occ = builders.frozen_features(trunk, batch, backbone,
+                                              builders.forward_chunk(config))
     per_gen, (_, _, l1, _) = pdsn_losses(
         gen_vars["params"], gen_vars["batch_stats"], trunk, u_clean, u_occ, batch["label"],
         backbone=backbone, head=head, gens=gens, cfg=cfg, train=True, lam=0.0)
@@ -273,7 +274,8 @@ def plan(ctx: loop.Context) -> loop.Plan:
       init=init_fn(config, trunk, builders.generators(config, False), tx,
                    builders.u_shape(config)),
       step=functools.partial(train_step, backbone=backbone, head=head, gens=gens, tx=tx,
-                             schedule=schedule, cfg=cfg, lam=lam["lambda_l1"]),
+                             schedule=schedule, cfg=cfg, lam=lam["lambda_l1"],
+                             chunk=builders.forward_chunk(config)),
       transforms=(transform,) if bank is None else (
           feature_bank.PickPairs(config.occlusion.neighbour_prob),),
       source=bank, prepare=prepare,
