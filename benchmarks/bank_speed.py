@@ -4,7 +4,8 @@ I's pair updates per second from the trunk (online) and from the bank.
   python -m benchmarks.bank_speed --config=configs/real_mobilefacenet.py [--steps=5]
 
 Rows (one table; run it alone, the rates are wall-clock):
-* trunk forward img/s at each ``--batches`` size (``features``: U, what the bank stores);
+* trunk forward img/s at each ``--batches`` size (``features``: U, what the bank stores), and
+  the largest in calls of ``model.forward_chunk`` faces (on CPU 8), as the stages run it;
 * bank build faces/s: ``--faces`` training faces through the bank stage's own code (occlusions
   drawn on the host, 1 + 18 x ``bank.variants`` entries of U each, quantised, written with its
   sha256);
@@ -73,6 +74,12 @@ def main(argv):
   for n in map(int, fl.batches):
     x = rng.integers(0, 256, (n, *size, 3), dtype=np.uint8)
     rows.append((f"trunk forward, batch {n} (img/s)", n / _time(feats, v, x, steps=steps)))
+  chunk = builders.forward_chunk(config)  # what the stages run (model.forward_chunk)
+  if chunk:
+    chunked = jax.jit(lambda v, x: builders.frozen_apply(backbone, v, builders.normalize(x),
+                                                         "features", chunk))
+    rows.append((f"trunk forward, batch {n} in calls of {chunk} (img/s)",
+                 n / _time(chunked, v, x, steps=steps)))
 
   # the bank stage's own code on the first faces
   entries = feature_bank.entries_per_face(config.bank.variants)
@@ -104,7 +111,7 @@ def main(argv):
     cfg.reuse = reuse
     fn = parallel.data_parallel(functools.partial(
         pdsn.train_step, backbone=backbone, head=head, gens=gens, tx=tx, schedule=sched,
-        cfg=cfg, lam=10.0), mesh, donate_state=False)
+        cfg=cfg, lam=10.0, chunk=builders.forward_chunk(config)), mesh, donate_state=False)
     state = pdsn.init_fn(config, trunk, StackedMaskGenerators(9), tx,
                          builders.u_shape(config))().replace(frozen=trunk)
     state = jax.device_put(state, parallel.replicated(mesh))

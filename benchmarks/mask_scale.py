@@ -112,7 +112,7 @@ def main(argv):
     print(f"| {name} | {a.mean():.3f} | {np.quantile(a, 0.1):.3f} | {np.median(a):.3f} | "
           f"{np.quantile(a, 0.9):.3f} | {a.min():.3f} | {a.max():.3f} |")
   masks_fn = jax.jit(lambda v, b: gens.apply(v, jnp.abs(b[1] - b[0][None]), False))
-  feats = jax.jit(lambda t, b: builders.frozen_features(t, b, net))
+  feats = jax.jit(lambda t, b: builders.frozen_features(t, b, net, builders.forward_chunk(config)))
   batches = pdsn_probe.probe_batches(config, src, n, min(fl.batch, n), 0.0)
   masks = np.concatenate([np.asarray(masks_fn(gvars, feats(trunk, {
       "image": b["image"], "occluded": b["occluded"]}))) for b in batches], axis=1)

@@ -78,12 +78,13 @@ def main(argv):
   sched = training.learning_rate_schedule(config.pdsn, 100)
   ushape = builders.u_shape(config)
   key = jax.random.key(0, impl=config.prng_impl)
+  chunk = builders.forward_chunk(config)  # faces per trunk call, as the stages run it
 
   def step_fn(num):
     fn = parallel.data_parallel(functools.partial(
         pdsn.train_step, backbone=backbone, head=head, gens=StackedMaskGenerators(num, "data"),
-        tx=tx, schedule=sched, cfg=config.pdsn.copy_and_resolve_references(), lam=10.0), mesh,
-        donate_state=False)
+        tx=tx, schedule=sched, cfg=config.pdsn.copy_and_resolve_references(), lam=10.0,
+        chunk=chunk), mesh, donate_state=False)
     state = pdsn.init_fn(config, tv, StackedMaskGenerators(num), tx, ushape)().replace(frozen=tv)
     return fn, jax.device_put(state, parallel.replicated(mesh))
 
@@ -98,17 +99,17 @@ def main(argv):
   carry = {"state": gvars, "mean": jnp.zeros((9, *ushape)), "count": jnp.float32(0),
            "change": jnp.zeros((9, *ushape)), "level": jnp.zeros(ushape)}
   dstep = parallel.data_parallel(functools.partial(
-      dictionary.mask_step, backbone=backbone, gens=gens, differential=True), mesh,
+      dictionary.mask_step, backbone=backbone, gens=gens, differential=True, chunk=chunk), mesh,
                                  donate_state=False)
   td = _time(dstep, jax.device_put(carry, parallel.replicated(mesh)),
              parallel.put_batch(batch, mesh), key, steps=flags.FLAGS.steps)
-  fwd = jax.jit(lambda v, x: backbone.apply(v, builders.normalize(x)))
+  fwd = jax.jit(lambda v, x: builders.frozen_apply(backbone, v, builders.normalize(x), None, chunk))
   imgs = jnp.asarray(batch["occluded"].reshape(-1, *size, 3))
   tf = _time(fwd, v, imgs, steps=flags.FLAGS.steps)
 
   # the split of one stage I step: the frozen trunk's forward (clean + 9 occluded copies), the
   # generators' forward and backward on given U, and the host's occlusion synthesis
-  feats = jax.jit(functools.partial(builders.frozen_features, net=backbone))
+  feats = jax.jit(functools.partial(builders.frozen_features, net=backbone, chunk=chunk))
   tu = _time(feats, tv, {"image": jnp.asarray(batch["image"]),
                          "occluded": jnp.asarray(batch["occluded"])}, steps=flags.FLAGS.steps)
   u_clean, u_occ = feats(tv, batch)

@@ -200,7 +200,11 @@ def get_config() -> ml_collections.ConfigDict:
       cloth_prob=0.0,  # share of scarves drawn as cloth (half knitted) instead of mask files
       erased_occluder_prob=0.0,  # share of erased faces with an occluder pasted (negatives)
       fallback_score=0.0,  # the photo commands' last try with these weights (0: none)
-      eval_images=300)
+      eval_images=300,
+      # a run folder whose face_finder stage made the weights (and last try) the photo commands
+      # use when this run has none of its own ("": the shipped weights then); a relative path
+      # is from the directory the command runs in
+      weights_from="")
 
   # Stage II: the dictionary of binary Feature Discarding Masks.
   c.dictionary = ml_collections.ConfigDict(dict(

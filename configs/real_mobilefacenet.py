@@ -5,13 +5,17 @@
       pip install dlib-bin==20.0.1.post1 face_recognition_models==0.3.0
   python -m pdsn_jax.main --config=configs/real_mobilefacenet.py --workdir=runs/real_mfn
   # (main checks these packages before any stage starts, naming a missing one and its line)
+  # the face finder its photo commands use (BlazeFace tuned on occluded photos), its own run;
+  # both in one command:
+  python -m pdsn_jax.main --config=configs/face_finder.py --workdir=runs/face_finder && \
+      python -m pdsn_jax.main --config=configs/real_mobilefacenet.py --workdir=runs/real_mfn
   # choosing tau / lambda / learning rates: the same stages, evaluated only on CelebA
   # held-out identities (never the LFW pairs):
   python -m pdsn_jax.main --config=configs/real_mobilefacenet.py:select --workdir=runs/mfn_select
   # stages I and II over the feature bank (stage I to 8 epochs; ``:bank,select`` for both)
   python -m pdsn_jax.main --config=configs/real_mobilefacenet.py:bank --workdir=runs/mfn_bank
   # the README's headline over 3 training seeds (AR's test subjects among 5,918 real
-  # distractors, no face finder; one run per seed, runs/seeds_headline/seeds.md)
+  # distractors; one run per seed, runs/seeds_headline/seeds.md)
   python -m benchmarks.seeds --config=configs/real_mobilefacenet.py:headline --seeds=0,1,2 \
       --root=runs/seeds_headline
 
@@ -51,11 +55,12 @@ Hygiene:
   U's resolution and F, and the Baseline gets the same loss, budget, faces and trainable set
   without masks; both are one network for every face (the paper's), and their "+ trunk F
   when clean" rows the variant that uses the trunk's F for faces with no occluded block;
-* the face finder (``face_finder`` stage, 21 min; the photo commands' BlazeFace) is tuned on
-  CelebA training photos with the training occluder files (half its erased faces with an
-  occluder pasted, as negatives), and was adopted with its last try at 0.4 by the rule of
-  ``benchmarks/blazeface_tuned.py`` (fixed before any tuned candidate was scored) on the
-  held-out identities with the select files (docs/selection.md).
+* the face finder (the photo commands' BlazeFace; trained by ``configs/face_finder.py``, whose
+  run ``face_finder.weights_from`` names, so the commands never fall back to the shipped
+  weights unasked) is tuned on CelebA training photos with the training occluder files (half
+  its erased faces with an occluder pasted, as negatives), and was adopted with its last try
+  at 0.4 by the rule of ``benchmarks/blazeface_tuned.py`` (fixed before any tuned candidate
+  was scored) on the held-out identities with the select files (docs/selection.md).
 """
 
 import os
@@ -86,7 +91,7 @@ VARIANTS = {"select": "evaluate on CelebA held-out identities with the select oc
 
 def get_config(arg: str | None = None):
   c = pdsn.get_config()
-  c.stages = "trunk,pdsn,dictionary,baseline,finetune,detector,face_finder,evaluate"
+  c.stages = "trunk,pdsn,dictionary,baseline,finetune,detector,evaluate"
   c.data.update(source="folders", image_size=(112, 96), alignment="arcface", num_workers=0)
   c.data.folders.update(root=f"{DATA}/celeba/images", landmarks=f"{DATA}/celeba/landmarks.tsv",
                         min_images=2, heldout_identities=30, distractor_identities=40,
@@ -127,8 +132,10 @@ def get_config(arg: str | None = None):
   c.detector.update(num_epochs=10.0, batch_size=32, eval_images=400, ar_share=0.1,
                     ar_root=f"{DATA}/ar_real")
   # the face finder chosen by benchmarks/blazeface_tuned.py's rule (2026-12-03, docs/data.md):
-  # erased faces with an occluder pasted as negatives, and a last try at 0.4
-  c.face_finder.update(erased_occluder_prob=0.5, fallback_score=0.4)
+  # erased faces with an occluder pasted as negatives, and a last try at 0.4. It is trained by
+  # its own config (configs/face_finder.py, these settings), whose run the photo commands read
+  c.face_finder.update(erased_occluder_prob=0.5, fallback_score=0.4,
+                       weights_from="runs/face_finder")
   c.eval.protocols = ml_collections.ConfigDict(dict(
       verification=dict(pairs_file=f"{DATA}/lfw/pairs.txt", pairs_root=f"{DATA}/lfw",
                         pairs_pattern="lfw/{name}_{num:04d}.jpg",
@@ -170,10 +177,8 @@ def get_config(arg: str | None = None):
     if "select" in variants:
       raise ValueError("configs/real_mobilefacenet.py: 'headline' scores AR's test subjects and "
                        "'select' keeps the evaluation on training-side data; pick one")
-    # no face finder (AR's crops are aligned by dlib's landmarks); AR's real photos among every
-    # distractor of the store (the CelebA pool and LFW's other identities), the four rows of
-    # the README's table
-    c.stages = c.stages.replace(",face_finder", "")
+    # AR's real photos among every distractor of the store (the CelebA pool and LFW's other
+    # identities), the four rows of the README's table
     c.eval.protocols = ml_collections.ConfigDict(dict(
         ar_real=c.eval.protocols.ar_real.to_dict(),
         lfw_distractors=c.eval.protocols.lfw_distractors.to_dict()))

@@ -122,14 +122,37 @@ class Recognizer:
     return t, what
 
 
+def finder_run(workdir: str) -> str:
+  """The run folder whose tuned face-finder weights the photo commands of ``workdir`` use: its
+  own (its ``face_finder`` stage), else the one its config's ``face_finder.weights_from``
+  names (``configs/real_mobilefacenet.py``: the run of ``configs/face_finder.py``), else
+  ``workdir`` (no tuned weights: the shipped ones). A named run without weights is an error,
+  never a silent fall back to the shipped weights."""
+  if not workdir or os.path.exists(workdir_lib.face_finder_weights(workdir)):
+    return workdir
+  config = workdir_lib.config_file(workdir)
+  if not os.path.isfile(config):
+    return workdir
+  other = (files.read_json(config, "the run's config").get("face_finder") or {}).get(
+      "weights_from", "")
+  if other and not os.path.exists(workdir_lib.face_finder_weights(other)):
+    raise FileNotFoundError(
+        f"{config} reads its face finder from {other!r} (face_finder.weights_from, here "
+        f"{os.path.abspath(other)}), which has no {workdir_lib.FACE_FINDER_FILE}: make it with "
+        f"`python -m pdsn_jax.main --config=configs/face_finder.py --workdir={other}`, or use "
+        "--face_finder_weights=shipped")
+  return other or workdir
+
+
 def face_finder(detector: str, workdir: str, weights: str = "run",
                 fallback: float | None = None) -> faces_lib.FaceFinder:
   """The finder the photo commands use: with ``weights="run"`` and ``detector="blazeface"``,
-  the run's tuned short-range weights (its ``face_finder`` stage) when it has them, with the
-  run's last try (``face_finder.fallback_score``) unless ``fallback`` is given; else the
-  shipped ones."""
+  the run's tuned short-range weights (``finder_run``) when it has them, with the run's last
+  try (``face_finder.fallback_score``) unless ``fallback`` is given; else the shipped ones."""
   if weights not in faces_lib.WEIGHTS:
     raise ValueError(f"--face_finder_weights={weights!r} is not one of {faces_lib.WEIGHTS}")
+  if weights == "run" and detector == "blazeface":
+    workdir = finder_run(workdir)
   path = workdir_lib.face_finder_weights(workdir) if workdir else ""
   params = None
   if weights == "run" and detector == "blazeface" and os.path.exists(path):

@@ -139,7 +139,15 @@ def test_real_mobilefacenet_variants():
   assert both.stages.split(",")[:3] == ["trunk", "bank", "pdsn"]
   assert (both.pdsn.source, both.dictionary.source, both.pdsn.reuse) == ("bank", "bank", 1)
   assert list(both.eval.protocols.keys()) == list(sel.eval.protocols.keys())
-  # the seeds' headline: AR's test subjects among the real distractors, no face finder
+  # the face finder is its own config's run, which the real config's runs read
+  from configs import face_finder  # pylint: disable=g-import-not-at-top
+  finder = face_finder.get_config()
+  validate(finder)
+  assert finder.stages == "face_finder" and not finder.face_finder.weights_from
+  assert "face_finder" not in default.stages.split(",")
+  assert default.face_finder.weights_from == "runs/face_finder"
+  assert finder.face_finder.to_dict() == {**default.face_finder.to_dict(), "weights_from": ""}
+  # the seeds' headline: AR's test subjects among the real distractors
   head = real_mobilefacenet.get_config("headline")
   validate(head)
   assert sorted(head.eval.protocols.keys()) == ["ar_real", "lfw_distractors"]

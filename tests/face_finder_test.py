@@ -16,6 +16,7 @@ from pdsn_jax.data import alignment, occlusion
 from pdsn_jax.faces import tuning as face_tuning
 from pdsn_jax.faces import finding as faces
 from pdsn_jax.data.synthetic import SyntheticFaces
+from pdsn_jax.stages import face_finder as face_finder_stage
 from tests import helpers
 
 needs_models = pytest.mark.skipif(
@@ -136,6 +137,38 @@ def test_a_tiny_run_tunes_the_finder_and_the_commands_use_it(tmp_path):
   bad.pop(sorted(bad)[0])
   with pytest.raises(ValueError, match="do not match"):
     blazeface.BlazeFace("short", params=bad)
+
+
+@needs_models
+def test_a_run_reads_the_face_finder_its_config_names_and_never_falls_back_unasked(tmp_path):
+  """configs/real_mobilefacenet.py trains no face finder: its runs name configs/face_finder.py's
+  run (``face_finder.weights_from``), and a named run without weights is an error."""
+  maker, run = tmp_path / "face_finder_run", tmp_path / "run"
+  os.makedirs(maker / "face_finder")
+  os.makedirs(run)
+  weights = dict(face_finder_stage.shipped_params()[1])
+  first = sorted(weights)[0]
+  weights[first] = weights[first] + 1.0  # "tuned": differs from the shipped weights
+  np.savez(maker / "face_finder" / "short_range.npz", **weights)
+  json.dump({"fallback_score": 0.4}, open(maker / "face_finder" / "finder.json", "w"))
+
+  def names(other):
+    json.dump({"face_finder": {"weights_from": str(other)}}, open(run / "config.json", "w"))
+
+  names(maker)
+  assert recognizer.finder_run(str(run)) == str(maker)
+  found = recognizer.face_finder("blazeface", str(run))
+  np.testing.assert_array_equal(found._blaze[0].params[first], weights[first])
+  assert found.fallback == 0.4
+  assert recognizer.face_finder("blazeface", str(run), "shipped").fallback is None
+  names(tmp_path / "not_made")
+  with pytest.raises(FileNotFoundError,
+                     match=r"(?s)weights_from.*configs/face_finder.py.*--face_finder_weights=shipped"):
+    recognizer.face_finder("blazeface", str(run))
+  shipped = recognizer.face_finder("blazeface", str(run), "shipped")._blaze[0].params
+  assert not np.array_equal(shipped[first], weights[first])
+  names("")  # a run that names none: the shipped weights
+  assert recognizer.finder_run(str(run)) == str(run)
 
 
 def test_config_checks_and_runs_made_before_the_stage_still_load():

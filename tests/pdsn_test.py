@@ -122,10 +122,13 @@ def test_stages_end_to_end_trunk_frozen_and_pdsn_resumes_after_sigkill(tmp_path)
   kept = json.load(open(os.path.join(conv, "pdsn", "summary.json")))
   assert kept["stopped"] == summary["stopped"] and kept["lambda_l1"] == summary["lambda_l1"]
 
-  # pdsn.ema_decay: the same trained generators, and stage II built from their running average
+  # pdsn.ema_decay: the same trained generators, and stage II built from their running average;
+  # this run's trunk also runs on whole batches (model.forward_chunk, speed only: the reference
+  # ran 8 faces per call on CPU)
   avg = str(tmp_path / "averaged")
   shutil.copytree(os.path.join(ref, "trunk"), os.path.join(avg, "trunk"))
-  proc = helpers.run_main(avg, "--config.stages=pdsn,dictionary", "--config.pdsn.ema_decay=0.5")
+  proc = helpers.run_main(avg, "--config.stages=pdsn,dictionary", "--config.pdsn.ema_decay=0.5",
+                          "--config.model.forward_chunk=100000")
   assert "running average 0.5" in proc.stderr
   keys = ("params", "opt_state")
   r = checkpointing.load_variables(os.path.join(ref, "pdsn", "checkpoints"), keys=keys)

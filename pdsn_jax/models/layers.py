@@ -1,6 +1,6 @@
 """Small layers shared by the trunk and the mask generators."""
 
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -12,19 +12,19 @@ def l2_normalize(x: jnp.ndarray, axis: int = -1) -> jnp.ndarray:
   return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
 
 
-def in_chunks(fn: Callable[[jax.Array], jax.Array], x: jax.Array, chunk: int) -> jax.Array:
-  """``fn(x)`` computed ``chunk`` rows at a time (``lax.map``; ``x`` padded to a multiple of
-  ``chunk``, the padding dropped). For row-independent ``fn`` (a network in inference mode)
-  only the speed changes: XLA:CPU runs MobileFaceNet's forward pass about 1.9x as fast over 8
-  faces as over 128 (``benchmarks.mobilefacenet_speed --chunk``). ``chunk <= 0`` or a batch no
-  larger than it: one call."""
+def in_chunks(fn: Callable[[jax.Array], Any], x: jax.Array, chunk: int) -> Any:
+  """``fn(x)`` (an array or a pytree of them, each with x's rows) computed ``chunk`` rows at a
+  time (``lax.map``; ``x`` padded to a multiple of ``chunk``, the padding dropped). For a
+  row-independent ``fn`` (a network in inference mode) only the speed changes: XLA:CPU runs
+  MobileFaceNet's forward pass about 1.9x as fast over 8 faces as over 128
+  (``benchmarks.mobilefacenet_speed``). ``chunk <= 0`` or a batch no larger than it: one call."""
   n = x.shape[0]
   if chunk <= 0 or n <= chunk:
     return fn(x)
   pad = -n % chunk
   xs = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)) if pad else x
   out = jax.lax.map(fn, xs.reshape(-1, chunk, *x.shape[1:]))
-  return out.reshape(-1, *out.shape[2:])[:n]
+  return jax.tree.map(lambda o: o.reshape(-1, *o.shape[2:])[:n], out)
 
 
 class PReLU(nn.Module):

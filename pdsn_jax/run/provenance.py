@@ -45,7 +45,7 @@ RECORD = "provenance.json"
 COPY = ".provenance.json"  # the record again, so deleting one file never relabels outputs
 IGNORED = frozenset({"log_every", "checkpoint_every", "keep_checkpoints", "eval_every",
                      "num_workers", "cache", "eval_images", "bottom_cache_gib",
-                     "forward_chunk"})
+                     "forward_chunk", "weights_from"})
 # Derived from the globs: whether any split has globs at all (``occlusion.splits_by_globs``;
 # else every heldout_every-th file is a test file), which moves files into or out of the train
 # split whichever split's globs make the switch; recorded instead of the test globs.
