@@ -23,9 +23,10 @@ Weights: ``$PDSN_MODELS/mobilefacenet_casia/068.ckpt`` (default ../shared/models
 use only, never committed), read without PyTorch. Data: ``$PDSN_DATA`` (default
 ../shared/data).
 
-Cost: 85.6 min on 2 CPU cores, the stages' own times measured alone on one machine
-2026-12-05/06 (stage I 23.7, the face finder 21.8, the evaluation 16.6, the detector 10.3;
-per stage in docs/results.md); `:headline` 54.4-55.1 min a seed, measured 2026-12-06.
+Cost: 54.3 min on 2 CPU cores, the stages' own times measured alone 2026-12-07 at a795683
+(stage I 18.4, the evaluation 16.7, the detector 10.8, stage II 4.0; per stage in
+docs/results.md); its face finder is configs/face_finder.py's run (21.8 min); `:headline`
+54.4-55.1 min a seed, measured 2026-12-06, before a795683 made the trunk's passes faster.
 
 Hygiene:
 * the occluder files are split three ways by source (``OCCLUDER_SPLITS``), so one source's
@@ -85,8 +86,8 @@ VARIANTS = {"select": "evaluate on CelebA held-out identities with the select oc
             "headline": "the stages and the evaluation of the README's headline only: AR's test "
                         "subjects among the 5,918 real distractors (run once per seed by "
                         "benchmarks.seeds)",
-            "bank": "stages I and II over the feature bank (issue 36; not yet the default: "
-                    "its stages take 34.2 min against the online ones' 20.6, docs/results.md)"}
+            "bank": "stages I and II over the feature bank (issue 36; not the default: its "
+                    "stages take 34.2 min against the online ones' 22.4, docs/results.md)"}
 
 
 def get_config(arg: str | None = None):
