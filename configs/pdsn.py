@@ -3,9 +3,9 @@
 Command:
   python -m pdsn_jax.main --config=configs/pdsn.py --workdir=runs/pdsn
 
-Cost: 12.7 min on 2 CPU cores, measured alone 2026-12-06 at 1f75413 (trunk 3.4 min, stage I
-1.4, stage II 0.5, Baseline 0.8, fine-tune 0.8, Table 3's generators and dictionary 1.7,
-detector 1.0, evaluation 2.0).
+Cost: 13.0 min on 2 CPU cores, measured alone 2026-12-07 at 8d2ff03 (trunk 3.8 min, stage I
+1.2, stage II 0.5, Baseline 1.0, fine-tune 0.9, Table 3's generators and dictionary 1.5,
+detector 1.2, evaluation 1.8).
 
 IResNet-18 at width 0.25, 112x96: the trunk 300 steps of 32, stage I 90 steps of 16 faces x
 10 images, stage II 512 pairs per block, the Baseline and fine-tune 50 steps of 32 each, Table

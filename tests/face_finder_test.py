@@ -162,8 +162,8 @@ def test_a_run_reads_the_face_finder_its_config_names_and_never_falls_back_unask
   assert found.fallback == 0.4
   assert recognizer.face_finder("blazeface", str(run), "shipped").fallback is None
   names(tmp_path / "not_made")
-  with pytest.raises(FileNotFoundError,
-                     match=r"(?s)weights_from.*configs/face_finder.py.*--face_finder_weights=shipped"):
+  with pytest.raises(FileNotFoundError, match=r"(?s)weights_from.*configs/face_finder.py"
+                                               r".*--face_finder_weights=shipped"):
     recognizer.face_finder("blazeface", str(run))
   shipped = recognizer.face_finder("blazeface", str(run), "shipped")._blaze[0].params
   assert not np.array_equal(shipped[first], weights[first])

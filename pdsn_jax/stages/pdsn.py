@@ -75,7 +75,8 @@ def train_step(state: training.TrainState, batch: dict, rng: jax.Array, *, backb
   """Per-device step of all generators; gradients and generator BN statistics pmean-ed.
   ``state.frozen`` holds the trunk's variables. The batch's U (the frozen trunk's forward,
   most of a step's time) serves ``cfg.reuse`` updates in a row; the metrics are the first's
-  (before any update on this batch). ``chunk``: faces per trunk call (``builders.forward_chunk``)."""
+  (before any update on this batch). ``chunk``: faces per trunk call
+  (``builders.forward_chunk``)."""
   del rng  # generators have no dropout; kept for the common step signature
   u_clean, u_occ = builders.frozen_features(state.frozen, batch, backbone, chunk)
 
