@@ -54,8 +54,9 @@ def _features_fn(config, trunk: dict, batch: int):
   mesh = parallel.make_mesh(jax.local_devices())
   bvars = jax.device_put(checkpointing.backbone_of(trunk), parallel.replicated(mesh))
   rows = parallel.sharded(mesh)
-  apply = jax.jit(lambda v, x: net.apply(v, builders.normalize(x), method="features"),
-                  out_shardings=rows)
+  chunk = builders.forward_chunk(config)  # a host batch above it runs in calls of this many
+  apply = jax.jit(lambda v, x: builders.frozen_apply(net, v, builders.normalize(x), "features",
+                                                     chunk), out_shardings=rows)
   size = -(-batch // mesh.size) * mesh.size  # a whole number of rows per device
 
   def features(images: np.ndarray) -> np.ndarray:

@@ -157,14 +157,14 @@ def _accumulate(config, workdir: str, generators_vars: dict, name: str,
       "state": generators_vars, "mean": np.zeros((gens.num, *shape), np.float32),
       "count": np.zeros((), np.float32), "change": np.zeros((gens.num, *shape), np.float32),
       "level": np.zeros(shape, np.float32)}, mesh)
+  chunk = builders.forward_chunk(config)
   step = parallel.data_parallel(functools.partial(
       mask_step, backbone=backbone, gens=gens, differential=bool(config.pdsn.differential),
-      chunk=builders.forward_chunk(config)), mesh)
+      chunk=chunk), mesh)
   key, t0, med = jax.random.key(0), time.time(), None
   for b, local in enumerate(data_iter):
     if b == 0 and pindex == 0:
-      med = median_relative_change(backbone, generators_vars["frozen"], local,
-                                   builders.forward_chunk(config))
+      med = median_relative_change(backbone, generators_vars["frozen"], local, chunk)
     carry, count = step(carry, parallel.put_batch(local, mesh), key)
     if (b + 1) % cfg.log_every == 0 or b + 1 == num_batches:
       c = float(jax.device_get(count))
