@@ -12,7 +12,9 @@ Rows (one table; run it alone, the rates are wall-clock):
 * stage I pair updates/s online: one ``pdsn.train_step`` on images (the trunk's forward of each
   face and its 9 copies) with ``--online_reuse`` updates per batch, plus the host's synthesis;
 * stage I pair updates/s from the bank: the same step on stored U (one update per batch), plus
-  the host's pick of each face's entries; and the ratio of the two.
+  the host's pick of each face's entries; and the ratio of the two;
+* what bounds the bank's step: the 9 generators' forward and weight gradient (3x3 convolutions
+  over U's channels as im2col GEMMs) in GFLOP/s, beside the same GEMMs alone.
 
 Random weights (the rates do not depend on them), the config's training faces and occluders.
 """
@@ -143,6 +145,28 @@ def main(argv):
   rows.append((f"stage I pair updates/s online ({fl.online_reuse} updates per batch)", r_online))
   rows.append(("stage I pair updates/s from the bank (1 update per batch)", r_bank))
   rows.append(("bank / online", r_bank / r_online))
+
+  # What bounds the bank's step: the 9 generators' 3x3 convolutions over U's channels, an
+  # im2col GEMM (b*h*w, 9c) @ (9c, c) each, forward and weight gradient (U needs no gradient).
+  h, w, c = ushape
+  flop = 2 * 9 * (2 * b * h * w * 9 * c * c)
+  u = jnp.asarray(rng.normal(size=(9, b, h, w, c)), jnp.float32)
+  one = StackedMaskGenerators(9)  # no device axis: one process
+  gv = one.init(jax.random.key(2), u[:, :1])
+
+  def gen_loss(p, u):
+    masks, _ = one.apply({"params": p, "batch_stats": gv["batch_stats"]}, u, True,
+                         mutable=["batch_stats"])
+    return jnp.sum(masks * u)
+
+  grad = jax.jit(jax.grad(gen_loss))
+  gemm = jax.jit(lambda a, k: a @ k)
+  a = jnp.asarray(rng.normal(size=(9, b * h * w, 9 * c)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(9, 9 * c, c)), jnp.float32)
+  rows.append((f"generators' forward + weight gradient, batch {b} (GFLOP/s)",
+               flop / _time(grad, gv["params"], u, steps=steps) / 1e9))
+  rows.append(("  the same GEMMs alone, forward only (GFLOP/s: this CPU's rate for them)",
+               flop / 2 / _time(gemm, a, k, steps=steps) / 1e9))
 
   m = config.model
   print(f"\nfeature bank: {m.kind} {size}, U {ushape}, stage I batch {b}, "
