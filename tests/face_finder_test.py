@@ -1,6 +1,7 @@
 """The face finder stage: its training samples, its distillation loss, and a tiny run whose
 tuned weights the photo commands pick up."""
 
+import functools
 import importlib.util
 import json
 import os
@@ -181,3 +182,32 @@ def test_config_checks_and_runs_made_before_the_stage_still_load():
   old = tiny.get_config()
   del old["face_finder"]  # a config.json written before the face_finder stage existed
   config_validation.validate(old)
+
+
+@pytest.mark.slow  # two compilations of the step on 8 devices
+@needs_models
+def test_the_teacher_in_chunks_gives_the_same_step():
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.models import tflite_graph  # pylint: disable=g-import-not-at-top
+  from pdsn_jax.train import parallel, training  # pylint: disable=g-import-not-at-top
+  cfg = tiny.get_config().face_finder
+  graph, stock = face_finder_stage.shipped_params()
+  tx, schedule = training.optimizer(cfg, 10), training.learning_rate_schedule(cfg, 10)
+  params = jax.tree.map(jnp.asarray, stock)
+  state = training.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
+                              opt_state=tx.init(params), rng=jax.random.key_data(
+                                  jax.random.key(0)), frozen=params)
+  mesh = parallel.make_mesh()
+  rng = np.random.default_rng(0)
+  n = 5 * len(mesh.devices.flat)  # 5 frames a device: chunks of 2 and one padding row
+  frames = rng.uniform(-1, 1, (n, face_tuning.SIDE, face_tuning.SIDE, 3)).astype(np.float32)
+  batch = {"image": frames, "teacher": frames[::-1].copy(), "negative": np.arange(n) % 4 == 0}
+  outs = []
+  for chunk in (0, 2):
+    step = parallel.data_parallel(functools.partial(
+        face_finder_stage.train_step, apply=functools.partial(tflite_graph.apply, graph), tx=tx,
+        schedule=schedule, reg_weight=cfg.reg_weight, chunk=chunk), mesh, donate_state=False)
+    outs.append(step(parallel.put_replicated(state, mesh), parallel.put_batch(batch, mesh),
+                     jax.random.key(0)))
+  chex.assert_trees_all_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+  assert float(outs[0][1]["loss"]) > 0  # the frames differ, so the student is off the teacher
