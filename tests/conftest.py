@@ -1,4 +1,5 @@
-"""Test set-up: 8 fake CPU devices for data-parallel tests, absl flags parsed for grain."""
+"""Test set-up: 8 fake CPU devices for data-parallel tests, absl flags parsed for grain, one XLA
+compilation cache for the session."""
 
 import atexit
 import os
