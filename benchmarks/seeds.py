@@ -10,8 +10,8 @@ seed's difference and the pooled interval, one line per column).
 occluders pasted in training, the dictionary's pairs); the evaluation sets keep
 ``eval.seed``, so every seed is scored on the same probes and pairs. Each seed's run goes to
 ROOT/seed_<seed> and resumes like any run (finished stages are skipped). Cost: one run per
-seed (``configs/real_mobilefacenet.py:headline``: 55 min each on 2 cores before a795683 made
-the trunk's passes faster, docs/results.md).
+seed (``configs/real_mobilefacenet.py:headline``: 39.9 min on 2 cores, seed 0 at 7f59447;
+55 before a795683 made the trunk's passes faster, docs/results.md).
 
 ``--paired="A:B"`` (default "PDSN + fine-tune:Baseline"): for every column ``--match``
 selects, A minus B pooled over the seeds from each seed's ``evaluate/hits.npz`` (every

@@ -26,7 +26,7 @@ use only, never committed), read without PyTorch. Data: ``$PDSN_DATA`` (default
 Cost: 54.3 min on 2 CPU cores, the stages' own times measured alone 2026-12-07 at a795683
 (stage I 18.4, the evaluation 16.7, the detector 10.8, stage II 4.0; per stage in
 docs/results.md); its face finder is configs/face_finder.py's run (21.8 min); `:headline`
-54.4-55.1 min a seed, measured 2026-12-06, before a795683 made the trunk's passes faster.
+39.9 min a seed (seed 0, measured 2026-12-07 at 7f59447; 54.4-55.1 before a795683).
 
 Hygiene:
 * the occluder files are split three ways by source (``OCCLUDER_SPLITS``), so one source's
