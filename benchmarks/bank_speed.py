@@ -151,7 +151,7 @@ def main(argv):
   h, w, c = ushape
   flop = 2 * 9 * (2 * b * h * w * 9 * c * c)
   u = jnp.asarray(rng.normal(size=(9, b, h, w, c)), jnp.float32)
-  one = StackedMaskGenerators(9)  # no device axis: one process
+  one = builders.generators(config, False)  # the config's generators, no device axis
   gv = one.init(jax.random.key(2), u[:, :1])
 
   def gen_loss(p, u):
