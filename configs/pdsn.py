@@ -145,6 +145,11 @@ def get_config() -> ml_collections.ConfigDict:
       # the stage stops once each item's discarded set overlaps the last check's (Jaccard) by
       # converge_overlap, else at its step budget (pdsn_jax/method/pdsn_probe.py)
       converge_pairs=0, converge_overlap=0.95,
+      # where the overlap rule and stage II take the generators' BatchNorm statistics from:
+      # "running", the averages training keeps (momentum 0.9, they move at any learning rate);
+      # "recomputed", at every checkpoint the plain statistics of statistics_pairs fixed
+      # training pairs a block, the weights fixed (pdsn_jax/method/generator_statistics.py)
+      generator_statistics="running", statistics_pairs=512,
       # updates per batch: its U (the frozen trunk's forward, ~60% of a step on a CPU) serves
       # this many generator updates in a row (the learning-rate schedule counts updates)
       reuse=1,

@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from pdsn_jax.method import builders, pdsn_probe, recognition
+from pdsn_jax.method import builders, generator_statistics, pdsn_probe, recognition
 from pdsn_jax import stages
 from pdsn_jax.train import training
 from pdsn_jax.run import stage as stage_lib
@@ -24,6 +24,7 @@ def _choices() -> dict:
       "pdsn.loss": stages.pdsn.LOSSES,
       "pdsn.lambda_rule": pdsn_probe.LAMBDA_RULES,
       "pdsn.source": feature_bank.SOURCES,
+      "pdsn.generator_statistics": generator_statistics.MODES,
       "dictionary.source": feature_bank.SOURCES,
       "bank.dtype": tuple(feature_bank.DTYPES),
       "occlusion.overlap": occlusion.OVERLAPS,
@@ -44,7 +45,8 @@ _POSITIVE = ("model.width", "model.embedding_dim", "eval.num_pairs", "cosface.sc
              "dictionary.pairs_per_block", "eval.ar_gallery_images", "detector.input_scale",
              "detector.heldout_every", "detector.eval_images", "eval.gallery_shard_size",
              "pdsn.scale_batches", "pdsn.reuse", "face_finder.eval_images", "bank.variants",
-             "bank.batch_size", "bank.shard_faces", "pdsn.mask_scale_init")
+             "bank.batch_size", "bank.shard_faces", "pdsn.mask_scale_init",
+             "pdsn.statistics_pairs")
 _NON_NEGATIVE = ("trunk.momentum", "trunk.warmup_steps", "model.dropout", "cosface.margin",
                  "data.num_workers", "eval.num_distractors", "pdsn.converge_pairs",
                  "eval.bottom_cache_gib", "model.forward_chunk")

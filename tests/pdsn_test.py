@@ -18,7 +18,7 @@ from pdsn_jax.train import parallel, training
 from pdsn_jax.run import workdir as workdir_lib
 from pdsn_jax.models.generator import StackedMaskGenerators
 from pdsn_jax.data import sources
-from pdsn_jax.method import pdsn_probe
+from pdsn_jax.method import generator_statistics, pdsn_probe
 from pdsn_jax.stages import pdsn
 from tests import helpers
 
@@ -142,6 +142,29 @@ def test_stages_end_to_end_trunk_frozen_and_pdsn_resumes_after_sigkill(tmp_path)
   _, mean_avg, _ = fdm.load(os.path.join(avg, "dictionary", "dictionary.npz"))
   assert not np.allclose(mean_avg, mean_ref)
 
+  # pdsn.generator_statistics="recomputed": the same trained weights (the steps never read the
+  # running averages), and the checkpoint's BN statistics are those of the final weights on the
+  # fixed pairs, whatever the running averages were
+  rec = str(tmp_path / "recomputed")
+  shutil.copytree(os.path.join(ref, "trunk"), os.path.join(rec, "trunk"))
+  stats = ("--config.pdsn.generator_statistics=recomputed", "--config.pdsn.statistics_pairs=16")
+  helpers.run_main(rec, "--config.stages=pdsn,dictionary", *stats)
+  keys = ("params", "batch_stats", "frozen")
+  r = checkpointing.load_variables(os.path.join(ref, "pdsn", "checkpoints"), keys=keys)
+  c = checkpointing.load_variables(os.path.join(rec, "pdsn", "checkpoints"), keys=keys)
+  jax.tree.map(np.testing.assert_array_equal, c["params"], r["params"])
+  config = tiny.get_config()
+  config.pdsn.update(generator_statistics="recomputed", statistics_pairs=16)
+  src, _ = sources.build(config.data)
+  want = generator_statistics.Recomputer(config, c["frozen"], src)(r)
+  chex.assert_trees_all_close(c["batch_stats"], want, rtol=1e-6)
+  assert not np.allclose(r["batch_stats"]["generators"]["bn"]["var"],
+                         want["generators"]["bn"]["var"])
+  summary = json.load(open(os.path.join(rec, "pdsn", "summary.json")))
+  assert summary["generator_statistics"] == "recomputed" and summary["statistics_pairs"] == 16
+  _, mean_rec, _ = fdm.load(os.path.join(rec, "dictionary", "dictionary.npz"))
+  assert not np.allclose(mean_rec, mean_ref)
+
   # kill during stage I, then resume: same generators as the uninterrupted run
   wd = str(tmp_path / "killed")
   helpers.run_until(wd, "[pdsn] step 3/4")
@@ -241,3 +264,32 @@ def test_dictionary_probe_overlap_is_one_when_nothing_moved():
   changed = probe.check(moved)
   assert changed["overlap"].min() < 1.0 and changed["overlap"].shape == (9,)
   assert 0 < changed["mask_mean"].mean() < 1 and len(changed["nearest_block_is_own"]) == 9
+
+
+def test_recomputed_statistics_are_the_batch_statistics_of_all_the_fixed_pairs():
+  config = tiny.get_config()
+  config.pdsn.update(statistics_pairs=24, batch_size=8)  # 3 batches, merged
+  _, _, tv = _trunk_vars(config)
+  src, _ = sources.build(config.data)
+  recompute = generator_statistics.Recomputer(config, tv, src)
+  assert recompute.pairs == 24 and recompute.u_occ.shape[:2] == (9, 24)
+  gens = builders.generators(config, False)
+  v, _ = pdsn.starting_generators(config, gens, builders.u_shape(config))
+  v = {**v, "params": jax.tree.map(
+      lambda x: x + 0.3 * np.random.default_rng(1).normal(size=x.shape), v["params"])}
+  got = recompute(v)
+  chex.assert_trees_all_equal_structs(got, v["batch_stats"])
+  # flax's own BatchNorm on all 24 pairs at once, from zero averages: 0.1 * the batch's
+  zeros = jax.tree.map(np.zeros_like, v["batch_stats"])
+  x = builders.generator_input(jnp.asarray(recompute.u_clean), jnp.asarray(recompute.u_occ),
+                               True)
+  _, updates = gens.apply({"params": v["params"], "batch_stats": zeros}, x, True,
+                          mutable=["batch_stats"])
+  want = jax.tree.map(lambda s: s / (1 - 0.9), updates["batch_stats"])
+  chex.assert_trees_all_close(got, want, rtol=2e-4, atol=1e-6)
+  # a function of the weights: the running averages handed in are not read
+  other = {**v, "batch_stats": jax.tree.map(lambda s: s + 3.0, v["batch_stats"])}
+  chex.assert_trees_all_equal(recompute(other), got)
+  moved = {**v, "params": jax.tree.map(lambda p: 1.1 * p, v["params"])}
+  assert not np.allclose(recompute(moved)["generators"]["bn"]["var"],
+                         got["generators"]["bn"]["var"])

@@ -13,7 +13,7 @@ import pytest
 
 from configs import tiny
 from pdsn_jax import main, stages
-from pdsn_jax.method import pdsn_probe
+from pdsn_jax.method import generator_statistics, pdsn_probe
 from pdsn_jax.run import provenance
 from pdsn_jax.run import stage as stage_lib
 from pdsn_jax.run import workdir as workdir_lib
@@ -97,8 +97,8 @@ def test_streams_are_distinct_apart_from_the_fine_tuned_networks_sharing_the_tru
   streams = {s.name: s.stream for s in stage_lib.registered().values() if s.stream}
   shared = {n for n, s in streams.items() if s == streams["trunk"]}
   assert shared == {"trunk", "baseline", "finetune"}
-  others = [s for n, s in streams.items() if n not in shared] + [streams["trunk"],
-                                                                 pdsn_probe.STREAM]
+  others = [s for n, s in streams.items() if n not in shared] + [
+      streams["trunk"], pdsn_probe.STREAM, generator_statistics.STREAM]
   assert len({s.data_offset for s in others}) == len(others)
   folds = [s.init_fold for s in others if s.init_fold is not None]
   assert len(set(folds)) == len(folds)

@@ -63,6 +63,12 @@ def generators(config: ml_collections.ConfigDict, train: bool) -> StackedMaskGen
                                config.pdsn.mask_bias_init, config.pdsn.mask_scale_init)
 
 
+def generator_input(u_clean: jax.Array, u_occ: jax.Array, differential: bool) -> jax.Array:
+  """What generator j sees of the pair (x, x_j), for U(x) (B, ...) and U(x_j) (J, B, ...):
+  |U(x_j) - U(x)| (PDSN), or U(x_j) alone (Table 3's ablation, lambda = 0)."""
+  return jnp.abs(u_occ - u_clean[None]) if differential else u_occ
+
+
 def trained_generators(workdir: str, stage: str = workdir_lib.PDSN,
                        keys=("params", "batch_stats")) -> dict | None:
   """``keys`` of a stage I run's latest checkpoint, ``params`` being the generators its output

@@ -12,7 +12,6 @@ import functools
 import logging
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from pdsn_jax.method import builders, fdm
@@ -25,13 +24,25 @@ LAMBDA_RULES = ("fixed", "same_scale")
 STREAM = stage_lib.Stream(data_offset=5, init_fold=None)
 
 
-def probe_batches(config, src, pairs: int, batch_size: int, neighbour_prob: float) -> list:
+def probe_batches(config, src, pairs: int, batch_size: int, neighbour_prob: float,
+                  stream: stage_lib.Stream = STREAM) -> list:
   """``pairs // batch_size`` batches (at least one) of training faces with their 9 block-occluded
-  copies, the same in every process and every run."""
+  copies, the same in every process and every run (of ``stream``'s seed)."""
   transform = builders.every_block_occlusion(config, neighbour_prob)
-  ds = pipeline.train_dataset(src, batch_size, training.data_seed(config, STREAM), 0, 1,
+  ds = pipeline.train_dataset(src, batch_size, training.data_seed(config, stream), 0, 1,
                               (transform,))
   return [ds[i] for i in range(max(1, pairs // batch_size))]
+
+
+def pair_features(config, trunk: dict, batches: list) -> tuple[np.ndarray, np.ndarray]:
+  """U of ``batches``' clean faces (N, ...) and of their occluded copies (J, N, ...), on the
+  host: computed once, then only generators run on them."""
+  net = builders.backbone(config, False)
+  feats = jax.jit(functools.partial(builders.frozen_features, net=net,
+                                    chunk=builders.forward_chunk(config)))
+  us = [feats(trunk, {"image": b["image"], "occluded": b["occluded"]}) for b in batches]
+  return (np.concatenate([np.asarray(c) for c, _ in us]),
+          np.concatenate([np.asarray(o) for _, o in us], axis=1))
 
 
 def same_scale_lambda(losses_fn, gen_vars: dict, batches: list) -> dict:
@@ -61,8 +72,7 @@ def locality(fdms: np.ndarray, blocks=occlusion.CENTRAL_BLOCKS) -> dict:
 
 
 def _masks(gen_vars, u_clean, u_occ, *, gens, differential: bool):
-  gen_in = jnp.abs(u_occ - u_clean[None]) if differential else u_occ
-  return gens.apply(gen_vars, gen_in, False)
+  return gens.apply(gen_vars, builders.generator_input(u_clean, u_occ, differential), False)
 
 
 class DictionaryProbe:
@@ -70,12 +80,7 @@ class DictionaryProbe:
   generators on fixed pairs, and how far it moved since the last check."""
 
   def __init__(self, config, trunk: dict, batches: list, tau: float):
-    net = builders.backbone(config, False)
-    feats = jax.jit(functools.partial(builders.frozen_features, net=net,
-                                      chunk=builders.forward_chunk(config)))
-    us = [feats(trunk, {"image": b["image"], "occluded": b["occluded"]}) for b in batches]
-    self.u_clean = np.concatenate([np.asarray(c) for c, _ in us])
-    self.u_occ = np.concatenate([np.asarray(o) for _, o in us], axis=1)
+    self.u_clean, self.u_occ = pair_features(config, trunk, batches)
     gens = builders.generators(config, False)
     masks = functools.partial(_masks, gens=gens, differential=bool(config.pdsn.differential))
 

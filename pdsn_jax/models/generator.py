@@ -71,8 +71,10 @@ class StackedMaskGenerators(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    # "intermediates": a captured layer's output keeps the generator axis (the recomputed BN
+    # statistics read the PReLU's, pdsn_jax/method/generator_statistics.py)
     vmapped = nn.vmap(
-        MaskGenerator, variable_axes={"params": 0, "batch_stats": 0},
+        MaskGenerator, variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
         split_rngs={"params": True}, in_axes=(0, None), out_axes=0, axis_size=self.num)
     return vmapped(self.bn_axis_name, self.bias_init, self.scale_init, name="generators")(
         x, train)

@@ -70,7 +70,8 @@ UNRECORDED = {
 # one reads as holding it, so a finished run stays fresh until the field is set otherwise.
 ADDED = {"pdsn.source": "online", "dictionary.source": "online", "detector.ar_share": 0.0,
          "detector.ar_root": "", "detector.ar_subjects": [], "detector.ar_alignment": "landmarks",
-         "pdsn.mask_scale_init": 1.0, "pdsn.ema_decay": 0.0, "model.forward_chunk": 0}
+         "pdsn.mask_scale_init": 1.0, "pdsn.ema_decay": 0.0, "model.forward_chunk": 0,
+         "pdsn.generator_statistics": "running", "pdsn.statistics_pairs": 512}
 
 
 class StaleStage(RuntimeError):

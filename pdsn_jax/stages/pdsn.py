@@ -17,7 +17,10 @@ optimizer state carries; the trained generators stay in ``params``.
 measured on fixed training pairs with the starting generators; ``pdsn.converge_pairs`` > 0
 builds, at every checkpoint, the dictionary those pairs would give and stops the stage once
 every item's discarded set overlaps the last check's by ``pdsn.converge_overlap``
-(``pdsn_jax/method/pdsn_probe.py``).
+(``pdsn_jax/method/pdsn_probe.py``). With ``pdsn.generator_statistics="recomputed"`` every
+checkpoint holds, in place of the generators' BatchNorm running averages, their plain statistics
+on fixed training pairs (``pdsn_jax/method/generator_statistics.py``): a function of the weights
+alone, which the overlap rule and stage II then read.
 """
 
 import functools
@@ -37,7 +40,7 @@ from pdsn_jax import visualize
 from pdsn_jax.run import stage as stage_lib
 from pdsn_jax.run import workdir as workdir_lib
 from pdsn_jax.data import feature_bank, occlusion
-from pdsn_jax.method import pdsn_probe
+from pdsn_jax.method import generator_statistics, pdsn_probe
 
 LOSSES = ("paper", "released")
 
@@ -46,7 +49,7 @@ def pdsn_losses(gen_params, gen_stats, trunk, clean_u, occ_u, labels, *, backbon
                 cfg, train: bool, lam: float):
   """Per-generator losses (J,) and aux; ``occ_u`` is (J, B, h, w, c), ``clean_u`` (B, h, w, c)."""
   num = occ_u.shape[0]
-  gen_in = jnp.abs(occ_u - clean_u[None]) if cfg.differential else occ_u
+  gen_in = builders.generator_input(clean_u, occ_u, cfg.differential)
   variables = {"params": gen_params, "batch_stats": gen_stats}
   if train:
     masks, updates = gens.apply(variables, gen_in, True, mutable=["batch_stats"])
@@ -162,30 +165,55 @@ def _lambda(ctx: loop.Context, trunk: dict, backbone, head) -> dict:
   return {**{k: round(v, 6) for k, v in out.items()}, "lambda_rule": "same_scale"}
 
 
-def _convergence(ctx: loop.Context, trunk: dict):
-  """``Plan.on_checkpoint`` that stops the stage once the probe dictionary stops moving, with
-  its ``Plan.prepare`` part (the reference dictionary of the starting or restored state) and
-  the record for the summary; (None, None, record) when ``pdsn.converge_pairs`` is 0."""
+def _probe(ctx: loop.Context, trunk: dict):
+  """The overlap rule's ``DictionaryProbe`` and its record; (None, record) when
+  ``pdsn.converge_pairs`` is 0."""
   config, cfg = ctx.config, ctx.cfg
   record: dict = {"converge_pairs": int(cfg.converge_pairs)}
   if cfg.converge_pairs <= 0:
-    return None, None, record
+    return None, record
   # the pairs stage II uses: block j only
   batches = pdsn_probe.probe_batches(config, ctx.train, cfg.converge_pairs, cfg.batch_size,
                                      config.dictionary.neighbour_prob)
   probe = pdsn_probe.DictionaryProbe(config, trunk, batches, config.dictionary.tau)
   record.update(converge_pairs=probe.pairs, converge_overlap=cfg.converge_overlap, checks=[])
+  return probe, record
 
-  def host(state):  # replicated: the host copy is the whole tree; what stage II would use
-    return jax.device_get({"params": training.params_in_use(state.params, state.opt_state),
-                           "batch_stats": state.batch_stats})
+
+def _at_checkpoints(ctx: loop.Context, trunk: dict):
+  """``Plan.on_checkpoint``: the generators' BatchNorm statistics recomputed into the state
+  (``pdsn.generator_statistics="recomputed"``), then the overlap rule, which stops the stage
+  once the probe dictionary stops moving (``pdsn.converge_pairs`` > 0); with its ``Plan.prepare``
+  part (the reference dictionary of the starting or restored state) and the record for the
+  summary; (None, None, record) when neither is on."""
+  config, cfg = ctx.config, ctx.cfg
+  probe, record = _probe(ctx, trunk)
+  record["generator_statistics"] = cfg.generator_statistics
+  recompute = None
+  if cfg.generator_statistics == "recomputed":
+    recompute = generator_statistics.Recomputer(config, trunk, ctx.train)
+    record["statistics_pairs"] = recompute.pairs
+  if probe is None and recompute is None:
+    return None, None, record
+
+  def in_use(state):  # replicated: the host copy is the whole tree; what stage II would use
+    v = jax.device_get({"params": training.params_in_use(state.params, state.opt_state),
+                        "batch_stats": state.batch_stats})
+    return v if recompute is None else {**v, "batch_stats": recompute(v)}
 
   def reference(state, origin):
     del origin
-    probe.reset(host(state))
+    if probe is not None:
+      probe.reset(in_use(state))
 
   def on_checkpoint(done, state):
-    check = probe.check(host(state))
+    gen_vars = in_use(state)
+    if recompute is not None:
+      state = state.replace(batch_stats=parallel.put_replicated(gen_vars["batch_stats"],
+                                                                ctx.mesh))
+    if probe is None:
+      return {}, False, state
+    check = probe.check(gen_vars)
     scalars = pdsn_probe.log_check(ctx.name, done, check, cfg.converge_overlap)
     stop = bool(check["overlap"].min() >= cfg.converge_overlap)
     record["checks"].append({"step": done, "overlap_min": round(float(check["overlap"].min()), 4),
@@ -195,7 +223,7 @@ def _convergence(ctx: loop.Context, trunk: dict):
       # last check is usually closer to the one before than checkpoint_every
       record["stopped"] = {"step": done, "reason": "converged" if done < ctx.steps else
                            "step budget (its last check met the overlap)"}
-    return scalars, stop
+    return scalars, stop, state
 
   return reference, on_checkpoint, record
 
@@ -234,11 +262,11 @@ def plan(ctx: loop.Context) -> loop.Plan:
   if "lambda_l1" in done:  # a finished stage: what it measured, nothing measured again
     lam = {k: done[k] for k in ("lambda_l1", "lambda_rule", "scale_ce", "scale_l1") if k in done}
     reference, on_checkpoint = None, None
-    converge = {k: done[k] for k in ("converge_pairs", "converge_overlap", "checks", "stopped")
-                if k in done}
+    converge = {k: done[k] for k in ("converge_pairs", "converge_overlap", "checks", "stopped",
+                                     "generator_statistics", "statistics_pairs") if k in done}
   else:
     lam = _lambda(ctx, trunk, backbone, head)
-    reference, on_checkpoint, converge = _convergence(ctx, trunk)
+    reference, on_checkpoint, converge = _at_checkpoints(ctx, trunk)
   logged = []
   average = f"running average {cfg.ema_decay:g}, " if cfg.ema_decay > 0 else ""
 
@@ -285,7 +313,7 @@ def plan(ctx: loop.Context) -> loop.Plan:
       on_metrics=per_generator, summary=summary, on_checkpoint=on_checkpoint,
       description=f", {gens.num} generators, lambda={lam['lambda_l1']:g} ({lam['lambda_rule']}), "
                   f"loss={cfg.loss}, differential={cfg.differential}, {average}"
-                  f"{cfg.reuse} update(s) "
+                  f"BN statistics {cfg.generator_statistics}, {cfg.reuse} update(s) "
                   f"per batch, pairs from {bank.description if bank else 'the trunk (online)'}")
 
 

@@ -59,7 +59,7 @@ def train_loop(*, stage: str, state: Any, step_fn: Callable, data_iter: Any, mes
                images_per_step: int, log_every: int,
                on_metrics: Callable[[int, dict], dict] | None = None,
                on_step: Callable[[int, Any], None] | None = None,
-               on_checkpoint: Callable[[int, Any], tuple[dict, bool]] | None = None,
+               on_checkpoint: Callable[[int, Any], tuple[dict, bool, Any]] | None = None,
                stop_marker: Callable[[int], None] | None = None,
                max_growth: float = 0.0, profile: tuple[int, str] = (0, "")) -> Any:
   """Runs steps [start, total) and returns the final state.
@@ -69,9 +69,11 @@ def train_loop(*, stage: str, state: Any, step_fn: Callable, data_iter: Any, mes
   starting state's (``check_divergence``), so a checkpoint never holds a diverged
   state. ``on_metrics(step, metrics)`` may pop non-scalar metrics and returns
   extra scalars to log; ``on_step(step, state)`` runs after every step (evals);
-  ``on_checkpoint(step, state) -> (scalars, stop)`` before every checkpoint: with ``stop``
-  the loop saves that checkpoint and ends there, ``stop_marker(step)`` recording it first (a
-  crash before the save then replays the same steps and stops again).
+  ``on_checkpoint(step, state) -> (scalars, stop, state)`` before every checkpoint: the state
+  returned is saved and trained on (a stage may replace there what its steps never read, as
+  stage I its generators' BatchNorm statistics); with ``stop`` the loop saves that checkpoint and
+  ends there, ``stop_marker(step)`` recording it first (a crash before the save then replays the
+  same steps and stops again).
   ``profile=(n, dir)``: a ``jax.profiler`` trace of the n steps after the first (compiling)
   one, into ``dir`` (TensorBoard's profile plugin or Perfetto read it).
   """
@@ -113,7 +115,7 @@ def train_loop(*, stage: str, state: Any, step_fn: Callable, data_iter: Any, mes
       on_step(done, state)
     stop = False
     if is_ckpt and on_checkpoint is not None:
-      scalars, stop = on_checkpoint(done, state)
+      scalars, stop, state = on_checkpoint(done, state)
       writer.write(done, scalars)
       if stop and stop_marker is not None:
         stop_marker(done)
@@ -161,7 +163,7 @@ class Plan:
   network (``checkpointing.restore_or_init``); ``prepare(state, origin)`` runs after the
   restore; ``evaluate(state, step, writer) -> dict`` is the held-out evaluation, run at
   the end, every ``eval_every`` steps and, with ``eval_at_start``, before a fresh start;
-  ``on_metrics`` and ``on_checkpoint`` (a stopping rule) as in ``train_loop``; ``source``: the
+  ``on_metrics`` and ``on_checkpoint`` (a stopping rule, what a checkpoint holds) as in ``train_loop``; ``source``: the
   records the batches are made of, when not the training faces (the same number of them: the
   step count is the faces'); a stage that
   stopped is complete at that step (``workdir.stopped_at``); ``summary(results)`` adds to
@@ -180,7 +182,7 @@ class Plan:
   eval_every: int = 0
   images_per_step: int = 0  # 0: the batch size
   on_metrics: Callable[[int, dict], dict] | None = None
-  on_checkpoint: Callable[[int, Any], tuple[dict, bool]] | None = None
+  on_checkpoint: Callable[[int, Any], tuple[dict, bool, Any]] | None = None
   summary: Callable[[dict], dict] | None = None
   description: str = ""
   source: Any = None
