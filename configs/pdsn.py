@@ -150,6 +150,10 @@ def get_config() -> ml_collections.ConfigDict:
       # "recomputed", at every checkpoint the plain statistics of statistics_pairs fixed
       # training pairs a block, the weights fixed (pdsn_jax/method/generator_statistics.py)
       generator_statistics="running", statistics_pairs=512,
+      # > 0 (needs converge_pairs): at each check whose minimum overlap rose by less than
+      # plateau_gain since the check checkpoint_every steps before, the rate is multiplied by
+      # this ("reduce on plateau"; with schedule="constant" the checks alone lower the rate)
+      plateau_decay=0.0, plateau_gain=0.05,
       # updates per batch: its U (the frozen trunk's forward, ~60% of a step on a CPU) serves
       # this many generator updates in a row (the learning-rate schedule counts updates)
       reuse=1,

@@ -49,7 +49,7 @@ _POSITIVE = ("model.width", "model.embedding_dim", "eval.num_pairs", "cosface.sc
              "pdsn.statistics_pairs")
 _NON_NEGATIVE = ("trunk.momentum", "trunk.warmup_steps", "model.dropout", "cosface.margin",
                  "data.num_workers", "eval.num_distractors", "pdsn.converge_pairs",
-                 "eval.bottom_cache_gib", "model.forward_chunk")
+                 "eval.bottom_cache_gib", "model.forward_chunk", "pdsn.plateau_gain")
 
 
 # sections a run made before they existed lacks (its config.json still loads): not checked
@@ -123,6 +123,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not 0 <= config.pdsn.ema_decay < 1:
     raise ValueError(f"config.pdsn.ema_decay={config.pdsn.ema_decay!r} must be in [0, 1) "
                      "(0: no running average)")
+  if not 0 <= config.pdsn.plateau_decay < 1:
+    raise ValueError(f"config.pdsn.plateau_decay={config.pdsn.plateau_decay!r} must be in [0, 1) "
+                     "(0: no plateau rule)")
+  if config.pdsn.plateau_decay > 0 and config.pdsn.converge_pairs <= 0:
+    raise ValueError(f"config.pdsn.plateau_decay={config.pdsn.plateau_decay!r} lowers the rate "
+                     "when the overlap rule's dictionary stops rising: set "
+                     "config.pdsn.converge_pairs > 0")
   if not 0 < config.pdsn.converge_overlap <= 1:
     raise ValueError(f"config.pdsn.converge_overlap={config.pdsn.converge_overlap!r} must be in "
                      "(0, 1]")

@@ -33,6 +33,14 @@ def test_bad_values_name_key_and_allowed_values():
   with pytest.raises(ValueError, match=r"model.kind='vgg'.*iresnet"):
     validate(c)
   c = pdsn.get_config()
+  c.pdsn.plateau_decay = 0.1  # without the overlap rule's checks
+  with pytest.raises(ValueError, match=r"pdsn.plateau_decay=0.1.*pdsn.converge_pairs > 0"):
+    validate(c)
+  c = pdsn.get_config()
+  c.pdsn.generator_statistics = "frozen"
+  with pytest.raises(ValueError, match=r"pdsn.generator_statistics='frozen'.*recomputed"):
+    validate(c)
+  c = pdsn.get_config()
   c.eval.tau_sweep = (0.25, 1.5)
   with pytest.raises(ValueError, match="tau_sweep"):
     validate(c)

@@ -3,6 +3,7 @@
 import functools
 import json
 import os
+import re
 import shutil
 
 import chex
@@ -293,3 +294,45 @@ def test_recomputed_statistics_are_the_batch_statistics_of_all_the_fixed_pairs()
   moved = {**v, "params": jax.tree.map(lambda p: 1.1 * p, v["params"])}
   assert not np.allclose(recompute(moved)["generators"]["bn"]["var"],
                          got["generators"]["bn"]["var"])
+
+
+@pytest.mark.slow
+def test_the_plateau_rule_lowers_the_rate_and_a_killed_run_resumes_on_its_path(tmp_path):
+  ref = str(tmp_path / "ref")
+  helpers.run_main(ref, "--config.stages=trunk")
+  # gain 1: every decision lowers the rate; overlap 1.0: the rule never stops the 6 steps
+  plateau = ("--config.stages=pdsn", "--config.pdsn.num_steps=6",
+             "--config.pdsn.converge_pairs=8", "--config.pdsn.converge_overlap=1.0",
+             "--config.pdsn.plateau_decay=0.5", "--config.pdsn.plateau_gain=1.0",
+             "--config.pdsn.schedule=constant", "--config.pdsn.generator_statistics=recomputed",
+             "--config.pdsn.statistics_pairs=8")
+  full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
+  for wd in (full, killed):
+    shutil.copytree(os.path.join(ref, "trunk"), os.path.join(wd, "trunk"))
+  proc = helpers.run_main(full, *plateau)
+  # the checks at steps 2, 4, 6: the first decision is at 4 (against 2), so steps 5-6 run at
+  # half the rate, and the one at 6 halves it again for a step that never comes
+  assert "since step 2: the learning rate's factor 1 -> 0.5" in proc.stderr
+  assert "since step 4: the learning rate's factor 0.5 -> 0.25" in proc.stderr
+  assert re.search(r"\[pdsn\] step 4/6 \|.*learning_rate 0\.001 ", proc.stderr)
+  assert re.search(r"\[pdsn\] step 5/6 \|.*learning_rate 0\.0005 ", proc.stderr)
+  summary = json.load(open(os.path.join(full, "pdsn", "summary.json")))
+  factors = {c["step"]: c["rate_factor"] for c in summary["checks"]}
+  assert {s: factors[s] for s in (2, 4, 6)} == {2: 1.0, 4: 1.0, 6: 0.5}
+  assert summary["stopped"]["step"] == 6 and "step budget" in summary["stopped"]["reason"]
+  # killed after step 5 (its last checkpoint at 4, the factor 0.5 in it), then resumed
+  helpers.run_until(killed, "[pdsn] step 5/6", *plateau)
+  helpers.run_main(killed, *plateau)
+  keys = ("params", "batch_stats")
+  a = checkpointing.load_variables(os.path.join(full, "pdsn", "checkpoints"), keys=keys)
+  b = checkpointing.load_variables(os.path.join(killed, "pdsn", "checkpoints"), keys=keys)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  # and the rate halved made a difference: the same run without the rule ends elsewhere
+  plain = str(tmp_path / "plain")
+  shutil.copytree(os.path.join(ref, "trunk"), os.path.join(plain, "trunk"))
+  helpers.run_main(plain, *plateau[:-5], "--config.pdsn.schedule=constant",
+                   "--config.pdsn.generator_statistics=recomputed",
+                   "--config.pdsn.statistics_pairs=8")
+  c = checkpointing.load_variables(os.path.join(plain, "pdsn", "checkpoints"), keys=keys)
+  assert not np.allclose(c["params"]["generators"]["conv"]["kernel"],
+                         a["params"]["generators"]["conv"]["kernel"])

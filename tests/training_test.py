@@ -1,4 +1,5 @@
-"""The optimizer's running average of the parameters (stage I's ``pdsn.ema_decay``)."""
+"""The optimizer's running average of the parameters (stage I's ``pdsn.ema_decay``) and its
+learning-rate factor (``pdsn.plateau_decay``)."""
 
 import chex
 import jax
@@ -42,3 +43,28 @@ def test_params_in_use_reads_a_restored_state_and_falls_back_to_the_params():
   chex.assert_trees_all_equal(training.params_in_use(params, live), average)
   for plain in (optax.sgd(0.1, momentum=0.9).init(params), [[{"trace": params}], {}], (), None):
     assert training.params_in_use(params, plain) is params
+
+
+def test_the_rate_factor_scales_the_rate_and_is_found_and_replaced_inside_any_chain():
+  params = {"w": jnp.array([1.0, -2.0]), "b": jnp.array(0.5)}
+  grads = jax.grad(_loss)(params)
+  tx = training.with_params_average(training.with_rate_factor(optax.sgd(0.1, momentum=0.9)),
+                                    0.9)
+  state = tx.init(params)
+  found = training.rate_factor(state)
+  assert float(found.factor) == 1.0 and int(found.last_step) == -1
+  u_one, _ = tx.update(grads, state, params)
+  chex.assert_trees_all_close(u_one, optax.sgd(0.1, momentum=0.9).update(
+      grads, optax.sgd(0.1, momentum=0.9).init(params), params)[0])
+  state = training.replace_rate_factor(state, training.RateFactor(
+      jnp.float32(0.25), jnp.float32(0.6), jnp.int32(50)))
+  assert int(training.rate_factor(state).last_step) == 50
+  u_quarter, state = tx.update(grads, state, params)
+  chex.assert_trees_all_close(u_quarter, jax.tree.map(lambda u: 0.25 * u, u_one), rtol=1e-6)
+  # the momentum acts on gradients: the next update is the rate 0.025's, not 0.25 of 0.25's
+  by_hand = optax.sgd(0.025, momentum=0.9)
+  s_hand = by_hand.init(params)
+  _, s_hand = by_hand.update(grads, s_hand, params)
+  chex.assert_trees_all_close(tx.update(grads, state, params)[0],
+                              by_hand.update(grads, s_hand, params)[0], rtol=1e-6)
+  assert training.rate_factor(optax.sgd(0.1).init(params)) is None

@@ -20,7 +20,9 @@ every item's discarded set overlaps the last check's by ``pdsn.converge_overlap`
 (``pdsn_jax/method/pdsn_probe.py``). With ``pdsn.generator_statistics="recomputed"`` every
 checkpoint holds, in place of the generators' BatchNorm running averages, their plain statistics
 on fixed training pairs (``pdsn_jax/method/generator_statistics.py``): a function of the weights
-alone, which the overlap rule and stage II then read.
+alone, which the overlap rule and stage II then read. ``pdsn.plateau_decay`` > 0 multiplies the
+learning rate by it at each check where the overlap rose by less than ``pdsn.plateau_gain``
+(the factor in the optimizer state, ``training.with_rate_factor``).
 """
 
 import functools
@@ -109,7 +111,9 @@ def train_step(state: training.TrainState, batch: dict, rng: jax.Array, *, backb
   out = jax.lax.pmean({"loss": per_gen.mean(), "ce_occluded": ce_occ.mean(), "l1": l1.mean(),
                        "mask_mean": mask_mean.mean(), "per_generator_loss": per_gen},
                       parallel.AXIS)
-  out["learning_rate"] = schedule(state.step * cfg.reuse)
+  factor = training.rate_factor(state.opt_state)  # pdsn.plateau_decay's
+  out["learning_rate"] = schedule(state.step * cfg.reuse) * (
+      1.0 if factor is None else factor.factor)
   out["param_norm"] = optax.tree.norm(params)
   return state.replace(step=state.step + 1, params=params, batch_stats=stats,
                        opt_state=opt_state), out
@@ -180,6 +184,27 @@ def _probe(ctx: loop.Context, trunk: dict):
   return probe, record
 
 
+def _plateau(ctx: loop.Context, state, done: int, overlap: float):
+  """``pdsn.plateau_decay``: the rate times the decay when the overlap rose by less than
+  ``pdsn.plateau_gain`` since the check ``checkpoint_every`` steps before; the state with
+  this check recorded in its ``RateFactor``, and the factor in force up to this check."""
+  cfg = ctx.cfg
+  last = jax.device_get(training.rate_factor(state.opt_state))  # replicated
+  factor = float(last.factor)
+  new = factor
+  if int(last.last_step) == done - cfg.checkpoint_every and (
+      overlap - float(last.last_value) < cfg.plateau_gain):
+    new = factor * cfg.plateau_decay
+    logging.info("[%s] step %d: the overlap rose by %.3f (< %g) since step %d: the learning "
+                 "rate's factor %g -> %g", ctx.name, done, overlap - float(last.last_value),
+                 cfg.plateau_gain, int(last.last_step), factor, new)
+  # float32 as the state holds it, so a resumed run compares the same numbers
+  kept = training.RateFactor(np.float32(new), np.float32(overlap), np.int32(done))
+  opt_state = training.replace_rate_factor(state.opt_state,
+                                           parallel.put_replicated(kept, ctx.mesh))
+  return state.replace(opt_state=opt_state), round(factor, 8)
+
+
 def _at_checkpoints(ctx: loop.Context, trunk: dict):
   """``Plan.on_checkpoint``: the generators' BatchNorm statistics recomputed into the state
   (``pdsn.generator_statistics="recomputed"``), then the overlap rule, which stops the stage
@@ -207,6 +232,7 @@ def _at_checkpoints(ctx: loop.Context, trunk: dict):
       probe.reset(in_use(state))
 
   def on_checkpoint(done, state):
+    # before the check: what it measures is how the weights have moved, stats or no stats
     gen_vars = in_use(state)
     if recompute is not None:
       state = state.replace(batch_stats=parallel.put_replicated(gen_vars["batch_stats"],
@@ -218,6 +244,9 @@ def _at_checkpoints(ctx: loop.Context, trunk: dict):
     stop = bool(check["overlap"].min() >= cfg.converge_overlap)
     record["checks"].append({"step": done, "overlap_min": round(float(check["overlap"].min()), 4),
                              "centroid_to_block_centre": check["centroid_to_block_centre"]})
+    if cfg.plateau_decay > 0:
+      state, record["checks"][-1]["rate_factor"] = _plateau(
+          ctx, state, done, float(check["overlap"].min()))
     if stop:
       # at the budget's last step the rule decides nothing: the stage ends there anyway, and its
       # last check is usually closer to the one before than checkpoint_every
@@ -243,6 +272,8 @@ def plan(ctx: loop.Context) -> loop.Plan:
   # the schedule counts updates: cfg.reuse per step
   schedule = training.learning_rate_schedule(cfg, ctx.steps * cfg.reuse)
   tx = training.optimizer(cfg, ctx.steps * cfg.reuse)
+  if cfg.plateau_decay > 0:  # the rate's factor, set at the overlap rule's checks
+    tx = training.with_rate_factor(tx)
   if cfg.ema_decay > 0:  # stage II and the overlap rule read the average (params_in_use)
     tx = training.with_params_average(tx, cfg.ema_decay)
   if cfg.source not in feature_bank.SOURCES:
@@ -285,7 +316,8 @@ def plan(ctx: loop.Context) -> loop.Plan:
     if converge.get("checks") and jax.process_index() == 0:
       checks = converge["checks"]
       pdsn_probe.convergence_figure(
-          checks, [float(schedule(c["step"] * cfg.reuse)) / cfg.learning_rate for c in checks],
+          checks, [float(schedule(c["step"] * cfg.reuse)) / cfg.learning_rate
+                   * c.get("rate_factor", 1.0) for c in checks],
           cfg.converge_overlap, workdir_lib.stage_file(ctx.workdir, ctx.name, "convergence.png"))
     if logged:
       out.update(per_generator_loss_first_logged=[round(float(v), 4) for v in logged[0]],

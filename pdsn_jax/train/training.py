@@ -122,6 +122,46 @@ def with_params_average(tx: optax.GradientTransformation,
   return optax.chain(tx, optax.GradientTransformation(init, update))
 
 
+class RateFactor(NamedTuple):
+  """The state ``with_rate_factor`` adds: the factor on the learning rate, which a rule outside
+  the step sets (stage I's plateau rule), and what that rule measured last (its value and step;
+  -1 before any), so that a resumed run decides as the uninterrupted one."""
+  factor: jax.Array
+  last_value: jax.Array
+  last_step: jax.Array
+
+
+def with_rate_factor(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """``tx``'s updates times ``RateFactor.factor`` (1 at the start): the learning rate times it
+  (``tx``'s momentum and weight decay act on the gradient, before the rate)."""
+
+  def init(params):
+    del params
+    return RateFactor(jnp.ones((), jnp.float32), -jnp.ones((), jnp.float32),
+                      -jnp.ones((), jnp.int32))
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u: u * state.factor.astype(u.dtype), updates), state
+
+  return optax.chain(tx, optax.GradientTransformation(init, update))
+
+
+def _is_rate_factor(x) -> bool:
+  return isinstance(x, RateFactor)
+
+
+def rate_factor(opt_state: Any) -> RateFactor | None:
+  """The ``RateFactor`` in ``opt_state`` (None without one)."""
+  found = [x for x in jax.tree.leaves(opt_state, is_leaf=_is_rate_factor) if _is_rate_factor(x)]
+  return found[0] if found else None
+
+
+def replace_rate_factor(opt_state: Any, new: RateFactor) -> Any:
+  return jax.tree.map(lambda x: new if _is_rate_factor(x) else x, opt_state,
+                      is_leaf=_is_rate_factor)
+
+
 def params_in_use(params: Any, opt_state: Any) -> Any:
   """The parameters a stage's output stands for: the running average where the optimizer
   keeps one (``with_params_average``), else ``params``. ``opt_state`` is the live state or a
