@@ -232,7 +232,7 @@ def _at_checkpoints(ctx: loop.Context, trunk: dict):
       probe.reset(in_use(state))
 
   def on_checkpoint(done, state):
-    # before the check: what it measures is how the weights have moved, stats or no stats
+    # the statistics go into the state first: the checkpoint holds what the check measured
     gen_vars = in_use(state)
     if recompute is not None:
       state = state.replace(batch_stats=parallel.put_replicated(gen_vars["batch_stats"],
