@@ -12,7 +12,8 @@ Rows (one table; run it alone, the rates are wall-clock):
 * stage I pair updates/s online: one ``pdsn.train_step`` on images (the trunk's forward of each
   face and its 9 copies) with ``--online_reuse`` updates per batch, plus the host's synthesis;
 * stage I pair updates/s from the bank: the same step on stored U (one update per batch), plus
-  the host's pick of each face's entries; and the ratio of the two;
+  the host's pick of each face's entries; and the ratio of the two; then the bank with
+  ``--bank_sub_batches`` batches per step (``pdsn.sub_batches``: one program, one update each);
 * what bounds the bank's step: the 9 generators' forward and weight gradient (3x3 convolutions
   over U's channels as im2col GEMMs) in GFLOP/s, beside the same GEMMs alone.
 
@@ -35,6 +36,8 @@ def define_flags() -> None:
   flags.DEFINE_list("batches", ["16", "32", "64"], "trunk forward batch sizes")
   flags.DEFINE_integer("faces", 64, "training faces the bank build is timed on")
   flags.DEFINE_integer("online_reuse", 4, "updates per batch's U online (pdsn.reuse)")
+  flags.DEFINE_integer("bank_sub_batches", 4, "batches of stored pairs per step in the last "
+                       "bank row (pdsn.sub_batches)")
 
 
 def _time(fn, *args, steps: int) -> float:
@@ -108,17 +111,25 @@ def main(argv):
   key = jax.random.key(0, impl=config.prng_impl)
   labels = rng.integers(0, classes, (b,), dtype=np.int32)
 
-  def rate(reuse: int, batch: dict, host_seconds: float) -> float:
+  def rate(reuse: int, batch: dict, host_seconds: float, sub_batches: int = 1) -> float:
     cfg = config.pdsn.copy_and_resolve_references()
-    cfg.reuse = reuse
+    cfg.reuse, cfg.sub_batches, cfg.batch_size = reuse, sub_batches, b * sub_batches
     fn = parallel.data_parallel(functools.partial(
         pdsn.train_step, backbone=backbone, head=head, gens=gens, tx=tx, schedule=sched,
-        cfg=cfg, lam=10.0, chunk=builders.forward_chunk(config)), mesh, donate_state=False)
+        cfg=cfg, lam=10.0, chunk=builders.forward_chunk(config)), mesh)  # donated, as in the stage
     state = pdsn.init_fn(config, trunk, StackedMaskGenerators(9), tx,
-                         builders.u_shape(config))().replace(frozen=trunk)
+                         builders.u_shape(config))().replace(frozen=jax.device_get(trunk))
     state = jax.device_put(state, parallel.replicated(mesh))
-    sec = _time(fn, state, parallel.put_batch(batch, mesh), key, steps=steps)
-    return 9 * b * reuse / (sec + host_seconds)  # a pair: a face and one block's copy
+    on_device = parallel.put_batch(batch, mesh)
+    state, _ = fn(state, on_device, key)  # compile
+    jax.block_until_ready(state)
+    t = time.perf_counter()
+    for _ in range(steps):
+      state, _ = fn(state, on_device, key)
+    jax.block_until_ready(state)
+    sec = (time.perf_counter() - t) / steps
+    # a pair: a face and one block's copy
+    return 9 * b * reuse * sub_batches / (sec + host_seconds * sub_batches)
 
   transform = builders.every_block_occlusion(config)
   recs = [dict(src[i]) for i in range(b)]
@@ -142,9 +153,14 @@ def main(argv):
                 "u_occ": np.stack([p["u_occ"] for p in picked]), "label": labels}
   r_online = rate(fl.online_reuse, online_batch, t_online_host)
   r_bank = rate(1, bank_batch, t_bank_host)
+  k = fl.bank_sub_batches
+  r_sub = rate(1, {key: np.concatenate([v] * k) for key, v in bank_batch.items()}, t_bank_host, k)
   rows.append((f"stage I pair updates/s online ({fl.online_reuse} updates per batch)", r_online))
-  rows.append(("stage I pair updates/s from the bank (1 update per batch)", r_bank))
+  rows.append(("stage I pair updates/s from the bank (1 update per step)", r_bank))
   rows.append(("bank / online", r_bank / r_online))
+  rows.append((f"stage I pair updates/s from the bank ({k} batches per step: pdsn.sub_batches)",
+               r_sub))
+  rows.append((f"bank ({k} batches per step) / online", r_sub / r_online))
 
   # What bounds the bank's step: the 9 generators' 3x3 convolutions over U's channels, an
   # im2col GEMM (b*h*w, 9c) @ (9c, c) each, forward and weight gradient (U needs no gradient).

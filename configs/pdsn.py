@@ -157,6 +157,10 @@ def get_config() -> ml_collections.ConfigDict:
       # updates per batch: its U (the frozen trunk's forward, ~60% of a step on a CPU) serves
       # this many generator updates in a row (the learning-rate schedule counts updates)
       reuse=1,
+      # the step's batch_size as this many consecutive batches, one after another inside one
+      # jitted step (reuse updates each): what a step costs besides its updates (its dispatch,
+      # state and metrics) is paid once per this many; over the bank that is ~15% of an update
+      sub_batches=1,
       # "online": each batch's pairs drawn and put through the frozen trunk as it comes;
       # "bank": shuffled epochs over the bank stage's stored U (config.bank), no trunk pass
       source="online",

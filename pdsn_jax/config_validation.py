@@ -46,7 +46,7 @@ _POSITIVE = ("model.width", "model.embedding_dim", "eval.num_pairs", "cosface.sc
              "detector.heldout_every", "detector.eval_images", "eval.gallery_shard_size",
              "pdsn.scale_batches", "pdsn.reuse", "face_finder.eval_images", "bank.variants",
              "bank.batch_size", "bank.shard_faces", "pdsn.mask_scale_init",
-             "pdsn.statistics_pairs")
+             "pdsn.statistics_pairs", "pdsn.sub_batches")
 _NON_NEGATIVE = ("trunk.momentum", "trunk.warmup_steps", "model.dropout", "cosface.margin",
                  "data.num_workers", "eval.num_distractors", "pdsn.converge_pairs",
                  "eval.bottom_cache_gib", "model.forward_chunk", "pdsn.plateau_gain")
@@ -130,6 +130,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.pdsn.plateau_decay={config.pdsn.plateau_decay!r} lowers the rate "
                      "when the overlap rule's dictionary stops rising: set "
                      "config.pdsn.converge_pairs > 0")
+  if config.pdsn.sub_batches > 0 and config.pdsn.batch_size % config.pdsn.sub_batches:
+    raise ValueError(f"config.pdsn.sub_batches={config.pdsn.sub_batches!r} must divide "
+                     f"config.pdsn.batch_size={config.pdsn.batch_size!r} (each update takes "
+                     "batch_size / sub_batches faces)")
   if not 0 < config.pdsn.converge_overlap <= 1:
     raise ValueError(f"config.pdsn.converge_overlap={config.pdsn.converge_overlap!r} must be in "
                      "(0, 1]")

@@ -24,7 +24,8 @@ MFN = f"{SHARED}/models/mobilefacenet_casia/068.ckpt"
 # tuned-weights file) are filled in
 CASES = {
     "bank_speed": (["--config=configs/tiny.py", "--steps=1", "--batches=4", "--faces=2",
-                    "--online_reuse=2"], (), "| bank / online |"),
+                    "--online_reuse=2", "--bank_sub_batches=2"], (),
+                   "| bank (2 batches per step) / online |"),
     "block_samples": (["--faces=3"], (), "SYNTHETIC faces x 9 blocks"),
     "gallery_search": (["--sizes=64", "--probes=2", "--shard_size=32", "--out={tmp}/store",
                         "--dtype=float16"], (), "| distractors | store MB |"),

@@ -41,6 +41,10 @@ def test_bad_values_name_key_and_allowed_values():
   with pytest.raises(ValueError, match=r"pdsn.generator_statistics='frozen'.*recomputed"):
     validate(c)
   c = pdsn.get_config()
+  c.pdsn.sub_batches = 3  # the default batch of 16 in 3 updates
+  with pytest.raises(ValueError, match=r"pdsn.sub_batches=3 must divide config.pdsn.batch_size=16"):
+    validate(c)
+  c = pdsn.get_config()
   c.eval.tau_sweep = (0.25, 1.5)
   with pytest.raises(ValueError, match="tau_sweep"):
     validate(c)

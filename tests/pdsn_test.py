@@ -83,6 +83,43 @@ def test_stacked_step_equals_separate_generator_steps():
   assert int(reused.step) == 1 and int(twice.step) == 2
 
 
+@pytest.mark.parametrize("reuse", [1, 2])
+def test_sub_batches_are_consecutive_steps_in_one_program(reuse):
+  # pdsn.sub_batches=2 over stored U (the bank's batches): one step on 8 faces is the two steps
+  # on its halves, each with its reuse updates; the metrics are the two steps' mean
+  config = tiny.get_config()
+  backbone, head, tv = _trunk_vars(config)
+  u_shape = builders.u_shape(config)
+  rng = np.random.default_rng(0)
+  batch = {"u_clean": rng.normal(size=(8, *u_shape)).astype(np.float16),
+           "u_occ": rng.normal(size=(8, 9, *u_shape)).astype(np.float16),
+           "label": rng.integers(0, 12, (8,), dtype=np.int32)}
+  mesh = parallel.make_mesh(jax.devices()[:1])  # one device: its batch is the whole batch
+  tx = training.sgd(config.pdsn, 10)
+  sched = training.learning_rate_schedule(config.pdsn, 10)
+  start = pdsn.init_fn(config, tv, StackedMaskGenerators(9), tx, u_shape)().replace(frozen=tv)
+  key = jax.random.key(0, impl="rbg")
+
+  def step(sub_batches):
+    cfg = config.pdsn.copy_and_resolve_references()
+    cfg.reuse, cfg.sub_batches = reuse, sub_batches
+    return parallel.data_parallel(functools.partial(
+        pdsn.train_step, backbone=backbone, head=head, gens=StackedMaskGenerators(9, "data"),
+        tx=tx, schedule=sched, cfg=cfg, lam=10.0), mesh, donate_state=False)
+
+  half = lambda sl: parallel.put_batch({k: v[sl] for k, v in batch.items()}, mesh)  # noqa: E731
+  first, m1 = step(1)(start, half(slice(0, 4)), key)
+  second, m2 = step(1)(first, half(slice(4, 8)), key)
+  both, m = step(2)(start, parallel.put_batch(batch, mesh), key)
+  for part in ("params", "batch_stats", "opt_state"):
+    chex.assert_trees_all_close(jax.device_get(getattr(both, part)),
+                                jax.device_get(getattr(second, part)), rtol=1e-5, atol=1e-6)
+  assert int(both.step) == 1 and int(second.step) == 2
+  np.testing.assert_allclose(m["loss"], (m1["loss"] + m2["loss"]) / 2, rtol=1e-5)
+  moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), both.params, start.params)
+  assert max(jax.tree.leaves(moved)) > 0
+
+
 @pytest.mark.slow
 def test_stages_end_to_end_trunk_frozen_and_pdsn_resumes_after_sigkill(tmp_path):
   ref = str(tmp_path / "ref")

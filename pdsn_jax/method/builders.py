@@ -168,6 +168,12 @@ def every_block_occlusion(config: ml_collections.ConfigDict,
       o.exact_blocks)
 
 
+def update_batch(cfg: ml_collections.ConfigDict) -> int:
+  """Stage I's faces per generator update (its lambda, overlap and statistics batches too): a
+  step's ``pdsn.batch_size`` is ``pdsn.sub_batches`` of these."""
+  return cfg.batch_size // cfg.sub_batches
+
+
 def total_steps(cfg: ml_collections.ConfigDict, num_train: int) -> int:
   """``cfg.num_steps`` when > 0, else ``cfg.num_epochs`` of ``num_train`` images."""
   if cfg.num_steps > 0:

@@ -42,10 +42,10 @@ class Recomputer:
 
   def __init__(self, config, trunk: dict, src):
     cfg = config.pdsn
-    batches = pdsn_probe.probe_batches(config, src, cfg.statistics_pairs, cfg.batch_size,
+    self.batch_size = builders.update_batch(cfg)
+    batches = pdsn_probe.probe_batches(config, src, cfg.statistics_pairs, self.batch_size,
                                        config.occlusion.neighbour_prob, stream=STREAM)
     self.u_clean, self.u_occ = pdsn_probe.pair_features(config, trunk, batches)
-    self.batch_size = cfg.batch_size
     self._moments = jax.jit(functools.partial(
         _batch_moments, gens=builders.generators(config, False),
         differential=bool(cfg.differential)))

@@ -72,7 +72,7 @@ ADDED = {"pdsn.source": "online", "dictionary.source": "online", "detector.ar_sh
          "detector.ar_root": "", "detector.ar_subjects": [], "detector.ar_alignment": "landmarks",
          "pdsn.mask_scale_init": 1.0, "pdsn.ema_decay": 0.0, "model.forward_chunk": 0,
          "pdsn.generator_statistics": "running", "pdsn.statistics_pairs": 512,
-         "pdsn.plateau_decay": 0.0, "pdsn.plateau_gain": 0.05}
+         "pdsn.plateau_decay": 0.0, "pdsn.plateau_gain": 0.05, "pdsn.sub_batches": 1}
 
 
 class StaleStage(RuntimeError):

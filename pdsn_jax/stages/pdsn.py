@@ -74,45 +74,67 @@ def pdsn_losses(gen_params, gen_stats, trunk, clean_u, occ_u, labels, *, backbon
   return per_gen, (new_stats, ce_occ, l1, jnp.mean(masks, axis=(1, 2, 3, 4)))
 
 
+def updates_per_step(cfg) -> int:
+  """What the learning-rate schedule counts per step: ``reuse`` updates on each sub-batch."""
+  return cfg.reuse * cfg.sub_batches
+
+
 def train_step(state: training.TrainState, batch: dict, rng: jax.Array, *, backbone, head,
                gens, tx: optax.GradientTransformation, schedule,
                cfg, lam: float, chunk: int = 0) -> tuple[training.TrainState, dict]:
   """Per-device step of all generators; gradients and generator BN statistics pmean-ed.
   ``state.frozen`` holds the trunk's variables. The batch's U (the frozen trunk's forward,
   most of a step's time) serves ``cfg.reuse`` updates in a row; the metrics are the first's
-  (before any update on this batch). ``chunk``: faces per trunk call
+  (before any update on this batch). With ``cfg.sub_batches`` = K > 1 the batch is K
+  consecutive batches, each given its own ``reuse`` updates in turn inside this one program
+  (the metrics their mean): over the bank a step is otherwise little more than one update, and
+  what it costs besides its updates is then paid once per K. ``chunk``: faces per trunk call
   (``builders.forward_chunk``)."""
   del rng  # generators have no dropout; kept for the common step signature
   u_clean, u_occ = builders.frozen_features(state.frozen, batch, backbone, chunk)
 
-  def update(carry, _):
-    params, stats, opt_state = carry
+  def on_batch(carry, sub):
+    u_clean, u_occ, labels = sub
 
-    def loss_fn(p):
-      per_gen, aux = pdsn_losses(p, stats, state.frozen, u_clean, u_occ, batch["label"],
-                                 backbone=backbone, head=head, gens=gens, cfg=cfg, train=True,
-                                 lam=lam)
-      # Generators share nothing, so the gradient of the sum is each one's own gradient.
-      return per_gen.sum(), (per_gen, aux)
+    def update(carry, _):
+      params, stats, opt_state = carry
 
-    (_, (per_gen, (stats, ce_occ, l1, mask_mean))), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(params)
-    grads = jax.lax.pmean(grads, parallel.AXIS)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), stats, opt_state), (
-        per_gen, ce_occ, l1, mask_mean)
+      def loss_fn(p):
+        per_gen, aux = pdsn_losses(p, stats, state.frozen, u_clean, u_occ, labels,
+                                   backbone=backbone, head=head, gens=gens, cfg=cfg, train=True,
+                                   lam=lam)
+        # Generators share nothing, so the gradient of the sum is each one's own gradient.
+        return per_gen.sum(), (per_gen, aux)
+
+      (_, (per_gen, (stats, ce_occ, l1, mask_mean))), grads = jax.value_and_grad(
+          loss_fn, has_aux=True)(params)
+      grads = jax.lax.pmean(grads, parallel.AXIS)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), stats, opt_state), (
+          per_gen, ce_occ, l1, mask_mean)
+
+    if cfg.reuse == 1:  # no scan: the program, and so the numbers, of the runs before reuse
+      return update(carry, None)
+    carry, outs = jax.lax.scan(update, carry, None, length=cfg.reuse)
+    return carry, jax.tree.map(lambda x: x[0], outs)
 
   carry = (state.params, state.batch_stats, state.opt_state)
-  if cfg.reuse == 1:  # no scan: the program, and so the numbers, of the runs before reuse
-    (params, stats, opt_state), (per_gen, ce_occ, l1, mask_mean) = update(carry, None)
+  labels = batch["label"]
+  if cfg.sub_batches == 1:  # no scan: the program of the runs before sub-batches
+    (params, stats, opt_state), outs = on_batch(carry, (u_clean, u_occ, labels))
   else:
-    (params, stats, opt_state), outs = jax.lax.scan(update, carry, None, length=cfg.reuse)
-    per_gen, ce_occ, l1, mask_mean = jax.tree.map(lambda x: x[0], outs)
+    k = cfg.sub_batches
+    subs = (u_clean.reshape(k, -1, *u_clean.shape[1:]),
+            jnp.swapaxes(u_occ.reshape(u_occ.shape[0], k, -1, *u_occ.shape[2:]), 0, 1),
+            labels.reshape(k, -1))
+    (params, stats, opt_state), outs = jax.lax.scan(on_batch, carry, subs)
+    outs = jax.tree.map(lambda x: x.mean(0), outs)
+  per_gen, ce_occ, l1, mask_mean = outs
   out = jax.lax.pmean({"loss": per_gen.mean(), "ce_occluded": ce_occ.mean(), "l1": l1.mean(),
                        "mask_mean": mask_mean.mean(), "per_generator_loss": per_gen},
                       parallel.AXIS)
   factor = training.rate_factor(state.opt_state)  # pdsn.plateau_decay's
-  out["learning_rate"] = schedule(state.step * cfg.reuse) * (
+  out["learning_rate"] = schedule(state.step * updates_per_step(cfg)) * (
       1.0 if factor is None else factor.factor)
   out["param_norm"] = optax.tree.norm(params)
   return state.replace(step=state.step + 1, params=params, batch_stats=stats,
@@ -160,12 +182,13 @@ def _lambda(ctx: loop.Context, trunk: dict, backbone, head) -> dict:
         backbone=backbone, head=head, gens=gens, cfg=cfg, train=True, lam=0.0)
     return per_gen, l1  # with lam 0, per_gen is the CE term
 
-  batches = pdsn_probe.probe_batches(config, ctx.train, cfg.scale_batches * cfg.batch_size,
-                                     cfg.batch_size, config.occlusion.neighbour_prob)
+  b = builders.update_batch(cfg)
+  batches = pdsn_probe.probe_batches(config, ctx.train, cfg.scale_batches * b, b,
+                                     config.occlusion.neighbour_prob)
   out = pdsn_probe.same_scale_lambda(losses, start, batches)
   logging.info("[%s] lambda by the same-scale rule: %.4g (CE %.4g, L1 %.4g over %d batches of "
                "%d training faces, starting generators)", ctx.name, out["lambda_l1"],
-               out["scale_ce"], out["scale_l1"], len(batches), cfg.batch_size)
+               out["scale_ce"], out["scale_l1"], len(batches), b)
   return {**{k: round(v, 6) for k, v in out.items()}, "lambda_rule": "same_scale"}
 
 
@@ -177,8 +200,8 @@ def _probe(ctx: loop.Context, trunk: dict):
   if cfg.converge_pairs <= 0:
     return None, record
   # the pairs stage II uses: block j only
-  batches = pdsn_probe.probe_batches(config, ctx.train, cfg.converge_pairs, cfg.batch_size,
-                                     config.dictionary.neighbour_prob)
+  batches = pdsn_probe.probe_batches(config, ctx.train, cfg.converge_pairs,
+                                     builders.update_batch(cfg), config.dictionary.neighbour_prob)
   probe = pdsn_probe.DictionaryProbe(config, trunk, batches, config.dictionary.tau)
   record.update(converge_pairs=probe.pairs, converge_overlap=cfg.converge_overlap, checks=[])
   return probe, record
@@ -269,9 +292,13 @@ def plan(ctx: loop.Context) -> loop.Plan:
   gens = builders.generators(config, train=True)
   if cfg.reuse < 1:
     raise ValueError(f"config.pdsn.reuse={cfg.reuse!r} must be >= 1")
-  # the schedule counts updates: cfg.reuse per step
-  schedule = training.learning_rate_schedule(cfg, ctx.steps * cfg.reuse)
-  tx = training.optimizer(cfg, ctx.steps * cfg.reuse)
+  if cfg.sub_batches < 1 or cfg.batch_size % (cfg.sub_batches * ctx.mesh.size):
+    raise ValueError(f"config.pdsn.sub_batches={cfg.sub_batches!r} must be >= 1 and divide "
+                     f"each device's share of config.pdsn.batch_size={cfg.batch_size} "
+                     f"({ctx.mesh.size} devices)")
+  # the schedule counts updates
+  schedule = training.learning_rate_schedule(cfg, ctx.steps * updates_per_step(cfg))
+  tx = training.optimizer(cfg, ctx.steps * updates_per_step(cfg))
   if cfg.plateau_decay > 0:  # the rate's factor, set at the overlap rule's checks
     tx = training.with_rate_factor(tx)
   if cfg.ema_decay > 0:  # stage II and the overlap rule read the average (params_in_use)
@@ -316,7 +343,7 @@ def plan(ctx: loop.Context) -> loop.Plan:
     if converge.get("checks") and jax.process_index() == 0:
       checks = converge["checks"]
       pdsn_probe.convergence_figure(
-          checks, [float(schedule(c["step"] * cfg.reuse)) / cfg.learning_rate
+          checks, [float(schedule(c["step"] * updates_per_step(cfg))) / cfg.learning_rate
                    * c.get("rate_factor", 1.0) for c in checks],
           cfg.converge_overlap, workdir_lib.stage_file(ctx.workdir, ctx.name, "convergence.png"))
     if logged:
@@ -346,7 +373,8 @@ def plan(ctx: loop.Context) -> loop.Plan:
       description=f", {gens.num} generators, lambda={lam['lambda_l1']:g} ({lam['lambda_rule']}), "
                   f"loss={cfg.loss}, differential={cfg.differential}, {average}"
                   f"BN statistics {cfg.generator_statistics}, {cfg.reuse} update(s) "
-                  f"per batch, pairs from {bank.description if bank else 'the trunk (online)'}")
+                  f"per batch of {builders.update_batch(cfg)}, {cfg.sub_batches} such batch(es) a "
+                  f"step, pairs from {bank.description if bank else 'the trunk (online)'}")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, name: str = workdir_lib.PDSN,
