@@ -159,7 +159,8 @@ def get_config() -> ml_collections.ConfigDict:
       reuse=1,
       # the step's batch_size as this many consecutive batches, one after another inside one
       # jitted step (reuse updates each): what a step costs besides its updates (its dispatch,
-      # state and metrics) is paid once per this many; over the bank that is ~15% of an update
+      # state and metrics) is paid once per this many (over the bank, 4 gave 6-13% more
+      # updates/s than 1: docs/results.md)
       sub_batches=1,
       # "online": each batch's pairs drawn and put through the frozen trunk as it comes;
       # "bank": shuffled epochs over the bank stage's stored U (config.bank), no trunk pass

@@ -23,10 +23,10 @@ Weights: ``$PDSN_MODELS/mobilefacenet_casia/068.ckpt`` (default ../shared/models
 use only, never committed), read without PyTorch. Data: ``$PDSN_DATA`` (default
 ../shared/data).
 
-Cost: 54.3 min on 2 CPU cores, the stages' own times measured alone 2026-12-07 at a795683
-(stage I 18.4, the evaluation 16.7, the detector 10.8, stage II 4.0; per stage in
-docs/results.md); its face finder is configs/face_finder.py's run (21.8 min); `:headline`
-37.4 min a seed (seed 2, the stages' own times alone, 2026-12-07 at b03de53, stage I 11.2 ending by its rule; 39.9 at 7f59447 before item 12).
+Cost: 51.6 min on 2 CPU cores, the stages' own times measured alone 2026-12-07 at c7af1bc
+(stage I 14.4 ending by its rule, the evaluation 16.8, the detector 10.9, stage II 4.4; per
+stage in docs/results.md); its face finder is configs/face_finder.py's run (21.8 min);
+`:headline` 37.4 min a seed (seed 2, the stages' own times alone, 2026-12-07 at b03de53).
 
 Hygiene:
 * the occluder files are split three ways by source (``OCCLUDER_SPLITS``), so one source's
@@ -175,9 +175,11 @@ def get_config(arg: str | None = None):
     # 132 at 32; python -m benchmarks.mobilefacenet_speed --batch=B --reps=20)
     c.stages = c.stages.replace("trunk,", "trunk,bank,", 1)
     c.bank.update(variants=1, dtype="float16", batch_size=8, shard_faces=256)
-    # shuffled epochs over the bank, one update per batch of 16 stored pairs, the overlap
-    # checked every 200 steps (as many updates as 50 steps x 4 above), an 8-epoch budget
-    c.pdsn.update(source="bank", reuse=1, num_epochs=8.0, log_every=50, checkpoint_every=200)
+    # shuffled epochs over the bank, one update per batch of 16 stored pairs, 4 such batches
+    # in each step's program (sub_batches: speed only, 6-13% over one a step), the overlap
+    # checked every 50 steps (200 updates, as many as 50 steps x 4 above), an 8-epoch budget
+    c.pdsn.update(source="bank", reuse=1, batch_size=64, sub_batches=4, num_epochs=8.0,
+                  log_every=10, checkpoint_every=50)
     # the cosine rate and running BN averages its numbers were measured with (item 12 was
     # decided for the online stages only)
     c.pdsn.update(schedule="cosine", plateau_decay=0.0, generator_statistics="running")
