@@ -292,10 +292,10 @@ def plan(ctx: loop.Context) -> loop.Plan:
   gens = builders.generators(config, train=True)
   if cfg.reuse < 1:
     raise ValueError(f"config.pdsn.reuse={cfg.reuse!r} must be >= 1")
-  if cfg.sub_batches < 1 or cfg.batch_size % (cfg.sub_batches * ctx.mesh.size):
-    raise ValueError(f"config.pdsn.sub_batches={cfg.sub_batches!r} must be >= 1 and divide "
-                     f"each device's share of config.pdsn.batch_size={cfg.batch_size} "
-                     f"({ctx.mesh.size} devices)")
+  if cfg.batch_size % (cfg.sub_batches * ctx.mesh.size):  # validation checked the rest
+    raise ValueError(f"config.pdsn.sub_batches={cfg.sub_batches!r} must divide each device's "
+                     f"share of config.pdsn.batch_size={cfg.batch_size} ({ctx.mesh.size} "
+                     "devices)")
   # the schedule counts updates
   schedule = training.learning_rate_schedule(cfg, ctx.steps * updates_per_step(cfg))
   tx = training.optimizer(cfg, ctx.steps * updates_per_step(cfg))
